@@ -1,0 +1,74 @@
+"""The Celery application: JSON only, late acks, routing by `task_routes`.
+
+`celery -A recovery.celery_app worker` consumes the work queues (`integrations`, `maintenance`)
+and never `dlq`: dead letters are envelopes for operators and the capped replay, not tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from recovery.settings import Settings, get_settings
+
+WORK_QUEUE = "integrations"
+MAINTENANCE_QUEUE = "maintenance"
+DLQ_QUEUE = "dlq"
+QUARANTINE_QUEUE = "dlq.quarantine"
+
+TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq"]
+
+TASK_ROUTES = {
+    "tasks.integration.*": {"queue": WORK_QUEUE},
+    "tasks.health.*": {"queue": MAINTENANCE_QUEUE},
+    "tasks.dlq.*": {"queue": MAINTENANCE_QUEUE},
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting we rely on, in one place, derived from validated settings."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "global_keyprefix": settings.redis_key_prefix,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": (Queue(WORK_QUEUE), Queue(MAINTENANCE_QUEUE)),
+        "task_default_queue": WORK_QUEUE,
+        "task_routes": TASK_ROUTES,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "include": TASK_MODULES,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    application = Celery(settings.service_name)
+    application.conf.update(celery_config(settings))
+    return application
+
+
+app = make_celery(get_settings())
+
+
+@signals.worker_process_init.connect
+def _reset_runtime_after_fork(**_: Any) -> None:
+    """A forked pool process must not share sockets (Redis, PostgreSQL, HTTP) with its parent."""
+    from recovery.runtime import reset_runtime
+
+    reset_runtime()

@@ -1,0 +1,1 @@
+"""The dead-letter queue: envelopes, parking, listing, capped replay and quarantine."""

@@ -1,0 +1,64 @@
+"""The dead-letter envelope: everything needed to understand and replay a job, and no secrets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from recovery.jobs import JobSpec, MalformedJobError
+from recovery.redact import redact_body, redact_headers, redact_params
+
+ENVELOPE_KIND = "api-recovery.dead-letter/1"
+TASK_NAME = "tasks.integration.call"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    job_id: str
+    task_name: str
+    integration: str
+    method: str
+    path: str
+    body: Any
+    params: dict[str, Any]
+    headers: dict[str, str]
+    idempotency_key: str
+    error_categories: list[str]
+    last_status: int | None
+    message: str
+    attempts: int
+    first_enqueued_at: str
+    dead_at: str
+    replay_count: int
+    kind: str = field(default=ENVELOPE_KIND)
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, data: Any) -> Envelope:
+        if not isinstance(data, dict) or data.get("kind") != ENVELOPE_KIND:
+            raise MalformedJobError("The message is not a dead-letter envelope of this system.")
+        try:
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        except KeyError as exc:
+            raise MalformedJobError(f"The envelope lacks the field {exc.args[0]!r}.") from exc
+
+    def job(self) -> JobSpec:
+        """The original job, ready to re-enqueue; credentials come back from the integration."""
+        return JobSpec(job_id=self.job_id, integration=self.integration, method=self.method,
+                       path=self.path, json=self.body, params=self.params or None,
+                       headers={k: v for k, v in self.headers.items() if v != "[REDACTED]"},
+                       idempotency_key=self.idempotency_key, enqueued_at=self.first_enqueued_at,
+                       replay_count=self.replay_count)
+
+
+def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None, message: str,
+                 attempts: int, dead_at: str) -> Envelope:
+    return Envelope(
+        job_id=job.job_id, task_name=TASK_NAME, integration=job.integration, method=job.method,
+        path=job.path, body=redact_body(job.json), params=redact_params(job.params or {}),
+        headers=redact_headers(job.headers), idempotency_key=job.idempotency_key,
+        error_categories=categories, last_status=last_status, message=message,
+        attempts=attempts, first_enqueued_at=job.enqueued_at, dead_at=dead_at,
+        replay_count=job.replay_count)

@@ -1,0 +1,56 @@
+"""Publishing a dead job to the `dlq` broker queue, mirrored in the audit trail."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from kombu import Queue
+
+from recovery.audit.writer import DeadLetterRecord
+from recovery.dlq.envelope import Envelope, envelope_for
+from recovery.jobs import JobSpec, parse_time, utc_now_iso
+from recovery.runtime import Runtime
+
+if TYPE_CHECKING:
+    from recovery.pipeline import Step
+
+log = structlog.get_logger(__name__)
+
+DLQ_QUEUE = "dlq"
+PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
+
+
+def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
+    """Publish an envelope to a DLQ-side queue; raises when the broker does not take it."""
+    from recovery.celery_app import app
+
+    queue = Queue(queue_name, routing_key=queue_name)
+    with app.producer_or_acquire() as producer:
+        producer.publish(envelope.to_message(), exchange="", routing_key=queue_name,
+                         serializer="json", declare=[queue], retry=True,
+                         retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
+
+
+def park(rt: Runtime, job: JobSpec, step: Step) -> Envelope:
+    """Dead-letter a job. The publish comes first: if it fails the error propagates and the
+    job is not recorded as dead (the task adapter makes the broker redeliver it)."""
+    failure = step.failure
+    envelope = envelope_for(
+        job, categories=sorted(failure.categories) if failure else [],
+        last_status=failure.status if failure else None,
+        message=failure.message if failure else step.reason,
+        attempts=step.progress.attempt, dead_at=utc_now_iso())
+    publish(envelope)
+    rt.audit.dead_letter(DeadLetterRecord(
+        job_id=job.job_id, integration=job.integration, task_name=envelope.task_name,
+        error_categories=envelope.error_categories, last_status=envelope.last_status,
+        message=envelope.message, attempts=envelope.attempts,
+        first_enqueued_at=parse_time(envelope.first_enqueued_at),
+        envelope=envelope.to_message(), replay_count=envelope.replay_count,
+        dead_at=parse_time(envelope.dead_at)))
+    rt.audit.job_status(job.job_id, "dead", attempts=step.progress.attempt, outcome=step.reason,
+                        strategy="dead-letter-queue", last_status=envelope.last_status,
+                        last_error=envelope.message, finished=True)
+    log.error("job_dead_lettered", job_id=job.job_id, reason=step.reason)
+    return envelope

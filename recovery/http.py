@@ -1,0 +1,132 @@
+"""The outbound call: one pooled `requests.Session` per integration per process.
+
+Retries are ours (policy + Celery), so urllib3 never retries. Redirects are never followed, so
+a 3xx cannot carry the request away from the integration's base URL; the caller sees the 3xx
+response. Sessions are dropped in a forked child (Celery's prefork pool forks after import),
+because sharing pooled sockets with the parent would interleave two processes' bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from recovery.registry import Integration
+from recovery.urlguard import UnsafePathError, is_inside, join_url, validate_headers
+
+USER_AGENT = "api-recovery/0.1"
+POOL_SIZE = 10
+MAX_CONNECT_TIMEOUT_S = 10.0
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_HeaderKey = tuple[tuple[str, str], ...]
+_sessions: dict[str, tuple[int, _HeaderKey, requests.Session]] = {}
+_lock = threading.Lock()
+
+
+def session_for(integration: Integration) -> requests.Session:
+    """The pooled session for `integration` in this process, built on first use.
+
+    A session is rebuilt when the integration's default headers change (a reloaded registry)
+    or when the current process is not the one that built it (after a fork). A replaced session
+    is left to the garbage collector, since another thread may still be using it.
+    """
+    headers = validate_headers(integration.headers)
+    header_key = tuple(sorted(headers.items()))
+    pid = os.getpid()
+    with _lock:
+        entry = _sessions.get(integration.id)
+        if entry is not None and entry[0] == pid and entry[1] == header_key:
+            return entry[2]
+        session = _build_session(headers)
+        _sessions[integration.id] = (pid, header_key, session)
+    return session
+
+
+def send(
+    integration: Integration,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> requests.Response:
+    """Send one request to `path` under the integration's base URL and return the response.
+
+    The timeout is (connect, read) from `timeout_s` or the integration's `timeout_ms`.
+    Raises UnsafePathError/UnsafeHeaderError (ValueError) for a path or header that is refused,
+    ValueError for an unknown method or a bad timeout, and requests exceptions untouched.
+    """
+    verb = _check_method(method)
+    url = join_url(integration.base_url, path)
+    extra = validate_headers(headers or {})
+    timeout = _timeout(integration, timeout_s)
+    session = session_for(integration)
+    request = requests.Request(verb, url, json=json, params=dict(params or {}), headers=extra)
+    prepared = session.prepare_request(request)
+    if prepared.url is None or not is_inside(integration.base_url, prepared.url):
+        raise UnsafePathError(
+            f"The request URL for path {path!r} left the base URL of integration "
+            f"{integration.id!r}; it was not sent."
+        )
+    environment = session.merge_environment_settings(prepared.url, {}, None, None, None)
+    return session.send(prepared, timeout=timeout, allow_redirects=False, **environment)
+
+
+def close_sessions() -> None:
+    """Close every session this process built (worker shutdown, tests)."""
+    with _lock:
+        entries = list(_sessions.values())
+        _sessions.clear()
+    for pid, _, session in entries:
+        if pid == os.getpid():
+            session.close()
+
+
+def _build_session(headers: Mapping[str, str]) -> requests.Session:
+    session = requests.Session()
+    no_retries = Retry(total=0, connect=0, read=False, redirect=False, status=0,
+                       raise_on_status=False)
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=no_retries)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    session.headers.update(headers)
+    return session
+
+
+def _check_method(method: str) -> str:
+    verb = method.upper() if isinstance(method, str) else ""
+    if verb not in METHODS:
+        raise ValueError(
+            f"The HTTP method {method!r} is not supported; use one of {', '.join(sorted(METHODS))}."
+        )
+    return verb
+
+
+def _timeout(integration: Integration, timeout_s: float | None) -> tuple[float, float]:
+    total = integration.timeout_ms / 1000 if timeout_s is None else timeout_s
+    if not total > 0:
+        raise ValueError(
+            f"The timeout for integration {integration.id!r} must be a positive number of "
+            f"seconds, got {total!r}."
+        )
+    return (min(total, MAX_CONNECT_TIMEOUT_S), total)
+
+
+def _forget_sessions_in_child() -> None:
+    """After fork: drop the parent's sessions without closing sockets the parent still uses."""
+    global _lock
+    _sessions.clear()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_sessions_in_child)

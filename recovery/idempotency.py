@@ -1,0 +1,96 @@
+"""Success per idempotency key, shared by the cluster.
+
+A job whose key already succeeded is not called again, however it arrives (redelivery after a
+worker died, a replay, a producer enqueuing twice). While one delivery holds the key's claim,
+another delivery of the same key waits instead of calling the upstream in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from enum import StrEnum
+
+import redis
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SUCCESS_TTL_S = 7 * 24 * 3600
+
+# KEYS[1] success key, KEYS[2] claim key; ARGV[1] holder, ARGV[2] claim ttl ms.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'succeeded' end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'busy' end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 'claimed'
+"""
+
+# KEYS[1] success key, KEYS[2] claim key; ARGV[1] holder, ARGV[2] job id, ARGV[3] ttl s,
+# ARGV[4] '1' to record success.
+_RELEASE = """
+if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+class Claim(StrEnum):
+    CLAIMED = "claimed"
+    SUCCEEDED = "succeeded"
+    BUSY = "busy"
+
+
+class IdempotencyStore:
+    def __init__(self, client: redis.Redis | None, *, key_prefix: str) -> None:
+        self._redis = client
+        self._prefix = f"{key_prefix}idem:"
+        self._local_success: dict[str, str] = {}
+        self._local_claims: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        if client is not None:
+            self._claim = client.register_script(_CLAIM)
+            self._release = client.register_script(_RELEASE)
+
+    def _keys(self, key: str) -> list[str]:
+        return [f"{self._prefix}{key}:ok", f"{self._prefix}{key}:claim"]
+
+    def claim(self, key: str, holder: str, ttl_ms: int) -> Claim:
+        """Claim the key for one delivery, unless it already succeeded or another holds it."""
+        if self._redis is None:
+            return self._claim_local(key, holder, ttl_ms)
+        try:
+            answer = self._claim(keys=self._keys(key), args=[holder, ttl_ms])
+        except redis.RedisError as exc:
+            log.warning("idempotency_redis_unavailable", error=str(exc))
+            return self._claim_local(key, holder, ttl_ms)
+        return Claim(answer.decode() if isinstance(answer, bytes) else answer)
+
+    def release(self, key: str, holder: str, job_id: str, *, succeeded: bool) -> None:
+        """Give the claim back; with `succeeded`, remember the key so it is never called again."""
+        if self._redis is not None:
+            try:
+                self._release(
+                    keys=self._keys(key),
+                    args=[holder, job_id, SUCCESS_TTL_S, "1" if succeeded else "0"],
+                )
+                return
+            except redis.RedisError as exc:
+                log.warning("idempotency_redis_unavailable", error=str(exc))
+        with self._lock:
+            if succeeded:
+                self._local_success[key] = job_id
+            if self._local_claims.get(key, ("", 0.0))[0] == holder:
+                del self._local_claims[key]
+
+    def _claim_local(self, key: str, holder: str, ttl_ms: int) -> Claim:
+        now = time.monotonic()
+        with self._lock:
+            if key in self._local_success:
+                return Claim.SUCCEEDED
+            current = self._local_claims.get(key)
+            if current and current[0] != holder and current[1] > now:
+                return Claim.BUSY
+            self._local_claims[key] = (holder, now + ttl_ms / 1000)
+            return Claim.CLAIMED

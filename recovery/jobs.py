@@ -1,0 +1,120 @@
+"""The job as it travels through the broker: what to call, and how far it has got.
+
+A job message is two JSON objects: the immutable `JobSpec` (what the producer asked for) and the
+`Progress` (attempts spent, time deferred), which changes on every Celery retry of the same job.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from recovery.redact import redact_body, redact_headers, redact_params
+
+
+class MalformedJobError(ValueError):
+    """A message that does not carry a job this version understands."""
+
+
+def utc_now_iso() -> str:
+    """The current UTC time in ISO 8601, the format every stored time uses."""
+    return datetime.now(UTC).isoformat()
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time as an aware UTC datetime (naive or empty input counts as now/UTC)."""
+    if not value:
+        return datetime.now(UTC)
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a producer asked for; replays and redeliveries reuse it (only replay_count grows)."""
+
+    job_id: str
+    integration: str
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+    enqueued_at: str = ""
+    replay_count: int = 0
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, data: Any) -> JobSpec:
+        if not isinstance(data, dict):
+            raise MalformedJobError(f"A job must be a JSON object, got {type(data).__name__}.")
+        required = ("job_id", "integration", "method", "path", "idempotency_key")
+        missing = [name for name in required if not isinstance(data.get(name), str)]
+        if missing:
+            raise MalformedJobError(f"The job message lacks {', '.join(missing)}.")
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)
+
+    def redacted(self) -> dict[str, Any]:
+        """The job without secrets: what logs, Flower and the DLQ listing may show."""
+        return {
+            "job_id": self.job_id,
+            "integration": self.integration,
+            "method": self.method,
+            "path": self.path,
+            "json": redact_body(self.json),
+            "params": redact_params(self.params or {}),
+            "headers": redact_headers(self.headers),
+            "idempotency_key": self.idempotency_key,
+            "replay_count": self.replay_count,
+        }
+
+    def replayed(self) -> JobSpec:
+        return replace(self, replay_count=self.replay_count + 1)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job has got across its Celery retries.
+
+    `attempt` is the number of the next real call (1-based); deferrals do not spend it.
+    `blocked_s` is the total time the job has spent deferred by a breaker, limiter or budget.
+    """
+
+    attempt: int = 1
+    deferrals: int = 0
+    blocked_s: float = 0.0
+    auth_refreshed: bool = False
+    recovered_by: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, data: Any) -> Progress:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise MalformedJobError("The job's progress must be a JSON object.")
+        return cls(
+            attempt=int(data.get("attempt", 1)),
+            deferrals=int(data.get("deferrals", 0)),
+            blocked_s=float(data.get("blocked_s", 0.0)),
+            auth_refreshed=bool(data.get("auth_refreshed", False)),
+            recovered_by=data.get("recovered_by"),
+        )
+
+    def next_attempt(self) -> Progress:
+        return replace(self, attempt=self.attempt + 1, auth_refreshed=False)
+
+    def deferred(self, seconds: float) -> Progress:
+        return replace(self, deferrals=self.deferrals + 1, blocked_s=self.blocked_s + seconds)

@@ -1,0 +1,56 @@
+"""structlog configuration and the per-job logging context.
+
+Logs are JSON lines, or readable console output when stderr is a terminal. Inside a job, every
+line carries job_id, task_id, integration and attempt (contextvars bound per task, cleared after).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+from recovery.jobs import JobSpec
+from recovery.redact import redact_text
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def _redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Last line of defence: free text in a log line never carries a credential."""
+    return {k: redact_text(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
+def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+    use_json = not sys.stderr.isatty() if json is None else json
+    renderer: Any = (structlog.processors.JSONRenderer() if use_json
+                     else structlog.dev.ConsoleRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+@contextmanager
+def job_context(job: JobSpec, task_id: str | None, attempt: int) -> Iterator[None]:
+    """Bind the job's identity to every log line emitted inside the block."""
+    tokens = structlog.contextvars.bind_contextvars(
+        job_id=job.job_id, task_id=task_id, integration=job.integration, attempt=attempt)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

@@ -1,0 +1,243 @@
+"""One delivery of a job: gates, the call, classification, and what happens next.
+
+    idempotency claim -> rate limit gate -> breaker permit -> http call -> classify
+    -> breaker record -> audit attempt -> policy: done | retry | defer | fallback | dead-letter
+
+The task adapter turns the returned `Step` into a Celery retry, a dead letter, or a result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import requests
+import structlog
+
+from recovery.audit.writer import AttemptRecord
+from recovery.breaker import BreakerOpenError, Permit
+from recovery.errors import Classification, classify
+from recovery.fallback import has_fallback, remember, response_body, run_fallbacks
+from recovery.http import send
+from recovery.idempotency import Claim
+from recovery.jobs import JobSpec, Progress
+from recovery.policy import Decision, decide_after_failure, decide_when_blocked
+from recovery.redact import redact_params
+from recovery.registry import Integration
+from recovery.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+StepStatus = Literal["succeeded", "degraded", "retry", "defer", "dead", "failed", "duplicate"]
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one delivery decided. `countdown_s` is set for retry and defer."""
+
+    status: StepStatus
+    progress: Progress
+    countdown_s: float | None = None
+    http_status: int | None = None
+    body: Any = None
+    strategy: str | None = None
+    fallback: str | None = None
+    failure: Classification | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    started_at: datetime
+    duration_ms: int
+    response: requests.Response | None
+    failure: Classification | None
+
+
+def max_countdown_s(rt: Runtime) -> float:
+    """Every countdown stays below the broker's visibility timeout, or Redis redelivers early."""
+    return rt.settings.visibility_timeout_s * 0.9
+
+
+def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
+    integration = rt.registry.get(job.integration)
+    claim_ttl_ms = integration.timeout_ms * 2 + 5000
+    claim = rt.idempotency.claim(job.idempotency_key, job.job_id, claim_ttl_ms)
+    if claim is Claim.SUCCEEDED:
+        return _duplicate(job, progress, rt)
+    if claim is Claim.BUSY:
+        return _blocked(job, progress, rt, integration, 1.0, "rate-limit", "another delivery "
+                        "of the same idempotency key is running")
+    rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
+                         redact_params(job.params or {}), job.idempotency_key, progress.attempt)
+    released = False
+    try:
+        wait_s = rt.limiter.acquire(integration.id, integration.rate_limit)
+        if wait_s > 0:
+            return _blocked(job, progress, rt, integration, wait_s, "rate-limit",
+                            "the integration's rate limit is full or paused")
+        breaker = rt.breaker(integration)
+        try:
+            permit = breaker.acquire()
+        except BreakerOpenError as exc:
+            return _blocked(job, progress, rt, integration, exc.retry_after_s, "breaker", str(exc))
+        result = _call_with_auth(job, integration, rt, permit, progress)
+        if result.failure is None:
+            released = True
+            return _succeeded(job, progress, rt, integration, result)
+        return _failed(job, progress, rt, integration, result)
+    finally:
+        if not released:
+            rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=False)
+
+
+def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResult:
+    headers = {**job.headers, **rt.tokens.auth_headers(integration),
+               "Idempotency-Key": job.idempotency_key}
+    timeout_ms = min(integration.timeout_ms, integration.circuit_breaker.call_timeout_ms)
+    started_at = datetime.now(UTC)
+    clock = time.perf_counter()
+    response: requests.Response | None = None
+    try:
+        response = send(integration, job.method, job.path, json=job.json, params=job.params,
+                        headers=headers, timeout_s=timeout_ms / 1000)
+        failure = classify(response=response) if response.status_code >= 400 else None
+    except requests.RequestException as exc:
+        failure = classify(exc)
+    duration_ms = int((time.perf_counter() - clock) * 1000)
+    return CallResult(started_at, duration_ms, response, failure)
+
+
+def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit,
+                    progress: Progress) -> CallResult:
+    """The call under the breaker permit; a 401 refreshes the shared token and retries once."""
+    result = _call_once(job, integration, rt)
+    if (result.failure is not None and result.failure.status == 401
+            and integration.oauth is not None and not progress.auth_refreshed):
+        _record_attempt(job, progress.attempt, result, "retry", rt, strategy="auth-token-refresh")
+        rt.tokens.invalidate(integration, _bearer(rt, integration))
+        result = _call_once(job, integration, rt)
+        if result.failure is not None and result.failure.status == 401:
+            log.error("alert_auth_refresh_failed", integration=integration.id, job_id=job.job_id)
+    failure = result.failure
+    rt.breaker(integration).record(
+        permit, success=failure is None,
+        counts=failure is None or failure.counts_against_breaker())
+    return result
+
+
+def _bearer(rt: Runtime, integration: Integration) -> str:
+    header = rt.tokens.auth_headers(integration).get("Authorization", "")
+    return header.removeprefix("Bearer ")
+
+
+def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
+               result: CallResult) -> Step:
+    assert result.response is not None
+    body = response_body(result.response)
+    remember(rt, integration, job, body)
+    rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=True)
+    _record_attempt(job, progress.attempt, result, "done", rt)
+    strategy = progress_strategy(progress)
+    rt.audit.job_status(job.job_id, "succeeded", attempts=progress.attempt,
+                        deferrals=progress.deferrals, outcome=f"HTTP {result.response.status_code}",
+                        strategy=strategy, last_status=result.response.status_code,
+                        finished=True)
+    return Step("succeeded", progress, http_status=result.response.status_code, body=body,
+                strategy=strategy, reason="The upstream answered successfully.")
+
+
+def progress_strategy(progress: Progress) -> str | None:
+    return progress.recovered_by if progress.attempt > 1 else None
+
+
+def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
+            result: CallResult) -> Step:
+    failure = result.failure
+    assert failure is not None
+    if failure.retry_after_s:
+        rt.limiter.pause(integration.id, failure.retry_after_s, failure.message)
+    decision = decide_after_failure(
+        failure, progress.attempt, integration, max_countdown_s=max_countdown_s(rt),
+        has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)
+    _record_attempt(job, progress.attempt, result, decision.action, rt, decision=decision)
+    if decision.action == "retry":
+        rt.audit.job_status(job.job_id, "retrying", attempts=progress.attempt,
+                            last_status=failure.status, last_error=failure.message)
+        nxt = replace(progress.next_attempt(), recovered_by=decision.strategy)
+        return Step("retry", nxt, countdown_s=decision.delay_s, http_status=failure.status,
+                    strategy=decision.strategy, failure=failure, reason=decision.reason)
+    return _give_up(job, progress, rt, integration, decision, failure)
+
+
+def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
+             wait_s: float, source: Literal["breaker", "rate-limit"], why: str) -> Step:
+    decision = decide_when_blocked(
+        wait_s, progress.blocked_s, max_defer_s=rt.settings.max_defer_ms / 1000, source=source,
+        has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)
+    rt.audit.attempt(AttemptRecord(
+        job_id=job.job_id, number=progress.attempt, kind="deferral",
+        started_at=datetime.now(UTC), duration_ms=0, decision=decision.action,
+        delay_ms=_ms(decision.delay_s), delay_source=decision.delay_source,
+        strategy=decision.strategy, error_message=why, worker=WORKER))
+    if decision.action == "defer":
+        delay = min(decision.delay_s or wait_s, max_countdown_s(rt))
+        rt.audit.job_status(job.job_id, "deferred", deferrals=progress.deferrals + 1)
+        return Step("defer", progress.deferred(delay), countdown_s=delay,
+                    strategy=decision.strategy, reason=decision.reason)
+    return _give_up(job, progress, rt, integration, decision, None)
+
+
+def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
+             decision: Decision, failure: Classification | None) -> Step:
+    """Fall back if allowed and possible, else dead-letter or fail."""
+    status = failure.status if failure else None
+    message = failure.message if failure else decision.reason
+    if decision.action == "fallback":
+        served = run_fallbacks(rt, integration, job)
+        if served is not None:
+            rt.audit.job_status(job.job_id, "degraded", attempts=progress.attempt - 1 +
+                                (failure is not None), outcome=f"served by {served.kind} fallback",
+                                strategy="graceful-degradation", fallback_used=served.kind,
+                                last_status=status, last_error=message, finished=True)
+            return Step("degraded", progress, http_status=served.http_status, body=served.body,
+                        strategy="graceful-degradation", fallback=served.kind, failure=failure,
+                        reason=f"Served by the {served.kind} fallback. {decision.reason}")
+    final = "dead" if rt.settings.dlq_enabled else "failed"
+    return Step(final, progress, http_status=status, strategy=decision.strategy
+                if final == "failed" else "dead-letter-queue", failure=failure,
+                reason=decision.reason)
+
+
+def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
+    rt.audit.attempt(AttemptRecord(
+        job_id=job.job_id, number=progress.attempt, kind="duplicate",
+        started_at=datetime.now(UTC), duration_ms=0, decision="duplicate", worker=WORKER,
+        error_message="This idempotency key already succeeded; the call was not repeated."))
+    rt.audit.job_status(job.job_id, "duplicate", outcome="idempotency key already succeeded",
+                        finished=True)
+    return Step("duplicate", progress, reason="The idempotency key already succeeded.")
+
+
+def _record_attempt(job: JobSpec, number: int, result: CallResult, action: str, rt: Runtime,
+                    *, decision: Decision | None = None, strategy: str | None = None) -> None:
+    failure = result.failure
+    rt.audit.attempt(AttemptRecord(
+        job_id=job.job_id, number=number, kind="call", started_at=result.started_at,
+        duration_ms=result.duration_ms,
+        http_status=result.response.status_code if result.response is not None else None,
+        error_categories=sorted(failure.categories) if failure else [],
+        retryable=failure.retryable if failure else None,
+        error_message=failure.message if failure else None, decision=action,
+        delay_ms=_ms(decision.delay_s) if decision else None,
+        delay_source=decision.delay_source if decision else None,
+        strategy=strategy or (decision.strategy if decision else None), worker=WORKER))
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)

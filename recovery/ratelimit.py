@@ -1,0 +1,235 @@
+"""Cluster-wide rate limits per integration, and a shared "not before" pause.
+
+Every worker process on every host asks the same Redis keys before calling an integration, so
+`RateLimitConfig.max_requests` per `window_ms` holds for the whole cluster. A 429 with
+Retry-After pauses the integration for everyone: `pause` moves a shared "not before" time that
+`acquire` honours before it looks at the window. All decisions run in one Lua script
+(`ratelimit.lua`) on the Redis server's clock, so hosts with skewed clocks still agree.
+
+Without Redis (the demo, or while Redis is unreachable) the same semantics hold in-process only.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, TypedDict, TypeVar
+
+import redis
+import structlog
+from redis.commands.core import Script
+
+from recovery.registry import RateLimitConfig
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: How long to stay on the in-process limiter after Redis failed before trying Redis again.
+#: Keeps a dead Redis from costing every job a connect timeout.
+REDIS_RETRY_AFTER_S = 5.0
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class RateLimitUsage(TypedDict):
+    used: int
+    limit: int
+    window_ms: int
+    paused_for_s: float
+
+
+def _check_config(integration_id: str, config: RateLimitConfig) -> None:
+    if config.window_ms < 1 or config.max_requests < 1:
+        raise ValueError(
+            f"The rate limit of integration '{integration_id}' must allow at least one request "
+            f"in a window of at least 1 ms, got max_requests={config.max_requests} and "
+            f"window_ms={config.window_ms}; fix its rate_limit settings."
+        )
+
+
+def _check_pause(integration_id: str, seconds: float) -> None:
+    if not math.isfinite(seconds):
+        raise ValueError(
+            f"A pause for integration '{integration_id}' must be a finite number of seconds, "
+            f"got {seconds!r}."
+        )
+
+
+class RedisOutage:
+    """Runs a Redis operation, or its in-process stand-in while Redis is unreachable.
+
+    After a connection failure it logs one warning and skips Redis for `retry_after_s`, so a dead
+    Redis does not cost every call a connect timeout; the first success afterwards logs that
+    Redis is back.
+    """
+
+    def __init__(self, component: str, retry_after_s: float = REDIS_RETRY_AFTER_S) -> None:
+        self._component = component
+        self._retry_after_s = retry_after_s
+        self._down_until = 0.0
+
+    def run(self, in_redis: Callable[[], T], in_process: Callable[[], T]) -> T:
+        if time.monotonic() < self._down_until:
+            return in_process()
+        try:
+            result = in_redis()
+        except _REDIS_DOWN as exc:
+            if self._down_until == 0.0:
+                log.warning(
+                    "redis_unavailable",
+                    component=self._component,
+                    error=type(exc).__name__,
+                    detail="Using in-process state, which this process alone sees, until "
+                    "Redis answers again.",
+                )
+            self._down_until = time.monotonic() + self._retry_after_s
+            return in_process()
+        if self._down_until:
+            log.info("redis_restored", component=self._component)
+            self._down_until = 0.0
+        return result
+
+
+class LocalRateLimiter:
+    """The in-process equivalent of the cluster limiter: same semantics, one process only."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._grants: dict[str, deque[float]] = {}
+        self._not_before: dict[str, float] = {}
+
+    def acquire(self, integration_id: str, config: RateLimitConfig) -> float:
+        _check_config(integration_id, config)
+        window = config.window_ms / 1000
+        with self._lock:
+            now = self._clock()
+            paused = self._paused(integration_id, now)
+            if paused > 0:
+                return paused
+            grants = self._grants.setdefault(integration_id, deque())
+            while grants and grants[0] <= now - window:
+                grants.popleft()
+            if len(grants) < config.max_requests:
+                grants.append(now)
+                return 0.0
+            freeing = grants[len(grants) - config.max_requests]
+            return max(freeing + window - now, 0.001)
+
+    def pause(self, integration_id: str, seconds: float, reason: str) -> None:
+        _check_pause(integration_id, seconds)
+        if seconds <= 0:
+            return
+        with self._lock:
+            wanted = self._clock() + seconds
+            if wanted > self._not_before.get(integration_id, -math.inf):
+                self._not_before[integration_id] = wanted
+
+    def paused_for(self, integration_id: str) -> float:
+        with self._lock:
+            return self._paused(integration_id, self._clock())
+
+    def usage(self, integration_id: str, config: RateLimitConfig) -> RateLimitUsage:
+        window = config.window_ms / 1000
+        with self._lock:
+            now = self._clock()
+            used = sum(1 for t in self._grants.get(integration_id, ()) if t > now - window)
+            paused = self._paused(integration_id, now)
+        return RateLimitUsage(
+            used=used, limit=config.max_requests, window_ms=config.window_ms, paused_for_s=paused
+        )
+
+    def _paused(self, integration_id: str, now: float) -> float:
+        return max(self._not_before.get(integration_id, now) - now, 0.0)
+
+
+class ClusterRateLimiter:
+    """Rate limits and Retry-After pauses shared by every worker through Redis.
+
+    `redis_client=None` uses the in-process limiter throughout. If Redis becomes unreachable the
+    limiter logs a warning and uses the in-process limiter until Redis answers again (it retries
+    Redis at most every `REDIS_RETRY_AFTER_S` seconds).
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis | None,
+        *,
+        key_prefix: str,
+        local: LocalRateLimiter | None = None,
+    ) -> None:
+        self._redis = redis_client
+        self._prefix = key_prefix
+        self._local = local or LocalRateLimiter()
+        self._outage = RedisOutage("rate_limit")
+        self._script: Script | None = None
+        if redis_client is not None:
+            source = resources.files("recovery").joinpath("ratelimit.lua").read_text("utf-8")
+            self._script = redis_client.register_script(source)
+
+    def acquire(self, integration_id: str, config: RateLimitConfig) -> float:
+        """Take a slot: 0.0 when granted (and recorded), else the seconds to wait first."""
+        _check_config(integration_id, config)
+        args = (config.window_ms, config.max_requests, uuid.uuid4().hex)
+        return self._with_redis(
+            lambda: float(self._run(integration_id, "acquire", *args)) / 1000,
+            lambda: self._local.acquire(integration_id, config),
+        )
+
+    def pause(self, integration_id: str, seconds: float, reason: str) -> None:
+        """Let nobody call the integration for `seconds`; an existing longer pause is kept."""
+        _check_pause(integration_id, seconds)
+        if seconds <= 0:
+            return
+        paused = self._with_redis(
+            lambda: float(self._run(integration_id, "pause", round(seconds * 1000, 3))) / 1000,
+            lambda: self._local_pause(integration_id, seconds, reason),
+        )
+        log.info(
+            "rate_limit_paused",
+            integration=integration_id,
+            requested_s=seconds,
+            paused_for_s=round(paused, 3),
+            reason=reason,
+        )
+
+    def paused_for(self, integration_id: str) -> float:
+        """Seconds left on the integration's shared pause (0.0 when it is not paused)."""
+        return self._with_redis(
+            lambda: float(self._run(integration_id, "paused_for")) / 1000,
+            lambda: self._local.paused_for(integration_id),
+        )
+
+    def usage(self, integration_id: str, config: RateLimitConfig) -> RateLimitUsage:
+        """What the window holds right now, for the CLI; records nothing."""
+
+        def from_redis() -> RateLimitUsage:
+            used, paused_ms = self._run(integration_id, "usage", config.window_ms)
+            return RateLimitUsage(
+                used=int(used),
+                limit=config.max_requests,
+                window_ms=config.window_ms,
+                paused_for_s=float(paused_ms) / 1000,
+            )
+
+        return self._with_redis(from_redis, lambda: self._local.usage(integration_id, config))
+
+    def _local_pause(self, integration_id: str, seconds: float, reason: str) -> float:
+        self._local.pause(integration_id, seconds, reason)
+        return self._local.paused_for(integration_id)
+
+    def _run(self, integration_id: str, op: str, *args: str | int | float) -> Any:
+        assert self._script is not None
+        base = f"{self._prefix}ratelimit:{integration_id}"
+        return self._script(keys=[f"{base}:log", f"{base}:not_before"], args=[op, *args])
+
+    def _with_redis(self, in_redis: Callable[[], T], in_process: Callable[[], T]) -> T:
+        if self._redis is None:
+            return in_process()
+        return self._outage.run(in_redis, in_process)

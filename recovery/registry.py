@@ -1,0 +1,412 @@
+"""The integrations the system can call, each with its own retry, breaker and fallback policy.
+
+They come from the YAML file named by RECOVERY_INTEGRATIONS (see examples/integrations.yaml) or,
+without one, from the single `primary-api` integration built from the environment the way the
+original design did. Everything is validated at start; a `RegistryError` names the file, the
+integration and the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
+
+from recovery.settings import Settings, get_settings
+from recovery.yamlconfig import Section, read_yaml, show_value
+
+PRIMARY_ID = "primary-api"
+DEFAULT_JITTER = 0.2
+DEFAULT_CACHE_TTL_MS = 3_600_000
+FALLBACK_TYPES = ("api", "cache", "default", "degraded")
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF = re.compile(r"\$\{([^}]*)\}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+_MISSING_HINT = (
+    "the integrations file named by RECOVERY_INTEGRATIONS does not exist; create it, or unset "
+    "RECOVERY_INTEGRATIONS to use primary-api from the environment"
+)
+_INTEGRATION_KEYS = (
+    "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
+    "health_check", "rate_limit", "headers", "oauth",
+)
+_RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
+_BREAKER_KEYS = (
+    "enabled", "threshold", "reset_timeout_ms", "call_timeout_ms", "half_open_max_calls",
+    "failure_rate", "window_ms", "minimum_calls",
+)
+_FALLBACK_EXTRA_KEYS = {"api": "base_url", "cache": "ttl_ms", "default": "value",
+                        "degraded": "message"}
+_HEALTH_KEYS = ("endpoint", "interval_ms", "timeout_ms", "failure_threshold")
+_RATE_KEYS = ("window_ms", "max_requests")
+_OAUTH_KEYS = ("token_url", "client_id", "client_secret_env", "scope")
+
+
+class RegistryError(ValueError):
+    """The integrations file is missing, malformed or describes an invalid integration."""
+
+
+class UnknownIntegrationError(KeyError):
+    """A job named an integration the registry does not know."""
+
+    def __init__(self, integration_id: str, known: Iterable[str]) -> None:
+        self.integration_id = integration_id
+        self.known = sorted(known)
+        super().__init__(integration_id)
+
+    def __str__(self) -> str:
+        return (
+            f"Unknown integration {self.integration_id!r}. "
+            f"Known integrations: {', '.join(self.known)}."
+        )
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int  # total attempts, the first one included
+    initial_delay_ms: int
+    backoff_factor: float
+    max_delay_ms: int
+    jitter: float  # fraction 0..1 of the delay that is randomised
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    enabled: bool
+    threshold: int
+    reset_timeout_ms: int
+    call_timeout_ms: int
+    half_open_max_calls: int = 1
+    failure_rate: float | None = None
+    window_ms: int = 60000
+    minimum_calls: int = 10
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    type: str  # api | cache | default | degraded
+    priority: int
+    base_url: str | None = None
+    ttl_ms: int = DEFAULT_CACHE_TTL_MS
+    value: Any = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    endpoint: str
+    interval_ms: int
+    timeout_ms: int
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    window_ms: int
+    max_requests: int
+
+
+@dataclass(frozen=True)
+class OAuthConfig:
+    token_url: str
+    client_id: str
+    client_secret_env: str  # name of the variable holding the secret, read at call time
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class Integration:
+    id: str
+    name: str
+    base_url: str
+    timeout_ms: int
+    retry: RetryConfig
+    circuit_breaker: BreakerConfig
+    fallbacks: tuple[FallbackConfig, ...]  # sorted by priority, 1 first
+    health_check: HealthCheckConfig | None
+    rate_limit: RateLimitConfig
+    headers: Mapping[str, str]  # ${NAME} references already resolved
+    oauth: OAuthConfig | None
+
+
+class Registry:
+    """The integrations by id, in the order they were defined."""
+
+    def __init__(self, integrations: Iterable[Integration], source: str = "environment") -> None:
+        self.source = source
+        self._by_id: dict[str, Integration] = {}
+        for integration in integrations:
+            if integration.id in self._by_id:
+                raise RegistryError(f"{source}: integration {integration.id!r} is defined twice.")
+            self._by_id[integration.id] = integration
+
+    def get(self, integration_id: str) -> Integration:
+        try:
+            return self._by_id[integration_id]
+        except KeyError:
+            raise UnknownIntegrationError(integration_id, self._by_id) from None
+
+    def __iter__(self) -> Iterator[Integration]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, integration_id: object) -> bool:
+        return integration_id in self._by_id
+
+    def ids(self) -> list[str]:
+        return list(self._by_id)
+
+
+def primary_integration(settings: Settings) -> Integration:
+    """The `primary-api` integration built from the environment, as the original design had it."""
+    fallbacks = [FallbackConfig(type="cache", priority=2), FallbackConfig("degraded", 4)]
+    if settings.secondary_api_url:
+        fallbacks.append(FallbackConfig("api", 1, base_url=settings.secondary_api_url))
+    if settings.fallback_api_url:
+        fallbacks.append(FallbackConfig("api", 3, base_url=settings.fallback_api_url))
+    return Integration(
+        id=PRIMARY_ID,
+        name=PRIMARY_ID,
+        base_url=settings.primary_api_url,
+        timeout_ms=settings.api_timeout_ms,
+        retry=RetryConfig(
+            max_attempts=settings.max_retries,
+            initial_delay_ms=settings.retry_delay_ms,
+            backoff_factor=settings.retry_backoff_factor,
+            max_delay_ms=settings.retry_max_delay_ms,
+            jitter=DEFAULT_JITTER,
+        ),
+        circuit_breaker=BreakerConfig(
+            enabled=settings.enable_circuit_breaker,
+            threshold=settings.circuit_breaker_threshold,
+            reset_timeout_ms=settings.circuit_breaker_reset_timeout_ms,
+            call_timeout_ms=settings.circuit_breaker_timeout_ms,
+        ),
+        fallbacks=tuple(sorted(fallbacks, key=lambda f: f.priority)),
+        health_check=HealthCheckConfig(
+            endpoint="/health",
+            interval_ms=settings.health_check_interval_ms,
+            timeout_ms=settings.health_check_timeout_ms,
+        ),
+        rate_limit=RateLimitConfig(
+            window_ms=settings.rate_limit_window_ms,
+            max_requests=settings.rate_limit_max_requests,
+        ),
+        headers=MappingProxyType({}),
+        oauth=None,
+    )
+
+
+def _retry(s: Section, settings: Settings) -> RetryConfig:
+    return RetryConfig(
+        max_attempts=s.count("max_attempts", settings.max_retries),
+        initial_delay_ms=s.millis("initial_delay_ms", settings.retry_delay_ms, minimum=0),
+        backoff_factor=s.number("backoff_factor", settings.retry_backoff_factor, 1.0, 100.0),
+        max_delay_ms=s.millis("max_delay_ms", settings.retry_max_delay_ms),
+        jitter=s.fraction_or_flag("jitter", DEFAULT_JITTER),
+    )
+
+
+def _breaker(s: Section, settings: Settings) -> BreakerConfig:
+    rate = s.get("failure_rate")
+    return BreakerConfig(
+        enabled=s.flag("enabled", settings.enable_circuit_breaker),
+        threshold=s.count("threshold", settings.circuit_breaker_threshold),
+        reset_timeout_ms=s.millis("reset_timeout_ms", settings.circuit_breaker_reset_timeout_ms),
+        call_timeout_ms=s.millis("call_timeout_ms", settings.circuit_breaker_timeout_ms),
+        half_open_max_calls=s.count("half_open_max_calls", 1),
+        failure_rate=None if rate is None else s.number("failure_rate", 0.5, 0.01, 1.0),
+        window_ms=s.millis("window_ms", 60000),
+        minimum_calls=s.count("minimum_calls", 10),
+    )
+
+
+def _fallback(s: Section, position: int) -> FallbackConfig:
+    kind = s.choice("type", FALLBACK_TYPES)
+    s.reject_unknown(("type", "priority", _FALLBACK_EXTRA_KEYS[kind]), f"a {kind!r} fallback")
+    return FallbackConfig(
+        type=kind,
+        priority=s.count("priority", position),
+        base_url=s.url("base_url") if kind == "api" else None,
+        ttl_ms=s.millis("ttl_ms", DEFAULT_CACHE_TTL_MS),
+        value=s.get("value"),
+        message=s.optional_text("message"),
+    )
+
+
+def _fallbacks(s: Section) -> tuple[FallbackConfig, ...]:
+    entries = [_fallback(item, number) for number, item in enumerate(s.sections("fallbacks"), 1)]
+    return tuple(sorted(entries, key=lambda f: f.priority))
+
+
+def _health(s: Section | None, settings: Settings) -> HealthCheckConfig | None:
+    if s is None:
+        return None
+    endpoint = s.text("endpoint", "/health")
+    if not endpoint.startswith("/"):
+        s.fail("endpoint", f"must be a path starting with '/', got {show_value(endpoint)}")
+    return HealthCheckConfig(
+        endpoint=endpoint,
+        interval_ms=s.millis("interval_ms", settings.health_check_interval_ms),
+        timeout_ms=s.millis("timeout_ms", settings.health_check_timeout_ms),
+        failure_threshold=s.count("failure_threshold", 3),
+    )
+
+
+def _resolve(s: Section, key: str, template: str, environ: Mapping[str, str]) -> str:
+    """Replace every ${NAME} in `template` with the variable's value from `environ`."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if not _ENV_NAME.fullmatch(name):
+            s.fail(key, f"refers to ${{{name}}}, which is not a valid environment variable name")
+        if name not in environ:
+            s.fail(key, f"refers to ${{{name}}}, which is not set in the environment; "
+                        "set it before starting or remove the reference")
+        return environ[name]
+
+    return _ENV_REF.sub(lookup, template)
+
+
+def _headers(s: Section, environ: Mapping[str, str]) -> Mapping[str, str]:
+    headers: dict[str, str] = {}
+    for name, template in s.string_map("headers").items():
+        key = f"headers.{name}"
+        if not _HEADER_NAME.fullmatch(name):
+            s.fail(key, "is not a valid HTTP header name")
+        value = _resolve(s, key, template, environ)
+        if any(ch in value for ch in "\r\n\0"):
+            s.fail(key, "has a value containing a line break or NUL character, "
+                        "which would let it inject other headers")
+        headers[name] = value
+    return MappingProxyType(headers)
+
+
+def _oauth(s: Section | None, environ: Mapping[str, str]) -> OAuthConfig | None:
+    if s is None:
+        return None
+    secret_env = s.required_text("client_secret_env")
+    if not _ENV_NAME.fullmatch(secret_env):
+        s.fail("client_secret_env", f"must be an environment variable name such as "
+                                    f"PAYMENTS_CLIENT_SECRET, got {show_value(secret_env)}")
+    if secret_env not in environ:
+        s.fail("client_secret_env", f"names {secret_env}, which is not set in the environment; "
+                                    "set it before starting")
+    return OAuthConfig(
+        token_url=s.url("token_url"),
+        client_id=s.required_text("client_id"),
+        client_secret_env=secret_env,
+        scope=s.optional_text("scope"),
+    )
+
+
+def _check_countdowns(integration: Integration, s: Section, settings: Settings) -> None:
+    """Every countdown must stay below the broker visibility timeout, or Redis redelivers."""
+    limit_s = settings.visibility_timeout_s
+    for key, millis in (
+        ("retry.max_delay_ms", integration.retry.max_delay_ms),
+        ("circuit_breaker.reset_timeout_ms", integration.circuit_breaker.reset_timeout_ms),
+        ("rate_limit.window_ms", integration.rate_limit.window_ms),
+    ):
+        if millis / 1000 >= limit_s:
+            s.fail(key, f"is {millis} ms, which is not below REDIS_VISIBILITY_TIMEOUT "
+                        f"({limit_s} s): Redis would redeliver a job waiting that long and it "
+                        f"would run twice. Lower {key} or raise REDIS_VISIBILITY_TIMEOUT to at "
+                        f"least {millis // 1000 + 1} seconds")
+
+
+def _integration(
+    ident: str, s: Section, settings: Settings, environ: Mapping[str, str]
+) -> Integration:
+    s.reject_unknown(_INTEGRATION_KEYS)
+    rate = s.section("rate_limit", _RATE_KEYS) or s.empty("rate_limit")
+    integration = Integration(
+        id=ident,
+        name=s.text("name", ident),
+        base_url=s.url("base_url"),
+        timeout_ms=s.millis("timeout_ms", settings.api_timeout_ms),
+        retry=_retry(s.section("retry", _RETRY_KEYS) or s.empty("retry"), settings),
+        circuit_breaker=_breaker(
+            s.section("circuit_breaker", _BREAKER_KEYS) or s.empty("circuit_breaker"), settings
+        ),
+        fallbacks=_fallbacks(s),
+        health_check=_health(s.section("health_check", _HEALTH_KEYS), settings),
+        rate_limit=RateLimitConfig(
+            window_ms=rate.millis("window_ms", settings.rate_limit_window_ms),
+            max_requests=rate.count("max_requests", settings.rate_limit_max_requests),
+        ),
+        headers=_headers(s, environ),
+        oauth=_oauth(s.section("oauth", _OAUTH_KEYS), environ),
+    )
+    _check_countdowns(integration, s, settings)
+    return integration
+
+
+def _integration_id(entry: Any, path: str, number: int) -> str:
+    where = f"{path}: integration #{number}"
+    if not isinstance(entry, Mapping):
+        raise RegistryError(f"{where} must be a mapping with keys such as id and base_url, "
+                            f"got {show_value(entry)}.")
+    ident = entry.get("id")
+    if ident is None:
+        raise RegistryError(f"{where}: key 'id' is missing; give every integration an id "
+                            "such as 'payments'.")
+    if not isinstance(ident, str) or not _ID.fullmatch(ident):
+        raise RegistryError(f"{where}: key 'id' must be 1 to 63 lowercase letters, digits, '-' "
+                            f"or '_', starting with a letter or digit, got {show_value(ident)}.")
+    return ident
+
+
+def load_file(path: str, settings: Settings, environ: Mapping[str, str]) -> Registry:
+    """Load and validate the integrations file at `path`."""
+    document = read_yaml(path, RegistryError, _MISSING_HINT)
+    if not isinstance(document, Mapping) or "integrations" not in document:
+        raise RegistryError(f"{path}: the top level must be a mapping with an 'integrations' "
+                            f"list, got {show_value(document)}.")
+    extra = sorted(str(key) for key in document if key != "integrations")
+    if extra:
+        raise RegistryError(f"{path}: unknown top-level key {extra[0]!r} "
+                            "(known keys: integrations).")
+    entries = document["integrations"]
+    if not isinstance(entries, list) or not entries:
+        raise RegistryError(f"{path}: 'integrations' must be a non-empty list of integrations, "
+                            f"got {show_value(entries)}.")
+    seen: dict[str, int] = {}
+    integrations = []
+    for number, entry in enumerate(entries, 1):
+        ident = _integration_id(entry, path, number)
+        if ident in seen:
+            raise RegistryError(f"{path}: integration {ident!r} is defined twice (#{seen[ident]} "
+                                f"and #{number}); give each integration its own id.")
+        seen[ident] = number
+        section = Section(entry, path, f"integration {ident!r}", RegistryError)
+        integrations.append(_integration(ident, section, settings, environ))
+    return Registry(integrations, source=path)
+
+
+def load_registry(settings: Settings, environ: Mapping[str, str] | None = None) -> Registry:
+    """The registry from `settings.integrations_file`, or the environment's `primary-api`."""
+    env = os.environ if environ is None else environ
+    if settings.integrations_file:
+        return load_file(settings.integrations_file, settings, env)
+    return Registry([primary_integration(settings)])
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use from the current settings."""
+    return load_registry(get_settings())
+
+
+def reset_registry() -> None:
+    """Forget the cached registry so the next `get_registry()` loads it again."""
+    get_registry.cache_clear()

@@ -1,0 +1,131 @@
+"""The per-process set of collaborators a job needs, built once from settings.
+
+Everything here holds sockets (Redis, PostgreSQL, HTTP pools), so a forked worker process
+rebuilds it (`reset_runtime` runs on Celery's `worker_process_init`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import redis
+import structlog
+from sqlalchemy.engine import Engine
+
+from recovery.audit.writer import AuditWriter
+from recovery.auth import TokenProvider
+from recovery.breaker import ClusterBreaker
+from recovery.db import make_engine
+from recovery.idempotency import IdempotencyStore
+from recovery.ratelimit import ClusterRateLimiter
+from recovery.registry import Integration, Registry, get_registry
+from recovery.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client with short timeouts: a stalled Redis must not stall a job for long."""
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: Registry
+    redis: redis.Redis | None
+    engine: Engine
+    audit: AuditWriter
+    limiter: ClusterRateLimiter
+    tokens: TokenProvider
+    idempotency: IdempotencyStore
+    _breakers: dict[str, ClusterBreaker] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def breaker(self, integration: Integration, *, scope: str = "") -> ClusterBreaker:
+        """The cluster breaker for an integration (or one of its fallback APIs, by scope)."""
+        name = f"{integration.id}{scope}"
+        with self._lock:
+            found = self._breakers.get(name)
+            if found is None:
+                config = integration.circuit_breaker
+                if not self.settings.enable_circuit_breaker:
+                    config = replace(config, enabled=False)
+                found = ClusterBreaker(
+                    self.redis,
+                    name,
+                    config,
+                    key_prefix=self.settings.redis_key_prefix,
+                    listeners=[self._record_transition],
+                )
+                self._breakers[name] = found
+            return found
+
+    def _record_transition(
+        self, integration: str, from_state: str, to_state: str, reason: str, at: datetime
+    ) -> None:
+        log.warning(
+            "breaker_transition",
+            integration=integration,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+        )
+        self.audit.breaker_transition(integration, from_state, to_state, reason, at=at)
+        for hook in _transition_hooks:
+            hook(integration, from_state, to_state, reason, at)
+
+
+_transition_hooks: list[Callable[[str, str, str, str, datetime], None]] = []
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def on_breaker_transition(hook: Callable[[str, str, str, str, datetime], None]) -> None:
+    """Register a callable told of every breaker transition this process makes (alerts)."""
+    _transition_hooks.append(hook)
+
+
+def build_runtime(settings: Settings, registry: Registry) -> Runtime:
+    client = redis_client(settings.redis_url)
+    engine = make_engine(settings.database_url)
+    prefix = settings.redis_key_prefix
+    return Runtime(
+        settings=settings,
+        registry=registry,
+        redis=client,
+        engine=engine,
+        audit=AuditWriter(engine),
+        limiter=ClusterRateLimiter(client, key_prefix=prefix),
+        tokens=TokenProvider(client, key_prefix=prefix),
+        idempotency=IdempotencyStore(client, key_prefix=prefix),
+    )
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = build_runtime(get_settings(), get_registry())
+        return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a prepared runtime (the demo's embedded mode, tests)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = runtime
+
+
+def reset_runtime() -> None:
+    """Forget the process's runtime; the next job builds a fresh one with fresh sockets."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.engine.dispose(close=False)
+        _runtime = None

@@ -1,0 +1,293 @@
+"""Every setting of the system, read from the environment and validated once at start.
+
+A bad value stops the process with a `SettingsError` that names the variable, shows the value it
+got and says what is accepted, so an operator can fix the deployment without reading code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+#: Longest duration any millisecond setting may have; anything above is treated as a typo.
+MAX_MS = 7 * 24 * 60 * 60 * 1000
+#: Largest count (retries, thresholds, request limits) we accept.
+MAX_COUNT = 1_000_000
+#: Largest exponential-backoff factor we accept.
+MAX_BACKOFF_FACTOR = 100.0
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+_DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration. Durations are milliseconds unless the name says otherwise."""
+
+    log_level: str
+    service_name: str
+    database_url: str
+    redis_url: str
+    redis_key_prefix: str
+    primary_api_url: str
+    secondary_api_url: str | None
+    fallback_api_url: str | None
+    api_timeout_ms: int
+    circuit_breaker_threshold: int
+    circuit_breaker_timeout_ms: int
+    circuit_breaker_reset_timeout_ms: int
+    max_retries: int
+    retry_delay_ms: int
+    retry_backoff_factor: float
+    retry_max_delay_ms: int
+    dlq_enabled: bool
+    dlq_max_retries: int
+    dlq_retry_delay_ms: int
+    sentry_dsn: str | None
+    metrics_enabled: bool
+    health_check_interval_ms: int
+    health_check_timeout_ms: int
+    rate_limit_window_ms: int
+    rate_limit_max_requests: int
+    enable_circuit_breaker: bool
+    enable_graceful_degradation: bool
+    enable_auto_recovery: bool
+    integrations_file: str | None
+    visibility_timeout_s: int
+    max_defer_ms: int
+
+
+def show(value: str) -> str:
+    """Quote a value for an error message, shortened so a huge value cannot flood the log."""
+    if len(value) > 80:
+        value = value[:77] + "..."
+    return repr(value)
+
+
+def is_http_url(value: str) -> bool:
+    """True for an absolute http:// or https:// URL that names a host (and a valid port)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _hide_password(url: str) -> str:
+    """Replace the password in `scheme://user:password@host` so errors never print it."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class _Reader:
+    """Reads one variable at a time and raises `SettingsError` naming it when it is wrong."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str, default: str) -> str:
+        value = self._environ.get(name)
+        return default if value is None else value
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        value = self.raw(name, default).strip()
+        if not value:
+            raise SettingsError(f"{name} must not be empty; unset it to use {default!r}.")
+        return value
+
+    def whole(self, name: str, default: int, minimum: int, maximum: int, unit: str = "") -> int:
+        text = self.raw(name, str(default))
+        stripped = text.strip()
+        if not _WHOLE.fullmatch(stripped):
+            raise SettingsError(f"{name} must be a whole number, got {show(text)}.")
+        digits = stripped.lstrip("+-")
+        negative = stripped.startswith("-")
+        # Python refuses int() on very long digit strings; such a number is absurd anyway.
+        value = int(stripped) if len(digits) <= 20 else (-1 if negative else maximum + 1)
+        suffix = f" {unit}" if unit else ""
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}{suffix}, got {show(text)}.")
+        if value > maximum:
+            limit = f"{maximum}{suffix}" + (" (7 days)" if unit in ("ms", "s") else "")
+            raise SettingsError(
+                f"{name} must be at most {limit}, got {show(text)}; "
+                "a value this large is almost certainly a mistake."
+            )
+        return value
+
+    def count(self, name: str, default: int) -> int:
+        return self.whole(name, default, 1, MAX_COUNT)
+
+    def millis(self, name: str, default: int, minimum: int = 1) -> int:
+        return self.whole(name, default, minimum, MAX_MS, "ms")
+
+    def factor(self, name: str, default: float) -> float:
+        text = self.raw(name, str(default))
+        if not _DECIMAL.fullmatch(text.strip()):
+            raise SettingsError(f"{name} must be a number such as 2 or 1.5, got {show(text)}.")
+        value = float(text.strip())
+        if value < 1:
+            raise SettingsError(
+                f"{name} must be at least 1 (1 keeps every delay the same), got {show(text)}."
+            )
+        if value > MAX_BACKOFF_FACTOR or math.isinf(value):
+            raise SettingsError(
+                f"{name} must be at most {MAX_BACKOFF_FACTOR:g}, got {show(text)}; "
+                "a factor this large is almost certainly a mistake."
+            )
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        text = self.raw(name, "true" if default else "false")
+        word = text.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise SettingsError(
+            f"{name} must be true or false (1/0 and yes/no also work), got {show(text)}."
+        )
+
+    def log_level(self, name: str, default: str) -> str:
+        text = self.raw(name, default)
+        level = text.strip().lower()
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {show(text)}.")
+        return level
+
+    def http_url(self, name: str, default: str) -> str:
+        text = self.raw(name, default).strip()
+        if not is_http_url(text):
+            raise SettingsError(
+                f"{name} must be an http:// or https:// URL with a host, "
+                f"e.g. https://api.example.com, got {show(_hide_password(text))}."
+            )
+        return text
+
+    def optional_http_url(self, name: str) -> str | None:
+        """Like `http_url`, but unset or empty means None."""
+        return None if self.optional(name) is None else self.http_url(name, "")
+
+    def database_url(self, name: str, default: str) -> str:
+        text = self.raw(name, default).strip()
+        if not text.startswith(_DATABASE_PREFIXES) or text in _DATABASE_PREFIXES:
+            raise SettingsError(
+                f"{name} must be a postgresql://, postgresql+psycopg:// or sqlite:///path URL, "
+                f"got {show(_hide_password(text))}."
+            )
+        return text
+
+    def redis_url(self, name: str, default: str) -> str:
+        text = self.raw(name, default).strip()
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
+            raise SettingsError(
+                f"{name} must be a redis://host:port/db, rediss:// or unix:// URL, "
+                f"got {show(_hide_password(text))}."
+            )
+        return text
+
+    def key_prefix(self, name: str, default: str) -> str:
+        text = self.raw(name, default)
+        if not text or len(text) > 64 or any(ch.isspace() for ch in text):
+            raise SettingsError(
+                f"{name} must be 1 to 64 characters without spaces, such as 'recovery:', "
+                f"got {show(text)}."
+            )
+        return text
+
+
+def _check_countdowns(settings: Settings) -> None:
+    """Refuse settings whose longest countdown could outlast the broker's visibility timeout.
+
+    Redis redelivers a message that is not acknowledged within the visibility timeout, so a
+    retry scheduled further out than that would run twice.
+    """
+    countdowns = (
+        ("RETRY_MAX_DELAY", settings.retry_max_delay_ms),
+        ("CIRCUIT_BREAKER_RESET_TIMEOUT", settings.circuit_breaker_reset_timeout_ms),
+        ("RATE_LIMIT_WINDOW", settings.rate_limit_window_ms),
+    )
+    for name, millis in countdowns:
+        if millis / 1000 >= settings.visibility_timeout_s:
+            raise SettingsError(
+                f"{name} is {millis} ms ({millis / 1000:g} s), which is not below "
+                f"REDIS_VISIBILITY_TIMEOUT ({settings.visibility_timeout_s} s): Redis would "
+                f"redeliver a job waiting that long and it would run twice. Lower {name} or "
+                f"raise REDIS_VISIBILITY_TIMEOUT to at least {millis // 1000 + 1} seconds."
+            )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting from `environ` (default: the process environment)."""
+    r = _Reader(os.environ if environ is None else environ)
+    settings = Settings(
+        log_level=r.log_level("LOG_LEVEL", "info"),
+        service_name=r.text("SERVICE_NAME", "api-recovery"),
+        database_url=r.database_url(
+            "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        redis_url=r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        redis_key_prefix=r.key_prefix("RECOVERY_REDIS_PREFIX", "recovery:"),
+        primary_api_url=r.http_url("PRIMARY_API_URL", "http://127.0.0.1:8080"),
+        secondary_api_url=r.optional_http_url("SECONDARY_API_URL"),
+        fallback_api_url=r.optional_http_url("FALLBACK_API_URL"),
+        api_timeout_ms=r.millis("API_TIMEOUT", 30000),
+        circuit_breaker_threshold=r.count("CIRCUIT_BREAKER_THRESHOLD", 5),
+        circuit_breaker_timeout_ms=r.millis("CIRCUIT_BREAKER_TIMEOUT", 60000),
+        circuit_breaker_reset_timeout_ms=r.millis("CIRCUIT_BREAKER_RESET_TIMEOUT", 30000),
+        max_retries=r.count("MAX_RETRIES", 3),
+        retry_delay_ms=r.millis("RETRY_DELAY", 1000, minimum=0),
+        retry_backoff_factor=r.factor("RETRY_BACKOFF_FACTOR", 2.0),
+        retry_max_delay_ms=r.millis("RETRY_MAX_DELAY", 30000),
+        dlq_enabled=r.flag("DLQ_ENABLED", True),
+        dlq_max_retries=r.count("DLQ_MAX_RETRIES", 5),
+        dlq_retry_delay_ms=r.millis("DLQ_RETRY_DELAY", 300000),
+        sentry_dsn=r.optional_http_url("SENTRY_DSN"),
+        metrics_enabled=r.flag("METRICS_ENABLED", True),
+        health_check_interval_ms=r.millis("HEALTH_CHECK_INTERVAL", 30000),
+        health_check_timeout_ms=r.millis("HEALTH_CHECK_TIMEOUT", 5000),
+        rate_limit_window_ms=r.millis("RATE_LIMIT_WINDOW", 60000),
+        rate_limit_max_requests=r.count("RATE_LIMIT_MAX_REQUESTS", 100),
+        enable_circuit_breaker=r.flag("ENABLE_CIRCUIT_BREAKER", True),
+        enable_graceful_degradation=r.flag("ENABLE_GRACEFUL_DEGRADATION", True),
+        enable_auto_recovery=r.flag("ENABLE_AUTO_RECOVERY", True),
+        integrations_file=r.optional("RECOVERY_INTEGRATIONS"),
+        visibility_timeout_s=r.whole("REDIS_VISIBILITY_TIMEOUT", 3600, 1, MAX_MS // 1000, "s"),
+        max_defer_ms=r.millis("MAX_DEFER_WINDOW", 600000),
+    )
+    _check_countdowns(settings)
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded from the environment on first use."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings so the next `get_settings()` reads the environment again."""
+    get_settings.cache_clear()

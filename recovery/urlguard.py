@@ -1,0 +1,197 @@
+"""The SSRF guard: a job's path can never leave its integration's base URL.
+
+A job names an integration and a path; the worker joins them. `validate_path` refuses every
+form that could move the request elsewhere: absolute or scheme-relative URLs, dot segments,
+backslashes, control characters, query strings and fragments, in raw form and behind any
+number of percent-encoding layers (servers and proxies often decode more than once).
+`join_url` then glues the validated path under the base URL without any URL-resolution
+algorithm, so the result always starts with the base URL's scheme, host, port and prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from urllib.parse import quote, unquote_to_bytes, urlsplit
+
+MAX_PATH_LENGTH = 2048
+MAX_ENCODING_LAYERS = 4
+_SHOWN_CHARS = 200
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNRESERVED_ESCAPE = re.compile(r"%(2[DEde]|5[Ff]|7[Ee]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa])")
+# Characters allowed unescaped in a joined path: RFC 3986 pchar plus "/" and existing escapes.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+class UnsafePathError(ValueError):
+    """A job's path could leave the integration's base URL or is malformed."""
+
+
+class InvalidBaseURLError(ValueError):
+    """An integration's base URL cannot serve as the root of guarded requests."""
+
+
+class UnsafeHeaderError(ValueError):
+    """A header name or value could split or smuggle an HTTP request."""
+
+
+def show(text: str) -> str:
+    """`text` as an escaped repr, at most 200 characters, safe to put in an error message."""
+    shown = repr(text)
+    return shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 3] + "..."
+
+
+def validate_path(path: str) -> str:
+    """Return `path` with exactly one leading "/", or raise UnsafePathError saying why."""
+    if not isinstance(path, str):
+        raise UnsafePathError(f"The path must be text, got {type(path).__name__}.")
+    if not path:
+        raise UnsafePathError("The path is empty; give a path such as '/orders'.")
+    if len(path) > MAX_PATH_LENGTH:
+        raise UnsafePathError(
+            f"The path is {len(path)} characters long; the limit is {MAX_PATH_LENGTH}: "
+            f"{show(path)}."
+        )
+    if "?" in path:
+        raise UnsafePathError(
+            f"The path {show(path)} contains a query string; pass query parameters in "
+            "`params` instead."
+        )
+    if "#" in path:
+        raise UnsafePathError(f"The path {show(path)} contains a fragment ('#'); remove it.")
+    for layer in _decoded_layers(path):
+        problem = _layer_problem(layer)
+        if problem:
+            raise UnsafePathError(f"The path {show(path)} was refused: it {problem}.")
+    return path if path.startswith("/") else "/" + path
+
+
+def join_url(base_url: str, path: str) -> str:
+    """Join a validated `path` under `base_url`; the result always stays under the base URL.
+
+    Characters outside RFC 3986's path alphabet (spaces, Unicode) are percent-encoded as UTF-8;
+    existing escapes are kept and a lone "%" becomes "%25".
+    """
+    root = _root(base_url)
+    clean = validate_path(path)
+    encoded = quote(_STRAY_PERCENT.sub("%25", clean), safe=_PATH_SAFE)
+    return root + "/" + encoded.lstrip("/")
+
+
+def is_inside(base_url: str, url: str) -> bool:
+    """True when `url` has the base URL's scheme, host and port and lies under its prefix.
+
+    Dot segments (also percent-encoded) and user information in `url` make it not inside.
+    """
+    try:
+        base = urlsplit(_root(base_url))
+        target = urlsplit(url)
+        target_port = target.port or _DEFAULT_PORTS.get(target.scheme.lower())
+        base_port = base.port or _DEFAULT_PORTS.get(base.scheme.lower())
+    except ValueError:
+        return False
+    if target.scheme.lower() != base.scheme.lower() or "@" in target.netloc:
+        return False
+    if (target.hostname or "") != (base.hostname or "") or target_port != base_port:
+        return False
+    if not target.path.startswith(base.path + "/"):
+        return False
+    segments = _UNRESERVED_ESCAPE.sub(_decode_escape, target.path).split("/")
+    return not any(segment in (".", "..") for segment in segments)
+
+
+def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Return a copy of `headers` with outer whitespace trimmed from values.
+
+    Names must be RFC 7230 tokens and values free of CR, LF, NUL and other control
+    characters (tab excepted); otherwise UnsafeHeaderError names the offending header.
+    """
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise UnsafeHeaderError(
+                f"The header name {show(str(name))} is not a valid HTTP token; use letters, "
+                "digits and -!#$%&'*+.^_`|~ only."
+            )
+        if not isinstance(value, str):
+            raise UnsafeHeaderError(
+                f"The value of header {name!r} must be text, got {type(value).__name__}."
+            )
+        if any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in value):
+            raise UnsafeHeaderError(
+                f"The value of header {name!r} contains a line break or control character "
+                f"({show(value)}); remove it."
+            )
+        checked[name] = value.strip(" \t")
+    return checked
+
+
+def _root(base_url: str) -> str:
+    """The base URL without a trailing slash, after checking it can root guarded requests."""
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        raise InvalidBaseURLError(f"The base URL {show(base_url)} is malformed: {exc}.") from exc
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+        raise InvalidBaseURLError(
+            f"The base URL {show(base_url)} must start with http:// or https:// and name a host."
+        )
+    if parts.query or parts.fragment or "@" in parts.netloc or base_url.endswith(("?", "#")):
+        raise InvalidBaseURLError(
+            f"The base URL {show(base_url)} must not carry user information, a query or a "
+            "fragment; put credentials in headers."
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _decoded_layers(path: str) -> list[str]:
+    """`path` and each successive percent-decoding of it, until nothing changes."""
+    layers = [path]
+    while _ESCAPE.search(layers[-1]):
+        if len(layers) > MAX_ENCODING_LAYERS:
+            raise UnsafePathError(
+                f"The path {show(path)} is percent-encoded more than {MAX_ENCODING_LAYERS} "
+                "times over; decode it first."
+            )
+        try:
+            layers.append(unquote_to_bytes(layers[-1]).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UnsafePathError(
+                f"The path {show(path)} contains percent-encoded bytes that are not valid "
+                "UTF-8; encode text as UTF-8."
+            ) from exc
+    return layers
+
+
+def _layer_problem(layer: str) -> str | None:
+    """Why one decoding layer of a path is unsafe, as a phrase, or None."""
+    if _SCHEME.match(layer):
+        return "is an absolute URL; give only the path below the integration's base URL"
+    if layer.startswith("//"):
+        return "starts with '//', which names another host"
+    if any(unicodedata.category(ch) == "Cc" for ch in layer):
+        return "contains a control character"
+    folded = unicodedata.normalize("NFKC", layer)
+    if "\\" in folded:
+        return "contains a backslash"
+    segments = folded.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return "contains a '.' or '..' segment"
+    inner = segments[1:-1] if layer.startswith("/") else segments[:-1]
+    if any(not segment for segment in inner):
+        return "contains an empty segment ('//')"
+    first = segments[1] if layer.startswith("/") and len(segments) > 1 else segments[0]
+    if "@" in first:
+        return "has '@' in its first segment, which reads like user information (user@host)"
+    return None
+
+
+def _decode_escape(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))

@@ -1,0 +1,1 @@
+"""Thin Celery task modules: adapters from messages to the recovery engine."""

@@ -1,0 +1,18 @@
+"""Session-wide test environment, set before any module builds the Celery app.
+
+Every test run talks to Redis db 15 under its own key prefix (broker queues included, through
+kombu's global_keyprefix), so runs never see each other's keys or queues.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+SESSION_PREFIX = f"test-{uuid.uuid4().hex[:10]}:"
+
+os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ["RECOVERY_REDIS_PREFIX"] = SESSION_PREFIX
+os.environ.setdefault("LOG_LEVEL", "warning")
+for name in ("RECOVERY_INTEGRATIONS", "SENTRY_DSN", "ALERT_WEBHOOK_URL"):
+    os.environ.pop(name, None)

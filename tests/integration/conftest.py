@@ -1,0 +1,171 @@
+"""Real services for integration tests: a database per test, a clean key prefix, a local
+upstream, and real `celery worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import yaml
+
+from recovery.faultserver import FaultServer
+from recovery.registry import reset_registry
+from recovery.runtime import reset_runtime
+from recovery.settings import reset_settings
+
+ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database migrated to head, dropped afterwards."""
+    from recovery.db import upgrade
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        reset_runtime()
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """The test Redis; every key under the session prefix is deleted after the test."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    yield client
+    prefix = os.environ["RECOVERY_REDIS_PREFIX"]
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    keys += list(client.scan_iter(match=f"*{prefix}*", count=1000))
+    if keys:
+        client.delete(*set(keys))
+    client.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FaultServer]:
+    server = FaultServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
+              redis_client: redis.Redis) -> Iterator[Callable[..., dict[str, str]]]:
+    """Set the environment for a test (settings and an integrations file); returns the env.
+
+    `configure(integrations=[{...}], MAX_RETRIES="3")` writes the YAML and sets variables.
+    """
+    def apply(integrations: list[dict[str, Any]] | None = None, **env: str) -> dict[str, str]:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        if integrations is not None:
+            path = tmp_path / "integrations.yaml"
+            path.write_text(yaml.safe_dump({"integrations": integrations}))
+            monkeypatch.setenv("RECOVERY_INTEGRATIONS", str(path))
+        reset_settings()
+        reset_registry()
+        reset_runtime()
+        return dict(os.environ)
+
+    yield apply
+    reset_settings()
+    reset_registry()
+    reset_runtime()
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess, stopped (and its pool reaped) at teardown."""
+
+    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path,
+                 queues: str | None) -> None:
+        command = [sys.executable, "-m", "celery", "-A", "recovery.celery_app", "worker",
+                   "-P", "prefork", "-c", str(concurrency), "--without-gossip",
+                   "--without-mingle", "--without-heartbeat", "-l", "info",
+                   "-n", f"test-{uuid.uuid4().hex[:8]}@%h"]
+        if queues:
+            command += ["-Q", queues]
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"ready." in self.log_path.read_bytes():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"The worker did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def pool_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
+                             text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], concurrency: int = 2,
+              queues: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(env, concurrency, tmp_path / f"worker{len(workers)}.log", queues)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for_status(engine: Any, job_id: str, statuses: set[str],
+                    timeout: float = 60.0) -> dict[str, Any]:
+    """Poll the audit trail until the job reaches one of `statuses`; fail with its last state."""
+    from recovery.audit.queries import get_job
+
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = get_job(engine, job_id)
+        if job is not None and job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"Job {job_id} did not reach {statuses} in {timeout} s; last: {job}")
