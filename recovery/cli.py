@@ -254,3 +254,12 @@ def db_downgrade(revision: str, yes: bool) -> None:
         fail("Downgrading drops audit data; pass --yes to confirm.")
     downgrade(get_settings().database_url, revision)
     click.echo(f"Database downgraded to {revision}.")
+
+
+def _register_subcommands() -> None:
+    from recovery.cli_breaker import breaker
+
+    main.add_command(breaker)
+
+
+_register_subcommands()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
-def _redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Last line of defence: free text in a log line never carries a credential."""
     return {k: redact_text(v) if isinstance(v, str) else v for k, v in event.items()}
 

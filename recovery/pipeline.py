@@ -186,7 +186,8 @@ def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
         delay_ms=_ms(decision.delay_s), delay_source=decision.delay_source,
         strategy=decision.strategy, error_message=why, worker=WORKER))
     if decision.action == "defer":
-        delay = min(decision.delay_s or wait_s, max_countdown_s(rt))
+        delay = min(decision.delay_s if decision.delay_s is not None else max(wait_s, 0.0),
+                    max_countdown_s(rt))
         rt.audit.job_status(job.job_id, "deferred", deferrals=progress.deferrals + 1)
         return Step("defer", progress.deferred(delay), countdown_s=delay,
                     strategy=decision.strategy, reason=decision.reason)
@@ -208,10 +209,11 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
             return Step("degraded", progress, http_status=served.http_status, body=served.body,
                         strategy="graceful-degradation", fallback=served.kind, failure=failure,
                         reason=f"Served by the {served.kind} fallback. {decision.reason}")
-    final = "dead" if rt.settings.dlq_enabled else "failed"
-    return Step(final, progress, http_status=status, strategy=decision.strategy
-                if final == "failed" else "dead-letter-queue", failure=failure,
-                reason=decision.reason)
+    if rt.settings.dlq_enabled:
+        return Step("dead", progress, http_status=status, strategy="dead-letter-queue",
+                    failure=failure, reason=decision.reason)
+    return Step("failed", progress, http_status=status, strategy=decision.strategy,
+                failure=failure, reason=decision.reason)
 
 
 def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:

@@ -65,7 +65,7 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
     try:
         registry.get(integration)
     except UnknownIntegrationError as exc:
-        raise EnqueueError(str(exc.args[0]) if exc.args else str(exc)) from exc
+        raise EnqueueError(str(exc)) from exc
     verb = _check_method(method)
     try:
         safe_path = validate_path(path)

@@ -232,7 +232,8 @@ def _breaker(s: Section, settings: Settings) -> BreakerConfig:
 
 def _fallback(s: Section, position: int) -> FallbackConfig:
     kind = s.choice("type", FALLBACK_TYPES)
-    s.reject_unknown(("type", "priority", _FALLBACK_EXTRA_KEYS[kind]), f"a {kind!r} fallback")
+    known = ("type", "priority", _FALLBACK_EXTRA_KEYS[kind])
+    s.reject_unknown(known, f"a fallback of type {kind!r}")
     return FallbackConfig(
         type=kind,
         priority=s.count("priority", position),

@@ -24,6 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_SPACE = " \t\r\n\f\v"  # str.strip() would also drop Unicode separators float() refuses
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
@@ -69,6 +70,7 @@ class Settings:
     integrations_file: str | None
     visibility_timeout_s: int
     max_defer_ms: int
+    poison_max_deliveries: int
 
 
 def show(value: str) -> str:
@@ -104,18 +106,18 @@ class _Reader:
         return default if value is None else value
 
     def optional(self, name: str) -> str | None:
-        value = self._environ.get(name, "").strip()
+        value = self._environ.get(name, "").strip(_SPACE)
         return value or None
 
     def text(self, name: str, default: str) -> str:
-        value = self.raw(name, default).strip()
+        value = self.raw(name, default).strip(_SPACE)
         if not value:
             raise SettingsError(f"{name} must not be empty; unset it to use {default!r}.")
         return value
 
     def whole(self, name: str, default: int, minimum: int, maximum: int, unit: str = "") -> int:
         text = self.raw(name, str(default))
-        stripped = text.strip()
+        stripped = text.strip(_SPACE)
         if not _WHOLE.fullmatch(stripped):
             raise SettingsError(f"{name} must be a whole number, got {show(text)}.")
         digits = stripped.lstrip("+-")
@@ -141,9 +143,9 @@ class _Reader:
 
     def factor(self, name: str, default: float) -> float:
         text = self.raw(name, str(default))
-        if not _DECIMAL.fullmatch(text.strip()):
+        if not _DECIMAL.fullmatch(text.strip(_SPACE)):
             raise SettingsError(f"{name} must be a number such as 2 or 1.5, got {show(text)}.")
-        value = float(text.strip())
+        value = float(text.strip(_SPACE))
         if value < 1:
             raise SettingsError(
                 f"{name} must be at least 1 (1 keeps every delay the same), got {show(text)}."
@@ -157,7 +159,7 @@ class _Reader:
 
     def flag(self, name: str, default: bool) -> bool:
         text = self.raw(name, "true" if default else "false")
-        word = text.strip().lower()
+        word = text.strip(_SPACE).lower()
         if word in _TRUE:
             return True
         if word in _FALSE:
@@ -168,13 +170,13 @@ class _Reader:
 
     def log_level(self, name: str, default: str) -> str:
         text = self.raw(name, default)
-        level = text.strip().lower()
+        level = text.strip(_SPACE).lower()
         if level not in LOG_LEVELS:
             raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {show(text)}.")
         return level
 
     def http_url(self, name: str, default: str) -> str:
-        text = self.raw(name, default).strip()
+        text = self.raw(name, default).strip(_SPACE)
         if not is_http_url(text):
             raise SettingsError(
                 f"{name} must be an http:// or https:// URL with a host, "
@@ -187,7 +189,7 @@ class _Reader:
         return None if self.optional(name) is None else self.http_url(name, "")
 
     def database_url(self, name: str, default: str) -> str:
-        text = self.raw(name, default).strip()
+        text = self.raw(name, default).strip(_SPACE)
         if not text.startswith(_DATABASE_PREFIXES) or text in _DATABASE_PREFIXES:
             raise SettingsError(
                 f"{name} must be a postgresql://, postgresql+psycopg:// or sqlite:///path URL, "
@@ -196,7 +198,7 @@ class _Reader:
         return text
 
     def redis_url(self, name: str, default: str) -> str:
-        text = self.raw(name, default).strip()
+        text = self.raw(name, default).strip(_SPACE)
         try:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -277,6 +279,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         integrations_file=r.optional("RECOVERY_INTEGRATIONS"),
         visibility_timeout_s=r.whole("REDIS_VISIBILITY_TIMEOUT", 3600, 1, MAX_MS // 1000, "s"),
         max_defer_ms=r.millis("MAX_DEFER_WINDOW", 600000),
+        poison_max_deliveries=r.count("POISON_MAX_DELIVERIES", 3),
     )
     _check_countdowns(settings)
     return settings

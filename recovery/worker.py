@@ -59,8 +59,10 @@ def guard_delivery(job: JobSpec, progress: Progress, rt: Runtime, request: Any) 
         return None
     log.error("alert_poison_job", job_id=job.job_id, deliveries=deliveries)
     failure = poison_classification(deliveries)
-    status = "dead" if rt.settings.dlq_enabled else "failed"
-    return Step(status, progress, strategy="dead-letter-queue", failure=failure,
+    if rt.settings.dlq_enabled:
+        return Step("dead", progress, strategy="dead-letter-queue", failure=failure,
+                    reason=failure.message)
+    return Step("failed", progress, strategy="dead-letter-queue", failure=failure,
                 reason=failure.message)
 
 

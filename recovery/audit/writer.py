@@ -155,7 +155,7 @@ class AuditWriter:
                 "strategy": strategy,
                 "fallback_used": fallback_used,
                 "last_status": last_status,
-                "last_error": _redacted_text(last_error),
+                "last_error": last_error,
             }
             values.update({name: value for name, value in optional.items() if value is not None})
             if finished:
@@ -364,7 +364,7 @@ def _new_job_row(
 
 def _redacted_text(text: str | None) -> str | None:
     """Redacted free text that any database accepts (PostgreSQL rejects NUL characters)."""
-    return None if text is None else redact_text(text).replace("\x00", "\ufffd")
+    return None if text is None else redact_text(text).replace("", "")
 
 
 def _describe(exc: BaseException) -> str:

@@ -70,12 +70,14 @@ def upstream() -> Iterator[FaultServer]:
 
 
 @pytest.fixture
-def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
-              redis_client: redis.Redis) -> Iterator[Callable[..., dict[str, str]]]:
+def configure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, redis_client: redis.Redis
+) -> Iterator[Callable[..., dict[str, str]]]:
     """Set the environment for a test (settings and an integrations file); returns the env.
 
     `configure(integrations=[{...}], MAX_RETRIES="3")` writes the YAML and sets variables.
     """
+
     def apply(integrations: list[dict[str, Any]] | None = None, **env: str) -> dict[str, str]:
         monkeypatch.setenv("DATABASE_URL", database_url)
         for name, value in env.items():
@@ -98,18 +100,40 @@ def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
 class WorkerProcess:
     """A real `celery worker` subprocess, stopped (and its pool reaped) at teardown."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path,
-                 queues: str | None) -> None:
-        command = [sys.executable, "-m", "celery", "-A", "recovery.celery_app", "worker",
-                   "-P", "prefork", "-c", str(concurrency), "--without-gossip",
-                   "--without-mingle", "--without-heartbeat", "-l", "info",
-                   "-n", f"test-{uuid.uuid4().hex[:8]}@%h"]
+    def __init__(
+        self, env: dict[str, str], concurrency: int, log_path: Path, queues: str | None
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "recovery.celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "info",
+            "-n",
+            f"test-{uuid.uuid4().hex[:8]}@%h",
+        ]
         if queues:
             command += ["-Q", queues]
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -126,8 +150,9 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def pool_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
         return [int(pid) for pid in out.split()]
 
     def stop(self) -> None:
@@ -145,8 +170,9 @@ class WorkerProcess:
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], concurrency: int = 2,
-              queues: str | None = None) -> WorkerProcess:
+    def start(
+        env: dict[str, str], concurrency: int = 2, queues: str | None = None
+    ) -> WorkerProcess:
         worker = WorkerProcess(env, concurrency, tmp_path / f"worker{len(workers)}.log", queues)
         workers.append(worker)
         return worker
@@ -156,8 +182,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
-def wait_for_status(engine: Any, job_id: str, statuses: set[str],
-                    timeout: float = 60.0) -> dict[str, Any]:
+def wait_for_status(
+    engine: Any, job_id: str, statuses: set[str], timeout: float = 60.0
+) -> dict[str, Any]:
     """Poll the audit trail until the job reaches one of `statuses`; fail with its last state."""
     from recovery.audit.queries import get_job
 

@@ -14,6 +14,8 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from structlog.testing import capture_logs
 
 from recovery.ratelimit import ClusterRateLimiter, LocalRateLimiter
@@ -158,7 +160,7 @@ def test_bad_config_and_pause_are_refused_with_a_sentence(limiter: ClusterRateLi
 
 
 def test_falls_back_to_the_process_when_redis_is_unreachable() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    dead = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     limiter = ClusterRateLimiter(dead, key_prefix="test:unreachable:")
     config = RateLimitConfig(window_ms=60_000, max_requests=2)
     with capture_logs() as logs:

@@ -159,7 +159,6 @@ def test_strategy_follows_the_primary_category(status: int, strategy: str) -> No
         (u3.SSLError("handshake"), {NET}),
         (u3.DecodeError("bad gzip"), {SERVER}),
         (TimeoutError(), {NET, TRANSIENT}),
-        (socket.timeout(), {NET, TRANSIENT}),
         (ConnectionResetError(), {NET, TRANSIENT}),
         (BrokenPipeError(), {NET, TRANSIENT}),
         (ConnectionRefusedError(), {NET}),

@@ -306,8 +306,8 @@ def test_decisions_hold_their_invariants(
 def blocked(
     until_s: float,
     blocked_since_s: float = 0.0,
-    source: str = "breaker",
     *,
+    source: str = "breaker",
     has_fallback: bool = False,
     dlq_enabled: bool = True,
 ) -> Decision:
@@ -358,7 +358,7 @@ def test_defer_window_boundary_is_inclusive() -> None:
     ],
 )
 def test_blocked_beyond_the_window_gives_up(
-    options: dict[str, bool], action: str, strategy: str
+    options: dict[str, Any], action: str, strategy: str
 ) -> None:
     decision = blocked(60.0, 570.0, **options)
     assert decision.action == action

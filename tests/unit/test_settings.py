@@ -52,6 +52,7 @@ def test_defaults_match_the_documented_values() -> None:
         integrations_file=None,
         visibility_timeout_s=3600,
         max_defer_ms=600000,
+        poison_max_deliveries=3,
     )
 
 
@@ -88,6 +89,7 @@ def test_every_variable_is_read_from_the_environment() -> None:
         "RECOVERY_INTEGRATIONS": "/etc/recovery/integrations.yaml",
         "REDIS_VISIBILITY_TIMEOUT": "120",
         "MAX_DEFER_WINDOW": "60000",
+        "POISON_MAX_DELIVERIES": "4",
     }
     s = load_settings(env)
     assert (s.log_level, s.service_name, s.redis_key_prefix) == ("debug", "billing", "bill:")
@@ -109,6 +111,7 @@ def test_every_variable_is_read_from_the_environment() -> None:
     assert s.enable_auto_recovery is True
     assert s.integrations_file == "/etc/recovery/integrations.yaml"
     assert (s.visibility_timeout_s, s.max_defer_ms) == (120, 60000)
+    assert s.poison_max_deliveries == 4
 
 
 @pytest.mark.parametrize(

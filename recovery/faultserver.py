@@ -1,0 +1,468 @@
+"""A local HTTP upstream that misbehaves on demand, for tests, the demo and `recovery-cli simulate`.
+
+Modes: ok (200 JSON echo), 5xx (default 503), 429 (with Retry-After), slow (delay, then 200),
+reset (connection reset by RST), auth (401 unless a configured or issued bearer token is sent);
+`down()` closes the listener so connections are refused and `up()` reopens the same port. A
+script of statuses (e.g. [503, 503, 200]; also "ok", "slow", "reset") is consumed one per request
+before the mode applies again. `/health` follows the mode (auth excepted), not the script;
+`POST /oauth/token` issues client-credentials tokens in every mode.
+
+Control over HTTP, for a server in another process: POST /_control {"mode": "5xx", "status":
+500, "script": [503, 200]} or {"mode": "down", "for_ms": 2000}; GET /_requests; GET /_stats;
+POST /_reset. As a process: python -m recovery.faultserver --port 8080 (SIGUSR1 down, SIGUSR2 up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+MODES = ("ok", "5xx", "429", "slow", "reset", "auth", "down")
+SCRIPT_WORDS = ("ok", "slow", "reset")
+CONTROL_KEYS = ("mode", "status", "retry_after_s", "delay_ms", "token", "for_ms", "script",
+                "revoke_tokens")
+REDIRECT_TARGET = "http://redirect.invalid/moved"
+_OPTION_KEYS = ("status", "retry_after_s", "delay_ms", "token")
+_NO_BODY = (204, 304)
+
+ScriptItem = int | str
+
+
+class FaultConfigError(ValueError):
+    """A mode, option or script given to the fault server is not valid."""
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the server answers API requests when no script entry is pending."""
+
+    mode: str = "ok"
+    status: int = 503  # the 5xx mode's status
+    retry_after_s: int = 1  # the Retry-After of every 429
+    delay_ms: int = 1000  # the slow mode's delay
+    token: str | None = None  # the auth mode's accepted bearer token
+
+
+class FaultServer:
+    """A ThreadingHTTPServer in a background thread with switchable failure modes."""
+
+    _behaviour: Behaviour
+    _script: deque[ScriptItem]
+    _records: list[dict[str, Any]]
+    _successes: Counter[str]
+    _issued: set[str]
+    _token_count: int
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: str = "ok",
+                 token_ttl_s: int = 3600, client_secret: str | None = None,
+                 **options: Any) -> None:
+        self.host, self.port = host, port
+        self.token_ttl_s = token_ttl_s
+        self.client_secret = client_secret  # when set, /oauth/token checks it
+        self._initial = _behaviour(mode, options)
+        self._lock = threading.Lock()
+        self._listener_lock = threading.RLock()
+        self._stopped = threading.Event()
+        self._stopped.set()  # until start()
+        self._server: _Server | None = None
+        self._timer: threading.Timer | None = None
+        self._clear()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> FaultServer:
+        self._stopped.clear()
+        self.up()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.down()
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def up(self) -> None:
+        """Listen (again) on the same port; a no-op while listening or before start()."""
+        with self._listener_lock:
+            self._cancel_timer()
+            if self._server is not None or self._stopped.is_set():
+                return
+            server = _Server((self.host, self.port), self)
+            self.port = server.server_address[1]
+            self._server = server
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                             name=f"faultserver-{self.port}", daemon=True).start()
+
+    def down(self, for_ms: int | None = None, *, keep: socket.socket | None = None) -> None:
+        """Stop listening and cut open connections (except `keep`); back up after `for_ms`."""
+        with self._listener_lock:
+            self._cancel_timer()
+            server, self._server = self._server, None
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+                server.drop_connections(keep)
+            if for_ms is not None and not self._stopped.is_set():
+                self._timer = threading.Timer(for_ms / 1000, self.up)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def set_mode(self, mode: str, *, for_ms: int | None = None,
+                 keep: socket.socket | None = None, **options: Any) -> None:
+        """Switch mode; options (status, retry_after_s, delay_ms, token) reset to defaults.
+
+        "down" calls `down(for_ms)`; any other mode brings a stopped listener back up.
+        """
+        if mode == "down" and not options:
+            if for_ms is not None:
+                _check_int("for_ms", for_ms, 1, 3_600_000)
+            self.down(for_ms, keep=keep)
+            return
+        if for_ms is not None:
+            raise FaultConfigError("'for_ms' only applies to the mode 'down'.")
+        behaviour = _behaviour(mode, options)
+        with self._lock:
+            self._behaviour = behaviour
+        self.up()
+
+    def set_script(self, items: Sequence[ScriptItem]) -> None:
+        """Replace the pending script: statuses 200-599 or "ok"/"slow"/"reset", one a request."""
+        checked = _checked_script(items)
+        with self._lock:
+            self._script = deque(checked)
+
+    def configure(self, payload: Mapping[str, Any], *, keep: socket.socket | None = None) -> None:
+        """Apply a /_control payload; FaultConfigError says what was wrong."""
+        unknown = sorted(set(payload) - set(CONTROL_KEYS))
+        if unknown:
+            raise FaultConfigError(f"Unknown control keys {unknown}; use {', '.join(CONTROL_KEYS)}")
+        options = {key: payload[key] for key in (*_OPTION_KEYS, "for_ms") if key in payload}
+        if options and "mode" not in payload:
+            raise FaultConfigError("Options such as 'status' need a 'mode' in the same request.")
+        if "script" in payload:
+            self.set_script(payload["script"])
+        if payload.get("revoke_tokens"):
+            self.revoke_tokens()
+        if "mode" in payload:
+            self.set_mode(payload["mode"], keep=keep, **options)
+
+    def revoke_tokens(self) -> None:
+        """Forget every issued OAuth token, as if they had all expired."""
+        with self._lock:
+            self._issued.clear()
+
+    def reset(self) -> None:
+        """Back to the state at construction: initial mode, no script, no records or counts."""
+        with self._lock:
+            self._clear()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every recorded request: method, path, headers, time, idempotency_key, status."""
+        with self._lock:
+            return [dict(record) for record in self._records]
+
+    def successes_by_key(self) -> dict[str, int]:
+        """How many 2xx API responses each idempotency key received."""
+        with self._lock:
+            return dict(self._successes)
+
+    def tokens_issued(self) -> int:
+        with self._lock:
+            return self._token_count
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"mode": self._behaviour.mode, "up": self.is_up,
+                    "script_left": len(self._script), "requests": len(self._records),
+                    "successes_by_key": dict(self._successes),
+                    "tokens_issued": self._token_count}
+
+    def _clear(self) -> None:
+        self._behaviour = self._initial
+        self._script = deque()
+        self._records = []
+        self._successes = Counter()
+        self._issued = set()
+        self._token_count = 0
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _record(self, method: str, path: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        key = headers.get("Idempotency-Key") or headers.get("X-Idempotency-Key")
+        with self._lock:
+            record = {"n": len(self._records) + 1, "method": method, "path": path,
+                      "headers": dict(headers), "time": time.time(), "idempotency_key": key,
+                      "status": None}
+            self._records.append(record)
+        return record
+
+    def _decide(self, route: str, authorization: str | None) -> tuple[int | None, float]:
+        """(status or None for a reset, delay in seconds) for one API or health request."""
+        health = route == "/health"
+        with self._lock:
+            behaviour = self._behaviour
+            item = self._script.popleft() if self._script and not health else None
+            authorised = self._authorised(behaviour, authorization)
+        if item is None:
+            if behaviour.mode == "auth" and not health and not authorised:
+                return 401, 0.0
+            item = {"5xx": behaviour.status, "429": 429}.get(behaviour.mode, behaviour.mode)
+        if item == "reset":
+            return None, 0.0
+        if item == "slow":
+            return 200, behaviour.delay_ms / 1000
+        return (200 if item in ("ok", "auth") else int(item)), 0.0
+
+    def _authorised(self, behaviour: Behaviour, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        return token.strip() == behaviour.token or token.strip() in self._issued
+
+    def _finish(self, record: dict[str, Any], status: int | None, counted: bool) -> None:
+        with self._lock:
+            record["status"] = "reset" if status is None else status
+            key = record["idempotency_key"]
+            if counted and key and status is not None and 200 <= status < 300:
+                self._successes[key] += 1
+
+    def _issue_token(self, form: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        if form.get("grant_type", [""])[0] != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}
+        secret = form.get("client_secret", [""])[0]
+        if self.client_secret is not None and secret != self.client_secret:
+            return 401, {"error": "invalid_client"}
+        with self._lock:
+            self._token_count += 1
+            token = f"tok-{self._token_count}-{secrets.token_hex(8)}"
+            self._issued.add(token)
+        return 200, {"access_token": token, "token_type": "Bearer",
+                     "expires_in": self.token_ttl_s}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], fault: FaultServer) -> None:
+        self.fault = fault
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self, keep: socket.socket | None) -> None:
+        with self.connections_lock:
+            doomed = [sock for sock in self.connections if sock is not keep]
+        for sock in doomed:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._reply(400, {"error": "Send the body with a valid Content-Length (not chunked)."})
+            return
+        fault = self.server.fault
+        route = urlsplit(self.path).path
+        if route.startswith("/_"):
+            self._control(fault, route, body)
+            return
+        record = fault._record(self.command, self.path, dict(self.headers.items()))
+        if route == "/oauth/token" and self.command == "POST":
+            code, payload = fault._issue_token(parse_qs(body.decode("utf-8", "replace")))
+            fault._finish(record, code, counted=False)
+            self._reply(code, payload)
+            return
+        status: int | None
+        status, delay_s = fault._decide(route, self.headers.get("Authorization"))
+        if delay_s and fault._stopped.wait(delay_s):
+            status = None
+        fault._finish(record, status, counted=route != "/health")
+        if status is None:
+            self._reset_connection()
+        else:
+            self._reply(status, self._payload(status, route, record, body),
+                        self._extra_headers(status, fault))
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    def _control(self, fault: FaultServer, route: str, body: bytes) -> None:
+        if (self.command, route) == ("GET", "/_requests"):
+            self._reply(200, fault.requests())
+        elif (self.command, route) == ("GET", "/_stats"):
+            self._reply(200, fault.stats())
+        elif (self.command, route) == ("POST", "/_reset"):
+            fault.reset()
+            self._reply(200, fault.stats())
+        elif (self.command, route) == ("POST", "/_control"):
+            try:
+                payload = json.loads(body or b"{}")
+                if not isinstance(payload, dict):
+                    raise FaultConfigError("The control body must be a JSON object.")
+                fault.configure(payload, keep=self.connection)
+            except (ValueError, TypeError) as exc:  # FaultConfigError and bad JSON
+                self._reply(400, {"error": str(exc)})
+                return
+            self.close_connection = not fault.is_up
+            self._reply(200, fault.stats())
+        else:
+            self._reply(404, {"error": f"No control endpoint {self.command} {route}."})
+
+    def _payload(self, status: int, route: str, record: Mapping[str, Any], body: bytes) -> Any:
+        if 200 <= status < 300 and route == "/health":
+            return {"status": "ok"}
+        if 200 <= status < 300:
+            return {"ok": True, "path": self.path, "method": self.command,
+                    "idempotency_key": record["idempotency_key"], "n": record["n"],
+                    "json": _json_or_none(body)}
+        return {"error": self.responses.get(status, ("Error",))[0], "status": status}
+
+    def _extra_headers(self, status: int, fault: FaultServer) -> dict[str, str]:
+        if status == 429:
+            return {"Retry-After": str(fault._behaviour.retry_after_s)}
+        if status == 401:
+            return {"WWW-Authenticate": 'Bearer realm="faultserver"'}
+        if 300 <= status < 400:
+            return {"Location": REDIRECT_TARGET}
+        return {}
+
+    def _reply(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        data = b"" if status in _NO_BODY else json.dumps(payload).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if status not in _NO_BODY:
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _reset_connection(self) -> None:
+        """Close with SO_LINGER 0, so the client sees a reset rather than an orderly close."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # the socket only really closes once its file objects are closed
+        self.connection.close()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise ValueError("chunked request bodies are not supported")
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+
+def _behaviour(mode: str, options: Mapping[str, Any]) -> Behaviour:
+    if mode == "down":
+        raise FaultConfigError("The mode 'down' takes no response options, only 'for_ms'.")
+    if mode not in MODES:
+        raise FaultConfigError(f"Unknown fault mode {mode!r}; use one of {', '.join(MODES)}.")
+    unknown = sorted(set(options) - set(_OPTION_KEYS))
+    if unknown:
+        raise FaultConfigError(f"Unknown options {unknown}; use {', '.join(_OPTION_KEYS)}.")
+    behaviour = replace(Behaviour(mode=mode), **options)
+    _check_int("status", behaviour.status, 400, 599)
+    _check_int("retry_after_s", behaviour.retry_after_s, 0, 86_400)
+    _check_int("delay_ms", behaviour.delay_ms, 0, 600_000)
+    if behaviour.token is not None and (not isinstance(behaviour.token, str)
+                                        or not behaviour.token.strip()):
+        raise FaultConfigError("'token' must be a non-empty string.")
+    return behaviour
+
+
+def _checked_script(items: Sequence[ScriptItem]) -> list[ScriptItem]:
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise FaultConfigError("'script' must be a list such as [503, 503, 200].")
+    for item in items:
+        if isinstance(item, str):
+            if item not in SCRIPT_WORDS:
+                raise FaultConfigError(
+                    f"Script entry {item!r} is not valid; use a status or one of {SCRIPT_WORDS}."
+                )
+        else:
+            _check_int("a script status", item, 200, 599)
+    return list(items)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FaultConfigError(f"{name} must be a whole number {low}-{high}, got {value!r}.")
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a fault server in this process until SIGTERM or Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m recovery.faultserver", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--mode", default="ok", choices=[m for m in MODES if m != "down"])
+    args = parser.parse_args(argv)
+    server = FaultServer(args.host, args.port, mode=args.mode).start()
+    finished = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: finished.set())
+    signal.signal(signal.SIGINT, lambda *_: finished.set())
+    signal.signal(signal.SIGUSR1, lambda *_: server.down())
+    signal.signal(signal.SIGUSR2, lambda *_: server.up())
+    print(f"Fault server listening on {server.url}", flush=True)
+    while not finished.wait(0.2):
+        pass
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

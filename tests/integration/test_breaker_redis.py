@@ -1,0 +1,380 @@
+"""The Redis breaker against a real Redis (db 15, own key prefix): each script's transitions,
+races between threads and processes, round trips, and the fallback when Redis is gone."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from recovery.breaker import BreakerOpenError, ClusterBreaker, Permit
+from recovery.breaker.local import LocalBackend
+from recovery.breaker.redis_backend import RedisBackend
+from recovery.breaker.types import Limits
+from recovery.registry import BreakerConfig
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+CONFIG = BreakerConfig(enabled=True, threshold=3, reset_timeout_ms=30_000,
+                       call_timeout_ms=30_000)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(REDIS_URL)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def prefix(client: redis.Redis) -> Iterator[str]:
+    name = f"test:{uuid.uuid4()}:"
+    yield name
+    keys = list(client.scan_iter(match=f"{name}*"))
+    if keys:
+        client.delete(*keys)
+
+
+Events = list[tuple[str, str, str]]
+
+
+def make(client: redis.Redis | None, prefix: str, config: BreakerConfig = CONFIG,
+         events: Events | None = None, integration: str = "api", **kwargs: Any
+         ) -> ClusterBreaker:
+    def listen(integration: str, old: str, new: str, reason: str, at: Any) -> None:
+        if events is not None:
+            events.append((old, new, reason))
+
+    return ClusterBreaker(client, integration, config, key_prefix=prefix,
+                          listeners=[listen], **kwargs)
+
+
+def fail(breaker: ClusterBreaker, times: int) -> None:
+    for _ in range(times):
+        breaker.record(breaker.acquire(), success=False)
+
+
+def test_closed_opens_at_the_threshold(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    breaker = make(client, prefix, events=events)
+    fail(breaker, 2)
+    assert breaker.snapshot().state == "closed"
+    assert breaker.snapshot().consecutive_failures == 2
+    fail(breaker, 1)
+    snap = breaker.snapshot()
+    assert (snap.state, snap.backend, snap.consecutive_failures) == ("open", "redis", 3)
+    assert events == [("closed", "open", "consecutive_failures=3")]
+    assert client.exists(f"{prefix}breaker:api")
+
+
+def test_failure_rate_trips_only_with_minimum_calls(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    config = replace(CONFIG, threshold=100, failure_rate=0.5, minimum_calls=6)
+    breaker = make(client, prefix, config, events)
+    for success in (False, True, False, True, False):
+        breaker.record(breaker.acquire(), success=success)
+    snap = breaker.snapshot()
+    assert (snap.state, snap.window_calls, snap.window_failures) == ("closed", 5, 3)
+    breaker.record(breaker.acquire(), success=True)
+    assert events == [("closed", "open", "failure_rate=0.50 over 6 calls")]
+
+
+def test_open_refuses_with_retry_after(client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix, replace(CONFIG, reset_timeout_ms=5000))
+    fail(breaker, 3)
+    with pytest.raises(BreakerOpenError) as refused:
+        breaker.acquire()
+    assert 4.0 < refused.value.retry_after_s <= 5.0
+    assert str(refused.value).startswith("Circuit breaker for 'api' is open; next probe allowed")
+
+
+def test_open_moves_to_half_open_on_server_time(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    breaker = make(client, prefix, replace(CONFIG, reset_timeout_ms=200), events)
+    fail(breaker, 3)
+    time.sleep(0.25)
+    permit = breaker.acquire()
+    assert permit.probe
+    assert events[-1] == ("open", "half_open", "reset_timeout_elapsed")
+    assert breaker.snapshot().state == "half_open"
+
+
+def test_exactly_half_open_max_calls_probes(client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix, replace(CONFIG, half_open_max_calls=3))
+    breaker.force_open("test", duration_s=0)
+    permits = [breaker.acquire() for _ in range(3)]
+    assert all(permit.probe for permit in permits)
+    assert len({permit.token for permit in permits}) == 3
+    with pytest.raises(BreakerOpenError) as refused:
+        breaker.acquire()
+    assert refused.value.state == "half_open"
+    assert breaker.snapshot().probes_in_flight == 3
+
+
+def test_probe_success_closes(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    breaker = make(client, prefix, events=events, success_threshold=2)
+    breaker.force_open("test", duration_s=0)
+    breaker.record(breaker.acquire(), success=True)
+    assert breaker.snapshot().state == "half_open"
+    breaker.record(breaker.acquire(), success=True)
+    snap = breaker.snapshot()
+    assert (snap.state, snap.consecutive_failures, snap.opened_at) == ("closed", 0, None)
+    assert events[-1] == ("half_open", "closed", "probe_succeeded")
+
+
+def test_probe_failure_reopens_with_a_fresh_open_time(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    breaker = make(client, prefix, replace(CONFIG, reset_timeout_ms=200), events)
+    fail(breaker, 3)
+    first_opened = breaker.snapshot().opened_at
+    time.sleep(0.25)
+    breaker.record(breaker.acquire(), success=False)
+    snap = breaker.snapshot()
+    assert events[-1] == ("half_open", "open", "probe_failed")
+    assert snap.state == "open"
+    assert first_opened is not None and snap.opened_at is not None
+    assert snap.opened_at > first_opened
+    assert snap.time_to_half_open_s is not None and snap.time_to_half_open_s > 0.1
+
+
+def test_neutral_records(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    breaker = make(client, prefix, events=events)
+    fail(breaker, 2)
+    breaker.record(breaker.acquire(), success=False, counts=False)
+    assert breaker.snapshot().consecutive_failures == 2
+    breaker.force_open("test", duration_s=0)
+    probe = breaker.acquire()
+    breaker.record(probe, success=False, counts=False)
+    assert breaker.snapshot().state == "half_open"
+    assert breaker.acquire().probe
+    assert [e[1] for e in events] == ["open", "half_open"]
+
+
+def test_an_expired_probe_lease_frees_the_slot(client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix, replace(CONFIG, call_timeout_ms=200))
+    breaker.force_open("test", duration_s=0)
+    assert breaker.acquire().probe
+    with pytest.raises(BreakerOpenError) as refused:
+        breaker.acquire()
+    assert refused.value.retry_after_s <= 0.2
+    time.sleep(0.25)
+    assert breaker.acquire().probe
+
+
+def test_a_call_that_started_before_the_trip_cannot_reopen(client: redis.Redis,
+                                                           prefix: str) -> None:
+    breaker = make(client, prefix)
+    stale = breaker.acquire()
+    fail(breaker, 3)
+    breaker.force_close("recovered")
+    breaker.record(stale, success=False)
+    assert breaker.snapshot().consecutive_failures == 0
+
+
+def test_force_open_and_close(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    breaker = make(client, prefix, events=events)
+    breaker.force_open("maintenance", duration_s=60)
+    with pytest.raises(BreakerOpenError) as refused:
+        breaker.acquire()
+    assert refused.value.retry_after_s > 59
+    breaker.force_open("again", duration_s=60)
+    breaker.force_close("healthy")
+    assert not breaker.acquire().probe
+    assert events == [("closed", "open", "forced: maintenance"),
+                      ("open", "closed", "forced: healthy")]
+
+
+def test_a_transition_is_reported_by_one_process_only(client: redis.Redis, prefix: str) -> None:
+    first_events: Events = []
+    second_events: Events = []
+    first = make(client, prefix, events=first_events)
+    second = make(client, prefix, events=second_events)
+    permits = [first.acquire(), second.acquire(), first.acquire()]
+    first.record(permits[0], success=False)
+    second.record(permits[1], success=False)
+    first.record(permits[2], success=False)
+    assert first_events == [("closed", "open", "consecutive_failures=3")]
+    assert second_events == []
+
+
+def test_scripts_survive_a_script_flush(client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix)
+    fail(breaker, 1)
+    client.script_flush()
+    fail(breaker, 1)
+    assert breaker.snapshot().consecutive_failures == 2
+
+
+class CountingRedis(redis.Redis):
+    commands: list[str]
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+def test_a_closed_successful_call_costs_two_round_trips(prefix: str) -> None:
+    counting = CountingRedis.from_url(REDIS_URL)
+    counting.commands = []
+    breaker = make(counting, prefix)
+    breaker.record(breaker.acquire(), success=True)  # loads the scripts if Redis lacks them
+    counting.commands.clear()
+    assert breaker.call(lambda: "ok") == "ok"
+    assert counting.commands == ["EVALSHA", "EVALSHA"]
+    counting.close()
+
+
+def test_sixteen_threads_get_exactly_n_probes(client: redis.Redis, prefix: str) -> None:
+    events: Events = []
+    lock = threading.Lock()
+    breaker = make(client, prefix, replace(CONFIG, half_open_max_calls=2))
+    breaker.force_open("test", duration_s=0)
+    others = [make(client, prefix, replace(CONFIG, half_open_max_calls=2), events)
+              for _ in range(16)]
+    barrier = threading.Barrier(16)
+    granted: list[Permit] = []
+
+    def hammer(one: ClusterBreaker) -> None:
+        barrier.wait()
+        for _ in range(25):
+            try:
+                permit = one.acquire()
+            except BreakerOpenError:
+                continue
+            with lock:
+                granted.append(permit)
+
+    threads = [threading.Thread(target=hammer, args=(one,)) for one in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 2
+    assert all(permit.probe for permit in granted)
+    assert [e[1] for e in events] == ["half_open"]
+
+
+def _hammer_process(prefix: str, start: Any, results: Any) -> None:
+    connection = redis.Redis.from_url(REDIS_URL)
+    events: Events = []
+    breaker = make(connection, prefix, replace(CONFIG, half_open_max_calls=3), events)
+    start.wait()
+    probes = 0
+    for _ in range(40):
+        try:
+            probes += int(breaker.acquire().probe)
+        except BreakerOpenError:
+            pass
+    results.put((probes, len(events)))
+
+
+def test_four_processes_get_exactly_n_probes(client: redis.Redis, prefix: str) -> None:
+    make(client, prefix, replace(CONFIG, half_open_max_calls=3)).force_open("t", duration_s=0)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(4)
+    results = context.Queue()
+    processes = [context.Process(target=_hammer_process, args=(prefix, start, results))
+                 for _ in range(4)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert sum(probes for probes, _ in outcomes) == 3
+    assert sum(transitions for _, transitions in outcomes) == 1
+
+
+def test_unreachable_redis_falls_back_to_the_process_with_one_warning(prefix: str) -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    events: Events = []
+    breaker = make(dead, prefix, events=events, integration=f"down-{uuid.uuid4().hex[:6]}")
+    with capture_logs() as logs:
+        fail(breaker, 3)
+        with pytest.raises(BreakerOpenError):
+            breaker.acquire()
+        snap = breaker.snapshot()
+    warnings = [entry for entry in logs if entry["event"] == "breaker_redis_unavailable"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert "ConnectionError" in warnings[0]["error"]
+    assert (snap.state, snap.backend) == ("open", "local")
+    assert events == [("closed", "open", "consecutive_failures=3")]
+
+
+def test_a_redis_permit_recorded_while_redis_is_down_counts_locally(
+        client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix, replace(CONFIG, threshold=1))
+    permit = breaker.acquire()
+    assert permit.token is not None and permit.token.startswith("r:")
+    dead = make(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5), prefix,
+                replace(CONFIG, threshold=1))
+    dead.record(permit, success=False)
+    assert dead.snapshot() .state == "open"
+    assert breaker.snapshot().state == "closed"
+
+
+# --- the Lua scripts and the in-process breaker make the same decisions -------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.just(("acquire",)),
+        st.tuples(st.just("record"), st.integers(0, 20),
+                  st.sampled_from(["success", "failure", "neutral"])),
+        st.tuples(st.just("force"), st.sampled_from(["open", "close"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, max_probes=st.integers(1, 3), rate=st.sampled_from([None, 0.5]))
+def test_lua_and_local_agree(client: redis.Redis, prefix: str, ops: list[tuple[Any, ...]],
+                             max_probes: int, rate: float | None) -> None:
+    """No time passes that matters: leases and the open period are long, force-open is 0 s."""
+    config = replace(CONFIG, half_open_max_calls=max_probes, failure_rate=rate,
+                     minimum_calls=4, window_ms=10**10)
+    limits = Limits.from_config("api", config, 2)
+    key = f"{prefix}breaker:eq-{uuid.uuid4().hex}"
+    remote, local = RedisBackend(client, key), LocalBackend(lambda: 1_700_000_000_000)
+    permits: list[tuple[int, str]] = []
+    for index, op in enumerate(ops):
+        if op[0] == "acquire":
+            token = f"p{index}"
+            a, b = remote.acquire(limits, token), local.acquire(limits, token)
+            assert (a.granted, a.probe, a.epoch, a.state) == (b.granted, b.probe, b.epoch, b.state)
+            assert _brief(a.transition) == _brief(b.transition)
+            if a.granted:
+                permits.append((a.epoch, token if a.probe else ""))
+        elif op[0] == "record" and permits:
+            epoch, token = permits[op[1] % len(permits)]
+            assert _brief(remote.record(limits, epoch, token, op[2])) == _brief(
+                local.record(limits, epoch, token, op[2]))
+        elif op[0] == "force":
+            open_ms = 0
+            assert _brief(remote.force(limits, op[1], open_ms, "f")) == _brief(
+                local.force(limits, op[1], open_ms, "f"))
+        ra, lb = remote.snapshot(limits), local.snapshot(limits)
+        assert (ra.state, ra.consecutive_failures, ra.probes_in_flight, ra.window_calls,
+                ra.window_failures) == (lb.state, lb.consecutive_failures, lb.probes_in_flight,
+                                        lb.window_calls, lb.window_failures)
+    client.delete(key)
+
+
+def _brief(transition: Any) -> tuple[str, str, str] | None:
+    if transition is None:
+        return None
+    return (transition.from_state, transition.to_state, transition.reason)

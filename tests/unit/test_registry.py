@@ -1,0 +1,380 @@
+"""The integration registry: the primary-api seed, the YAML file, and every kind of error."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from recovery.registry import (
+    BreakerConfig,
+    FallbackConfig,
+    HealthCheckConfig,
+    OAuthConfig,
+    RateLimitConfig,
+    Registry,
+    RegistryError,
+    RetryConfig,
+    UnknownIntegrationError,
+    get_registry,
+    load_registry,
+    reset_registry,
+)
+from recovery.settings import load_settings, reset_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrations.yaml"
+MINIMAL = "integrations:\n  - id: shop\n    base_url: https://shop.example.com\n"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "integrations.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def load(
+    tmp_path: Path, text: str, env: dict[str, str] | None = None, **settings_env: str
+) -> Registry:
+    path = write(tmp_path, text)
+    settings = load_settings({"RECOVERY_INTEGRATIONS": path, **settings_env})
+    return load_registry(settings, env or {})
+
+
+def error_for(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(RegistryError) as caught:
+        load(tmp_path, text, env)
+    prefix = f"{tmp_path / 'integrations.yaml'}: "
+    message = str(caught.value)
+    assert message.startswith(prefix)
+    return message[len(prefix):]
+
+
+def entry(extra: str) -> str:
+    """An integration list with one entry `shop` plus the given (already indented) YAML."""
+    return MINIMAL + textwrap.indent(textwrap.dedent(extra), "    ")
+
+
+# --- the seed -----------------------------------------------------------------------------------
+
+
+def test_without_a_file_the_registry_is_primary_api_from_the_environment() -> None:
+    settings = load_settings({
+        "PRIMARY_API_URL": "https://a.example.com", "SECONDARY_API_URL": "https://b.example.com",
+        "FALLBACK_API_URL": "https://c.example.com", "API_TIMEOUT": "1234",
+        "MAX_RETRIES": "5", "RETRY_DELAY": "200", "RETRY_BACKOFF_FACTOR": "1.5",
+        "RETRY_MAX_DELAY": "7000", "CIRCUIT_BREAKER_THRESHOLD": "9",
+        "CIRCUIT_BREAKER_RESET_TIMEOUT": "8000", "CIRCUIT_BREAKER_TIMEOUT": "3000",
+        "ENABLE_CIRCUIT_BREAKER": "false", "HEALTH_CHECK_INTERVAL": "11000",
+        "HEALTH_CHECK_TIMEOUT": "700", "RATE_LIMIT_WINDOW": "2000", "RATE_LIMIT_MAX_REQUESTS": "4",
+    })
+    registry = load_registry(settings, {})
+    assert registry.ids() == ["primary-api"]
+    assert registry.source == "environment"
+    api = registry.get("primary-api")
+    assert (api.name, api.timeout_ms) == ("primary-api", 1234)
+    assert api.base_url == "https://a.example.com"
+    assert api.retry == RetryConfig(5, 200, 1.5, 7000, 0.2)
+    assert api.circuit_breaker == BreakerConfig(
+        enabled=False, threshold=9, reset_timeout_ms=8000, call_timeout_ms=3000
+    )
+    assert api.fallbacks == (
+        FallbackConfig("api", 1, base_url="https://b.example.com"),
+        FallbackConfig("cache", 2),
+        FallbackConfig("api", 3, base_url="https://c.example.com"),
+        FallbackConfig("degraded", 4),
+    )
+    assert api.health_check == HealthCheckConfig("/health", 11000, 700)
+    assert api.rate_limit == RateLimitConfig(2000, 4)
+    assert dict(api.headers) == {}
+    assert api.oauth is None
+
+
+def test_the_seed_leaves_out_api_fallbacks_that_are_not_configured() -> None:
+    api = load_registry(load_settings({}), {}).get("primary-api")
+    assert [(f.type, f.priority) for f in api.fallbacks] == [("cache", 2), ("degraded", 4)]
+
+
+# --- the registry object ------------------------------------------------------------------------
+
+
+def test_unknown_integration_names_the_known_ones() -> None:
+    registry = load_registry(load_settings({}), {})
+    with pytest.raises(UnknownIntegrationError) as caught:
+        registry.get("payments")
+    assert str(caught.value) == "Unknown integration 'payments'. Known integrations: primary-api."
+    assert isinstance(caught.value, KeyError)
+
+
+def test_registry_iterates_in_file_order(tmp_path: Path) -> None:
+    registry = load(tmp_path, MINIMAL + "  - id: a\n    base_url: http://a.example.com\n")
+    assert registry.ids() == ["shop", "a"]
+    assert [i.id for i in registry] == ["shop", "a"]
+    assert len(registry) == 2
+    assert "a" in registry
+    assert "b" not in registry
+
+
+def test_get_registry_is_cached_until_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOVERY_INTEGRATIONS", write(tmp_path, MINIMAL))
+    reset_settings()
+    reset_registry()
+    try:
+        first = get_registry()
+        assert first.ids() == ["shop"]
+        assert get_registry() is first
+        reset_registry()
+        assert get_registry() is not first
+    finally:
+        reset_settings()
+        reset_registry()
+
+
+# --- the file: happy paths ----------------------------------------------------------------------
+
+
+def test_the_example_file_loads() -> None:
+    settings = load_settings({"RECOVERY_INTEGRATIONS": str(EXAMPLE)})
+    env = {"PAYMENTS_API_KEY": "pk-123", "CRM_CLIENT_SECRET": "s3cret"}
+    registry = load_registry(settings, env)
+    assert registry.ids() == ["payments", "crm"]
+    payments = registry.get("payments")
+    assert payments.headers["X-Api-Key"] == "pk-123"
+    assert [f.type for f in payments.fallbacks] == ["api", "cache", "degraded"]
+    assert payments.circuit_breaker.failure_rate == 0.5
+    crm = registry.get("crm")
+    assert crm.oauth == OAuthConfig(
+        "https://auth.example.com/oauth/token", "recovery-service", "CRM_CLIENT_SECRET",
+        "contacts.read",
+    )
+    assert crm.fallbacks[0].value == {"contacts": [], "complete": False}
+
+
+def test_missing_keys_take_the_environment_defaults(tmp_path: Path) -> None:
+    registry = load(tmp_path, MINIMAL, MAX_RETRIES="6", API_TIMEOUT="999",
+                    RATE_LIMIT_MAX_REQUESTS="3", CIRCUIT_BREAKER_THRESHOLD="2")
+    shop = registry.get("shop")
+    assert (shop.name, shop.timeout_ms) == ("shop", 999)
+    assert shop.retry == RetryConfig(6, 1000, 2.0, 30000, 0.2)
+    assert shop.circuit_breaker == BreakerConfig(True, 2, 30000, 60000)
+    assert shop.rate_limit == RateLimitConfig(60000, 3)
+    assert shop.fallbacks == ()
+    assert shop.health_check is None
+    assert shop.oauth is None
+
+
+def test_fallbacks_are_sorted_by_priority_and_default_to_their_position(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("""
+        fallbacks:
+          - {type: degraded, priority: 9, message: later}
+          - {type: cache}
+          - {type: api, priority: 1, base_url: "http://backup.example.com"}
+    """))
+    assert registry.get("shop").fallbacks == (
+        FallbackConfig("api", 1, base_url="http://backup.example.com"),
+        FallbackConfig("cache", 2),
+        FallbackConfig("degraded", 9, message="later"),
+    )
+
+
+@pytest.mark.parametrize(("text", "expected"), [("true", 0.2), ("false", 0.0), ("0.5", 0.5),
+                                                 ("0", 0.0), ("1", 1.0)])
+def test_jitter_is_a_fraction_or_a_boolean(tmp_path: Path, text: str, expected: float) -> None:
+    registry = load(tmp_path, entry(f"retry: {{jitter: {text}}}"))
+    assert registry.get("shop").retry.jitter == expected
+
+
+def test_headers_resolve_every_reference(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("""
+        headers:
+          Authorization: "Bearer ${TOKEN}"
+          X-Trace: "${A}-${B}-$plain"
+    """), {"TOKEN": "t0k", "A": "1", "B": ""})
+    assert dict(registry.get("shop").headers) == {
+        "Authorization": "Bearer t0k", "X-Trace": "1--$plain",
+    }
+
+
+def test_health_check_with_an_empty_mapping_uses_defaults(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("health_check: {}"), HEALTH_CHECK_TIMEOUT="321")
+    assert registry.get("shop").health_check == HealthCheckConfig("/health", 30000, 321, 3)
+
+
+# --- the file: errors ---------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(RegistryError) as caught:
+        load_registry(load_settings({"RECOVERY_INTEGRATIONS": str(path)}), {})
+    assert str(caught.value) == (
+        f"{path}: the integrations file named by RECOVERY_INTEGRATIONS does not exist; create "
+        "it, or unset RECOVERY_INTEGRATIONS to use primary-api from the environment."
+    )
+
+
+def test_a_directory_instead_of_a_file(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="the file cannot be read"):
+        load_registry(load_settings({"RECOVERY_INTEGRATIONS": str(tmp_path)}), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("integrations: [\n", "not valid YAML: expected the node content, but found "
+                              "'<stream end>' at line 2, column 1; fix the syntax."),
+        ("integrations:\n  - id: a\n    id: b\n", "not valid YAML: key 'id' appears twice in one "
+                                                  "mapping at line 3, column 5; fix the syntax."),
+        ("- id: a\n", "the top level must be a mapping with an 'integrations' list, got a list."),
+        ("", "the top level must be a mapping with an 'integrations' list, got nothing (null)."),
+        ("services: []\n", "the top level must be a mapping with an 'integrations' list, "
+                           "got a mapping."),
+        (MINIMAL + "extra: 1\n", "unknown top-level key 'extra' (known keys: integrations)."),
+        ("integrations: []\n", "'integrations' must be a non-empty list of integrations, "
+                               "got a list."),
+        ("integrations: {id: a}\n", "'integrations' must be a non-empty list of integrations, "
+                                    "got a mapping."),
+        ("integrations: [shop]\n", "integration #1 must be a mapping with keys such as id and "
+                                   "base_url, got 'shop'."),
+        ("integrations:\n  - base_url: http://x.example.com\n",
+         "integration #1: key 'id' is missing; give every integration an id such as 'payments'."),
+        ("integrations:\n  - id: Shop\n", "integration #1: key 'id' must be 1 to 63 lowercase "
+         "letters, digits, '-' or '_', starting with a letter or digit, got 'Shop'."),
+        ("integrations:\n  - id: 7\n", "integration #1: key 'id' must be 1 to 63 lowercase "
+         "letters, digits, '-' or '_', starting with a letter or digit, got 7."),
+        (MINIMAL + MINIMAL.replace("integrations:\n", ""),
+         "integration 'shop' is defined twice (#1 and #2); give each integration its own id."),
+    ],
+)
+def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert error_for(tmp_path, text) == message
+
+
+INTEGRATION_KEYS = ("base_url, circuit_breaker, fallbacks, headers, health_check, id, name, "
+                    "oauth, rate_limit, retry, timeout_ms")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("retyr: {}", f"unknown key 'retyr' (known keys: {INTEGRATION_KEYS})."),
+        ("retry: {max_attemps: 3}", "unknown key 'retry.max_attemps' (known keys: backoff_factor, "
+         "initial_delay_ms, jitter, max_attempts, max_delay_ms)."),
+        ("circuit_breaker: {treshold: 3}", "unknown key 'circuit_breaker.treshold' (known keys: "
+         "call_timeout_ms, enabled, failure_rate, half_open_max_calls, minimum_calls, "
+         "reset_timeout_ms, threshold, window_ms)."),
+        ("health_check: {path: /x}", "unknown key 'health_check.path' (known keys: endpoint, "
+         "failure_threshold, interval_ms, timeout_ms)."),
+        ("rate_limit: {max: 3}", "unknown key 'rate_limit.max' (known keys: max_requests, "
+         "window_ms)."),
+        ("oauth: {url: x}", "unknown key 'oauth.url' (known keys: client_id, client_secret_env, "
+         "scope, token_url)."),
+        ("fallbacks: [{type: cache, value: 1}]", "unknown key 'fallbacks[1].value' for a fallback "
+         "of type 'cache' (known keys: priority, ttl_ms, type)."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', ttl_ms: 5}]",
+         "unknown key 'fallbacks[1].ttl_ms' for a fallback of type 'api' (known keys: base_url, "
+         "priority, type)."),
+    ],
+)
+def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -> None:
+    assert error_for(tmp_path, entry(extra)) == f"integration 'shop': {message}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("timeout_ms: fast", "key 'timeout_ms' must be a whole number ms, got 'fast'."),
+        ("timeout_ms: 1.5", "key 'timeout_ms' must be a whole number ms, got 1.5."),
+        ("timeout_ms: true", "key 'timeout_ms' must be a whole number ms, got true."),
+        ("timeout_ms: 0", "key 'timeout_ms' must be from 1 to 604800000 ms, got 0."),
+        ("name: 5", "key 'name' must be a non-empty string, got 5."),
+        ("retry: 3", "key 'retry' must be a mapping, got 3."),
+        ("retry: {max_attempts: 0}", "key 'retry.max_attempts' must be from 1 to 1000000, got 0."),
+        ("retry: {initial_delay_ms: -1}",
+         "key 'retry.initial_delay_ms' must be from 0 to 604800000 ms, got -1."),
+        ("retry: {backoff_factor: 0.5}", "key 'retry.backoff_factor' must be from 1 to 100, "
+         "got 0.5."),
+        ("retry: {backoff_factor: .nan}", "key 'retry.backoff_factor' must be from 1 to 100, "
+         "got nan."),
+        ("retry: {backoff_factor: '2'}", "key 'retry.backoff_factor' must be a number, got '2'."),
+        ("retry: {jitter: 1.5}", "key 'retry.jitter' must be from 0 to 1, got 1.5."),
+        ("retry: {jitter: lots}", "key 'retry.jitter' must be a number, got 'lots'."),
+        ("circuit_breaker: {enabled: 'yes'}",
+         "key 'circuit_breaker.enabled' must be true or false, got 'yes'."),
+        ("circuit_breaker: {failure_rate: 0}",
+         "key 'circuit_breaker.failure_rate' must be from 0.01 to 1, got 0."),
+        ("circuit_breaker: {half_open_max_calls: 0}",
+         "key 'circuit_breaker.half_open_max_calls' must be from 1 to 1000000, got 0."),
+        ("fallbacks: {type: cache}", "key 'fallbacks' must be a list, got a mapping."),
+        ("fallbacks: [cache]", "key 'fallbacks[1]' must be a mapping, got 'cache'."),
+        ("fallbacks: [{type: queue}]", "key 'fallbacks[1].type' must be one of api, cache, "
+         "default, degraded, got 'queue'."),
+        ("fallbacks: [{priority: 1}]", "key 'fallbacks[1].type' must be one of api, cache, "
+         "default, degraded, got nothing (null)."),
+        ("fallbacks: [{type: api}]", "key 'fallbacks[1].base_url' is missing."),
+        ("fallbacks: [{type: cache, priority: 0}]",
+         "key 'fallbacks[1].priority' must be from 1 to 1000000, got 0."),
+        ("fallbacks: [{type: degraded, message: ''}]",
+         "key 'fallbacks[1].message' must be a non-empty string, got ''."),
+        ("health_check: {endpoint: health}",
+         "key 'health_check.endpoint' must be a path starting with '/', got 'health'."),
+        ("rate_limit: {max_requests: 0}",
+         "key 'rate_limit.max_requests' must be from 1 to 1000000, got 0."),
+        ("headers: [a]", "key 'headers' must be a mapping of names to strings, got a list."),
+        ("headers: {X-Count: 5}", "key 'headers.X-Count' must be a string, got 5."),
+        ("headers: {'Bad Name': x}", "key 'headers.Bad Name' is not a valid HTTP header name."),
+        ("headers: {X-Key: '${MISSING_KEY}'}", "key 'headers.X-Key' refers to ${MISSING_KEY}, "
+         "which is not set in the environment; set it before starting or remove the reference."),
+        ("headers: {X-Key: '${not valid}'}", "key 'headers.X-Key' refers to ${not valid}, which "
+         "is not a valid environment variable name."),
+        ("headers: {X-Key: '${NEWLINE}'}", "key 'headers.X-Key' has a value containing a line "
+         "break or NUL character, which would let it inject other headers."),
+        ("oauth: {token_url: 'https://a.example.com/t', client_id: c}",
+         "key 'oauth.client_secret_env' is missing."),
+        ("oauth: {token_url: 'https://a.example.com/t', client_id: c, client_secret_env: UNSET}",
+         "key 'oauth.client_secret_env' names UNSET, which is not set in the environment; "
+         "set it before starting."),
+        ("oauth: {token_url: 'https://a.example.com/t', client_id: c, client_secret_env: a-b}",
+         "key 'oauth.client_secret_env' must be an environment variable name such as "
+         "PAYMENTS_CLIENT_SECRET, got 'a-b'."),
+        ("oauth: {token_url: '/token', client_id: c, client_secret_env: NEWLINE}",
+         "key 'oauth.token_url' must be an http:// or https:// URL with a host, "
+         "e.g. https://api.example.com, got '/token'."),
+    ],
+)
+def test_wrong_values_name_the_integration_and_key(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    env = {"NEWLINE": "a\r\nX-Evil: 1"}
+    assert error_for(tmp_path, entry(extra), env) == f"integration 'shop': {message}"
+
+
+@pytest.mark.parametrize("url", ["ftp://shop.example.com", "shop.example.com", "https://"])
+def test_bad_base_url(tmp_path: Path, url: str) -> None:
+    text = f"integrations:\n  - id: shop\n    base_url: '{url}'\n"
+    assert error_for(tmp_path, text) == (
+        "integration 'shop': key 'base_url' must be an http:// or https:// URL with a host, "
+        f"e.g. https://api.example.com, got '{url}'."
+    )
+
+
+def test_missing_base_url(tmp_path: Path) -> None:
+    assert error_for(tmp_path, "integrations:\n  - id: shop\n") == (
+        "integration 'shop': key 'base_url' is missing."
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["retry: {max_delay_ms: 3600000}", "circuit_breaker: {reset_timeout_ms: 3600000}",
+     "rate_limit: {window_ms: 3600000}"],
+)
+def test_countdowns_must_stay_below_the_visibility_timeout(tmp_path: Path, extra: str) -> None:
+    key = extra.split(":")[0] + "." + extra.split("{")[1].split(":")[0]
+    assert error_for(tmp_path, entry(extra)) == (
+        f"integration 'shop': key '{key}' is 3600000 ms, which is not below "
+        "REDIS_VISIBILITY_TIMEOUT (3600 s): Redis would redeliver a job waiting that long and it "
+        f"would run twice. Lower {key} or raise REDIS_VISIBILITY_TIMEOUT to at least 3601 seconds."
+    )
