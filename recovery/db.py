@@ -67,7 +67,7 @@ def _sqlite_engine(url: URL) -> Engine:
         connect_args={"check_same_thread": False},
         poolclass=StaticPool if in_memory else None,
     )
-    pass
+    event.listen(engine, "connect", _enable_sqlite_foreign_keys)
     return engine
 
 

@@ -37,6 +37,9 @@ if op == 'acquire' then
     local window = tonumber(ARGV[2])
     local limit = tonumber(ARGV[3])
     local paused = paused_ms()
+    if paused > 0 then
+        return fmt(paused)
+    end
     redis.call('ZREMRANGEBYSCORE', log_key, '-inf', now - window)
     local used = redis.call('ZCARD', log_key)
     if used < limit then

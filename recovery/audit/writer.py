@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, update
+from sqlalchemy import Connection, Engine, Table, case, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 
@@ -28,6 +28,7 @@ from recovery.audit.models import (
     HealthCheck,
     Job,
     JobStatus,
+    TERMINAL_STATUSES,
 )
 from recovery.redact import redact_params, redact_text, redact_url
 
@@ -69,7 +70,9 @@ class AuditWriter:
         replay_count: int = 0,
     ) -> bool:
         """Record a job the producer enqueued. A repeated write for the same job changes
-        nothing, except that an operator's replay (a higher ``replay_count``) queues it again.
+        nothing, except that an operator's replay (a higher ``replay_count``) is counted and
+        queues a finished job again. A replay that a worker already picked up (the message is
+        published before this write) stays running.
         """
 
         def write(conn: Connection) -> bool:
@@ -77,12 +80,13 @@ class AuditWriter:
             row = _new_job_row(job_id, integration, method, path, params, idempotency_key, now)
             row.update(status=JobStatus.QUEUED.value, replay_count=replay_count)
             stmt = self._insert(_JOBS).values(row)
+            finished = _JOBS.c.status.in_([status.value for status in TERMINAL_STATUSES])
             stmt = stmt.on_conflict_do_update(
                 index_elements=[_JOBS.c.id],
                 set_={
-                    "status": JobStatus.QUEUED.value,
+                    "status": case((finished, JobStatus.QUEUED.value), else_=_JOBS.c.status),
                     "replay_count": stmt.excluded.replay_count,
-                    "finished_at": None,
+                    "finished_at": case((finished, None), else_=_JOBS.c.finished_at),
                     "updated_at": now,
                 },
                 where=_JOBS.c.replay_count < stmt.excluded.replay_count,
@@ -155,7 +159,7 @@ class AuditWriter:
                 "strategy": strategy,
                 "fallback_used": fallback_used,
                 "last_status": last_status,
-                "last_error": last_error,
+                "last_error": _redacted_text(last_error),
             }
             values.update({name: value for name, value in optional.items() if value is not None})
             if finished:
@@ -364,7 +368,7 @@ def _new_job_row(
 
 def _redacted_text(text: str | None) -> str | None:
     """Redacted free text that any database accepts (PostgreSQL rejects NUL characters)."""
-    return None if text is None else redact_text(text).replace("", "")
+    return None if text is None else redact_text(text).replace("\x00", "\ufffd")
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck as HypothesisHealthCheck
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -134,6 +134,19 @@ def test_a_repeated_queued_write_changes_nothing_but_a_replay_requeues(
     found = job(engine, job_id)
     assert (found["status"], found["replay_count"], found["finished_at"]) == ("queued", 1, None)
     assert found["first_seen_at"] == T0.isoformat()
+
+
+def test_a_replay_already_running_is_counted_but_stays_running(
+    writer: AuditWriter, engine: Engine
+) -> None:
+    job_id = new_id()
+    queue(writer, job_id)
+    writer.job_status(job_id, "dead", finished=True)
+    writer.job_started(job_id, "payments", "POST", "/v1/charges", {}, f"key-{job_id}", 1)
+    assert queue(writer, job_id, replay_count=1)
+
+    found = job(engine, job_id)
+    assert (found["status"], found["replay_count"], found["finished_at"]) == ("running", 1, None)
 
 
 def test_job_started_creates_the_row_the_producer_never_wrote(
@@ -425,6 +438,7 @@ def test_dead_letter_state_refuses_unknown_states_and_jobs(
     suppress_health_check=[HypothesisHealthCheck.function_scoped_fixture],
 )
 @given(text=st.text(max_size=200), value=st.text(max_size=50))
+@example(text="boom\x00after NUL, token=abc123", value="nul\x00inside")
 def test_any_text_is_stored_rather_than_losing_the_write(
     writer: AuditWriter, engine: Engine, text: str, value: str
 ) -> None:

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from structlog.testing import capture_logs
 
-from recovery.ratelimit import ClusterRateLimiter, LocalRateLimiter
+from recovery.ratelimit import ClusterRateLimiter, LocalRateLimiter, RedisOutage
 from recovery.registry import RateLimitConfig
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,17 @@ def test_window_slides(limiter: ClusterRateLimiter) -> None:
     time.sleep(wait + 0.02)
     assert limiter.acquire("api", config) == 0.0
     assert 0 < limiter.acquire("api", config) <= 0.2  # the second grant is still in the window
+
+
+def test_after_the_limit_shrinks_the_wait_is_for_enough_grants_to_age_out(
+    limiter: ClusterRateLimiter,
+) -> None:
+    for _ in range(3):
+        assert limiter.acquire("api", RateLimitConfig(window_ms=2_000, max_requests=3)) == 0.0
+        time.sleep(0.15)
+    # Grants 0.45 s, 0.3 s and 0.15 s ago: one slot under the new limit needs all three gone.
+    wait = limiter.acquire("api", RateLimitConfig(window_ms=2_000, max_requests=1))
+    assert 1.7 < wait <= 1.85
 
 
 def test_pause_only_ever_extends(limiter: ClusterRateLimiter) -> None:
@@ -245,3 +256,22 @@ def test_local_limiter_keeps_the_limit_and_its_promises(
         if wait > 0:
             clock.now += wait + 1e-6
             assert acquire() == 0.0  # the promised slot is there
+
+
+def test_redis_is_tried_again_after_an_outage_and_its_return_is_logged() -> None:
+    outage = RedisOutage("test", retry_after_s=0.05)
+    answers: list[object] = [redis.exceptions.ConnectionError("refused"), "from redis"]
+
+    def in_redis() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return str(answer)
+
+    with capture_logs() as logs:
+        assert outage.run(in_redis, lambda: "in process") == "in process"
+        assert outage.run(in_redis, lambda: "in process") == "in process"  # not retried yet
+        time.sleep(0.06)
+        assert outage.run(in_redis, lambda: "in process") == "from redis"
+    assert [entry["event"] for entry in logs] == ["redis_unavailable", "redis_restored"]
+    assert answers == []
