@@ -179,7 +179,9 @@ class TokenProvider:
         self._redis = redis_client
         self._prefix = key_prefix
         self._outage = RedisOutage("oauth_tokens")
-        self._cad = redis_client.register_script(_COMPARE_AND_DELETE) if redis_client else None
+        self._cad = (
+            redis_client.register_script(_COMPARE_AND_DELETE) if redis_client is not None else None
+        )
         self._guard = threading.Lock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._local: dict[str, tuple[str, float]] = {}

@@ -19,8 +19,9 @@ import requests
 import structlog
 
 from recovery.audit.writer import AttemptRecord
+from recovery.auth import AuthConfigError, TokenRefreshError
 from recovery.breaker import BreakerOpenError, Permit
-from recovery.errors import Classification, classify
+from recovery.errors import Classification, ErrorCategory, classify
 from recovery.fallback import has_fallback, remember, response_body, run_fallbacks
 from recovery.http import send
 from recovery.idempotency import Claim
@@ -57,6 +58,7 @@ class CallResult:
     duration_ms: int
     response: requests.Response | None
     failure: Classification | None
+    token: str | None = None
 
 
 def max_countdown_s(rt: Runtime) -> float:
@@ -96,21 +98,34 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
             rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=False)
 
 
+def _token_failure(exc: Exception) -> Classification:
+    """A token endpoint that fails is worth retrying; a missing client secret is not."""
+    retryable = isinstance(exc, TokenRefreshError)
+    category = ErrorCategory.TRANSIENT if retryable else ErrorCategory.AUTHENTICATION
+    return Classification(categories=frozenset({ErrorCategory.AUTHENTICATION, category}),
+                          primary=ErrorCategory.AUTHENTICATION, retryable=retryable, status=None,
+                          retry_after_s=None, message=str(exc), strategy="auth-token-refresh")
+
+
 def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResult:
-    headers = {**job.headers, **rt.tokens.auth_headers(integration),
-               "Idempotency-Key": job.idempotency_key}
     timeout_ms = min(integration.timeout_ms, integration.circuit_breaker.call_timeout_ms)
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     response: requests.Response | None = None
+    token: str | None = None
     try:
+        token = rt.tokens.token_for(integration)
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**job.headers, **auth, "Idempotency-Key": job.idempotency_key}
         response = send(integration, job.method, job.path, json=job.json, params=job.params,
                         headers=headers, timeout_s=timeout_ms / 1000)
         failure = classify(response=response) if response.status_code >= 400 else None
     except requests.RequestException as exc:
         failure = classify(exc)
+    except (TokenRefreshError, AuthConfigError) as exc:
+        failure = _token_failure(exc)
     duration_ms = int((time.perf_counter() - clock) * 1000)
-    return CallResult(started_at, duration_ms, response, failure)
+    return CallResult(started_at, duration_ms, response, failure, token)
 
 
 def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit,
@@ -118,9 +133,9 @@ def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit:
     """The call under the breaker permit; a 401 refreshes the shared token and retries once."""
     result = _call_once(job, integration, rt)
     if (result.failure is not None and result.failure.status == 401
-            and integration.oauth is not None and not progress.auth_refreshed):
+            and result.token is not None and not progress.auth_refreshed):
         _record_attempt(job, progress.attempt, result, "retry", rt, strategy="auth-token-refresh")
-        rt.tokens.invalidate(integration, _bearer(rt, integration))
+        rt.tokens.invalidate(integration, result.token)
         result = _call_once(job, integration, rt)
         if result.failure is not None and result.failure.status == 401:
             log.error("alert_auth_refresh_failed", integration=integration.id, job_id=job.job_id)
@@ -129,11 +144,6 @@ def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit:
         permit, success=failure is None,
         counts=failure is None or failure.counts_against_breaker())
     return result
-
-
-def _bearer(rt: Runtime, integration: Integration) -> str:
-    header = rt.tokens.auth_headers(integration).get("Authorization", "")
-    return header.removeprefix("Bearer ")
 
 
 def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,

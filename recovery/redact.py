@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
+_MAX_PASSES = 4
 
 _SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
@@ -72,12 +73,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return _scrub(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit((
-        parts.scheme, netloc, parts.path, _redact_query(parts.query), _redact_query(parts.fragment),
-    ))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = REDACTED + at + host if userinfo else parts.netloc
+    redacted = (parts.scheme, netloc, parts.path, _redact_query(parts.query),
+                _redact_query(parts.fragment))
+    return url if redacted == tuple(parts) else urlunsplit(redacted)
 
 
 def redact_body(obj: Any) -> Any:
@@ -103,7 +103,12 @@ def redact_text(text: str) -> str:
     `key=value` / `key: value` pairs with secret-like keys (quoted JSON too), and
     `Bearer`/`Basic` credentials. Applying it twice changes nothing more.
     """
-    return _scrub(_URL.sub(lambda m: redact_url(m.group(0)), text))
+    for _ in range(_MAX_PASSES):  # one redaction can expose another match in contrived text
+        again = _scrub(_URL.sub(lambda m: redact_url(m.group(0)), text))
+        if again == text:
+            break
+        text = again
+    return text
 
 
 def _scrub(text: str) -> str:

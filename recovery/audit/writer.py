@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 
 from recovery.audit.models import (
+    TERMINAL_STATUSES,
     Alert,
     Attempt,
     AttemptRecord,
@@ -28,7 +29,6 @@ from recovery.audit.models import (
     HealthCheck,
     Job,
     JobStatus,
-    TERMINAL_STATUSES,
 )
 from recovery.redact import redact_params, redact_text, redact_url
 

@@ -1,0 +1,58 @@
+"""Celery Beat's schedule, built from the integration registry.
+
+`celery -A recovery.celery_app beat` runs, for every integration that has a `health_check`, the
+task `tasks.health.check` every `health_check.interval_ms` (default `HEALTH_CHECK_INTERVAL`),
+and, when `DLQ_ENABLED` and `ENABLE_AUTO_RECOVERY` are both true, the capped replay
+`tasks.dlq.replay` every `DLQ_RETRY_DELAY`. An integration without a health check has no entry.
+
+Each entry expires after one period: if no worker takes it in time, the next one replaces it
+instead of piling up behind it.
+
+Exactly one beat may run. Importing this module installs the guard (`recovery.beatlock`): a
+second beat exits at start with a message naming the one that holds the lock.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from recovery.beatlock import install_beat_guard
+from recovery.registry import Registry, get_registry
+from recovery.settings import Settings, get_settings
+
+HEALTH_TASK = "tasks.health.check"
+DLQ_REPLAY_TASK = "tasks.dlq.replay"
+DLQ_REPLAY_ENTRY = "dlq-replay"
+
+
+def health_entry_name(integration_id: str) -> str:
+    return f"health-check:{integration_id}"
+
+
+def build_schedule(registry: Registry, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The `beat_schedule` mapping for this registry and these settings."""
+    schedule: dict[str, dict[str, Any]] = {}
+    for integration in registry:
+        check = integration.health_check
+        if check is None:
+            continue
+        period_s = check.interval_ms / 1000
+        schedule[health_entry_name(integration.id)] = {
+            "task": HEALTH_TASK,
+            "schedule": timedelta(seconds=period_s),
+            "args": (integration.id,),
+            "options": {"expires": period_s},
+        }
+    if settings.dlq_enabled and settings.enable_auto_recovery:
+        period_s = settings.dlq_retry_delay_ms / 1000
+        schedule[DLQ_REPLAY_ENTRY] = {
+            "task": DLQ_REPLAY_TASK,
+            "schedule": timedelta(seconds=period_s),
+            "options": {"expires": period_s},
+        }
+    return schedule
+
+
+install_beat_guard()
+beat_schedule = build_schedule(get_registry(), get_settings())

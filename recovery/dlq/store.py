@@ -1,0 +1,333 @@
+"""The DLQ's broker queues read in place: list, find, remove one entry, publish, lock.
+
+`dlq` and `dlq.quarantine` are Redis lists that kombu writes (LPUSH: the newest entry at the
+head, the oldest at the tail). We never consume them through a kombu consumer: a kombu `get`
+pops the oldest message before it records it as unacknowledged, and a rejected message is pushed
+back at the *newest* end, so filtering with get/reject would reorder the queue (or loop on one
+entry). Instead the list is read where it lies (LRANGE from the tail, oldest first) and an entry
+is removed by its exact bytes (LREM) only after it was published elsewhere. Entries nobody
+touches keep their place; a crash between publish and removal leaves a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from kombu import Queue
+
+from recovery.dlq.envelope import Envelope
+from recovery.dlq.park import DLQ_QUEUE, PUBLISH_RETRY_POLICY
+from recovery.jobs import MalformedJobError, parse_time
+from recovery.redact import redact_body, redact_headers, redact_params, redact_text
+
+QUARANTINE_QUEUE = "dlq.quarantine"
+QUARANTINE_KIND = "api-recovery.quarantine/1"
+READ_CHUNK = 500
+LOCK_TTL_MS = 60_000
+MAX_AGE_S = 100 * 366 * 86400
+
+# Delete the lock only if we still hold it; extend it only if we still hold it.
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end " \
+          "return 0"
+_EXTEND = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
+          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+class DlqBusyError(RuntimeError):
+    """Another replay, purge or release holds the DLQ lock."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One list element: its exact bytes (to remove it later) and what they decode to.
+
+    `data` is the decoded message body (None when even that failed); `envelope` is set for a
+    well-formed dead letter, `problem` says why it is not one.
+    """
+
+    raw: bytes
+    data: Any
+    envelope: Envelope | None
+    problem: str | None
+
+    @property
+    def job_id(self) -> str | None:
+        if self.envelope is not None:
+            return self.envelope.job_id
+        found = self.data.get("job_id") if isinstance(self.data, dict) else None
+        return found if isinstance(found, str) else None
+
+
+def decode_body(raw: bytes) -> tuple[Any, str | None]:
+    """The JSON body of one kombu Redis message, or (None, why it cannot be read)."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None, "The entry is not JSON; it was not written by kombu."
+    if not isinstance(payload, dict) or not isinstance(payload.get("body"), str):
+        return None, "The entry is JSON but not a kombu message (no string 'body')."
+    properties = payload.get("properties")
+    body: str | bytes = payload["body"]
+    if isinstance(properties, dict) and properties.get("body_encoding") == "base64":
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return None, "The message body is not valid base64."
+    if payload.get("content-type", "application/json") != "application/json":
+        return None, f"The message is {payload.get('content-type')!r}, not JSON."
+    try:
+        return json.loads(body), None
+    except ValueError:
+        return None, "The message body is broken JSON."
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "job_id": (str,), "task_name": (str,), "integration": (str,), "method": (str,),
+    "path": (str,), "params": (dict, type(None)), "headers": (dict,),
+    "idempotency_key": (str,), "error_categories": (list,), "last_status": (int, type(None)),
+    "message": (str,), "attempts": (int,), "first_enqueued_at": (str,), "dead_at": (str,),
+    "replay_count": (int,),
+}
+
+
+def _wrong_field(envelope: Envelope) -> str | None:
+    """The first field whose type is not what we write, or None (a replay must not crash)."""
+    for name, types in _FIELD_TYPES.items():
+        value = getattr(envelope, name)
+        if isinstance(value, bool) or not isinstance(value, types):
+            return name
+    if not all(isinstance(v, str) for v in envelope.headers.values()):
+        return "headers"
+    if not all(isinstance(v, str) for v in envelope.error_categories):
+        return "error_categories"
+    return None
+
+
+def decode_entry(raw: bytes) -> Entry:
+    data, problem = decode_body(raw)
+    if problem is not None:
+        return Entry(raw, None, None, problem)
+    try:
+        envelope = Envelope.from_message(data)
+    except MalformedJobError as exc:
+        return Entry(raw, data, None, str(exc))
+    wrong = _wrong_field(envelope)
+    if wrong is not None:
+        return Entry(raw, data, None, f"The envelope's field {wrong!r} has the wrong type.")
+    return Entry(raw, data, envelope, None)
+
+
+def envelope_view(envelope: Envelope) -> dict[str, Any]:
+    """An envelope as listings show it: redacted once more, in case an old one held a secret."""
+    shown = envelope.to_message()
+    shown.update(body=redact_body(envelope.body), params=redact_params(envelope.params or {}),
+                 headers=redact_headers(envelope.headers or {}),
+                 message=redact_text(envelope.message))
+    return shown
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """What `dlq.quarantine` holds: the entry (envelope, or redacted raw text) and why."""
+
+    job_id: str | None
+    integration: str | None
+    reason: str
+    quarantined_at: str
+    envelope: dict[str, Any] | None
+    raw: str | None
+    kind: str = QUARANTINE_KIND
+
+    @classmethod
+    def of(cls, entry: Entry, reason: str) -> QuarantineRecord:
+        envelope = entry.envelope
+        raw = None if envelope else redact_text(entry.raw.decode("utf-8", errors="replace"))
+        return cls(job_id=entry.job_id, integration=envelope.integration if envelope else None,
+                   reason=reason, quarantined_at=datetime.now(UTC).isoformat(),
+                   envelope=envelope.to_message() if envelope else None, raw=raw)
+
+    @classmethod
+    def from_message(cls, data: Any) -> QuarantineRecord:
+        if not isinstance(data, dict) or data.get("kind") != QUARANTINE_KIND:
+            raise MalformedJobError("The message is not a quarantine record of this system.")
+        try:
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        except KeyError as exc:
+            raise MalformedJobError(f"The quarantine record lacks {exc.args[0]!r}.") from exc
+
+    def to_message(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which envelopes a command touches; an unset field matches everything."""
+
+    integration: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None
+    older_than: datetime | None = None
+    job_id: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__dataclass_fields__)
+
+    def matches(self, envelope: Envelope) -> bool:
+        if self.job_id is not None and envelope.job_id != self.job_id:
+            return False
+        if self.integration is not None and envelope.integration != self.integration:
+            return False
+        if self.error_class is not None and self.error_class not in envelope.error_categories:
+            return False
+        if self.since is None and self.older_than is None:
+            return True
+        try:
+            dead_at = parse_time(envelope.dead_at)
+        except (TypeError, ValueError):
+            return False
+        return ((self.since is None or dead_at >= self.since)
+                and (self.older_than is None or dead_at < self.older_than))
+
+
+class QueueList:
+    """One broker queue as a Redis list, read oldest first without taking anything off it."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str, queue: str = DLQ_QUEUE) -> None:
+        self.client = client
+        self.queue = queue
+        self.key = f"{key_prefix}{queue}"
+
+    def __len__(self) -> int:
+        return int(self.client.llen(self.key))
+
+    def scan(self, chunk: int = READ_CHUNK) -> Cursor:
+        return Cursor(self, chunk)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, oldest first, decoded."""
+        yield from self.scan()
+
+    def find(self, job_id: str) -> Entry | None:
+        """The oldest entry of `job_id`, or None."""
+        return next((entry for entry in self.entries() if entry.job_id == job_id), None)
+
+    def remove(self, raw: bytes) -> bool:
+        """Remove one occurrence of exactly these bytes, searching from the oldest end."""
+        return int(self.client.lrem(self.key, -1, raw)) == 1
+
+    def remove_many(self, raws: list[bytes]) -> int:
+        """Remove each of `raws` once (one round trip); returns how many were found."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for raw in raws:
+                pipe.lrem(self.key, -1, raw)
+            return sum(int(found) for found in pipe.execute())
+
+
+class Cursor:
+    """Oldest-first iteration that tolerates its own removals and new entries at the head.
+
+    Positions are counted from the tail, which new LPUSHes do not move; every entry the cursor
+    removes itself shortens the stretch already read by one. (If somebody else removes an entry
+    meanwhile, the cursor may pass over one unread entry: it is left in place, never lost.)
+    """
+
+    def __init__(self, queue: QueueList, chunk: int) -> None:
+        self._queue = queue
+        self._chunk = chunk
+        self._behind = 0  # entries already read that are still in the list
+
+    def __iter__(self) -> Iterator[Entry]:
+        while True:
+            start = self._behind
+            raws = self._queue.client.lrange(self._queue.key, -(start + self._chunk),
+                                             -(start + 1))
+            if not raws:
+                return
+            self._behind += len(raws)
+            for raw in reversed(raws):
+                yield decode_entry(raw)
+
+    def remove(self, entry: Entry) -> bool:
+        removed = self._queue.remove(entry.raw)
+        if removed:
+            self._behind -= 1
+        return removed
+
+    def forget(self, count: int) -> None:
+        """Tell the cursor that `count` entries it had read were removed (`remove_many`)."""
+        self._behind -= count
+
+
+def publish_record(record: QuarantineRecord, queue_name: str = QUARANTINE_QUEUE) -> None:
+    """Publish a quarantine record to its broker queue; raises when the broker refuses it."""
+    from recovery.celery_app import app
+
+    queue = Queue(queue_name, routing_key=queue_name)
+    with app.producer_or_acquire() as producer:
+        producer.publish(record.to_message(), exchange="", routing_key=queue_name,
+                         serializer="json", declare=[queue], retry=True,
+                         retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
+
+
+class DlqLock:
+    """A cluster-wide lock so one replay, purge or release edits the DLQ at a time.
+
+    It expires on its own (`LOCK_TTL_MS`) if its holder dies; long runs call `extend`.
+    """
+
+    def __init__(self, client: redis.Redis, key_prefix: str, owner: str) -> None:
+        self._client = client
+        self.key = f"{key_prefix}dlq:lock"
+        self._token = f"{owner}:{uuid.uuid4().hex}"
+
+    def __enter__(self) -> DlqLock:
+        if not self._client.set(self.key, self._token, nx=True, px=LOCK_TTL_MS):
+            holder = self._client.get(self.key)
+            who = holder.decode(errors="replace").rsplit(":", 1)[0] if holder else "another run"
+            raise DlqBusyError(f"Another DLQ replay, purge or release is running ({who}); try "
+                               "again when it has finished.")
+        return self
+
+    def extend(self) -> None:
+        self._client.eval(_EXTEND, 1, self.key, self._token, LOCK_TTL_MS)
+
+    def __exit__(self, *_: object) -> None:
+        self._client.eval(_UNLOCK, 1, self.key, self._token)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_AGE_HINT = "use a whole number and a unit, such as 90s, 30m, 2h, 7d or 1w"
+
+
+def parse_age(text: str) -> timedelta:
+    """A duration such as 90s, 30m, 2h, 7d or 1w; ValueError with a sentence otherwise."""
+    cleaned = text.strip().lower()
+    number, unit = cleaned[:-1], cleaned[-1:]
+    if unit not in _UNITS or not number.isascii() or not number.isdigit():
+        raise ValueError(f"{text!r} is not a duration; {_AGE_HINT}.")
+    if len(number) > 7 or int(number) * _UNITS[unit] > MAX_AGE_S:
+        raise ValueError(f"{text!r} is longer than 100 years; {_AGE_HINT}.")
+    return timedelta(seconds=int(number) * _UNITS[unit])
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A point in time: an age before `now` (2h, 7d) or an ISO 8601 time (UTC if no zone)."""
+    cleaned = text.strip()
+    if cleaned[-1:].lower() in _UNITS and cleaned[:-1].isdigit():
+        return (now or datetime.now(UTC)) - parse_age(cleaned)
+    try:
+        if cleaned:
+            return parse_time(cleaned)
+    except ValueError:
+        pass
+    raise ValueError(f"{text!r} is neither a duration (2h, 7d) nor an ISO 8601 time "
+                     "(2024-05-01T12:00:00Z).")

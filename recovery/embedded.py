@@ -1,0 +1,162 @@
+"""An in-process broker and worker for the demo when neither Redis nor PostgreSQL is around.
+
+Jobs wait in a heap ordered by due time; worker threads take the due ones and run the same
+pipeline a Celery worker runs (`recovery.pipeline.run_job`). A retry or deferral goes back on the
+heap with its countdown, as a Celery retry would go back to the broker. Dead jobs land in an
+in-memory dead-letter list instead of the `dlq` broker queue, mirrored in the audit trail.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from recovery.audit.writer import AuditWriter, DeadLetterRecord
+from recovery.auth import TokenProvider
+from recovery.db import make_engine
+from recovery.dlq.envelope import Envelope, envelope_for
+from recovery.idempotency import IdempotencyStore
+from recovery.jobs import JobSpec, Progress, parse_time, utc_now_iso
+from recovery.pipeline import Step, run_job
+from recovery.ratelimit import ClusterRateLimiter
+from recovery.redact import redact_params
+from recovery.registry import Registry
+from recovery.runtime import Runtime
+from recovery.settings import Settings
+from recovery.worker import finish_unsuccessful
+
+log = structlog.get_logger(__name__)
+
+IDLE_WAIT_S = 0.5
+
+
+def embedded_runtime(settings: Settings, registry: Registry) -> Runtime:
+    """A runtime without Redis: in-process breaker, limiter, tokens and idempotency."""
+    engine = make_engine(settings.database_url)
+    prefix = settings.redis_key_prefix
+    return Runtime(
+        settings=settings,
+        registry=registry,
+        redis=None,
+        engine=engine,
+        audit=AuditWriter(engine),
+        limiter=ClusterRateLimiter(None, key_prefix=prefix),
+        tokens=TokenProvider(None, key_prefix=prefix),
+        idempotency=IdempotencyStore(None, key_prefix=prefix),
+    )
+
+
+@dataclass(order=True)
+class _Delivery:
+    due: float
+    seq: int
+    job: JobSpec = field(compare=False)
+    progress: Progress = field(compare=False)
+
+
+class EmbeddedBroker:
+    """A due-time heap served by worker threads; `close()` stops them (pending jobs are dropped).
+
+    It is a demo `Backend`: `enqueue`, `dead_letters` and `close`.
+    """
+
+    mode = "embedded"
+
+    def __init__(self, rt: Runtime, workers: int = 2) -> None:
+        self.rt = rt
+        self._dead: list[Envelope] = []
+        self._heap: list[_Delivery] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"embedded-worker-{n}", daemon=True)
+            for n in range(1, workers + 1)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def enqueue(self, job: JobSpec) -> None:
+        """Record the job as queued in the audit trail, then hand it to the workers."""
+        self.rt.audit.job_queued(job.job_id, job.integration, job.method, job.path,
+                                 redact_params(job.params or {}), job.idempotency_key,
+                                 job.replay_count)
+        self._push(job, Progress(), 0.0)
+
+    def dead_letters(self, integration: str) -> list[Envelope]:
+        """Take the parked envelopes of an integration out of the in-memory dead-letter list."""
+        with self._cond:
+            taken = [e for e in self._dead if e.integration == integration]
+            self._dead = [e for e in self._dead if e.integration != integration]
+        return taken
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _push(self, job: JobSpec, progress: Progress, countdown_s: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, _Delivery(time.monotonic() + max(countdown_s, 0.0),
+                                                 next(self._seq), job, progress))
+            self._cond.notify()
+
+    def _next_due(self) -> _Delivery | None:
+        """Block until a delivery is due (returned) or the broker stops (None)."""
+        with self._cond:
+            while not self._stopping:
+                if self._heap:
+                    wait_s = self._heap[0].due - time.monotonic()
+                    if wait_s <= 0:
+                        return heapq.heappop(self._heap)
+                else:
+                    wait_s = IDLE_WAIT_S
+                self._cond.wait(timeout=min(wait_s, IDLE_WAIT_S))
+            return None
+
+    def _serve(self) -> None:
+        while (delivery := self._next_due()) is not None:
+            try:
+                self._deliver(delivery)
+            except Exception as exc:  # a worker thread must survive any one job
+                log.error("embedded_job_crashed", job_id=delivery.job.job_id, error=str(exc))
+                self.rt.audit.job_status(delivery.job.job_id, "failed", finished=True,
+                                         outcome=f"The job crashed: {exc}")
+
+    def _deliver(self, delivery: _Delivery) -> None:
+        step = run_job(delivery.job, delivery.progress, self.rt)
+        if step.status in ("retry", "defer"):
+            self._push(delivery.job, step.progress, step.countdown_s or 0.0)
+        elif step.status == "dead":
+            self._park(delivery.job, step)
+        else:
+            finish_unsuccessful(delivery.job, step, self.rt)
+
+    def _park(self, job: JobSpec, step: Step) -> None:
+        """Dead-letter a job into the in-memory list, recorded like `recovery.dlq.park` does."""
+        failure = step.failure
+        envelope = envelope_for(
+            job, categories=sorted(failure.categories) if failure else [],
+            last_status=failure.status if failure else None,
+            message=failure.message if failure else step.reason,
+            attempts=step.progress.attempt, dead_at=utc_now_iso())
+        with self._cond:
+            self._dead.append(envelope)
+        self.rt.audit.dead_letter(DeadLetterRecord(
+            job_id=job.job_id, integration=job.integration, task_name=envelope.task_name,
+            error_categories=envelope.error_categories, last_status=envelope.last_status,
+            message=envelope.message, attempts=envelope.attempts,
+            first_enqueued_at=parse_time(envelope.first_enqueued_at),
+            envelope=envelope.to_message(), replay_count=envelope.replay_count,
+            dead_at=parse_time(envelope.dead_at)))
+        self.rt.audit.job_status(job.job_id, "dead", attempts=step.progress.attempt,
+                                 outcome=step.reason, strategy="dead-letter-queue",
+                                 last_status=envelope.last_status, last_error=envelope.message,
+                                 finished=True)
