@@ -153,7 +153,8 @@ def test_call(integration: str, method: str, path: str, body: str | None, verbos
 
 def _print_step(step: Any) -> None:
     wait = f", next in {step.countdown_s:.2f} s" if step.countdown_s else ""
-    click.echo(f"  attempt {step.progress.attempt}: {step.status}{wait}. {step.reason}")
+    made = step.progress.attempt - 1 if step.status == "retry" else step.progress.attempt
+    click.echo(f"  attempt {made}: {step.status}{wait}. {step.reason}")
 
 
 @main.group()

@@ -266,6 +266,7 @@ class Summary:
     dead_letters: int
     replayed: int
     replayed_succeeded: int
+    worker_pids: list[int] = field(default_factory=list)
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 

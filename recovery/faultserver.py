@@ -180,7 +180,8 @@ class FaultServer:
             self._clear()
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every recorded request: method, path, headers, time, idempotency_key, status."""
+        """Every recorded request: n, method, path (with query), headers, time, idempotency_key,
+        status (an int, "reset" or None while in flight) and peer (the client's host:port)."""
         with self._lock:
             return [dict(record) for record in self._records]
 
@@ -213,12 +214,13 @@ class FaultServer:
             self._timer.cancel()
             self._timer = None
 
-    def _record(self, method: str, path: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    def _record(self, method: str, path: str, headers: Mapping[str, str],
+                peer: str) -> dict[str, Any]:
         key = headers.get("Idempotency-Key") or headers.get("X-Idempotency-Key")
         with self._lock:
             record = {"n": len(self._records) + 1, "method": method, "path": path,
                       "headers": dict(headers), "time": time.time(), "idempotency_key": key,
-                      "status": None}
+                      "status": None, "peer": peer}
             self._records.append(record)
         return record
 
@@ -313,7 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route.startswith("/_"):
             self._control(fault, route, body)
             return
-        record = fault._record(self.command, self.path, dict(self.headers.items()))
+        peer = "{}:{}".format(*self.client_address[:2])
+        record = fault._record(self.command, self.path, dict(self.headers.items()), peer)
         if route == "/oauth/token" and self.command == "POST":
             code, payload = fault._issue_token(parse_qs(body.decode("utf-8", "replace")))
             fault._finish(record, code, counted=False)

@@ -126,14 +126,15 @@ def probe_with_retries(
         return exc.result, used
 
 
+_local_streaks: dict[str, int] = {}
+_local_lock = threading.Lock()
+
+
 class FailureStreak:
     """Consecutive failed checks per integration, in Redis so every worker adds to one count.
 
     Without Redis (the demo, or Redis unreachable) the count is kept in this process.
     """
-
-    _local: dict[str, int] = {}
-    _local_lock = threading.Lock()
 
     def __init__(self, client: redis.Redis | None, prefix: str) -> None:
         self._client = client
@@ -151,13 +152,13 @@ class FailureStreak:
                 return int(pipe.execute()[0])
             except redis.RedisError as exc:
                 log.warning("health_streak_unavailable", error=str(exc))
-        with self._local_lock:
-            self._local[integration_id] = self._local.get(integration_id, 0) + 1
-            return self._local[integration_id]
+        with _local_lock:
+            _local_streaks[integration_id] = _local_streaks.get(integration_id, 0) + 1
+            return _local_streaks[integration_id]
 
     def succeeded(self, integration_id: str) -> None:
-        with self._local_lock:
-            self._local.pop(integration_id, None)
+        with _local_lock:
+            _local_streaks.pop(integration_id, None)
         if self._client is not None:
             try:
                 self._client.delete(self.key(integration_id))

@@ -22,7 +22,7 @@ from recovery.settings import Settings
 RELEASE = "api-recovery@0.1.0"
 
 
-def scrub_event(event: dict[str, Any], _hint: Any = None) -> dict[str, Any]:
+def scrub_event(event: Any, _hint: Any = None) -> Any:
     """A copy of a Sentry event (or breadcrumb) with every secret we can recognise removed."""
     clean: dict[str, Any] = redact_body(event)
     request = clean.get("request")

@@ -26,7 +26,7 @@ def run_synchronously(job: JobSpec, rt: Runtime,
         return step.countdown_s or 0.0
 
     @backoff.on_predicate(backoff.runtime, predicate=lambda step: step.status in WAITING,
-                          value=countdown, jitter=None)
+                          value=countdown, jitter=None, logger=None)
     def next_step() -> Step:
         progress = steps[-1].progress if steps else Progress()
         step = run_job(job, progress, rt)

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
 import structlog
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 
-from recovery.dlq.replay_audit import mark_dead_letters, mark_requeued, revert_requeued
+from recovery.audit.models import DeadLetter, DeadLetterState, Job, JobStatus
+from recovery.audit.writer import AuditWriter
 from recovery.dlq.store import (
     QUARANTINE_QUEUE,
     Cursor,
@@ -37,9 +39,12 @@ from recovery.dlq.store import (
     EntryFilter,
     QuarantineRecord,
     QueueList,
+    dlq_client,
+    publish_jobs,
     publish_record,
 )
-from recovery.jobs import JobSpec, Progress
+from recovery.jobs import JobSpec
+from recovery.redact import redact_text
 from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -161,36 +166,8 @@ class BreakerView:
         snapshot = self._rt.breaker(self._rt.registry.get(integration_id)).snapshot()
         wait = snapshot.time_to_half_open_s
         answer = wait if snapshot.state == "open" and (wait is None or wait > 0) else None
-        self._seen[integration_id] = (now + BREAKER_CACHE_S, answer or 0.0 if answer is not None
-                                      else None)
+        self._seen[integration_id] = (now + BREAKER_CACHE_S, answer)
         return answer
-
-
-def publish_jobs(jobs: Sequence[JobSpec]) -> None:
-    """Publish jobs to their work queue the way `producer.publish_job` does, but pipelined.
-
-    The producer's batch (kombu 5.7+) sends every message of the call in one round trip;
-    an older kombu publishes them one by one.
-    """
-    from recovery.celery_app import app
-    from recovery.producer import TASK_NAME
-    from recovery.worker import task_reprs
-
-    with app.producer_or_acquire() as producer:
-        batch: AbstractContextManager[Any] = (
-            producer.batch(max_size=4 * len(jobs) + 4) if hasattr(producer, "batch")
-            else nullcontext())
-        with batch:
-            for job in jobs:
-                app.send_task(TASK_NAME, kwargs={"job": job.to_message()}, task_id=job.job_id,
-                              producer=producer, **task_reprs(job, Progress()))
-
-
-def dlq_client(rt: Runtime) -> redis.Redis:
-    if rt.redis is None:
-        raise RuntimeError("The dead-letter queue lives in Redis, and this process has no "
-                           "Redis client; set REDIS_URL to the broker's Redis.")
-    return rt.redis
 
 
 class Replayer:
@@ -319,3 +296,75 @@ def replay_dlq(rt: Runtime, options: ReplayOptions,
                on_progress: Callable[[int], None] | None = None) -> ReplayReport:
     """Replay (or, with `dry_run`, plan) the DLQ; raises `DlqBusyError` if another run holds it."""
     return Replayer(rt, options, on_progress=on_progress).run()
+
+
+# Batched audit writes. `AuditWriter` writes one row per transaction, which caps a replay at a
+# few hundred entries a second; these do a whole batch in one, and never raise either.
+
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+_DEAD: Table = DeadLetter.__table__  # type: ignore[assignment]
+
+
+def _guarded(engine: Engine, table: str, write: Callable[[Connection], None]) -> bool:
+    try:
+        with engine.begin() as conn:
+            write(conn)
+        return True
+    except Exception as exc:
+        log.warning("audit_write_failed", table=table, error=redact_text(str(exc))[:500],
+                    error_type=type(exc).__name__)
+        return False
+
+
+def mark_dead_letters(engine: Engine, job_ids: Sequence[str], state: str, reason: str) -> bool:
+    """Move dead-letter rows to `state` (replayed, quarantined, purged, parked) in one go."""
+    values = {"state": DeadLetterState(state).value, "state_reason": redact_text(reason)}
+
+    def write(conn: Connection) -> None:
+        conn.execute(update(_DEAD).where(_DEAD.c.job_id.in_(list(job_ids))).values(values))
+
+    return _guarded(engine, "dead_letters", write)
+
+
+def mark_requeued(audit: AuditWriter, jobs: Sequence[JobSpec], reason: str) -> None:
+    """Jobs back to `queued` with their higher replay count; their dead letters `replayed`.
+
+    A job without a row (its audit write was lost when it was enqueued) gets one through
+    `AuditWriter.job_queued`.
+    """
+    ids = [job.job_id for job in jobs]
+    present: set[str] = set()
+
+    def write(conn: Connection) -> None:
+        present.update(conn.scalars(select(_JOBS.c.id).where(_JOBS.c.id.in_(ids))))
+        rows = [{"b_id": job.job_id, "b_rc": job.replay_count} for job in jobs
+                if job.job_id in present]
+        if rows:
+            conn.execute(update(_JOBS).where(_JOBS.c.id == bindparam("b_id"),
+                                             _JOBS.c.replay_count < bindparam("b_rc"))
+                         .values(status=JobStatus.QUEUED.value, replay_count=bindparam("b_rc"),
+                                 finished_at=None, updated_at=datetime.now(UTC)), rows)
+        conn.execute(update(_DEAD).where(_DEAD.c.job_id.in_(ids)).values(
+            state=DeadLetterState.REPLAYED.value, state_reason=redact_text(reason)))
+
+    if not _guarded(audit.engine, "jobs", write):
+        return
+    for job in jobs:
+        if job.job_id not in present:
+            audit.job_queued(job.job_id, job.integration, job.method, job.path,
+                             job.params, job.idempotency_key, replay_count=job.replay_count)
+
+
+def revert_requeued(audit: AuditWriter, jobs: Sequence[JobSpec], reason: str) -> None:
+    """Undo `mark_requeued` for jobs that were not published, unless a worker moved them on."""
+    rows = [{"b_id": job.job_id, "b_rc": job.replay_count} for job in jobs]
+
+    def write(conn: Connection) -> None:
+        conn.execute(update(_JOBS).where(_JOBS.c.id == bindparam("b_id"),
+                                         _JOBS.c.replay_count == bindparam("b_rc"),
+                                         _JOBS.c.status == JobStatus.QUEUED.value)
+                     .values(status=JobStatus.DEAD.value, replay_count=bindparam("b_rc") - 1,
+                             updated_at=datetime.now(UTC)), rows)
+
+    _guarded(audit.engine, "jobs", write)
+    mark_dead_letters(audit.engine, [job.job_id for job in jobs], "parked", reason)

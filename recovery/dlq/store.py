@@ -15,7 +15,8 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,8 +26,9 @@ from kombu import Queue
 
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, PUBLISH_RETRY_POLICY
-from recovery.jobs import MalformedJobError, parse_time
+from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
 from recovery.redact import redact_body, redact_headers, redact_params, redact_text
+from recovery.runtime import Runtime
 
 QUARANTINE_QUEUE = "dlq.quarantine"
 QUARANTINE_KIND = "api-recovery.quarantine/1"
@@ -98,7 +100,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _wrong_field(envelope: Envelope) -> str | None:
+def wrong_field(envelope: Envelope) -> str | None:
     """The first field whose type is not what we write, or None (a replay must not crash)."""
     for name, types in _FIELD_TYPES.items():
         value = getattr(envelope, name)
@@ -119,7 +121,7 @@ def decode_entry(raw: bytes) -> Entry:
         envelope = Envelope.from_message(data)
     except MalformedJobError as exc:
         return Entry(raw, data, None, str(exc))
-    wrong = _wrong_field(envelope)
+    wrong = wrong_field(envelope)
     if wrong is not None:
         return Entry(raw, data, None, f"The envelope's field {wrong!r} has the wrong type.")
     return Entry(raw, data, envelope, None)
@@ -222,14 +224,19 @@ class QueueList:
 
     def remove(self, raw: bytes) -> bool:
         """Remove one occurrence of exactly these bytes, searching from the oldest end."""
-        return int(self.client.lrem(self.key, -1, raw)) == 1
+        return int(self.client.lrem(self.key, -1, _as_value(raw))) == 1
 
     def remove_many(self, raws: list[bytes]) -> int:
         """Remove each of `raws` once (one round trip); returns how many were found."""
         with self.client.pipeline(transaction=False) as pipe:
             for raw in raws:
-                pipe.lrem(self.key, -1, raw)
+                pipe.lrem(self.key, -1, _as_value(raw))
             return sum(int(found) for found in pipe.execute())
+
+
+def _as_value(raw: bytes) -> Any:
+    """redis-py sends bytes as they are, though its annotations only name str."""
+    return raw
 
 
 class Cursor:
@@ -254,7 +261,7 @@ class Cursor:
                 return
             self._behind += len(raws)
             for raw in reversed(raws):
-                yield decode_entry(raw)
+                yield decode_entry(raw if isinstance(raw, bytes) else raw.encode())
 
     def remove(self, entry: Entry) -> bool:
         removed = self._queue.remove(entry.raw)
@@ -278,6 +285,33 @@ def publish_record(record: QuarantineRecord, queue_name: str = QUARANTINE_QUEUE)
                          retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
 
 
+def publish_jobs(jobs: Sequence[JobSpec]) -> None:
+    """Publish jobs to their work queue the way `producer.publish_job` does, but pipelined.
+
+    The producer's batch (kombu 5.7+) sends every message of the call in one round trip;
+    an older kombu publishes them one by one.
+    """
+    from recovery.celery_app import app
+    from recovery.producer import TASK_NAME
+    from recovery.worker import task_reprs
+
+    with app.producer_or_acquire() as producer:
+        batch: AbstractContextManager[Any] = (
+            producer.batch(max_size=4 * len(jobs) + 4) if hasattr(producer, "batch")
+            else nullcontext())
+        with batch:
+            for job in jobs:
+                app.send_task(TASK_NAME, kwargs={"job": job.to_message()}, task_id=job.job_id,
+                              producer=producer, **task_reprs(job, Progress()))
+
+
+def dlq_client(rt: Runtime) -> redis.Redis:
+    if rt.redis is None:
+        raise RuntimeError("The dead-letter queue lives in Redis, and this process has no "
+                           "Redis client; set REDIS_URL to the broker's Redis.")
+    return rt.redis
+
+
 class DlqLock:
     """A cluster-wide lock so one replay, purge or release edits the DLQ at a time.
 
@@ -292,7 +326,8 @@ class DlqLock:
     def __enter__(self) -> DlqLock:
         if not self._client.set(self.key, self._token, nx=True, px=LOCK_TTL_MS):
             holder = self._client.get(self.key)
-            who = holder.decode(errors="replace").rsplit(":", 1)[0] if holder else "another run"
+            text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder)
+            who = text.rsplit(":", 1)[0] if holder else "another run"
             raise DlqBusyError(f"Another DLQ replay, purge or release is running ({who}); try "
                                "again when it has finished.")
         return self

@@ -1,0 +1,248 @@
+"""`recovery-cli serve`: the health and metrics endpoint for load balancers and Prometheus.
+
+    GET /health   200 {"status": "ok", ...} when Redis and the database answer, else 503 with
+                  `failed` naming which did not and each check's error
+    GET /metrics  Prometheus text: what every worker recorded (kept in Redis) plus breaker
+                  states and queue depths read at scrape time; 404 when METRICS_ENABLED=false
+
+SIGTERM or SIGINT stops accepting connections, lets requests in flight finish, and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+
+import click
+import redis
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine, text
+
+from recovery.db import make_engine, normalise_url
+from recovery.redact import redact_text
+from recovery.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CHECK_TIMEOUT_S = 3
+DEFAULT_PORT = 9808
+
+Check = tuple[str, Callable[[], None]]
+
+
+def redis_check(url: str) -> Check:
+    client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S,
+                                  socket_timeout=CHECK_TIMEOUT_S)
+    return "redis", lambda: _ping(client)
+
+
+def _ping(client: redis.Redis) -> None:
+    client.ping()
+
+
+def database_check(url: str) -> tuple[Check, Engine]:
+    """A `SELECT 1` on a small engine of its own, named after the backend (postgresql, sqlite)."""
+    parsed = normalise_url(url)
+    name = parsed.get_backend_name()
+    if name == "postgresql" and "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": str(CHECK_TIMEOUT_S)})
+    engine = make_engine(parsed.render_as_string(hide_password=False))
+
+    def select_one() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    return (name, select_one), engine
+
+
+def run_checks(checks: Sequence[Check]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of the health endpoint."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, check in checks:
+        clock = time.perf_counter()
+        try:
+            check()
+            results[name] = {"ok": True}
+        except Exception as exc:
+            results[name] = {"ok": False, "error": redact_text(str(exc).strip())[:300]
+                             or type(exc).__name__}
+        results[name]["latency_ms"] = int((time.perf_counter() - clock) * 1000)
+    failed = [name for name, result in results.items() if not result["ok"]]
+    body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": results}
+    if failed:
+        body["failed"] = failed
+        body["message"] = f"{' and '.join(failed)} did not answer; see checks for the errors."
+    return (503 if failed else 200), body
+
+
+@dataclass
+class Service:
+    """What the handler needs; `metrics` is None when metrics are turned off."""
+
+    checks: Sequence[Check]
+    metrics: Callable[[], bytes] | None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ServeServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        route = self.path.split("?", 1)[0]
+        service = self.server.service
+        if route == "/health":
+            status, body = run_checks(service.checks)
+            self._send(status, json.dumps(body).encode(), "application/json")
+        elif route == "/metrics" and service.metrics is not None:
+            self._send(200, service.metrics(), CONTENT_TYPE_LATEST)
+        elif route == "/metrics":
+            self._json(404, "Metrics are turned off (METRICS_ENABLED=false); set "
+                            "METRICS_ENABLED=true to expose them.")
+        else:
+            self._json(404, f"There is nothing at {route!r}; use /health or /metrics.")
+
+    def do_POST(self) -> None:
+        self._json(405, "Only GET is supported; use GET /health or GET /metrics.")
+
+    do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def _json(self, status: int, message: str) -> None:
+        self._send(status, json.dumps({"error": message}).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class ServeServer(ThreadingHTTPServer):
+    """Joins request threads on close, so shutdown lets requests in flight finish."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], service: Service) -> None:
+        self.service = service
+        super().__init__(address, _Handler)
+
+
+def metrics_source(settings: Settings) -> Callable[[], bytes] | None:
+    """Renders /metrics from the shared store and live breaker/queue state."""
+    if not settings.metrics_enabled:
+        return None
+    from recovery import metrics
+    from recovery.runtime import get_runtime
+
+    def breaker_states() -> dict[str, str]:
+        rt = get_runtime()
+        return {i.id: rt.breaker(i).snapshot().state for i in rt.registry}
+
+    live = metrics.LiveStateCollector(breaker_states, broker_queue_depths)
+
+    def render() -> bytes:
+        store = metrics.current_store()
+        return metrics.render(store or metrics.MemoryStore(), live)
+
+    return render
+
+
+def broker_queue_depths() -> dict[str, int]:
+    """Messages waiting in each of our broker queues (a missing queue is an empty one)."""
+    from kombu.exceptions import ChannelError
+
+    from recovery.celery_app import (
+        DLQ_QUEUE,
+        MAINTENANCE_QUEUE,
+        QUARANTINE_QUEUE,
+        WORK_QUEUE,
+        app,
+    )
+
+    depths: dict[str, int] = {}
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1)
+        channel = conn.default_channel
+        for name in (WORK_QUEUE, MAINTENANCE_QUEUE, DLQ_QUEUE, QUARANTINE_QUEUE):
+            try:
+                depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+            except ChannelError:
+                depths[name] = 0
+    return depths
+
+
+def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer, list[Engine]]:
+    (db_name, db_probe), engine = database_check(settings.database_url)
+    service = Service(checks=[redis_check(settings.redis_url), (db_name, db_probe)],
+                      metrics=metrics_source(settings))
+    return ServeServer((host, port), service), [engine]
+
+
+def serve(settings: Settings, host: str, port: int,
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully. Call from the main thread."""
+    server, engines = build_server(settings, host, port)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("serve_stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                            name="serve", daemon=True)
+    loop.start()
+    address = f"http://{host}:{server.server_address[1]}"
+    log.info("serve_started", address=address)
+    if on_ready is not None:
+        on_ready(address)
+    try:
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        for engine in engines:
+            engine.dispose()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("serve_stopped", address=address)
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="SERVE_HOST",
+              help="Address to listen on (0.0.0.0 in a container). Env: SERVE_HOST.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              envvar="SERVE_PORT", help="Port to listen on; 0 picks a free one. Env: SERVE_PORT.")
+def serve_command(host: str, port: int) -> None:
+    """Serve /health (Redis and database) and /metrics (Prometheus) until SIGTERM/SIGINT.
+
+    \b
+    Example:
+      recovery-cli serve --host 0.0.0.0 --port 9808
+      curl -s localhost:9808/health; curl -s localhost:9808/metrics
+    """
+    from recovery.sentry import init_sentry
+    from recovery.settings import get_settings
+
+    settings = get_settings()
+    init_sentry(settings)
+    try:
+        serve(settings, host, port,
+              on_ready=lambda address: click.echo(f"Serving /health and /metrics on {address}"))
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port} ({exc.strerror or exc}); choose another "
+                   "--port or stop what uses it.", err=True)
+        raise SystemExit(1) from exc

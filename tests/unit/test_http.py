@@ -1,0 +1,182 @@
+"""The outbound call: pooled sessions, guarded URLs, no redirects, no urllib3 retries, timeouts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from recovery import http
+from recovery.faultserver import FaultServer
+from recovery.registry import (
+    BreakerConfig,
+    Integration,
+    RateLimitConfig,
+    RetryConfig,
+)
+from recovery.urlguard import UnsafeHeaderError, UnsafePathError
+
+BASE = "https://api.example.test/v1"
+
+
+def make_integration(
+    base_url: str = BASE, *, id: str = "shop", timeout_ms: int = 2500, **headers: str
+) -> Integration:
+    return Integration(
+        id=id, name=id.title(), base_url=base_url, timeout_ms=timeout_ms,
+        retry=RetryConfig(max_attempts=3, initial_delay_ms=100, backoff_factor=2,
+                          max_delay_ms=1000, jitter=0.0),
+        circuit_breaker=BreakerConfig(enabled=True, threshold=5, reset_timeout_ms=1000,
+                                      call_timeout_ms=2000),
+        fallbacks=(), health_check=None,
+        rate_limit=RateLimitConfig(window_ms=1000, max_requests=100),
+        headers=dict(headers), oauth=None,
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh_sessions() -> Iterator[None]:
+    http.close_sessions()
+    yield
+    http.close_sessions()
+
+
+@pytest.fixture
+def mocked() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+def test_session_is_pooled_and_reused() -> None:
+    shop = make_integration()
+    session = http.session_for(shop)
+    assert http.session_for(shop) is session
+    assert http.session_for(make_integration(id="crm")) is not session
+    adapter = session.get_adapter("https://api.example.test/")
+    assert adapter._pool_maxsize == http.POOL_SIZE
+    assert adapter.max_retries.total == 0
+    assert adapter.max_retries.redirect == 0
+    assert adapter.max_retries.raise_on_redirect is False
+
+
+def test_session_is_rebuilt_when_headers_change() -> None:
+    first = http.session_for(make_integration(Authorization="Bearer one"))
+    second = http.session_for(make_integration(Authorization="Bearer two"))
+    assert second is not first
+    assert second.headers["Authorization"] == "Bearer two"
+
+
+def test_session_is_rebuilt_after_fork() -> None:
+    shop = make_integration()
+    parent_session = http.session_for(shop)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report whether it got a fresh session, then leave at once
+        fresh = http.session_for(shop) is not parent_session
+        os.write(write_end, b"fresh" if fresh else b"shared")
+        os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 16)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert answer == b"fresh"
+    assert http.session_for(shop) is parent_session
+
+
+def test_send_joins_under_base_with_headers(mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{BASE}/orders/42", json={"ok": True})
+    shop = make_integration(**{"X-Api-Key": "k", "Accept": "application/json"})
+    response = http.send(shop, "post", "orders/42", json={"n": 1}, params={"page": 2},
+                         headers={"Idempotency-Key": "abc"})
+    assert response.json() == {"ok": True}
+    sent = mocked.calls[0].request
+    assert sent.url == f"{BASE}/orders/42?page=2"
+    assert sent.method == "POST"
+    assert sent.headers["X-Api-Key"] == "k"
+    assert sent.headers["Idempotency-Key"] == "abc"
+    assert sent.headers["User-Agent"] == http.USER_AGENT
+    assert json.loads(sent.body or b"") == {"n": 1}
+
+
+def test_redirects_are_not_followed(mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{BASE}/moved", status=302, headers={"Location": "http://169.254.169.254/"})
+    mocked.get("http://169.254.169.254/", body="metadata")
+    response = http.send(make_integration(), "GET", "/moved")
+    assert response.status_code == 302
+    assert len(mocked.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("timeout_ms", "timeout_s", "expected"),
+    [(2500, None, (2.5, 2.5)), (60_000, None, (10.0, 60.0)), (2500, 0.5, (0.5, 0.5))],
+)
+def test_timeout_is_connect_and_read(
+    mocked: responses.RequestsMock, timeout_ms: int, timeout_s: float | None,
+    expected: tuple[float, float],
+) -> None:
+    mocked.get(f"{BASE}/t")
+    http.send(make_integration(timeout_ms=timeout_ms), "GET", "/t", timeout_s=timeout_s)
+    assert mocked.calls[0].request.req_kwargs["timeout"] == expected
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1.0, float("nan")])
+def test_bad_timeout_is_refused(timeout_s: float) -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        http.send(make_integration(), "GET", "/t", timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("path", ["http://evil.test/", "//evil.test", "/a/../../admin", "/x?y=1"])
+def test_unsafe_path_is_never_sent(mocked: responses.RequestsMock, path: str) -> None:
+    with pytest.raises(UnsafePathError):
+        http.send(make_integration(), "GET", path)
+    assert len(mocked.calls) == 0
+
+
+def test_unsafe_header_is_never_sent(mocked: responses.RequestsMock) -> None:
+    with pytest.raises(UnsafeHeaderError):
+        http.send(make_integration(), "GET", "/a", headers={"X-A": "1\r\nHost: evil"})
+    assert len(mocked.calls) == 0
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "GET /x", "", 5])
+def test_unknown_method_is_refused(method: Any) -> None:
+    with pytest.raises(ValueError, match="HTTP method"):
+        http.send(make_integration(), method, "/a")
+
+
+def test_requests_exceptions_pass_through(mocked: responses.RequestsMock) -> None:
+    error = requests.ConnectTimeout("connect timed out")
+    mocked.get(f"{BASE}/slow", body=error)
+    with pytest.raises(requests.ConnectTimeout) as info:
+        http.send(make_integration(), "GET", "/slow")
+    assert info.value is error
+
+
+def test_no_urllib3_retries_on_a_real_reset() -> None:
+    with FaultServer(mode="reset") as upstream:
+        shop = make_integration(upstream.url + "/api", timeout_ms=2000)
+        with pytest.raises(requests.ConnectionError):
+            http.send(shop, "GET", "/boom")
+        assert [r["path"] for r in upstream.requests()] == ["/api/boom"]
+
+
+def test_pooled_connection_is_reused_on_a_real_socket() -> None:
+    with FaultServer() as upstream:
+        shop = make_integration(upstream.url, timeout_ms=2000)
+        for n in range(3):
+            assert http.send(shop, "GET", f"/n{n}").json()["ok"] is True
+        assert len({r["peer"] for r in upstream.requests()}) == 1
+
+
+def test_secondary_base_url_shares_the_session(mocked: responses.RequestsMock) -> None:
+    mocked.get("https://backup.example.test/v2/a")
+    shop = make_integration()
+    http.send(replace(shop, base_url="https://backup.example.test/v2"), "GET", "/a")
+    assert mocked.calls[0].request.url == "https://backup.example.test/v2/a"
+    assert http.session_for(shop) is http.session_for(replace(shop, base_url="https://x.test"))
