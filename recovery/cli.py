@@ -259,8 +259,10 @@ def db_downgrade(revision: str, yes: bool) -> None:
 
 def _register_subcommands() -> None:
     from recovery.cli_breaker import breaker
+    from recovery.cli_demo import demo_command
 
     main.add_command(breaker)
+    main.add_command(demo_command)
 
 
 _register_subcommands()

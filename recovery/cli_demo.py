@@ -21,10 +21,9 @@ from typing import Any
 
 import click
 import redis
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from recovery.demo import (
-    _DEAD,
     Backend,
     DemoError,
     Flow,
@@ -36,7 +35,6 @@ from recovery.demo import (
     summarise,
     write_integration,
 )
-from recovery.dlq.envelope import Envelope
 from recovery.faultserver import FaultServer
 from recovery.jobs import JobSpec
 from recovery.redact import redact_params, redact_url
@@ -114,9 +112,13 @@ class ServicesBackend:
         self.rt = rt
         self.env = env
         self.workers: list[tuple[subprocess.Popen[bytes], Path]] = []
-        for number in range(1, WORKERS + 1):
-            self._start_worker(number, log_dir)
-        self._wait_ready()
+        try:
+            for number in range(1, WORKERS + 1):
+                self._start_worker(number, log_dir)
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def _start_worker(self, number: int, log_dir: Path) -> None:
         log_path = log_dir / f"worker{number}.log"
@@ -158,12 +160,18 @@ class ServicesBackend:
                                  job.replay_count)
         publish_job(job)
 
-    def dead_letters(self, integration: str) -> list[Envelope]:
-        """The integration's parked envelopes, as the audit trail mirrors the `dlq` queue."""
-        query = select(_DEAD.c.envelope).where(_DEAD.c.integration == integration,
-                                               _DEAD.c.state == "parked")
-        with self.rt.engine.connect() as conn:
-            return [Envelope.from_message(row.envelope) for row in conn.execute(query)]
+    def replay_dead_letters(self, integration: str) -> list[str]:
+        """Replay through the operators' DLQ replay (`recovery-cli dlq replay`), from Redis."""
+        from recovery.dlq.replay import ReplayOptions, replay_dlq
+        from recovery.dlq.store import EntryFilter
+
+        options = ReplayOptions(filter=EntryFilter(integration=integration),
+                                actor="recovery-cli demo")
+        report = replay_dlq(self.rt, options)
+        if report.errors:
+            raise DemoError(f"The replay of the dead letters failed: {' '.join(report.errors)}")
+        return [item.job_id for item in report.items
+                if item.action == "replay" and item.job_id is not None]
 
     def close(self) -> None:
         for process, _ in self.workers:
@@ -221,6 +229,10 @@ def _embedded(env: dict[str, str], workdir: Path) -> Backend:
     return EmbeddedBroker(rt, workers=WORKERS)
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_demo(mode: str, fast: bool, say: Any) -> Summary:
     """Set up the mode, run every phase, and summarise; everything is torn down on the way out."""
     integration_id, prefix = demo_ids()
@@ -266,7 +278,7 @@ def render(summary: Summary) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
-    rule = "-" * max(len(line) for line in lines)
+    rule = "-" * min(78, max(len(line) for line in lines))
     return "\n".join([rule, *lines, rule])
 
 
@@ -289,6 +301,9 @@ def demo_command(embedded: bool, fast: bool, as_json: bool) -> None:
         click.echo(line, err=as_json)
 
     configure_logging("error")
+    # Ctrl+C and SIGTERM both unwind through the clean-up (even when started with SIGINT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         mode, why = choose_mode(os.environ, embedded)
     except SetupError as exc:

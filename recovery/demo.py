@@ -3,9 +3,9 @@
 Phases: healthy calls, a flaky call that recovers by retrying, an outage that opens the breaker
 (later jobs are deferred without calls, then served by a fallback), the recovery (half-open, one
 probe, closed), bad requests that are dead-lettered, and their replay once the upstream is fixed.
-The flow runs on a `Backend`: real Celery workers on Redis and PostgreSQL (`recovery.demo_services`
-style, see `ServicesBackend`) or the in-process broker of `recovery.embedded`. Every number in
-the summary is read back from the audit trail and the fault server, never assumed.
+The flow runs on a `Backend`: real Celery workers on Redis and PostgreSQL
+(`recovery.cli_demo.ServicesBackend`) or the in-process broker of `recovery.embedded`. Every
+number in the summary is read back from the audit trail and the fault server, never assumed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from sqlalchemy import Table, func, select
 
 from recovery.audit.models import TERMINAL_STATUSES, Attempt, DeadLetter, Job
 from recovery.audit.queries import list_jobs, list_transitions
-from recovery.dlq.envelope import Envelope
 from recovery.faultserver import FaultServer
 from recovery.jobs import JobSpec
 from recovery.producer import build_job
@@ -55,7 +54,9 @@ class Backend(Protocol):
 
     def enqueue(self, job: JobSpec) -> None: ...
 
-    def dead_letters(self, integration: str) -> list[Envelope]: ...
+    def replay_dead_letters(self, integration: str) -> list[str]:
+        """Replay the integration's parked dead letters; returns the replayed job ids."""
+        ...
 
     def close(self) -> None: ...
 
@@ -66,7 +67,7 @@ class Pace:
 
     fast: bool
 
-    def pause(self, seconds: float = 1.0) -> None:
+    def pause(self, seconds: float = 4.0) -> None:
         if not self.fast:
             time.sleep(seconds)
 
@@ -167,7 +168,11 @@ class Flow:
         counts = Counter(job_statuses(self.rt, self.phases.get(phase, [])).values())
         shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         self.say(f"   -> {shown or 'no jobs'}; the upstream has received "
-                 f"{len(self.upstream.requests())} calls so far.")
+                 f"{calls(len(self.upstream.requests()))} so far.")
+
+
+def calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
 
 
 def job_statuses(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
@@ -179,7 +184,9 @@ def job_statuses(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
 
 
 def phase_healthy(flow: Flow) -> None:
-    flow.say("1. Healthy upstream: 4 calls succeed, and their answers fill the fallback cache.")
+    cache = ("; their answers fill the fallback cache" if flow.rt.redis is not None
+             else " (without Redis there is no cache fallback)")
+    flow.say(f"1. Healthy upstream: 4 calls succeed{cache}.")
     flow.upstream.set_mode("ok")
     ids = [flow.submit("healthy", "GET", path)
            for path in ("/catalog", "/prices", "/stock", "/catalog")]
@@ -190,7 +197,11 @@ def phase_healthy(flow: Flow) -> None:
 def phase_flaky(flow: Flow) -> None:
     flow.say("2. Flaky upstream: it answers 503, 503, then 200; the job retries with backoff.")
     flow.upstream.set_script([503, 503, 200])
-    flow.wait_for([flow.submit("flaky", "GET", "/orders/42")])
+    job_id = flow.submit("flaky", "GET", "/orders/42")
+    flow.wait_for([job_id])
+    with flow.rt.engine.connect() as conn:
+        attempts = conn.execute(select(_JOBS.c.attempts).where(_JOBS.c.id == job_id)).scalar()
+    flow.say(f"   The job ended after {attempts} attempts.")
     flow.report("flaky")
 
 
@@ -199,13 +210,13 @@ def phase_outage(flow: Flow) -> None:
     flow.upstream.set_mode("5xx", status=503)
     first = [flow.submit("outage", "GET", path) for path in ("/catalog", "/prices", "/reports")]
     flow.wait_for_breaker({"open"})
-    calls = len(flow.upstream.requests())
+    before = len(flow.upstream.requests())
     flow.say("   The breaker is open. 3 more jobs are deferred without calling the upstream, "
              f"then fall back (defer window {MAX_DEFER_MS / 1000:g} s).")
     later = [flow.submit("outage", "GET", path) for path in ("/catalog", "/stock", "/reports")]
     flow.wait_for(first + later)
     flow.say(f"   While the breaker was open the upstream got "
-             f"{len(flow.upstream.requests()) - calls} calls (half-open probes only).")
+             f"{calls(len(flow.upstream.requests()) - before)} (half-open probes only).")
     flow.report("outage")
 
 
@@ -232,12 +243,9 @@ def phase_replay(flow: Flow) -> None:
     flow.say("6. Replay: the upstream is fixed; the dead letters are replayed and succeed.")
     flow.upstream.set_script([])
     flow.upstream.set_mode("ok")
-    envelopes = flow.backend.dead_letters(flow.integration.id)
-    for envelope in envelopes:
-        flow.backend.enqueue(envelope.job().replayed())
-        flow.rt.audit.dead_letter_state(envelope.job_id, "replayed", "replayed by the demo")
-        flow.phases.setdefault("replay", []).append(envelope.job_id)
-    flow.wait_for(flow.phases.get("replay", []))
+    replayed = flow.backend.replay_dead_letters(flow.integration.id)
+    flow.phases["replay"] = replayed
+    flow.wait_for(replayed)
     flow.report("replay")
 
 
@@ -280,10 +288,10 @@ def summarise(rt: Runtime, upstream: FaultServer, integration: str, mode: str,
     jobs = list_jobs(rt.engine, integration=integration, limit=1000)
     transitions = list(reversed(list_transitions(rt.engine, integration, limit=1000)))
     with rt.engine.connect() as conn:
-        kinds = dict(conn.execute(
+        kinds: dict[str, int] = dict(conn.execute(
             select(_ATTEMPTS.c.kind, func.count()).join(_JOBS, _JOBS.c.id == _ATTEMPTS.c.job_id)
             .where(_JOBS.c.integration == integration).group_by(_ATTEMPTS.c.kind)).all())
-        dead = dict(conn.execute(
+        dead: dict[str, int] = dict(conn.execute(
             select(_DEAD.c.state, func.count()).where(_DEAD.c.integration == integration)
             .group_by(_DEAD.c.state)).all())
     summary = Summary(

@@ -62,7 +62,7 @@ class _Delivery:
 class EmbeddedBroker:
     """A due-time heap served by worker threads; `close()` stops them (pending jobs are dropped).
 
-    It is a demo `Backend`: `enqueue`, `dead_letters` and `close`.
+    It is a demo `Backend`: `enqueue`, `replay_dead_letters` and `close`.
     """
 
     mode = "embedded"
@@ -88,12 +88,15 @@ class EmbeddedBroker:
                                  job.replay_count)
         self._push(job, Progress(), 0.0)
 
-    def dead_letters(self, integration: str) -> list[Envelope]:
-        """Take the parked envelopes of an integration out of the in-memory dead-letter list."""
+    def replay_dead_letters(self, integration: str) -> list[str]:
+        """Take an integration's envelopes off the dead-letter list and enqueue them again."""
         with self._cond:
             taken = [e for e in self._dead if e.integration == integration]
             self._dead = [e for e in self._dead if e.integration != integration]
-        return taken
+        for envelope in taken:
+            self.rt.audit.dead_letter_state(envelope.job_id, "replayed", "replayed by the demo")
+            self.enqueue(envelope.job().replayed())
+        return [envelope.job_id for envelope in taken]
 
     def close(self) -> None:
         with self._cond:

@@ -130,44 +130,47 @@ class FaultServer:
                 self._timer.daemon = True
                 self._timer.start()
 
-    def set_mode(self, mode: str, *, for_ms: int | None = None,
-                 keep: socket.socket | None = None, **options: Any) -> None:
+    def set_mode(self, mode: str, *, for_ms: int | None = None, **options: Any) -> None:
         """Switch mode; options (status, retry_after_s, delay_ms, token) reset to defaults.
 
         "down" calls `down(for_ms)`; any other mode brings a stopped listener back up.
         """
-        if mode == "down" and not options:
-            if for_ms is not None:
-                _check_int("for_ms", for_ms, 1, 3_600_000)
-            self.down(for_ms, keep=keep)
-            return
-        if for_ms is not None:
-            raise FaultConfigError("'for_ms' only applies to the mode 'down'.")
-        behaviour = _behaviour(mode, options)
-        with self._lock:
-            self._behaviour = behaviour
-        self.up()
+        extra = {} if for_ms is None else {"for_ms": for_ms}
+        self.configure({"mode": mode, **options, **extra})
 
     def set_script(self, items: Sequence[ScriptItem]) -> None:
         """Replace the pending script: statuses 200-599 or "ok"/"slow"/"reset", one a request."""
-        checked = _checked_script(items)
-        with self._lock:
-            self._script = deque(checked)
+        self.configure({"script": items})
 
     def configure(self, payload: Mapping[str, Any], *, keep: socket.socket | None = None) -> None:
-        """Apply a /_control payload; FaultConfigError says what was wrong."""
+        """Apply a /_control payload, all or nothing; FaultConfigError says what was wrong."""
         unknown = sorted(set(payload) - set(CONTROL_KEYS))
         if unknown:
-            raise FaultConfigError(f"Unknown control keys {unknown}; use {', '.join(CONTROL_KEYS)}")
-        options = {key: payload[key] for key in (*_OPTION_KEYS, "for_ms") if key in payload}
-        if options and "mode" not in payload:
+            allowed = ", ".join(CONTROL_KEYS)
+            raise FaultConfigError(f"Unknown control keys {unknown}; use only {allowed}.")
+        mode, for_ms = payload.get("mode"), payload.get("for_ms")
+        options = {key: payload[key] for key in _OPTION_KEYS if key in payload}
+        if (options or for_ms is not None) and mode is None:
             raise FaultConfigError("Options such as 'status' need a 'mode' in the same request.")
-        if "script" in payload:
-            self.set_script(payload["script"])
-        if payload.get("revoke_tokens"):
-            self.revoke_tokens()
-        if "mode" in payload:
-            self.set_mode(payload["mode"], keep=keep, **options)
+        if for_ms is not None and mode != "down":
+            raise FaultConfigError("'for_ms' only applies to the mode 'down'.")
+        if for_ms is not None:
+            _check_int("for_ms", for_ms, 1, 3_600_000)
+        behaviour = None
+        if mode is not None and (mode != "down" or options):
+            behaviour = _behaviour(mode, options)
+        script = _checked_script(payload["script"]) if "script" in payload else None
+        with self._lock:
+            if script is not None:
+                self._script = deque(script)
+            if payload.get("revoke_tokens"):
+                self._issued.clear()
+            if behaviour is not None:
+                self._behaviour = behaviour
+        if mode == "down":
+            self.down(for_ms, keep=keep)
+        elif behaviour is not None:
+            self.up()
 
     def revoke_tokens(self) -> None:
         """Forget every issued OAuth token, as if they had all expired."""

@@ -32,6 +32,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 log = structlog.get_logger(__name__)
 
@@ -217,7 +218,7 @@ def _counter(metric: str, *labels: str) -> Update:
 
 def _histogram(metric: str, labels: Sequence[str], value: float) -> list[Update]:
     """Non-cumulative bucket counts plus the sum; cumulative counts are built at scrape time."""
-    bound = next((f"{b:g}" for b in BUCKETS if value <= b), "+Inf")
+    bound = next((floatToGoString(b) for b in BUCKETS if value <= b), "+Inf")
     return [(metric, _field([*labels, "le", bound]), 1.0),
             (metric, _field([*labels, "sum", ""]), max(0.0, value))]
 
@@ -267,7 +268,7 @@ def _histogram_family(spec: Spec, fields: Mapping[str, float]) -> HistogramMetri
     for labels, counts in sorted(per_labels.items()):
         running = 0.0
         buckets: list[tuple[str, float]] = []
-        for bound in [f"{b:g}" for b in BUCKETS] + ["+Inf"]:
+        for bound in [floatToGoString(b) for b in BUCKETS] + ["+Inf"]:
             running += counts.get(bound, 0.0)
             buckets.append((bound, running))
         family.add_metric(list(labels), buckets, counts.get("sum", 0.0))

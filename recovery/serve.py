@@ -93,7 +93,10 @@ class Service:
 
 class _Handler(BaseHTTPRequestHandler):
     server: ServeServer
-    protocol_version = "HTTP/1.1"
+    # HTTP/1.0: one request per connection, so no idle keep-alive connection can hold up a
+    # graceful stop; `timeout` bounds a client that connects and sends nothing.
+    protocol_version = "HTTP/1.0"
+    timeout = 10
 
     def log_message(self, format: str, *args: Any) -> None:
         return

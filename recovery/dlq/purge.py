@@ -110,7 +110,8 @@ def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec
         except Exception as exc:
             revert_requeued(rt.audit, [job], f"release failed: {exc}")
             mark_dead_letters(rt.audit.engine, [job.job_id], "quarantined", record.reason)
-            raise
+            raise ReleaseError(f"The broker did not take job {job_id!r} ({exc}); it stays in "
+                               "quarantine, try again when the broker is reachable.") from exc
         queue.remove(entry.raw)
     log.warning("dlq_quarantine_released", job_id=job_id, actor=actor,
                 replay_count=job.replay_count)

@@ -29,6 +29,7 @@ import redis
 import structlog
 from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 
+from recovery.alerts import alert
 from recovery.audit.models import DeadLetter, DeadLetterState, Job, JobStatus
 from recovery.audit.writer import AuditWriter
 from recovery.dlq.store import (
@@ -183,8 +184,9 @@ class Replayer:
         self._clock = clock
         self._dlq = QueueList(dlq_client(rt), rt.settings.redis_key_prefix)
         self._bucket = TokenBucket(options.rate, clock, sleep) if options.rate else None
-        self._batch_size = MAX_BATCH if not options.rate else max(1, min(MAX_BATCH,
-                                                                          int(options.rate / 10)))
+        # Under a rate limit a batch holds about a tenth of a second of replays.
+        self._batch_size = (max(1, min(MAX_BATCH, int(options.rate / 10))) if options.rate
+                            else MAX_BATCH)
         self._breakers = BreakerView(rt, clock)
         self._report = ReplayReport(dry_run=options.dry_run)
         self._replays = 0
@@ -283,11 +285,8 @@ class Replayer:
         if item.job_id is not None and item.cause != "malformed":
             mark_dead_letters(self._rt.audit.engine, [item.job_id], "quarantined", item.reason)
         if item.cause == "replay-cap":
-            log.error("alert_dlq_replay_cap_reached", job_id=item.job_id,
-                      integration=item.integration, reason=item.reason)
-            self._rt.audit.alert("dlq_replay_cap_reached", item.integration,
-                                 f"Job {item.job_id} was quarantined: {item.reason}.",
-                                 {"job_id": item.job_id})
+            alert("dlq_replay_cap_reached", f"Job {item.job_id} was quarantined: {item.reason}.",
+                  item.integration, job_id=item.job_id, actor=self._options.actor)
         else:
             log.warning("dlq_entry_quarantined", job_id=item.job_id, reason=item.reason)
 

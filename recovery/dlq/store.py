@@ -37,14 +37,18 @@ LOCK_TTL_MS = 60_000
 MAX_AGE_S = 100 * 366 * 86400
 
 # Delete the lock only if we still hold it; extend it only if we still hold it.
-_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end " \
-          "return 0"
-_EXTEND = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
-          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_UNLOCK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+           "return redis.call('DEL', KEYS[1]) end return 0")
+_EXTEND = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+           "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
 
 
 class DlqBusyError(RuntimeError):
     """Another replay, purge or release holds the DLQ lock."""
+
+
+class DlqUnavailableError(RuntimeError):
+    """This process has no Redis client, so it cannot reach the DLQ."""
 
 
 @dataclass(frozen=True)
@@ -307,8 +311,8 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
 
 def dlq_client(rt: Runtime) -> redis.Redis:
     if rt.redis is None:
-        raise RuntimeError("The dead-letter queue lives in Redis, and this process has no "
-                           "Redis client; set REDIS_URL to the broker's Redis.")
+        raise DlqUnavailableError("The dead-letter queue lives in Redis, and this process has "
+                                  "no Redis client; set REDIS_URL to the broker's Redis.")
     return rt.redis
 
 

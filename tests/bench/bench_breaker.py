@@ -4,8 +4,10 @@ Run from the repository root (needs Redis on 127.0.0.1:6379; uses db 15 under it
 
     .venv/bin/python tests/bench/bench_breaker.py
 
-1. outage: worker processes (1, 4, 8) call an upstream answering 503 for 20 s through one
-   shared breaker (threshold 5, reset 2 s); how many calls reach the dead upstream.
+1. outage: worker processes (1, 4, 8) call an upstream through one shared breaker
+   (threshold 5, reset 2 s); the upstream answers 503 for 20 s; how many calls reach it while
+   it is down. "warm": the outage starts while the workers are busy with a healthy upstream;
+   "cold": every worker starts at the same instant against the dead upstream.
 2. concurrency: 8 threads x 2 calls to an upstream that answers after 2 s, through one breaker;
    wall time against no breaker.
 3. round trips: Redis commands added to one successful closed-state call (counted).
@@ -41,6 +43,7 @@ THRESHOLD = 5
 RESET_S = 2.0
 HALF_OPEN_MAX_CALLS = 1
 PAUSE_S = 0.01  # a worker's pause between jobs
+WARM_S = 2.0  # healthy calls before the outage starts
 SLOW_S = 2.0
 OUTAGE_TARGET = THRESHOLD + 10 * HALF_OPEN_MAX_CALLS
 CONFIG = BreakerConfig(enabled=True, threshold=THRESHOLD, reset_timeout_ms=int(RESET_S * 1000),
@@ -48,20 +51,24 @@ CONFIG = BreakerConfig(enabled=True, threshold=THRESHOLD, reset_timeout_ms=int(R
 
 
 class Upstream:
-    """A local HTTP upstream: /down answers 503 at once, /slow answers 200 after 2 s."""
+    """A local HTTP upstream: /api answers at once (200, or 503 while `down`), /slow answers
+    200 after 2 s. `counts` counts requests by path and status."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.down = False
         self._lock = threading.Lock()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                status = 503 if self.path == "/api" and upstream.down else 200
+                name = f"{self.path} {status}"
                 with upstream._lock:
-                    upstream.counts[self.path] = upstream.counts.get(self.path, 0) + 1
+                    upstream.counts[name] = upstream.counts.get(name, 0) + 1
                 if self.path == "/slow":
                     time.sleep(SLOW_S)
-                self.send_response(503 if self.path == "/down" else 200)
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -73,9 +80,9 @@ class Upstream:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def take(self, path: str) -> int:
+    def take(self, name: str) -> int:
         with self._lock:
-            return self.counts.pop(path, 0)
+            return self.counts.pop(name, 0)
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -99,13 +106,13 @@ def get_ok(session: requests.Session, url: str) -> None:
 # --- 1. outage ------------------------------------------------------------------------------
 
 
-def outage_worker(kind: str, url: str, prefix: str, duration_s: float, ready: Any,
-                  go: Any, start_at: Any, results: Any) -> None:
+def outage_worker(kind: str, url: str, prefix: str, run_s: float, ready: Any, go: Any,
+                  start_at: Any, results: Any) -> None:
     breaker = make_breaker(kind, redis.Redis.from_url(REDIS_URL), prefix)
     session = requests.Session()
     ready.put(os.getpid())
     go.wait()
-    deadline = start_at.value + duration_s
+    deadline = start_at.value + run_s
     tried = refused = 0
     while time.time() < deadline:
         tried += 1
@@ -119,32 +126,44 @@ def outage_worker(kind: str, url: str, prefix: str, duration_s: float, ready: An
     results.put((tried, refused))
 
 
-def run_outage(kind: str, processes: int, upstream: Upstream, duration_s: float) -> dict[str, Any]:
+def run_outage(kind: str, processes: int, upstream: Upstream, duration_s: float,
+               warm_s: float) -> dict[str, Any]:
+    """Workers call a healthy upstream for `warm_s`, then it answers 503 for `duration_s`.
+
+    With `warm_s` 0 every worker starts at the same instant against the dead upstream: the
+    worst case for calls already in flight when the breaker trips.
+    """
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     start_at = context.Value("d", 0.0)
     prefix = f"bench:{uuid.uuid4().hex}:"
     workers = [
-        context.Process(target=outage_worker, args=(kind, f"{upstream.url}/down", prefix,
-                                                    duration_s, ready, go, start_at, results))
+        context.Process(target=outage_worker, args=(kind, f"{upstream.url}/api", prefix,
+                                                    warm_s + duration_s, ready, go, start_at,
+                                                    results))
         for _ in range(processes)
     ]
     for worker in workers:
         worker.start()
     for _ in workers:
         ready.get(timeout=120)
-    upstream.take("/down")
+    upstream.down = warm_s <= 0
     start_at.value = time.time()
     go.set()
-    outcomes = [results.get(timeout=duration_s + 120) for _ in workers]
+    time.sleep(warm_s)
+    upstream.down = True
+    outcomes = [results.get(timeout=warm_s + duration_s + 120) for _ in workers]
     for worker in workers:
         worker.join(timeout=30)
-    reached = upstream.take("/down")
+    upstream.down = False
+    reached = upstream.take("/api 503")
+    upstream.take("/api 200")
     _cleanup(prefix)
     return {
-        "breaker": kind, "processes": processes, "upstream_calls": reached,
-        "attempts": sum(t for t, _ in outcomes), "refused": sum(r for _, r in outcomes),
-        "target": OUTAGE_TARGET, "meets_target": reached <= OUTAGE_TARGET,
+        "breaker": kind, "processes": processes, "start": "cold" if warm_s <= 0 else "warm",
+        "upstream_calls": reached, "attempts": sum(t for t, _ in outcomes),
+        "refused": sum(r for _, r in outcomes), "target": OUTAGE_TARGET,
+        "meets_target": reached <= OUTAGE_TARGET,
     }
 
 
@@ -251,9 +270,10 @@ def main() -> None:
     upstream = Upstream()
     try:
         outage = [
-            _timed(f"outage {kind} x{n}",
-                   lambda kind=kind, n=n: run_outage(kind, n, upstream, options.duration))
-            for n in counts for kind in ("ours", "pybreaker")
+            _timed(f"outage {kind} x{n} ({'warm' if warm else 'cold'} start)",
+                   lambda kind=kind, n=n, warm=warm: run_outage(
+                       kind, n, upstream, options.duration, warm))
+            for warm in (WARM_S, 0.0) for n in counts for kind in ("ours", "pybreaker")
         ]
         concurrency = [_timed(f"concurrency {kind}", lambda kind=kind: run_concurrency(
             kind, upstream)) for kind in ("none", "ours", "pybreaker")]
@@ -272,8 +292,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(_table(f"\n1. calls reaching a dead upstream over {options.duration:g} s "
                  f"(threshold {THRESHOLD}, reset {RESET_S:g} s, target <= {OUTAGE_TARGET})",
-                 outage, ["breaker", "processes", "upstream_calls", "attempts", "refused",
-                          "meets_target"]))
+                 outage, ["breaker", "processes", "start", "upstream_calls", "attempts",
+                          "refused", "meets_target"]))
     print(_table(f"\n2. 8 threads x 2 calls to a {SLOW_S:g} s upstream", concurrency,
                  ["breaker", "seconds", "ratio_to_no_breaker"]))
     print(_table("\n3. Redis round trips for one successful closed-state call", trips,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 import pytest
 import requests
 import responses
+from requests.adapters import HTTPAdapter
 
 from recovery import http
 from recovery.faultserver import FaultServer
@@ -26,7 +27,8 @@ BASE = "https://api.example.test/v1"
 
 
 def make_integration(
-    base_url: str = BASE, *, id: str = "shop", timeout_ms: int = 2500, **headers: str
+    base_url: str = BASE, *, id: str = "shop", timeout_ms: int = 2500,
+    headers: Mapping[str, str] | None = None,
 ) -> Integration:
     return Integration(
         id=id, name=id.title(), base_url=base_url, timeout_ms=timeout_ms,
@@ -36,7 +38,7 @@ def make_integration(
                                       call_timeout_ms=2000),
         fallbacks=(), health_check=None,
         rate_limit=RateLimitConfig(window_ms=1000, max_requests=100),
-        headers=dict(headers), oauth=None,
+        headers=dict(headers or {}), oauth=None,
     )
 
 
@@ -59,15 +61,16 @@ def test_session_is_pooled_and_reused() -> None:
     assert http.session_for(shop) is session
     assert http.session_for(make_integration(id="crm")) is not session
     adapter = session.get_adapter("https://api.example.test/")
-    assert adapter._pool_maxsize == http.POOL_SIZE
+    assert isinstance(adapter, HTTPAdapter)
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == http.POOL_SIZE
     assert adapter.max_retries.total == 0
     assert adapter.max_retries.redirect == 0
     assert adapter.max_retries.raise_on_redirect is False
 
 
 def test_session_is_rebuilt_when_headers_change() -> None:
-    first = http.session_for(make_integration(Authorization="Bearer one"))
-    second = http.session_for(make_integration(Authorization="Bearer two"))
+    first = http.session_for(make_integration(headers={"Authorization": "Bearer one"}))
+    second = http.session_for(make_integration(headers={"Authorization": "Bearer two"}))
     assert second is not first
     assert second.headers["Authorization"] == "Bearer two"
 
@@ -91,7 +94,7 @@ def test_session_is_rebuilt_after_fork() -> None:
 
 def test_send_joins_under_base_with_headers(mocked: responses.RequestsMock) -> None:
     mocked.post(f"{BASE}/orders/42", json={"ok": True})
-    shop = make_integration(**{"X-Api-Key": "k", "Accept": "application/json"})
+    shop = make_integration(headers={"X-Api-Key": "k", "Accept": "application/json"})
     response = http.send(shop, "post", "orders/42", json={"n": 1}, params={"page": 2},
                          headers={"Idempotency-Key": "abc"})
     assert response.json() == {"ok": True}
@@ -122,7 +125,7 @@ def test_timeout_is_connect_and_read(
 ) -> None:
     mocked.get(f"{BASE}/t")
     http.send(make_integration(timeout_ms=timeout_ms), "GET", "/t", timeout_s=timeout_s)
-    assert mocked.calls[0].request.req_kwargs["timeout"] == expected
+    assert getattr(mocked.calls[0].request, "req_kwargs")["timeout"] == expected  # noqa: B009
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1.0, float("nan")])

@@ -1,0 +1,202 @@
+"""`recovery-cli serve`: /health against real Redis and PostgreSQL, /metrics from what other
+processes recorded, and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from kombu import Queue
+from prometheus_client.parser import text_string_to_metric_families
+
+from recovery.runtime import get_runtime
+from recovery.serve import ServeServer, Service, build_server
+from recovery.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+# What `recovery-cli serve` runs: logging set up as the CLI group does, then the command.
+SERVE = [sys.executable, "-c", "from recovery.observability import configure_logging; "
+         "configure_logging('info'); from recovery.serve import serve_command; serve_command()"]
+RECORD = """
+from recovery.metrics import observe_call, observe_recovery, observe_retry_scheduled
+observe_call("crm", "GET", "/orders/7", 503, 0.7)
+observe_recovery("server-error-circuit", False)
+observe_retry_scheduled("crm", "backoff")
+"""
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture
+def running(database_url: str) -> Iterator[Callable[..., str]]:
+    """Start an in-process server for given settings overrides; returns its base URL."""
+    servers: list[ServeServer] = []
+
+    def start(**env: str) -> str:
+        settings = load_settings({"DATABASE_URL": database_url,
+                                  "REDIS_URL": os.environ["REDIS_URL"], **env})
+        server, _ = build_server(settings, "127.0.0.1", 0)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_process_reports_health_and_the_metrics_of_other_processes(
+    configure: Callable[..., dict[str, str]], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = configure([{"id": "crm", "base_url": "http://127.0.0.1:9"}])
+    subprocess.run([sys.executable, "-c", RECORD], env=env, cwd=REPO, check=True, timeout=60)
+    _park_one_dead_letter()
+    get_runtime().breaker(get_runtime().registry.get("crm")).force_open("test")
+    stderr = (tmp_path / "serve.err").open("wb")
+    serve = subprocess.Popen([*SERVE, "--port", "0"], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline().decode()
+        assert line.startswith("Serving /health and /metrics on http://127.0.0.1:"), line
+        base = line.rsplit(" ", 1)[1].strip()
+
+        health = requests.get(f"{base}/health", timeout=10)
+        scraped = requests.get(f"{base}/metrics", timeout=10)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=30)
+        stderr.close()
+
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert set(health.json()["checks"]) == {"redis", "postgresql"}
+    assert scraped.status_code == 200
+    assert scraped.headers["Content-Type"].startswith("text/plain")
+    values = metric_values(scraped.text)
+    assert values[("api_calls_total", (("endpoint", "/orders/:id"), ("integration", "crm"),
+                                       ("method", "GET"), ("status", "503")))] == 1
+    assert values[("error_recovery_attempts_total",
+                   (("strategy", "server-error-circuit"), ("success", "false")))] == 1
+    assert values[("retries_scheduled_total",
+                   (("integration", "crm"), ("source", "backoff")))] == 1
+    assert values[("circuit_breaker_state", (("integration", "crm"),))] == 1
+    assert values[("dlq_depth", ())] == 1
+    assert serve.returncode == 0
+    assert "serve_stopped" in (tmp_path / "serve.err").read_text()
+
+
+def _park_one_dead_letter() -> None:
+    from recovery.celery_app import DLQ_QUEUE, app
+
+    with app.producer_or_acquire() as producer:
+        producer.publish({"kind": "test"}, exchange="", routing_key=DLQ_QUEUE,
+                         declare=[Queue(DLQ_QUEUE, routing_key=DLQ_QUEUE)], serializer="json")
+
+
+def test_health_is_503_naming_redis_when_redis_does_not_answer(
+    running: Callable[..., str],
+) -> None:
+    base = running(REDIS_URL="redis://127.0.0.1:1/0")
+
+    response = requests.get(f"{base}/health", timeout=20)
+
+    body = response.json()
+    assert response.status_code == 503
+    assert body["failed"] == ["redis"]
+    assert body["checks"]["postgresql"]["ok"] is True
+    assert body["checks"]["redis"]["error"]
+    assert body["message"] == "redis did not answer; see checks for the errors."
+
+
+def test_health_is_503_naming_postgresql_without_leaking_its_password(
+    running: Callable[..., str],
+) -> None:
+    base = running(DATABASE_URL="postgresql://postgres:hunter2secret@127.0.0.1:1/nothing")
+
+    response = requests.get(f"{base}/health", timeout=20)
+
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["postgresql"]
+    assert response.json()["checks"]["redis"]["ok"] is True
+    assert "hunter2secret" not in response.text
+
+
+def test_metrics_can_be_turned_off(running: Callable[..., str]) -> None:
+    base = running(METRICS_ENABLED="false")
+
+    response = requests.get(f"{base}/metrics", timeout=10)
+
+    assert response.status_code == 404
+    assert "METRICS_ENABLED=false" in response.json()["error"]
+
+
+def test_other_paths_and_methods_are_refused_with_a_sentence(
+    running: Callable[..., str],
+) -> None:
+    base = running()
+
+    missing = requests.get(f"{base}/nope", timeout=10)
+    posted = requests.post(f"{base}/health", timeout=10)
+
+    assert missing.status_code == 404
+    assert "use /health or /metrics" in missing.json()["error"]
+    assert posted.status_code == 405
+
+
+def test_closing_the_server_lets_a_request_in_flight_finish() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_check() -> None:
+        entered.set()
+        release.wait(10)
+
+    server = ServeServer(("127.0.0.1", 0), Service(checks=[("slow", slow_check)], metrics=None))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    answers: list[Any] = []
+    client = threading.Thread(target=lambda: answers.append(requests.get(
+        f"http://127.0.0.1:{server.server_address[1]}/health", timeout=20)))
+    client.start()
+    assert entered.wait(10)
+
+    server.shutdown()
+    closer = threading.Thread(target=server.server_close)
+    closer.start()
+    closer.join(0.3)
+    still_waiting = closer.is_alive()
+    release.set()
+    closer.join(10)
+    client.join(10)
+
+    assert still_waiting
+    assert not closer.is_alive()
+    assert answers[0].status_code == 200
+    assert json.loads(answers[0].text)["checks"]["slow"]["ok"] is True
+
+
+def test_build_server_checks_the_configured_database_backend(tmp_path: Path) -> None:
+    settings: Settings = load_settings({"DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+                                        "REDIS_URL": os.environ["REDIS_URL"]})
+    server, engines = build_server(settings, "127.0.0.1", 0)
+    try:
+        assert [name for name, _ in server.service.checks] == ["redis", "sqlite"]
+    finally:
+        server.server_close()
+        for engine in engines:
+            engine.dispose()
