@@ -260,9 +260,14 @@ def db_downgrade(revision: str, yes: bool) -> None:
 def _register_subcommands() -> None:
     from recovery.cli_breaker import breaker
     from recovery.cli_demo import demo_command
+    from recovery.cli_dlq import dlq_group, replay_dlq_command
+    from recovery.serve import serve_command
 
     main.add_command(breaker)
     main.add_command(demo_command)
+    main.add_command(dlq_group)
+    main.add_command(replay_dlq_command)
+    main.add_command(serve_command)
 
 
 _register_subcommands()

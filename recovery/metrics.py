@@ -137,8 +137,12 @@ def current_store() -> MetricStore | None:
         return None
     if _override is not None:
         return _override
-    client = get_runtime().redis
-    return _process_store if client is None else RedisStore(client, settings.redis_key_prefix)
+    return store_for(get_runtime().redis, settings.redis_key_prefix)
+
+
+def store_for(client: redis.Redis | None, prefix: str) -> MetricStore:
+    """The Redis store for a client, or this process's store when there is no Redis."""
+    return _process_store if client is None else RedisStore(client, prefix)
 
 
 # --- observations (called by the pipeline, the health checks and the task adapter) -----------

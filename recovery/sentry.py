@@ -50,7 +50,6 @@ def init_sentry(settings: Settings) -> bool:
         integrations=[CeleryIntegration(monitor_beat_tasks=False, propagate_traces=False)],
         before_send=scrub_event,
         before_breadcrumb=scrub_event,
-        send_default_pii=False,
         traces_sample_rate=None,
     )
     return sentry_sdk.get_client().is_active()

@@ -26,8 +26,11 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 
+from recovery import metrics
 from recovery.db import make_engine, normalise_url
 from recovery.redact import redact_text
+from recovery.registry import load_registry
+from recovery.runtime import Runtime, build_runtime
 from recovery.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -108,12 +111,22 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = run_checks(service.checks)
             self._send(status, json.dumps(body).encode(), "application/json")
         elif route == "/metrics" and service.metrics is not None:
-            self._send(200, service.metrics(), CONTENT_TYPE_LATEST)
+            self._metrics(service.metrics)
         elif route == "/metrics":
             self._json(404, "Metrics are turned off (METRICS_ENABLED=false); set "
                             "METRICS_ENABLED=true to expose them.")
         else:
             self._json(404, f"There is nothing at {route!r}; use /health or /metrics.")
+
+    def _metrics(self, render: Callable[[], bytes]) -> None:
+        try:
+            body = render()
+        except Exception as exc:
+            log.warning("metrics_render_failed", error=redact_text(str(exc)))
+            self._json(503, "The metrics could not be read from Redis "
+                            f"({redact_text(str(exc))[:200]}); check /health.")
+            return
+        self._send(200, body, CONTENT_TYPE_LATEST)
 
     def do_POST(self) -> None:
         self._json(405, "Only GET is supported; use GET /health or GET /metrics.")
@@ -142,30 +155,25 @@ class ServeServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
-def metrics_source(settings: Settings) -> Callable[[], bytes] | None:
+def metrics_source(settings: Settings, rt: Runtime) -> Callable[[], bytes] | None:
     """Renders /metrics from the shared store and live breaker/queue state."""
     if not settings.metrics_enabled:
         return None
-    from recovery import metrics
-    from recovery.runtime import get_runtime
+    store = metrics.store_for(rt.redis, settings.redis_key_prefix)
 
     def breaker_states() -> dict[str, str]:
-        rt = get_runtime()
         return {i.id: rt.breaker(i).snapshot().state for i in rt.registry}
 
     live = metrics.LiveStateCollector(breaker_states, broker_queue_depths)
-
-    def render() -> bytes:
-        store = metrics.current_store()
-        return metrics.render(store or metrics.MemoryStore(), live)
-
-    return render
+    return lambda: metrics.render(store, live)
 
 
 def broker_queue_depths() -> dict[str, int]:
-    """Messages waiting in each of our broker queues (a missing queue is an empty one)."""
-    from kombu.exceptions import ChannelError
+    """Messages waiting in each of our broker queues.
 
+    A plain declare, not a passive one: on Redis it writes nothing, and kombu's passive check
+    looks for unprefixed keys, so with `global_keyprefix` it calls every queue missing.
+    """
     from recovery.celery_app import (
         DLQ_QUEUE,
         MAINTENANCE_QUEUE,
@@ -179,18 +187,17 @@ def broker_queue_depths() -> dict[str, int]:
         conn.ensure_connection(max_retries=1)
         channel = conn.default_channel
         for name in (WORK_QUEUE, MAINTENANCE_QUEUE, DLQ_QUEUE, QUARANTINE_QUEUE):
-            try:
-                depths[name] = channel.queue_declare(queue=name, passive=True).message_count
-            except ChannelError:
-                depths[name] = 0
+            depths[name] = channel.queue_declare(queue=name).message_count
     return depths
 
 
 def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer, list[Engine]]:
+    """The server and the engines to dispose of when it stops."""
     (db_name, db_probe), engine = database_check(settings.database_url)
+    rt = build_runtime(settings, load_registry(settings))
     service = Service(checks=[redis_check(settings.redis_url), (db_name, db_probe)],
-                      metrics=metrics_source(settings))
-    return ServeServer((host, port), service), [engine]
+                      metrics=metrics_source(settings, rt))
+    return ServeServer((host, port), service), [engine, rt.engine]
 
 
 def serve(settings: Settings, host: str, port: int,

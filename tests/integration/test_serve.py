@@ -200,3 +200,14 @@ def test_build_server_checks_the_configured_database_backend(tmp_path: Path) -> 
         server.server_close()
         for engine in engines:
             engine.dispose()
+
+
+def test_metrics_are_503_with_a_sentence_when_redis_does_not_answer(
+    running: Callable[..., str],
+) -> None:
+    base = running(REDIS_URL="redis://127.0.0.1:1/0")
+
+    response = requests.get(f"{base}/metrics", timeout=30)
+
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("The metrics could not be read from Redis")
