@@ -66,6 +66,27 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 
+@signals.celeryd_init.connect
+@signals.beat_init.connect
+def _start_reporting(**_: Any) -> None:
+    """Sentry (when SENTRY_DSN is set) and breaker alerts, in workers and in beat."""
+    from recovery.alerts import install_breaker_alerts
+    from recovery.sentry import init_sentry
+
+    init_sentry(get_settings())
+    install_breaker_alerts()
+
+
+def _install_beat_schedule() -> None:
+    """The schedule comes from the registry; importing it also installs the single-beat guard."""
+    import beat_schedule
+
+    app.conf.beat_schedule = beat_schedule.beat_schedule
+
+
+_install_beat_schedule()
+
+
 @signals.worker_process_init.connect
 def _reset_runtime_after_fork(**_: Any) -> None:
     """A forked pool process must not share sockets (Redis, PostgreSQL, HTTP) with its parent."""

@@ -170,6 +170,7 @@ def endpoint_label(path: str) -> str:
 def _segment_label(segment: str) -> str:
     looks_like_id = (
         _ID_SEGMENT.fullmatch(segment) is not None
+        or segment.isdigit()
         or "@" in segment
         or (len(segment) >= 16 and any(ch.isdigit() for ch in segment))
     )

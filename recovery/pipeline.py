@@ -18,6 +18,7 @@ from typing import Any, Literal
 import requests
 import structlog
 
+from recovery.alerts import alert
 from recovery.audit.writer import AttemptRecord
 from recovery.auth import AuthConfigError, TokenRefreshError
 from recovery.breaker import BreakerOpenError, Permit
@@ -26,6 +27,7 @@ from recovery.fallback import has_fallback, remember, response_body, run_fallbac
 from recovery.http import send
 from recovery.idempotency import Claim
 from recovery.jobs import JobSpec, Progress
+from recovery.metrics import observe_call, observe_recovery, observe_retry_scheduled
 from recovery.policy import Decision, decide_after_failure, decide_when_blocked
 from recovery.redact import redact_params
 from recovery.registry import Integration
@@ -124,8 +126,12 @@ def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResul
         failure = classify(exc)
     except (TokenRefreshError, AuthConfigError) as exc:
         failure = _token_failure(exc)
-    duration_ms = int((time.perf_counter() - clock) * 1000)
-    return CallResult(started_at, duration_ms, response, failure, token)
+    elapsed_s = time.perf_counter() - clock
+    label: int | str | None = response.status_code if response is not None else None
+    if label is None and failure is not None:
+        label = str(failure.primary)
+    observe_call(integration.id, job.method, job.path, label, elapsed_s)
+    return CallResult(started_at, int(elapsed_s * 1000), response, failure, token)
 
 
 def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit,
@@ -138,7 +144,8 @@ def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit:
         rt.tokens.invalidate(integration, result.token)
         result = _call_once(job, integration, rt)
         if result.failure is not None and result.failure.status == 401:
-            log.error("alert_auth_refresh_failed", integration=integration.id, job_id=job.job_id)
+            alert("token_refresh_failed", "The upstream refused a freshly refreshed token; "
+                  "check the integration's OAuth client.", integration.id, job_id=job.job_id)
     failure = result.failure
     rt.breaker(integration).record(
         permit, success=failure is None,
@@ -154,6 +161,8 @@ def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integ
     rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=True)
     _record_attempt(job, progress.attempt, result, "done", rt)
     strategy = progress_strategy(progress)
+    if strategy is not None:
+        observe_recovery(strategy, True)
     rt.audit.job_status(job.job_id, "succeeded", attempts=progress.attempt,
                         deferrals=progress.deferrals, outcome=f"HTTP {result.response.status_code}",
                         strategy=strategy, last_status=result.response.status_code,
@@ -179,6 +188,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
     if decision.action == "retry":
         rt.audit.job_status(job.job_id, "retrying", attempts=progress.attempt,
                             last_status=failure.status, last_error=failure.message)
+        observe_retry_scheduled(integration.id, decision.delay_source or "backoff")
         nxt = replace(progress.next_attempt(), recovered_by=decision.strategy)
         return Step("retry", nxt, countdown_s=decision.delay_s, http_status=failure.status,
                     strategy=decision.strategy, failure=failure, reason=decision.reason)
@@ -211,6 +221,7 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
     message = failure.message if failure else decision.reason
     if decision.action == "fallback":
         served = run_fallbacks(rt, integration, job)
+        observe_recovery("graceful-degradation", served is not None)
         if served is not None:
             rt.audit.job_status(job.job_id, "degraded", attempts=progress.attempt - 1 +
                                 (failure is not None), outcome=f"served by {served.kind} fallback",

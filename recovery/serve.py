@@ -3,7 +3,8 @@
     GET /health   200 {"status": "ok", ...} when Redis and the database answer, else 503 with
                   `failed` naming which did not and each check's error
     GET /metrics  Prometheus text: what every worker recorded (kept in Redis) plus breaker
-                  states and queue depths read at scrape time; 404 when METRICS_ENABLED=false
+                  states and queue depths read at scrape time; 404 when METRICS_ENABLED=false,
+                  503 when the stored metrics cannot be read
 
 SIGTERM or SIGINT stops accepting connections, lets requests in flight finish, and exits 0.
 """

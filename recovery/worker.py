@@ -7,11 +7,14 @@ from typing import Any
 import redis
 import structlog
 
+from recovery.alerts import alert
 from recovery.dlq.park import park
 from recovery.errors import Classification, ErrorCategory
 from recovery.jobs import JobSpec, Progress
+from recovery.metrics import observe_recovery
 from recovery.pipeline import Step
 from recovery.runtime import Runtime
+from recovery.sentry import capture_job_failure
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +60,9 @@ def guard_delivery(job: JobSpec, progress: Progress, rt: Runtime, request: Any) 
     deliveries = count_delivery(job, progress, rt)
     if deliveries <= rt.settings.poison_max_deliveries:
         return None
-    log.error("alert_poison_job", job_id=job.job_id, deliveries=deliveries)
+    alert("poison_job", f"Job {job.job_id} was delivered {deliveries} times and its worker "
+          "died each time; it goes to the dead-letter queue.", job.integration,
+          job_id=job.job_id, deliveries=deliveries)
     failure = poison_classification(deliveries)
     if rt.settings.dlq_enabled:
         return Step("dead", progress, strategy="dead-letter-queue", failure=failure,
@@ -68,6 +73,10 @@ def guard_delivery(job: JobSpec, progress: Progress, rt: Runtime, request: Any) 
 
 def finish_unsuccessful(job: JobSpec, step: Step, rt: Runtime) -> None:
     """Record a final failure: park the job in the DLQ, or mark it failed when the DLQ is off."""
+    if step.status not in ("dead", "failed"):
+        return
+    observe_recovery(step.strategy or "dead-letter-queue", False)
+    capture_job_failure(job.job_id, job.integration, step.status, step.reason, step.http_status)
     if step.status == "dead":
         park(rt, job, step)
     elif step.status == "failed":

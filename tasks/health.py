@@ -7,7 +7,6 @@ from typing import Any
 import structlog
 from celery import Task
 
-from recovery.alerts import install_breaker_alerts
 from recovery.celery_app import app
 from recovery.health import run_health_check
 from recovery.registry import UnknownIntegrationError
@@ -17,7 +16,6 @@ log = structlog.get_logger(__name__)
 
 # Every worker imports this module (celery_app `include`), so breaker trips in any worker
 # process raise the `breaker_opened` alert.
-install_breaker_alerts()
 
 
 @app.task(bind=True, name="tasks.health.check", ignore_result=True)
