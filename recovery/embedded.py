@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from recovery.audit.writer import AuditWriter, DeadLetterRecord
+from recovery.audit.writer import AuditWriter
 from recovery.auth import TokenProvider
 from recovery.db import make_engine
-from recovery.dlq.envelope import Envelope, envelope_for
+from recovery.dlq.envelope import Envelope
+from recovery.dlq.park import park
 from recovery.idempotency import IdempotencyStore
-from recovery.jobs import JobSpec, Progress, parse_time, utc_now_iso
+from recovery.jobs import JobSpec, Progress
 from recovery.pipeline import Step, run_job
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.redact import redact_params
@@ -143,23 +144,9 @@ class EmbeddedBroker:
             finish_unsuccessful(delivery.job, step, self.rt)
 
     def _park(self, job: JobSpec, step: Step) -> None:
-        """Dead-letter a job into the in-memory list, recorded like `recovery.dlq.park` does."""
-        failure = step.failure
-        envelope = envelope_for(
-            job, categories=sorted(failure.categories) if failure else [],
-            last_status=failure.status if failure else None,
-            message=failure.message if failure else step.reason,
-            attempts=step.progress.attempt, dead_at=utc_now_iso())
+        """Dead-letter a job into the in-memory list, recorded as `recovery.dlq.park` does."""
+        park(self.rt, job, step, sink=self._keep_dead)
+
+    def _keep_dead(self, envelope: Envelope) -> None:
         with self._cond:
             self._dead.append(envelope)
-        self.rt.audit.dead_letter(DeadLetterRecord(
-            job_id=job.job_id, integration=job.integration, task_name=envelope.task_name,
-            error_categories=envelope.error_categories, last_status=envelope.last_status,
-            message=envelope.message, attempts=envelope.attempts,
-            first_enqueued_at=parse_time(envelope.first_enqueued_at),
-            envelope=envelope.to_message(), replay_count=envelope.replay_count,
-            dead_at=parse_time(envelope.dead_at)))
-        self.rt.audit.job_status(job.job_id, "dead", attempts=step.progress.attempt,
-                                 outcome=step.reason, strategy="dead-letter-queue",
-                                 last_status=envelope.last_status, last_error=envelope.message,
-                                 finished=True)

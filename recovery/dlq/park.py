@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -32,16 +33,17 @@ def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
                          retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
 
 
-def park(rt: Runtime, job: JobSpec, step: Step) -> Envelope:
-    """Dead-letter a job. The publish comes first: if it fails the error propagates and the
-    job is not recorded as dead (the task adapter makes the broker redeliver it)."""
+def park(rt: Runtime, job: JobSpec, step: Step,
+         sink: Callable[[Envelope], None] = publish) -> Envelope:
+    """Dead-letter a job. The publish to `sink` comes first: if it fails the error propagates
+    and the job is not recorded as dead (the task adapter makes the broker redeliver it)."""
     failure = step.failure
     envelope = envelope_for(
         job, categories=sorted(failure.categories) if failure else [],
         last_status=failure.status if failure else None,
         message=failure.message if failure else step.reason,
         attempts=step.progress.attempt, dead_at=utc_now_iso())
-    publish(envelope)
+    sink(envelope)
     rt.audit.dead_letter(DeadLetterRecord(
         job_id=job.job_id, integration=job.integration, task_name=envelope.task_name,
         error_categories=envelope.error_categories, last_status=envelope.last_status,
