@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 
 from recovery.celery_app import app
+from recovery.dlq.park import DeadLetterPublishError
 from recovery.jobs import JobSpec, Progress
 from recovery.observability import job_context
 from recovery.pipeline import Step, run_job
@@ -29,6 +31,9 @@ def call(self: Task, job: dict[str, Any], progress: dict[str, Any] | None = None
                 countdown=step.countdown_s,
                 **task_reprs(spec, step.progress),
             )
-        finish_unsuccessful(spec, step, runtime)
+        try:
+            finish_unsuccessful(spec, step, runtime)
+        except DeadLetterPublishError as exc:
+            raise Reject(str(exc), requeue=True) from exc
         return {"job_id": spec.job_id, "status": step.status, "http_status": step.http_status,
                 "strategy": step.strategy, "fallback": step.fallback}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import redis
 import structlog
 from kombu import Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
 from recovery.dlq.envelope import Envelope, envelope_for
@@ -33,17 +35,27 @@ def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
                          retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
 
 
+class DeadLetterPublishError(RuntimeError):
+    """The broker did not take a dead letter; the job must not be acknowledged as done."""
+
+
 def park(rt: Runtime, job: JobSpec, step: Step,
-         sink: Callable[[Envelope], None] = publish) -> Envelope:
-    """Dead-letter a job. The publish to `sink` comes first: if it fails the error propagates
-    and the job is not recorded as dead (the task adapter makes the broker redeliver it)."""
+         sink: Callable[[Envelope], None] | None = None) -> Envelope:
+    """Dead-letter a job. The publish (to `sink`, else the broker's `dlq`) comes first: if it
+    fails, DeadLetterPublishError propagates and the job is not recorded as dead (the task
+    adapter rejects the message so the broker delivers it again)."""
     failure = step.failure
     envelope = envelope_for(
         job, categories=sorted(failure.categories) if failure else [],
         last_status=failure.status if failure else None,
         message=failure.message if failure else step.reason,
         attempts=step.progress.attempt, dead_at=utc_now_iso())
-    sink(envelope)
+    try:
+        (sink or publish)(envelope)
+    except (KombuOperationalError, redis.RedisError, OSError) as exc:
+        raise DeadLetterPublishError(
+            f"Could not publish job {job.job_id} to the dead-letter queue ({exc}); "
+            "the broker will deliver the job again.") from exc
     rt.audit.dead_letter(DeadLetterRecord(
         job_id=job.job_id, integration=job.integration, task_name=envelope.task_name,
         error_categories=envelope.error_categories, last_status=envelope.last_status,

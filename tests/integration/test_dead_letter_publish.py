@@ -1,0 +1,34 @@
+"""A dead letter the broker refuses leaves the job unacknowledged and unrecorded as dead."""
+
+from __future__ import annotations
+
+import pytest
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
+
+import tasks.integration
+from recovery.audit.queries import get_job
+from recovery.dlq.envelope import Envelope
+from recovery.faultserver import FaultServer
+from recovery.producer import build_job
+from recovery.runtime import get_runtime
+from tests.integration.test_job_flow import integration
+
+
+def refuse(_: Envelope) -> None:
+    raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+
+def test_failed_dead_letter_publish_rejects_for_redelivery(
+        configure, upstream: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure([integration(upstream.url)])
+    upstream.set_script([400])
+    runtime = get_runtime()
+    job = build_job(runtime.registry, "shop", "GET", "/bad")
+    monkeypatch.setattr("recovery.dlq.park.publish", refuse)
+    with pytest.raises(Reject) as rejected:
+        tasks.integration.call.run(job=job.to_message())
+    assert rejected.value.requeue is True
+    assert "dead-letter queue" in str(rejected.value.reason)
+    stored = get_job(runtime.engine, job.job_id)
+    assert stored is not None and stored["status"] != "dead"
