@@ -259,7 +259,7 @@ def test_local_limiter_keeps_the_limit_and_its_promises(
 
 
 def test_redis_is_tried_again_after_an_outage_and_its_return_is_logged() -> None:
-    outage = RedisOutage("test", retry_after_s=0.05)
+    outage = RedisOutage("test", retry_after_s=1.0)
     answers: list[object] = [redis.exceptions.ConnectionError("refused"), "from redis"]
 
     def in_redis() -> str:
@@ -271,7 +271,7 @@ def test_redis_is_tried_again_after_an_outage_and_its_return_is_logged() -> None
     with capture_logs() as logs:
         assert outage.run(in_redis, lambda: "in process") == "in process"
         assert outage.run(in_redis, lambda: "in process") == "in process"  # not retried yet
-        time.sleep(0.06)
+        time.sleep(1.05)
         assert outage.run(in_redis, lambda: "in process") == "from redis"
     assert [entry["event"] for entry in logs] == ["redis_unavailable", "redis_restored"]
     assert answers == []
