@@ -141,3 +141,18 @@ def test_bad_input_is_refused_and_nothing_is_enqueued_or_written(
     assert str(refused.value).endswith(".")
     assert queue_depth(redis_client) == before
     assert list_jobs(get_runtime().engine) == []
+
+
+def test_same_idempotency_key_enqueued_twice_calls_the_upstream_once(
+        configure, upstream: FaultServer, start_worker) -> None:
+    env = configure([integration(upstream.url)])
+    start_worker(env, concurrency=1)
+    engine = get_runtime().engine
+    first = recovery.enqueue("shop", "POST", "/charges", json={"n": 1}, idempotency_key="order-9")
+    assert wait_for_status(engine, first, {"succeeded"})["status"] == "succeeded"
+    second = recovery.enqueue("shop", "POST", "/charges", json={"n": 1}, idempotency_key="order-9")
+    duplicate = wait_for_status(engine, second, {"succeeded", "duplicate"})
+    assert duplicate["status"] == "duplicate"
+    assert [a["kind"] for a in duplicate["attempts"]] == ["duplicate"]
+    assert upstream.successes_by_key() == {"order-9": 1}
+    assert [r["headers"].get("Idempotency-Key") for r in upstream.requests()] == ["order-9"]
