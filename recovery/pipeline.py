@@ -219,12 +219,13 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
     """Fall back if allowed and possible, else dead-letter or fail."""
     status = failure.status if failure else None
     message = failure.message if failure else decision.reason
+    spent = progress.attempt if failure else progress.attempt - 1  # a blocked job made no call
     if decision.action == "fallback":
         served = run_fallbacks(rt, integration, job)
         observe_recovery("graceful-degradation", served is not None)
         if served is not None:
-            rt.audit.job_status(job.job_id, "degraded", attempts=progress.attempt - 1 +
-                                (failure is not None), outcome=f"served by {served.kind} fallback",
+            rt.audit.job_status(job.job_id, "degraded", attempts=spent,
+                                outcome=f"served by {served.kind} fallback",
                                 strategy="graceful-degradation", fallback_used=served.kind,
                                 last_status=status, last_error=message, finished=True)
             return Step("degraded", progress, http_status=served.http_status, body=served.body,

@@ -22,6 +22,9 @@ from recovery.yamlconfig import Section, read_yaml, show_value
 PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2
 DEFAULT_CACHE_TTL_MS = 3_600_000
+DEFAULT_RESET_BACKOFF_FACTOR = 2.0
+#: Without `max_reset_timeout_ms`, the open time grows to at most this many reset timeouts.
+DEFAULT_RESET_CAP_MULTIPLE = 4
 FALLBACK_TYPES = ("api", "cache", "default", "degraded")
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -40,7 +43,7 @@ _INTEGRATION_KEYS = (
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
     "enabled", "threshold", "reset_timeout_ms", "call_timeout_ms", "half_open_max_calls",
-    "failure_rate", "window_ms", "minimum_calls",
+    "failure_rate", "window_ms", "minimum_calls", "reset_backoff_factor", "max_reset_timeout_ms",
 )
 _FALLBACK_EXTRA_KEYS = {"api": "base_url", "cache": "ttl_ms", "default": "value",
                         "degraded": "message"}
@@ -87,6 +90,17 @@ class BreakerConfig:
     failure_rate: float | None = None
     window_ms: int = 60000
     minimum_calls: int = 10
+    # After each failed probe in a row the open time is multiplied by this factor, up to the cap:
+    # open_ms = min(reset_timeout_ms * reset_backoff_factor ** failed_probes, cap).
+    reset_backoff_factor: float = DEFAULT_RESET_BACKOFF_FACTOR
+    max_reset_timeout_ms: int | None = None  # None: DEFAULT_RESET_CAP_MULTIPLE x reset_timeout_ms
+
+    @property
+    def reset_cap_ms(self) -> int:
+        """The longest the breaker stays open after failed probes (`max_reset_timeout_ms`)."""
+        if self.max_reset_timeout_ms is not None:
+            return self.max_reset_timeout_ms
+        return DEFAULT_RESET_CAP_MULTIPLE * self.reset_timeout_ms
 
 
 @dataclass(frozen=True)
@@ -218,15 +232,24 @@ def _retry(s: Section, settings: Settings) -> RetryConfig:
 
 def _breaker(s: Section, settings: Settings) -> BreakerConfig:
     rate = s.get("failure_rate")
+    reset_ms = s.millis("reset_timeout_ms", settings.circuit_breaker_reset_timeout_ms)
+    cap_ms = None if s.get("max_reset_timeout_ms") is None else s.millis(
+        "max_reset_timeout_ms", reset_ms)
+    if cap_ms is not None and cap_ms < reset_ms:
+        s.fail("max_reset_timeout_ms", f"must be at least reset_timeout_ms ({reset_ms} ms), "
+                                       f"got {cap_ms}; raise it or lower reset_timeout_ms")
     return BreakerConfig(
         enabled=s.flag("enabled", settings.enable_circuit_breaker),
         threshold=s.count("threshold", settings.circuit_breaker_threshold),
-        reset_timeout_ms=s.millis("reset_timeout_ms", settings.circuit_breaker_reset_timeout_ms),
+        reset_timeout_ms=reset_ms,
         call_timeout_ms=s.millis("call_timeout_ms", settings.circuit_breaker_timeout_ms),
         half_open_max_calls=s.count("half_open_max_calls", 1),
         failure_rate=None if rate is None else s.number("failure_rate", 0.5, 0.01, 1.0),
         window_ms=s.millis("window_ms", 60000),
         minimum_calls=s.count("minimum_calls", 10),
+        reset_backoff_factor=s.number("reset_backoff_factor", DEFAULT_RESET_BACKOFF_FACTOR,
+                                      1.0, 100.0),
+        max_reset_timeout_ms=cap_ms,
     )
 
 
@@ -313,13 +336,17 @@ def _oauth(s: Section | None, environ: Mapping[str, str]) -> OAuthConfig | None:
 def _check_countdowns(integration: Integration, s: Section, settings: Settings) -> None:
     """Every countdown must stay below the broker visibility timeout, or Redis redelivers."""
     limit_s = settings.visibility_timeout_s
-    for key, millis in (
-        ("retry.max_delay_ms", integration.retry.max_delay_ms),
-        ("circuit_breaker.reset_timeout_ms", integration.circuit_breaker.reset_timeout_ms),
-        ("rate_limit.window_ms", integration.rate_limit.window_ms),
+    breaker = integration.circuit_breaker
+    cap_note = "" if breaker.max_reset_timeout_ms is not None else (
+        f" (by default {DEFAULT_RESET_CAP_MULTIPLE} x reset_timeout_ms)")
+    for key, millis, note in (
+        ("retry.max_delay_ms", integration.retry.max_delay_ms, ""),
+        ("circuit_breaker.reset_timeout_ms", breaker.reset_timeout_ms, ""),
+        ("circuit_breaker.max_reset_timeout_ms", breaker.reset_cap_ms, cap_note),
+        ("rate_limit.window_ms", integration.rate_limit.window_ms, ""),
     ):
         if millis / 1000 >= limit_s:
-            s.fail(key, f"is {millis} ms, which is not below REDIS_VISIBILITY_TIMEOUT "
+            s.fail(key, f"is {millis} ms{note}, which is not below REDIS_VISIBILITY_TIMEOUT "
                         f"({limit_s} s): Redis would redeliver a job waiting that long and it "
                         f"would run twice. Lower {key} or raise REDIS_VISIBILITY_TIMEOUT to at "
                         f"least {millis // 1000 + 1} seconds")

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+
+import pytest
+import structlog
 
 SESSION_PREFIX = f"test-{uuid.uuid4().hex[:10]}:"
 
@@ -16,3 +20,11 @@ os.environ["RECOVERY_REDIS_PREFIX"] = SESSION_PREFIX
 os.environ.setdefault("LOG_LEVEL", "warning")
 for name in ("RECOVERY_INTEGRATIONS", "SENTRY_DSN", "ALERT_WEBHOOK_URL"):
     os.environ.pop(name, None)
+
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """A command that configured logging (level, renderer) must not filter the next test's logs."""
+    yield
+    structlog.reset_defaults()

@@ -14,6 +14,7 @@
 --   opened_at   ms when the breaker last opened
 --   open_until  ms when the open period ends (the next acquire then moves to half_open)
 --   half_ok     successful probes in the current half-open period
+--   failed_probes  failed probes in a row (reset by closing); the open time grows with it
 --   probes      probe permits in flight: "token=lease_until_ms;token=lease_until_ms"
 --   w0 .. w9    ring of failure-rate buckets: "bucket_index:calls:failures"
 --
@@ -107,6 +108,13 @@ local function window_add(now, window_ms, failed)
     redis.call('HSET', KEY, field, int(current) .. ':' .. int(calls) .. ':' .. int(failures))
 end
 
+-- The open time after `failed` failed probes in a row:
+-- min(reset_ms * factor ^ failed, cap_ms), floored. Limits.open_ms in types.py is its twin;
+-- keep the arithmetic identical (a power that overflows is inf here, so the cap wins).
+local function open_ms_for(failed, reset_ms, factor, cap_ms)
+    return math.floor(math.min(reset_ms * factor ^ failed, cap_ms))
+end
+
 local function touch(ttl_ms, now, open_until)
     local extra = 0
     if open_until and open_until > now then
@@ -124,7 +132,7 @@ end
 
 local function close_circuit(now, epoch, ttl_ms)
     redis.call('HSET', KEY, 'state', 'closed', 'epoch', int(epoch + 1), 'failures', '0',
-        'half_ok', '0', 'probes', '')
+        'half_ok', '0', 'probes', '', 'failed_probes', '0')
     redis.call('HDEL', KEY, 'opened_at', 'open_until', unpack(window_names()))
     touch(ttl_ms, now, nil)
 end
@@ -177,7 +185,7 @@ return { granted, granted, epoch, wait_ms, 'half_open' }
 --@@ record
 -- ARGV: epoch, probe token ('' for a closed-state permit), outcome success|failure|neutral,
 --       threshold, failure_rate (negative = off), minimum_calls, window_ms, reset_ms,
---       success_threshold, ttl_ms
+--       success_threshold, ttl_ms, reset_factor, max_reset_ms
 -- -> { applied 0|1 [, from, to, reason, at_ms] }
 local permit_epoch = tonumber(ARGV[1])
 local token = ARGV[2]
@@ -189,8 +197,12 @@ local window_ms = tonumber(ARGV[7])
 local reset_ms = tonumber(ARGV[8])
 local success_threshold = tonumber(ARGV[9])
 local ttl_ms = tonumber(ARGV[10])
+local reset_factor = tonumber(ARGV[11])
+local max_reset_ms = tonumber(ARGV[12])
 
-local h = redis.call('HMGET', KEY, 'state', 'epoch', 'failures', 'half_ok', 'probes')
+local h = redis.call('HMGET', KEY, 'state', 'epoch', 'failures', 'half_ok', 'probes',
+    'failed_probes')
+local failed_probes = tonumber(h[6]) or 0
 local state = h[1] or 'closed'
 local epoch = tonumber(h[2]) or 0
 if permit_epoch ~= epoch then
@@ -205,7 +217,10 @@ if token ~= '' then
     local probes = live_probes(h[5], now)
     probes[token] = nil
     if outcome == 'failure' then
-        open_circuit(now, reset_ms, epoch, ttl_ms)
+        failed_probes = failed_probes + 1
+        redis.call('HSET', KEY, 'failed_probes', int(failed_probes))
+        open_circuit(now, open_ms_for(failed_probes, reset_ms, reset_factor, max_reset_ms),
+            epoch, ttl_ms)
         return { 1, 'half_open', 'open', 'probe_failed', now }
     end
     if outcome == 'success' then
@@ -244,7 +259,8 @@ elseif failure_rate >= 0 then
     end
 end
 if reason then
-    open_circuit(now, reset_ms, epoch, ttl_ms)
+    open_circuit(now, open_ms_for(failed_probes, reset_ms, reset_factor, max_reset_ms), epoch,
+        ttl_ms)
     return { 1, 'closed', 'open', reason, now }
 end
 touch(ttl_ms, now, nil)
@@ -278,12 +294,13 @@ return { 1, state, target, reason, now }
 --@@ snapshot
 -- ARGV: window_ms
 -- -> { state, failures, opened_at_ms, open_until_ms, probes_in_flight, window_calls,
---      window_failures, now_ms }   (read only; an elapsed open period is reported as open with
+--      window_failures, now_ms, failed_probes }   (read only; an elapsed open period is reported as open with
 --                                    no time left: the next acquire moves it to half_open)
 local window_ms = tonumber(ARGV[1])
-local h = redis.call('HMGET', KEY, 'state', 'failures', 'opened_at', 'open_until', 'probes')
+local h = redis.call('HMGET', KEY, 'state', 'failures', 'opened_at', 'open_until', 'probes',
+    'failed_probes')
 local now = now_ms()
 local _, count = live_probes(h[5], now)
 local calls, fails = window_totals(now, window_ms)
 return { h[1] or 'closed', tonumber(h[2]) or 0, tonumber(h[3]) or -1, tonumber(h[4]) or -1,
-    count, calls, fails, now }
+    count, calls, fails, now, tonumber(h[6]) or 0 }

@@ -6,7 +6,10 @@ but every decision is one atomic Lua script on the Redis server's clock, so:
 * at most `half_open_max_calls` probes run at a time across the whole cluster, each under a
   lease of `call_timeout_ms` so a probe whose worker died cannot wedge the breaker half-open;
 * no lock is held across the guarded call: `acquire` and `record` are separate round trips;
-* a transition is reported once, by the process whose script made it.
+* a transition is reported once, by the process whose script made it;
+* each failed probe in a row multiplies the next open period by `reset_backoff_factor`, up to
+  `max_reset_timeout_ms` (Polly's break-duration generator, Envoy's ejection multiplier), so a
+  long outage costs fewer probes; closing the breaker resets the streak.
 
 Without Redis (`redis_client=None`), or while Redis cannot be reached, the same rules run in
 this process only (`local.py`), and a warning says so once per period.
@@ -272,9 +275,12 @@ def _parse_token(token: str) -> tuple[str, int, str]:
 
 def _dress(integration: str, raw: RawSnapshot, backend: Literal["redis", "local"]
            ) -> BreakerSnapshot:
-    to_half_open = None
+    to_half_open: float | None = None
+    open_ms: int | None = None
     if raw.state == "open" and raw.open_until_ms is not None:
         to_half_open = max(0.0, (raw.open_until_ms - raw.now_ms) / 1000)
+    if raw.state != "closed" and raw.open_until_ms is not None and raw.opened_at_ms is not None:
+        open_ms = raw.open_until_ms - raw.opened_at_ms
     return BreakerSnapshot(
         integration=integration,
         state=raw.state,
@@ -285,6 +291,8 @@ def _dress(integration: str, raw: RawSnapshot, backend: Literal["redis", "local"
         time_to_half_open_s=to_half_open,
         probes_in_flight=raw.probes_in_flight,
         backend=backend,
+        failed_probes=raw.failed_probes,
+        open_ms=open_ms,
     )
 
 

@@ -40,6 +40,7 @@ class _State:
     opened_at_ms: int | None = None
     open_until_ms: int | None = None
     half_ok: int = 0
+    failed_probes: int = 0  # failed probes in a row; each one lengthens the next open period
     probes: dict[str, int] = field(default_factory=dict)
     # bucket slot -> (bucket index, calls, failures)
     window: dict[int, tuple[int, int, int]] = field(default_factory=dict)
@@ -96,7 +97,7 @@ class LocalBackend:
             reason = self._trip_reason(limits, now, failed)
             if reason is None:
                 return None
-            self._open(now, limits.reset_ms)
+            self._open(now, limits.open_ms(s.failed_probes))
             return Transition("closed", "open", reason, utc_from_ms(now))
 
     def _record_probe(
@@ -107,7 +108,8 @@ class LocalBackend:
             return None
         s.probes.pop(token, None)
         if outcome == "failure":
-            self._open(now, limits.reset_ms)
+            s.failed_probes += 1
+            self._open(now, limits.open_ms(s.failed_probes))
             return Transition("half_open", "open", "probe_failed", utc_from_ms(now))
         if outcome == "success":
             s.half_ok += 1
@@ -145,7 +147,8 @@ class LocalBackend:
             calls, fails = self._window_totals(now, limits.window_ms)
             live = sum(1 for ends in s.probes.values() if ends > now)
             return RawSnapshot(
-                s.state, s.failures, s.opened_at_ms, s.open_until_ms, live, calls, fails, now
+                s.state, s.failures, s.opened_at_ms, s.open_until_ms, live, calls, fails, now,
+                s.failed_probes,
             )
 
     def _open(self, now: int, open_ms: int) -> None:
@@ -155,7 +158,7 @@ class LocalBackend:
 
     def _close(self) -> None:
         s = self._s
-        s.state, s.epoch, s.failures, s.half_ok = "closed", s.epoch + 1, 0, 0
+        s.state, s.epoch, s.failures, s.half_ok, s.failed_probes = "closed", s.epoch + 1, 0, 0, 0
         s.probes, s.window, s.opened_at_ms, s.open_until_ms = {}, {}, None, None
 
     def _window_add(self, now: int, window_ms: int, failed: bool) -> None:

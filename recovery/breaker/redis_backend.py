@@ -96,6 +96,7 @@ class RedisBackend:
             args=[
                 epoch, token, outcome, limits.threshold, repr(rate), limits.minimum_calls,
                 limits.window_ms, limits.reset_ms, limits.success_threshold, limits.ttl_ms,
+                repr(limits.reset_factor), limits.max_reset_ms,
             ],
         )
         return _transition(reply, 1)
@@ -107,7 +108,8 @@ class RedisBackend:
     def snapshot(self, limits: Limits) -> RawSnapshot:
         reply = self._snapshot(keys=[self.key], args=[limits.window_ms])
         state = _state(reply[0])
-        failures, opened_at, open_until, probes, calls, fails, now = (int(v) for v in reply[1:])
+        failures, opened_at, open_until, probes, calls, fails, now, failed_probes = (
+            int(v) for v in reply[1:])
         return RawSnapshot(
             state=state,
             consecutive_failures=failures,
@@ -117,4 +119,5 @@ class RedisBackend:
             window_calls=calls,
             window_failures=fails,
             now_ms=now,
+            failed_probes=failed_probes,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +74,10 @@ class BreakerSnapshot:
     time_to_half_open_s: float | None
     probes_in_flight: int
     backend: Literal["redis", "local"]
+    #: Failed probes in a row; each one multiplied the open time (a closing resets it to 0).
+    failed_probes: int = 0
+    #: Length of the current (or, while half-open, the last) open period; None while closed.
+    open_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class RawSnapshot:
     window_calls: int
     window_failures: int
     now_ms: int
+    failed_probes: int
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,8 @@ class Limits:
 
     threshold: int
     reset_ms: int
+    max_reset_ms: int
+    reset_factor: float
     lease_ms: int
     max_probes: int
     failure_rate: float | None
@@ -132,6 +140,8 @@ class Limits:
         return cls(
             threshold=config.threshold,
             reset_ms=config.reset_timeout_ms,
+            max_reset_ms=config.reset_cap_ms,
+            reset_factor=config.reset_backoff_factor,
             lease_ms=config.call_timeout_ms,
             max_probes=config.half_open_max_calls,
             failure_rate=config.failure_rate,
@@ -139,10 +149,23 @@ class Limits:
             minimum_calls=max(1, config.minimum_calls),
             success_threshold=success_threshold,
             ttl_ms=max(
-                day_ms, 2 * config.window_ms, 2 * config.reset_timeout_ms,
+                day_ms, 2 * config.window_ms, 2 * config.reset_cap_ms,
                 2 * config.call_timeout_ms,
             ),
         )
+
+    def open_ms(self, failed_probes: int) -> int:
+        """How long to stay open after `failed_probes` failed probes in a row.
+
+        min(reset_ms * reset_factor ** failed_probes, max_reset_ms) in whole ms: the same
+        arithmetic (IEEE doubles, floored) as `open_ms_for` in breaker.lua, so both backends
+        agree to the millisecond. Lua's power overflows to infinity where Python raises.
+        """
+        try:
+            grown = self.reset_ms * self.reset_factor ** failed_probes
+        except OverflowError:
+            return self.max_reset_ms
+        return math.floor(min(grown, self.max_reset_ms))
 
 
 def _check(integration: str, config: BreakerConfig, success_threshold: int) -> None:
@@ -157,6 +180,16 @@ def _check(integration: str, config: BreakerConfig, success_threshold: int) -> N
         problems.append(f"call_timeout_ms must be at least 1, got {config.call_timeout_ms}")
     if config.reset_timeout_ms < 0:
         problems.append(f"reset_timeout_ms must not be negative, got {config.reset_timeout_ms}")
+    if not 1 <= config.reset_backoff_factor < math.inf:
+        problems.append(
+            f"reset_backoff_factor must be a finite number of at least 1, "
+            f"got {config.reset_backoff_factor}"
+        )
+    if config.reset_cap_ms < config.reset_timeout_ms:
+        problems.append(
+            f"max_reset_timeout_ms must be at least reset_timeout_ms ({config.reset_timeout_ms}), "
+            f"got {config.reset_cap_ms}"
+        )
     if config.window_ms < 1:
         problems.append(f"window_ms must be at least 1, got {config.window_ms}")
     if config.failure_rate is not None and not 0 < config.failure_rate <= 1:

@@ -7,7 +7,9 @@ Run from the repository root (needs Redis on 127.0.0.1:6379; uses db 15 under it
 1. outage: worker processes (1, 4, 8) call an upstream through one shared breaker
    (threshold 5, reset 2 s); the upstream answers 503 for 20 s; how many calls reach it while
    it is down. "warm": the outage starts while the workers are busy with a healthy upstream;
-   "cold": every worker starts at the same instant against the dead upstream.
+   "cold": every worker starts at the same instant against the dead upstream. "ours" grows the
+   open time after each failed probe (reset_backoff_factor 2, capped at 4 x reset = 8 s);
+   "ours-fixed" keeps it at 2 s (reset_backoff_factor 1), as pybreaker does.
 2. concurrency: 8 threads x 2 calls to an upstream that answers after 2 s, through one breaker;
    wall time against no breaker.
 3. round trips: Redis commands added to one successful closed-state call (counted).
@@ -26,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,8 @@ SLOW_S = 2.0
 OUTAGE_TARGET = THRESHOLD + 10 * HALF_OPEN_MAX_CALLS
 CONFIG = BreakerConfig(enabled=True, threshold=THRESHOLD, reset_timeout_ms=int(RESET_S * 1000),
                        call_timeout_ms=10_000, half_open_max_calls=HALF_OPEN_MAX_CALLS)
+FIXED_CONFIG = replace(CONFIG, reset_backoff_factor=1.0)
+OUTAGE_KINDS = ("ours", "ours-fixed", "pybreaker")
 
 
 class Upstream:
@@ -91,8 +96,9 @@ class Upstream:
 
 def make_breaker(kind: str, client: redis.Redis, prefix: str) -> Any:
     """Either breaker, with the same threshold and reset time, sharing state through Redis."""
-    if kind == "ours":
-        return ClusterBreaker(client, "bench", CONFIG, key_prefix=prefix)
+    if kind in ("ours", "ours-fixed"):
+        config = CONFIG if kind == "ours" else FIXED_CONFIG
+        return ClusterBreaker(client, "bench", config, key_prefix=prefix)
     storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client,
                                             namespace=f"{prefix}pyb")
     return pybreaker.CircuitBreaker(fail_max=THRESHOLD, reset_timeout=RESET_S,
@@ -236,10 +242,20 @@ def _cleanup(prefix: str) -> None:
 
 def _machine() -> dict[str, Any]:
     info = redis.Redis.from_url(REDIS_URL).info("server")
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+    return {"cpus": os.cpu_count(), "load_average_1_5_15": os.getloadavg(),
+            "platform": platform.platform(),
             "python": platform.python_version(), "redis": info.get("redis_version"),
             "pybreaker": getattr(pybreaker, "__version__", _dist_version("pybreaker")),
             "note": "2 shared cores; other jobs were running on the machine"}
+
+
+def _breaker_config() -> dict[str, Any]:
+    return {"threshold": THRESHOLD, "reset_timeout_ms": CONFIG.reset_timeout_ms,
+            "half_open_max_calls": HALF_OPEN_MAX_CALLS,
+            "ours": {"reset_backoff_factor": CONFIG.reset_backoff_factor,
+                     "max_reset_timeout_ms": CONFIG.reset_cap_ms},
+            "ours-fixed": {"reset_backoff_factor": FIXED_CONFIG.reset_backoff_factor,
+                           "max_reset_timeout_ms": FIXED_CONFIG.reset_cap_ms}}
 
 
 def _dist_version(name: str) -> str:
@@ -267,13 +283,14 @@ def main() -> None:
     parser.add_argument("--processes", default="1,4,8", help="comma-separated process counts")
     options = parser.parse_args()
     counts = [int(n) for n in options.processes.split(",")]
+    machine_before = _machine()
     upstream = Upstream()
     try:
         outage = [
             _timed(f"outage {kind} x{n} ({'warm' if warm else 'cold'} start)",
                    lambda kind=kind, n=n, warm=warm: run_outage(
                        kind, n, upstream, options.duration, warm))
-            for warm in (WARM_S, 0.0) for n in counts for kind in ("ours", "pybreaker")
+            for warm in (WARM_S, 0.0) for n in counts for kind in OUTAGE_KINDS
         ]
         concurrency = [_timed(f"concurrency {kind}", lambda kind=kind: run_concurrency(
             kind, upstream)) for kind in ("none", "ours", "pybreaker")]
@@ -286,7 +303,10 @@ def main() -> None:
     report = {"command": "python tests/bench/bench_breaker.py "
                          f"--duration {options.duration:g} --processes {options.processes}",
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": _machine(), "outage_s": options.duration, "outage": outage,
+              "machine": machine_before,
+              "load_average_at_end_1_5_15": os.getloadavg(),
+              "breaker_config": _breaker_config(),
+              "outage_s": options.duration, "outage": outage,
               "concurrency": concurrency, "round_trips": trips}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

@@ -148,6 +148,74 @@ def test_probe_failure_reopens_with_a_fresh_open_time(client: redis.Redis, prefi
     assert first_opened is not None and snap.opened_at is not None
     assert snap.opened_at > first_opened
     assert snap.time_to_half_open_s is not None and snap.time_to_half_open_s > 0.1
+    assert (snap.failed_probes, snap.open_ms) == (1, 400)  # doubled by the failed probe
+
+
+def fail_probe_when_due(breaker: ClusterBreaker) -> None:
+    """Wait (on the server clock) for the open period to end, then fail one probe."""
+    snap = breaker.snapshot()
+    assert snap.time_to_half_open_s is not None
+    time.sleep(snap.time_to_half_open_s + 0.01)
+    permit = breaker.acquire()
+    assert permit.probe
+    breaker.record(permit, success=False)
+
+
+def test_failed_probes_grow_the_open_time_to_the_cap_and_success_resets(
+        client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix, replace(CONFIG, reset_timeout_ms=100,
+                                           max_reset_timeout_ms=300))
+    fail(breaker, 3)
+    periods = [breaker.snapshot().open_ms]
+    for _ in range(3):
+        fail_probe_when_due(breaker)
+        periods.append(breaker.snapshot().open_ms)
+    assert periods == [100, 200, 300, 300]
+    assert breaker.snapshot().failed_probes == 3
+    assert client.hget(f"{prefix}breaker:api", "failed_probes") == b"3"
+    time.sleep(breaker.snapshot().time_to_half_open_s or 0)
+    breaker.record(breaker.acquire(), success=True)
+    snap = breaker.snapshot()
+    assert (snap.state, snap.failed_probes, snap.open_ms) == ("closed", 0, None)
+    fail(breaker, 3)
+    assert breaker.snapshot().open_ms == 100
+
+
+def test_factor_one_keeps_the_open_time_fixed(client: redis.Redis, prefix: str) -> None:
+    breaker = make(client, prefix, replace(CONFIG, reset_timeout_ms=100,
+                                           reset_backoff_factor=1.0))
+    fail(breaker, 3)
+    for _ in range(2):
+        fail_probe_when_due(breaker)
+        assert breaker.snapshot().open_ms == 100
+    assert breaker.snapshot().failed_probes == 2
+
+
+def test_force_close_resets_the_streak_and_force_open_keeps_it(client: redis.Redis,
+                                                               prefix: str) -> None:
+    breaker = make(client, prefix)
+    breaker.force_open("test", duration_s=0)
+    breaker.record(breaker.acquire(), success=False)
+    assert (breaker.snapshot().failed_probes, breaker.snapshot().open_ms) == (1, 60_000)
+    breaker.force_open("again", duration_s=0)
+    breaker.record(breaker.acquire(), success=False)
+    assert (breaker.snapshot().failed_probes, breaker.snapshot().open_ms) == (2, 120_000)
+    breaker.force_close("healthy")
+    assert breaker.snapshot().failed_probes == 0
+    fail(breaker, 3)
+    assert breaker.snapshot().open_ms == 30_000
+
+
+def test_a_power_that_overflows_opens_for_the_cap(client: redis.Redis, prefix: str) -> None:
+    """100 ** 160 is past the largest double: inf in Lua, OverflowError in Python; both cap."""
+    config = replace(CONFIG, reset_backoff_factor=100.0, max_reset_timeout_ms=3_000_000)
+    breaker = make(client, prefix, config)
+    for _ in range(160):
+        breaker.force_open("test", duration_s=0)
+        breaker.record(breaker.acquire(), success=False)
+    snap = breaker.snapshot()
+    assert (snap.failed_probes, snap.open_ms) == (160, 3_000_000)
+    assert Limits.from_config("api", config, 1).open_ms(160) == 3_000_000
 
 
 def test_neutral_records(client: redis.Redis, prefix: str) -> None:
@@ -342,12 +410,15 @@ OPS = st.lists(
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=OPS, max_probes=st.integers(1, 3), rate=st.sampled_from([None, 0.5]))
+@given(ops=OPS, max_probes=st.integers(1, 3), rate=st.sampled_from([None, 0.5]),
+       factor=st.sampled_from([1.0, 1.5, 2.0, 3.7]), cap=st.sampled_from([None, 45_001, 10**8]))
 def test_lua_and_local_agree(client: redis.Redis, prefix: str, ops: list[tuple[Any, ...]],
-                             max_probes: int, rate: float | None) -> None:
+                             max_probes: int, rate: float | None, factor: float,
+                             cap: int | None) -> None:
     """No time passes that matters: leases and the open period are long, force-open is 0 s."""
     config = replace(CONFIG, half_open_max_calls=max_probes, failure_rate=rate,
-                     minimum_calls=4, window_ms=10**10)
+                     minimum_calls=4, window_ms=10**10, reset_backoff_factor=factor,
+                     max_reset_timeout_ms=cap)
     limits = Limits.from_config("api", config, 2)
     key = f"{prefix}breaker:eq-{uuid.uuid4().hex}"
     remote, local = RedisBackend(client, key), LocalBackend(lambda: 1_700_000_000_000)
@@ -370,9 +441,44 @@ def test_lua_and_local_agree(client: redis.Redis, prefix: str, ops: list[tuple[A
                 local.force(limits, op[1], open_ms, "f"))
         ra, lb = remote.snapshot(limits), local.snapshot(limits)
         assert (ra.state, ra.consecutive_failures, ra.probes_in_flight, ra.window_calls,
-                ra.window_failures) == (lb.state, lb.consecutive_failures, lb.probes_in_flight,
-                                        lb.window_calls, lb.window_failures)
+                ra.window_failures, ra.failed_probes, _open_ms(ra)) == (
+            lb.state, lb.consecutive_failures, lb.probes_in_flight, lb.window_calls,
+            lb.window_failures, lb.failed_probes, _open_ms(lb))
     client.delete(key)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reset=st.integers(1, 10**7), factor=st.floats(1.0, 100.0), extra=st.integers(0, 6 * 10**8),
+       probes=st.integers(0, 8))
+def test_lua_and_local_compute_the_same_open_time(client: redis.Redis, prefix: str, reset: int,
+                                                  factor: float, extra: int,
+                                                  probes: int) -> None:
+    """The open time after n failed probes, to the millisecond, for any factor and cap."""
+    config = replace(CONFIG, reset_timeout_ms=reset, reset_backoff_factor=factor,
+                     max_reset_timeout_ms=reset + extra)
+    limits = Limits.from_config("api", config, 1)
+    key = f"{prefix}breaker:ms-{uuid.uuid4().hex}"
+    remote, local = RedisBackend(client, key), LocalBackend(lambda: 1_700_000_000_000)
+    for number in range(probes):
+        for backend in (remote, local):
+            backend.force(limits, "open", 0, "f")
+            grant = backend.acquire(limits, f"p{number}")
+            backend.record(limits, grant.epoch, f"p{number}", "failure")
+    if probes == 0:
+        for backend in (remote, local):
+            for _ in range(3):
+                backend.record(limits, backend.acquire(limits, "").epoch, "", "failure")
+    ra, lb = remote.snapshot(limits), local.snapshot(limits)
+    assert ra.failed_probes == lb.failed_probes == probes
+    assert _open_ms(ra) == _open_ms(lb) == limits.open_ms(probes)
+    client.delete(key)
+
+
+def _open_ms(raw: Any) -> int | None:
+    if raw.opened_at_ms is None or raw.open_until_ms is None:
+        return None
+    return int(raw.open_until_ms - raw.opened_at_ms)
 
 
 def _brief(transition: Any) -> tuple[str, str, str] | None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pybreaker
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recovery.breaker import BreakerOpenError, ClusterBreaker, Permit
 from recovery.breaker.local import LocalBackend
@@ -175,7 +177,88 @@ def test_probe_failure_reopens_with_a_fresh_open_time(backend: LocalBackend,
         "half_open", "open", "probe_failed")
     snap = backend.snapshot(lim)
     assert snap.opened_at_ms == clock.now
-    assert snap.open_until_ms == clock.now + 1000
+    assert snap.open_until_ms == clock.now + 2000  # the first failed probe doubles the open time
+    assert snap.failed_probes == 1
+
+
+def open_periods(backend: LocalBackend, clock: Clock, lim: Limits, probes: int) -> list[int]:
+    """Trip, then fail `probes` probes, each once the open period is over; the open periods."""
+    trip(backend, lim)
+    periods = []
+    for _ in range(probes):
+        snap = backend.snapshot(lim)
+        assert snap.open_until_ms is not None and snap.opened_at_ms is not None
+        periods.append(snap.open_until_ms - snap.opened_at_ms)
+        clock.now = snap.open_until_ms
+        grant = backend.acquire(lim, "p")
+        assert grant.probe
+        backend.record(lim, grant.epoch, "p", "failure")
+    snap = backend.snapshot(lim)
+    assert snap.open_until_ms is not None and snap.opened_at_ms is not None
+    return [*periods, snap.open_until_ms - snap.opened_at_ms]
+
+
+def test_each_failed_probe_doubles_the_open_time_up_to_four_resets(backend: LocalBackend,
+                                                                    clock: Clock) -> None:
+    lim = limits()
+    assert (lim.reset_factor, lim.max_reset_ms) == (2.0, 4000)
+    assert open_periods(backend, clock, lim, 4) == [1000, 2000, 4000, 4000, 4000]
+    assert backend.snapshot(lim).failed_probes == 4
+
+
+def test_factor_and_cap_come_from_the_config(backend: LocalBackend, clock: Clock) -> None:
+    lim = limits(replace(CONFIG, reset_backoff_factor=1.5, max_reset_timeout_ms=3000))
+    assert open_periods(backend, clock, lim, 4) == [1000, 1500, 2250, 3000, 3000]
+
+
+def test_factor_one_keeps_the_open_time_fixed(backend: LocalBackend, clock: Clock) -> None:
+    lim = limits(replace(CONFIG, reset_backoff_factor=1.0))
+    assert open_periods(backend, clock, lim, 3) == [1000] * 4
+    assert backend.snapshot(lim).failed_probes == 3
+
+
+def test_a_successful_probe_resets_the_streak(backend: LocalBackend, clock: Clock) -> None:
+    lim = limits()
+    open_periods(backend, clock, lim, 2)
+    clock.now += 4000
+    grant = backend.acquire(lim, "p")
+    backend.record(lim, grant.epoch, "p", "success")
+    assert backend.snapshot(lim).failed_probes == 0
+    assert open_periods(backend, clock, lim, 1) == [1000, 2000]
+
+
+def test_force_close_resets_the_streak_and_force_open_keeps_it(backend: LocalBackend,
+                                                               clock: Clock) -> None:
+    lim = limits()
+    open_periods(backend, clock, lim, 1)
+    backend.force(lim, "open", 0, "forced: test")
+    assert backend.snapshot(lim).failed_probes == 1
+    grant = backend.acquire(lim, "p")
+    backend.record(lim, grant.epoch, "p", "failure")
+    snap = backend.snapshot(lim)
+    assert (snap.failed_probes, snap.open_until_ms) == (2, clock.now + 4000)
+    backend.force(lim, "close", 0, "forced: healthy")
+    assert backend.snapshot(lim).failed_probes == 0
+    assert open_periods(backend, clock, lim, 0) == [1000]
+
+
+def test_open_ms_caps_a_power_that_overflows() -> None:
+    lim = limits(replace(CONFIG, reset_backoff_factor=100.0, max_reset_timeout_ms=604_800_000))
+    assert lim.open_ms(0) == 1000
+    assert lim.open_ms(3) == 604_800_000  # 10^9 ms, over the cap
+    assert lim.open_ms(10_000) == 604_800_000  # 100.0 ** 10000 raises OverflowError in Python
+
+
+@given(reset=st.integers(0, 10**7), factor=st.floats(1.0, 100.0),
+       extra=st.integers(0, 10**8), streak=st.integers(0, 400))
+def test_open_ms_stays_between_reset_and_cap_and_never_shrinks(
+        reset: int, factor: float, extra: int, streak: int) -> None:
+    lim = limits(replace(CONFIG, reset_timeout_ms=reset, reset_backoff_factor=factor,
+                         max_reset_timeout_ms=reset + extra))
+    assert reset <= lim.open_ms(streak) <= reset + extra
+    assert lim.open_ms(streak) <= lim.open_ms(streak + 1)
+    if factor == 1.0:
+        assert lim.open_ms(streak) == reset
 
 
 def test_a_neutral_probe_frees_its_slot_only(backend: LocalBackend, clock: Clock) -> None:
@@ -243,6 +326,7 @@ def test_without_redis_the_breaker_is_local_and_trips() -> None:
     snap = breaker.snapshot()
     assert (snap.state, snap.backend, snap.consecutive_failures) == ("open", "local", 3)
     assert snap.time_to_half_open_s is not None and 0 < snap.time_to_half_open_s <= 1.0
+    assert (snap.failed_probes, snap.open_ms) == (0, 1000)
 
 
 def test_breakers_of_one_key_share_state_in_the_process() -> None:
@@ -282,6 +366,12 @@ def test_bad_settings_are_refused_with_a_sentence() -> None:
         local_breaker(replace(CONFIG, half_open_max_calls=0))
     with pytest.raises(ValueError, match=r"failure_rate must be above 0 and at most 1"):
         local_breaker(replace(CONFIG, failure_rate=1.5))
+    with pytest.raises(ValueError, match=r"reset_backoff_factor must be a finite number of at "
+                                         r"least 1, got 0.5"):
+        local_breaker(replace(CONFIG, reset_backoff_factor=0.5))
+    with pytest.raises(ValueError, match=r"max_reset_timeout_ms must be at least "
+                                         r"reset_timeout_ms \(1000\), got 999"):
+        local_breaker(replace(CONFIG, max_reset_timeout_ms=999))
 
 
 def test_the_refusal_survives_pickling_and_is_a_pybreaker_error() -> None:

@@ -78,6 +78,9 @@ def test_without_a_file_the_registry_is_primary_api_from_the_environment() -> No
     assert api.circuit_breaker == BreakerConfig(
         enabled=False, threshold=9, reset_timeout_ms=8000, call_timeout_ms=3000
     )
+    assert api.circuit_breaker.reset_backoff_factor == 2.0
+    assert api.circuit_breaker.max_reset_timeout_ms is None
+    assert api.circuit_breaker.reset_cap_ms == 32000
     assert api.fallbacks == (
         FallbackConfig("api", 1, base_url="https://b.example.com"),
         FallbackConfig("cache", 2),
@@ -144,6 +147,8 @@ def test_the_example_file_loads() -> None:
     assert payments.headers["X-Api-Key"] == "pk-123"
     assert [f.type for f in payments.fallbacks] == ["api", "cache", "degraded"]
     assert payments.circuit_breaker.failure_rate == 0.5
+    assert payments.circuit_breaker.reset_backoff_factor == 2.0
+    assert payments.circuit_breaker.reset_cap_ms == 120000
     crm = registry.get("crm")
     assert crm.oauth == OAuthConfig(
         "https://auth.example.com/oauth/token", "recovery-service", "CRM_CLIENT_SECRET",
@@ -159,6 +164,8 @@ def test_missing_keys_take_the_environment_defaults(tmp_path: Path) -> None:
     assert (shop.name, shop.timeout_ms) == ("shop", 999)
     assert shop.retry == RetryConfig(6, 1000, 2.0, 30000, 0.2)
     assert shop.circuit_breaker == BreakerConfig(True, 2, 30000, 60000)
+    assert (shop.circuit_breaker.reset_backoff_factor, shop.circuit_breaker.reset_cap_ms) == (
+        2.0, 120000)
     assert shop.rate_limit == RateLimitConfig(60000, 3)
     assert shop.fallbacks == ()
     assert shop.health_check is None
@@ -263,8 +270,8 @@ INTEGRATION_KEYS = ("base_url, circuit_breaker, fallbacks, headers, health_check
         ("retry: {max_attemps: 3}", "unknown key 'retry.max_attemps' (known keys: backoff_factor, "
          "initial_delay_ms, jitter, max_attempts, max_delay_ms)."),
         ("circuit_breaker: {treshold: 3}", "unknown key 'circuit_breaker.treshold' (known keys: "
-         "call_timeout_ms, enabled, failure_rate, half_open_max_calls, minimum_calls, "
-         "reset_timeout_ms, threshold, window_ms)."),
+         "call_timeout_ms, enabled, failure_rate, half_open_max_calls, max_reset_timeout_ms, "
+         "minimum_calls, reset_backoff_factor, reset_timeout_ms, threshold, window_ms)."),
         ("health_check: {path: /x}", "unknown key 'health_check.path' (known keys: endpoint, "
          "failure_threshold, interval_ms, timeout_ms)."),
         ("rate_limit: {max: 3}", "unknown key 'rate_limit.max' (known keys: max_requests, "
@@ -307,6 +314,15 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
          "key 'circuit_breaker.failure_rate' must be from 0.01 to 1, got 0."),
         ("circuit_breaker: {half_open_max_calls: 0}",
          "key 'circuit_breaker.half_open_max_calls' must be from 1 to 1000000, got 0."),
+        ("circuit_breaker: {reset_backoff_factor: 0.5}",
+         "key 'circuit_breaker.reset_backoff_factor' must be from 1 to 100, got 0.5."),
+        ("circuit_breaker: {reset_backoff_factor: double}",
+         "key 'circuit_breaker.reset_backoff_factor' must be a number, got 'double'."),
+        ("circuit_breaker: {max_reset_timeout_ms: 1.5}",
+         "key 'circuit_breaker.max_reset_timeout_ms' must be a whole number ms, got 1.5."),
+        ("circuit_breaker: {reset_timeout_ms: 5000, max_reset_timeout_ms: 4999}",
+         "key 'circuit_breaker.max_reset_timeout_ms' must be at least reset_timeout_ms "
+         "(5000 ms), got 4999; raise it or lower reset_timeout_ms."),
         ("fallbacks: {type: cache}", "key 'fallbacks' must be a list, got a mapping."),
         ("fallbacks: [cache]", "key 'fallbacks[1]' must be a mapping, got 'cache'."),
         ("fallbacks: [{type: queue}]", "key 'fallbacks[1].type' must be one of api, cache, "
@@ -369,7 +385,7 @@ def test_missing_base_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra",
     ["retry: {max_delay_ms: 3600000}", "circuit_breaker: {reset_timeout_ms: 3600000}",
-     "rate_limit: {window_ms: 3600000}"],
+     "circuit_breaker: {max_reset_timeout_ms: 3600000}", "rate_limit: {window_ms: 3600000}"],
 )
 def test_countdowns_must_stay_below_the_visibility_timeout(tmp_path: Path, extra: str) -> None:
     key = extra.split(":")[0] + "." + extra.split("{")[1].split(":")[0]
@@ -378,3 +394,30 @@ def test_countdowns_must_stay_below_the_visibility_timeout(tmp_path: Path, extra
         "REDIS_VISIBILITY_TIMEOUT (3600 s): Redis would redeliver a job waiting that long and it "
         f"would run twice. Lower {key} or raise REDIS_VISIBILITY_TIMEOUT to at least 3601 seconds."
     )
+
+
+def test_the_default_open_time_cap_must_stay_below_the_visibility_timeout(tmp_path: Path) -> None:
+    key = "circuit_breaker.max_reset_timeout_ms"
+    assert error_for(tmp_path, entry("circuit_breaker: {reset_timeout_ms: 900000}")) == (
+        f"integration 'shop': key '{key}' is 3600000 ms (by default 4 x reset_timeout_ms), which "
+        "is not below REDIS_VISIBILITY_TIMEOUT (3600 s): Redis would redeliver a job waiting that "
+        f"long and it would run twice. Lower {key} or raise REDIS_VISIBILITY_TIMEOUT to at least "
+        "3601 seconds."
+    )
+    fixed = entry("circuit_breaker: {reset_timeout_ms: 900000, max_reset_timeout_ms: 1800000}")
+    breaker = load(tmp_path, fixed).get("shop").circuit_breaker
+    assert (breaker.reset_timeout_ms, breaker.reset_cap_ms) == (900000, 1800000)
+
+
+def test_open_time_backoff_keys(tmp_path: Path) -> None:
+    text = entry("""
+        circuit_breaker:
+          reset_timeout_ms: 2000
+          reset_backoff_factor: 1.5
+          max_reset_timeout_ms: 2000
+    """)
+    breaker = load(tmp_path, text).get("shop").circuit_breaker
+    assert (breaker.reset_backoff_factor, breaker.max_reset_timeout_ms) == (1.5, 2000)
+    assert breaker.reset_cap_ms == 2000
+    fixed = load(tmp_path, entry("circuit_breaker: {reset_backoff_factor: 1}"))
+    assert fixed.get("shop").circuit_breaker.reset_backoff_factor == 1.0

@@ -1,0 +1,403 @@
+"""Overhead when all is well: a plain Celery autoretry task against our full path.
+
+Run from the repository root (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432):
+
+    .venv/bin/python -m tests.bench.bench_overhead            # about 5 minutes
+    .venv/bin/python -m tests.bench.bench_overhead --only plain,ours -n 1000
+
+Each run enqueues N GETs with no worker running, then starts a `celery worker -P prefork -c 2`
+that drains them from the same Redis broker (db 15, a throw-away key prefix) while a fault
+server process (mode ok) answers. Throughput is (N - 1) / (last - first upstream request time),
+the same measure for every run; for our runs the audit trail's first attempt start to last job
+finish is reported too. Runs:
+
+    plain       tests/bench/plain_app.py: autoretry_for, retry_backoff, acks_late, requests.get
+    ours        recovery.enqueue -> tasks.integration.call, production configuration
+    timing      ours, every pipeline step wrapped in perf_counter (bench-only monkeypatching)
+    profile     ours under cProfile in each pool process (profile written to results/)
+    no-audit, no-events, no-gates, no-metrics, lean: ours with that cost removed (ablations)
+
+Writes tests/bench/results/overhead.json and overhead_profile.txt. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import cProfile
+import functools
+import io
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "tests" / "bench" / "results"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+RUNS = ("plain", "ours", "timing", "profile", "no-audit", "no-events", "no-gates",
+        "no-metrics", "lean")
+ABLATIONS = {"no-audit": ("no-audit",), "no-events": ("no-events",), "no-gates": ("no-gates",),
+             "no-metrics": (), "lean": ("no-audit", "no-events", "no-gates")}
+WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
+                "--without-heartbeat", "-l", "info"]
+
+# --- the bench-only harness, installed in the worker before it forks its pool ---------------
+
+_spent: collections.Counter[str] = collections.Counter()
+_calls: collections.Counter[str] = collections.Counter()
+_profile: list[cProfile.Profile] = []
+_task_started = [0.0]
+BODY = "task body (prerun..postrun)"
+
+
+def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _spent[label] += time.perf_counter() - started
+            _calls[label] += 1
+
+    return wrapper
+
+
+def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @contextlib.contextmanager
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[None]:
+        started = time.perf_counter()
+        with fn(*args, **kwargs):
+            _spent[label] += time.perf_counter() - started
+            yield
+            started = time.perf_counter()
+        _spent[label] += time.perf_counter() - started
+        _calls[label] += 1
+
+    return wrapper
+
+
+def _steps() -> list[tuple[Any, str, str]]:
+    """(owner, attribute, label) of every step of a successful delivery."""
+    import recovery.pipeline as pipeline
+    import recovery.worker as worker
+    import tasks.integration as task
+    from recovery.audit.writer import AuditWriter
+    from recovery.auth import TokenProvider
+    from recovery.breaker import ClusterBreaker
+    from recovery.idempotency import IdempotencyStore
+    from recovery.ratelimit import ClusterRateLimiter
+
+    return [
+        (task, "run_job", "run_job (all steps)"), (worker, "count_delivery", "poison guard"),
+        (IdempotencyStore, "claim", "idempotency claim"),
+        (IdempotencyStore, "release", "idempotency release"),
+        (ClusterRateLimiter, "acquire", "rate-limit gate"),
+        (ClusterBreaker, "acquire", "breaker acquire"),
+        (ClusterBreaker, "record", "breaker record"),
+        (AuditWriter, "job_started", "audit job_started"),
+        (AuditWriter, "attempt", "audit attempt"),
+        (AuditWriter, "job_status", "audit job_status"),
+        (TokenProvider, "token_for", "oauth token"),
+        (pipeline, "send", "http call"), (pipeline, "observe_call", "metrics"),
+        (pipeline, "response_body", "response body"), (pipeline, "remember", "cache fallback"),
+        (pipeline, "redact_params", "redaction"), (task, "job_context", "log context"),
+    ]
+
+
+def _disable(features: set[str]) -> None:
+    """Remove whole costs (ablations): what throughput would be without them."""
+    from recovery.audit.writer import AuditWriter
+    from recovery.breaker import ClusterBreaker, Permit
+    from recovery.celery_app import app
+    from recovery.idempotency import Claim, IdempotencyStore
+    from recovery.ratelimit import ClusterRateLimiter
+
+    if "no-audit" in features:
+        for name in ("job_started", "attempt", "job_status"):
+            setattr(AuditWriter, name, lambda *_, **__: True)
+    if "no-events" in features:
+        app.conf.worker_send_task_events = False
+    if "no-gates" in features:
+        import recovery.worker as worker
+
+        worker.count_delivery = lambda *_: 1  # type: ignore[assignment]
+        IdempotencyStore.claim = lambda *_: Claim.CLAIMED  # type: ignore[method-assign]
+        IdempotencyStore.release = lambda *_, **__: None  # type: ignore[method-assign]
+        ClusterRateLimiter.acquire = lambda *_: 0.0  # type: ignore[method-assign]
+        ClusterBreaker.acquire = lambda self: Permit(self.integration, False, None)  # type: ignore
+
+
+def _install(features: set[str], out_dir: Path) -> None:
+    from celery import signals
+
+    _disable(features)
+    if "timing" in features:
+        for owner, name, label in _steps():
+            wrap = _timed_context if name == "job_context" else _timed
+            setattr(owner, name, wrap(label, getattr(owner, name)))
+
+        @signals.task_prerun.connect
+        def _start(**_: Any) -> None:
+            _task_started[0] = time.perf_counter()
+
+        @signals.task_postrun.connect
+        def _stop(**_: Any) -> None:
+            _spent[BODY] += time.perf_counter() - _task_started[0]
+            _calls[BODY] += 1
+            if _calls[BODY] % 200 == 0:
+                _dump(out_dir)
+
+    if "profile" in features:
+        @signals.worker_process_init.connect
+        def _begin(**_: Any) -> None:
+            _profile.append(cProfile.Profile())
+            _profile[0].enable()
+
+    @signals.worker_process_shutdown.connect
+    def _end(**_: Any) -> None:
+        _dump(out_dir)
+
+
+def _dump(out_dir: Path) -> None:
+    if _profile:
+        _profile[0].disable()
+        _profile[0].dump_stats(out_dir / f"{os.getpid()}.prof")
+    if _calls:
+        data = {k: [_calls[k], v] for k, v in _spent.items()}
+        (out_dir / f"{os.getpid()}.json").write_text(json.dumps(data))
+
+
+def harness_main(argv: list[str]) -> None:
+    """`-m tests.bench.bench_overhead --harness FEATURES DIR -- worker args`: a patched worker."""
+    features, out_dir = set(argv[0].split(",")) - {""}, Path(argv[1])
+    _install(features, out_dir)
+    from recovery.celery_app import app
+
+    app.worker_main(["worker", *argv[3:]])
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], command: list[str], log_path: Path) -> None:
+        self._log = log_path.open("wb")
+        self.log_path = log_path
+        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while b"ready." not in log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"The worker did not start; see {log_path}.")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._log.close()
+
+
+class Bench:
+    def __init__(self, n: int, work: Path) -> None:
+        self.n, self.work = n, work
+        self.prefix = f"bench-{uuid.uuid4().hex[:10]}:"
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.db_name = f"t_bench_{uuid.uuid4().hex[:12]}"
+        self.upstream = subprocess.Popen(
+            [sys.executable, "-m", "recovery.faultserver", "--port", "0"], cwd=REPO,
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.upstream.stdout is not None
+        self.url = self.upstream.stdout.readline().split()[-1]
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.database_url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{self.db_name}"
+        integrations = work / "integrations.yaml"
+        integrations.write_text(yaml.safe_dump({"integrations": [{
+            "id": "bench", "base_url": self.url, "timeout_ms": 10_000,
+            "retry": {"max_attempts": 3, "initial_delay_ms": 1000, "backoff_factor": 2,
+                      "max_delay_ms": 30_000, "jitter": 0.2},
+            "circuit_breaker": {"threshold": 5, "reset_timeout_ms": 30_000},
+            "fallbacks": [], "rate_limit": {"window_ms": 1000, "max_requests": 100_000}}]}))
+        self.env = {**os.environ, "REDIS_URL": REDIS_URL, "RECOVERY_REDIS_PREFIX": self.prefix,
+                    "DATABASE_URL": self.database_url, "RECOVERY_INTEGRATIONS": str(integrations),
+                    "LOG_LEVEL": "info", "BENCH_REDIS_URL": REDIS_URL, "BENCH_PREFIX": self.prefix,
+                    "PYTHONPATH": str(REPO)}
+        self.env.pop("SENTRY_DSN", None)
+        os.environ.update({k: self.env[k] for k in ("REDIS_URL", "RECOVERY_REDIS_PREFIX",
+                          "DATABASE_URL", "RECOVERY_INTEGRATIONS", "BENCH_REDIS_URL",
+                          "BENCH_PREFIX")})
+        from recovery.db import upgrade
+
+        upgrade(self.database_url)
+
+    def close(self) -> None:
+        self.upstream.terminate()
+        self.upstream.wait(timeout=10)
+        keys = list(self.redis.scan_iter(match=f"{self.prefix}*", count=1000))
+        if keys:
+            self.redis.delete(*keys)
+        from recovery.runtime import reset_runtime
+
+        reset_runtime()
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+
+    def run(self, name: str) -> dict[str, Any]:
+        requests.post(f"{self.url}/_reset", timeout=10).raise_for_status()
+        load_before = os.getloadavg()[0]
+        enqueue_s, queue = self._enqueue(name)
+        out_dir = self.work / name
+        out_dir.mkdir()
+        env = dict(self.env)
+        if name in ("no-metrics", "lean"):
+            env["METRICS_ENABLED"] = "false"
+        features = {"plain": "", "ours": ""}.get(name, ",".join(ABLATIONS.get(name, (name,))))
+        if name in ("plain", "ours"):
+            app = "tests.bench.plain_app" if name == "plain" else "recovery.celery_app"
+            command = [sys.executable, "-m", "celery", "-A", app, "worker", *WORKER_FLAGS,
+                       "-n", f"{name}-{self.prefix}@%h"]
+            command += ["-Q", queue] if name == "plain" else []
+        else:
+            command = [sys.executable, "-m", "tests.bench.bench_overhead", "--harness",
+                       features, str(out_dir), "--", *WORKER_FLAGS, "-n", f"ours-{name}@%h"]
+        worker = Worker(env, command, self.work / f"{name}.log")
+        try:
+            self._wait_drained(queue)
+        finally:
+            worker.stop()
+        return self._result(name, enqueue_s, load_before, out_dir)
+
+    def _enqueue(self, name: str) -> tuple[float, str]:
+        started = time.perf_counter()
+        if name == "plain":
+            from tests.bench.plain_app import QUEUE, TASK_NAME, app
+
+            for i in range(self.n):
+                app.send_task(TASK_NAME, args=[f"{self.url}/plain/{i}"])
+            return time.perf_counter() - started, QUEUE
+        import recovery
+
+        for i in range(self.n):
+            recovery.enqueue("bench", "GET", f"/ours/{i}")
+        return time.perf_counter() - started, "integrations"
+
+    def _wait_drained(self, queue: str, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            served = requests.get(f"{self.url}/_stats", timeout=10).json()["requests"]
+            busy = self.redis.llen(f"{self.prefix}{queue}") + self.redis.hlen(
+                f"{self.prefix}unacked")
+            if served >= self.n and busy == 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"The worker did not drain {self.n} jobs in {timeout_s} s.")
+
+    def _result(self, name: str, enqueue_s: float, load: float, out_dir: Path) -> dict[str, Any]:
+        records = requests.get(f"{self.url}/_requests", timeout=30).json()
+        times = sorted(r["time"] for r in records)
+        statuses = collections.Counter(r["status"] for r in records)
+        result: dict[str, Any] = {
+            "run": name, "n": self.n, "upstream_requests": len(records),
+            "upstream_statuses": {str(k): v for k, v in statuses.items()},
+            "tasks_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1),
+            "enqueue_per_s": round(self.n / enqueue_s, 1), "load_before": round(load, 2),
+            "load_after": round(os.getloadavg()[0], 2)}
+        if name != "plain":
+            result.update(self._audit_rate())
+        steps = _merge_steps(out_dir)
+        if steps:
+            result["steps_ms_per_job"] = {k: round(v / self.n * 1000, 3) for k, v in steps.items()}
+        profiles = sorted(out_dir.glob("*.prof"))
+        if profiles:
+            _write_profile(profiles)
+        return result
+
+    def _audit_rate(self) -> dict[str, Any]:
+        sql = ("SELECT count(*) FILTER (WHERE status = 'succeeded'), extract(epoch FROM "
+               "max(finished_at) - (SELECT min(started_at) FROM attempts)) FROM jobs")
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute(sql).fetchone()
+            conn.execute("TRUNCATE attempts, jobs CASCADE")
+        assert row is not None
+        done, span = row
+        rate = round((done - 1) / float(span), 1) if done and span else None
+        return {"audit_succeeded": done, "audit_tasks_per_s": rate}
+
+
+def _merge_steps(out_dir: Path) -> dict[str, float]:
+    total: collections.Counter[str] = collections.Counter()
+    for path in out_dir.glob("*.json"):
+        for label, (_, seconds) in json.loads(path.read_text()).items():
+            total[label] += seconds
+    return dict(total.most_common())
+
+
+def _write_profile(paths: list[Path]) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(*(str(p) for p in paths), stream=out)
+    stats.strip_dirs().sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+    (RESULTS / "overhead_profile.txt").write_text(out.getvalue())
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--harness":
+        harness_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=3000, help="jobs per run (default 3000)")
+    parser.add_argument("--only", default=",".join(RUNS), help=f"runs, from {','.join(RUNS)}")
+    parser.add_argument("--label", default="", help="a note stored with the results")
+    args = parser.parse_args()
+    names = [name for name in args.only.split(",") if name]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        parser.error(f"Unknown runs {unknown}; choose from {', '.join(RUNS)}.")
+    RESULTS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        bench = Bench(args.n, Path(tmp))
+        try:
+            runs = []
+            for name in names:
+                runs.append(bench.run(name))
+                print(json.dumps(runs[-1]), flush=True)
+        finally:
+            bench.close()
+    report = {"label": args.label, "machine": _machine(), "runs": runs}
+    base = next((r["tasks_per_s"] for r in runs if r["run"] == "plain"), None)
+    if base:
+        report["ratios_to_plain"] = {r["run"]: round(r["tasks_per_s"] / base, 3) for r in runs}
+    (RESULTS / "overhead.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report.get("ratios_to_plain", {}), indent=2))
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg": os.getloadavg(),
+            "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+if __name__ == "__main__":
+    main()
