@@ -107,7 +107,7 @@ def wait_for_room_ms(
     for start in sorted(retries):
         left -= retries[start]
         remaining_firsts = sum(count for slot, count in firsts.items() if slot > start)
-        if left + 1 <= config.allowance(sum(firsts.values())):
+        if left + 1 <= config.allowance(remaining_firsts):
             return max(start + config.window_ms - now_ms, 1.0)
     return float(config.window_ms)
 

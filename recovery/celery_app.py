@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
+from celery.worker.request import Request
 from kombu import Queue
 
 from recovery.settings import Settings, get_settings
@@ -57,8 +58,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class RedactedRequest(Request):
+    """A task request whose inspect replies (`scheduled`, `reserved`, `active`, `query_task`)
+    show the producer's argsrepr/kwargsrepr, never the raw arguments with their secrets:
+    Flower's worker page and `/api/workers` print these replies."""
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return dict(super().info(safe=True))
+
+
+class RedactedTask(Task):
+    Request = RedactedRequest
+
+
 def make_celery(settings: Settings) -> Celery:
-    application = Celery(settings.service_name)
+    application = Celery(settings.service_name, task_cls=RedactedTask)
     application.conf.update(celery_config(settings))
     return application
 

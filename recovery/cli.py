@@ -143,7 +143,7 @@ def test_call(integration: str, method: str, path: str, body: str | None, verbos
         fail(str(exc))
     steps = run_synchronously(job, runtime, on_step=_print_step if verbose else None)
     final = steps[-1]
-    click.echo(f"outcome: {final.status}  attempts: {final.progress.attempt}  "
+    click.echo(f"outcome: {final.status}  attempts: {final.attempts}  "
                f"http_status: {final.http_status}  strategy: {final.strategy}  "
                f"fallback: {final.fallback}")
     if final.body is not None:
@@ -153,7 +153,7 @@ def test_call(integration: str, method: str, path: str, body: str | None, verbos
 
 def _print_step(step: Any) -> None:
     wait = f", next in {step.countdown_s:.2f} s" if step.countdown_s else ""
-    made = step.progress.attempt - 1 if step.status == "retry" else step.progress.attempt
+    made = step.attempts if step.status == "retry" else step.progress.attempt
     click.echo(f"  attempt {made}: {step.status}{wait}. {step.reason}")
 
 

@@ -62,7 +62,7 @@ def _breaker_row(rt: Runtime, integration: Any) -> dict[str, Any]:
     return {"integration": integration.id, "state": snap.state,
             "consecutive_failures": snap.consecutive_failures,
             "window_calls": snap.window_calls, "window_failures": snap.window_failures,
-            "time_to_half_open_s": snap.time_to_half_open_s}
+            "time_to_half_open_s": snap.time_to_half_open_s, "backend": snap.backend}
 
 
 def _read_queues(rt: Runtime, frame: Frame) -> None:
@@ -104,8 +104,9 @@ def render(frame: Frame) -> str:
     for row in frame.breakers:
         wait = row.get("time_to_half_open_s")
         extra = f"  half-open in {wait:.1f} s" if wait else ""
+        local = "  (this process only: Redis unreachable)" if row.get("backend") == "local" else ""
         detail = (f"  error: {row['error']}" if "error" in row else
-                  f"  failures in a row: {row['consecutive_failures']}{extra}")
+                  f"  failures in a row: {row['consecutive_failures']}{extra}{local}")
         lines.append(f"  {row['integration']:<24} {row['state']:<10}{detail}")
     if not frame.breakers:
         lines.append("  (no integrations are configured)")
@@ -127,7 +128,7 @@ def render(frame: Frame) -> str:
     lines += ["", "Recent failures"]
     for row in frame.failures:
         message = (row["error"] or "")[:MESSAGE_CHARS]
-        lines.append(f"  {row['at'][11:19]}  {row['integration']:<20} {row['method']} "
+        lines.append(f"  {row['at'][11:19]}  {row['integration']:<24} {row['method']} "
                      f"{row['path'][:30]}  {row['decision']}  {message}")
     if not frame.failures:
         lines.append("  none")

@@ -41,10 +41,12 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 @dataclass(frozen=True)
 class Step:
-    """What one delivery decided. `countdown_s` is set for retry and defer."""
+    """What one delivery decided. `countdown_s` is set for retry and defer; `progress` is what
+    the next delivery starts from."""
 
     status: StepStatus
     progress: Progress
+    attempts: int  # real calls made so far; deferrals and duplicates make none
     countdown_s: float | None = None
     http_status: int | None = None
     body: Any = None
@@ -167,7 +169,7 @@ def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integ
                         deferrals=progress.deferrals, outcome=f"HTTP {result.response.status_code}",
                         strategy=strategy, last_status=result.response.status_code,
                         finished=True)
-    return Step("succeeded", progress, http_status=result.response.status_code, body=body,
+    return Step("succeeded", progress, progress.attempt, http_status=result.response.status_code, body=body,
                 strategy=strategy, reason="The upstream answered successfully.")
 
 
@@ -190,7 +192,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
                             last_status=failure.status, last_error=failure.message)
         observe_retry_scheduled(integration.id, decision.delay_source or "backoff")
         nxt = replace(progress.next_attempt(), recovered_by=decision.strategy)
-        return Step("retry", nxt, countdown_s=decision.delay_s, http_status=failure.status,
+        return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s, http_status=failure.status,
                     strategy=decision.strategy, failure=failure, reason=decision.reason)
     return _give_up(job, progress, rt, integration, decision, failure)
 
@@ -209,7 +211,7 @@ def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
         delay = min(decision.delay_s if decision.delay_s is not None else max(wait_s, 0.0),
                     max_countdown_s(rt))
         rt.audit.job_status(job.job_id, "deferred", deferrals=progress.deferrals + 1)
-        return Step("defer", progress.deferred(delay), countdown_s=delay,
+        return Step("defer", progress.deferred(delay), progress.attempt - 1, countdown_s=delay,
                     strategy=decision.strategy, reason=decision.reason)
     return _give_up(job, progress, rt, integration, decision, None)
 
@@ -228,13 +230,13 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
                                 outcome=f"served by {served.kind} fallback",
                                 strategy="graceful-degradation", fallback_used=served.kind,
                                 last_status=status, last_error=message, finished=True)
-            return Step("degraded", progress, http_status=served.http_status, body=served.body,
+            return Step("degraded", progress, spent, http_status=served.http_status, body=served.body,
                         strategy="graceful-degradation", fallback=served.kind, failure=failure,
                         reason=f"Served by the {served.kind} fallback. {decision.reason}")
     if rt.settings.dlq_enabled:
-        return Step("dead", progress, http_status=status, strategy="dead-letter-queue",
+        return Step("dead", progress, spent, http_status=status, strategy="dead-letter-queue",
                     failure=failure, reason=decision.reason)
-    return Step("failed", progress, http_status=status, strategy=decision.strategy,
+    return Step("failed", progress, spent, http_status=status, strategy=decision.strategy,
                 failure=failure, reason=decision.reason)
 
 
@@ -245,7 +247,7 @@ def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         error_message="This idempotency key already succeeded; the call was not repeated."))
     rt.audit.job_status(job.job_id, "duplicate", outcome="idempotency key already succeeded",
                         finished=True)
-    return Step("duplicate", progress, reason="The idempotency key already succeeded.")
+    return Step("duplicate", progress, progress.attempt - 1, reason="The idempotency key already succeeded.")
 
 
 def _record_attempt(job: JobSpec, number: int, result: CallResult, action: str, rt: Runtime,

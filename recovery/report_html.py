@@ -16,7 +16,7 @@ CLASS_COLOURS = {
     "server_error": "#8c564b", "client_error": "#1f77b4", "transient": "#e377c2",
     "unknown": "#7f7f7f",
 }
-CHART_W, CHART_H, PAD_L, PAD_B, PAD_T = 900, 260, 48, 42, 12
+CHART_W, CHART_H, PAD_L, PAD_R, PAD_B, PAD_T = 900, 260, 48, 40, 42, 12
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;
@@ -61,7 +61,8 @@ def render_html(report: dict[str, Any]) -> str:
                  ["integration", "recoveries", "mean_ms", "max_ms", "failing_since"]),
         _section("Fallback use", report["fallbacks"], ["integration", "fallback", "jobs"]),
         _section("Dead-letter queue (parked now)", report["dlq"]["by_integration"],
-                 ["integration", "parked", "oldest_dead_at", "oldest_age_s"]),
+                 ["integration", "parked", "oldest_dead_at", "oldest_age_s"],
+                 "No dead letters are parked."),
         _section("Slowest endpoints", report["slowest_endpoints"],
                  ["integration", "method", "path", "calls", "p95_ms", "max_ms"]),
         "</body></html>",
@@ -75,14 +76,16 @@ def _cards(items: Sequence[tuple[str, Any]]) -> str:
     return f"<div class='cards'>{cards}</div>"
 
 
-def _section(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    return f"<h2>{escape(title)}</h2>{table(rows, columns)}"
+def _section(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
+             empty: str = "Nothing in this window.") -> str:
+    return f"<h2>{escape(title)}</h2>{table(rows, columns, empty)}"
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """An HTML table of `rows` (numbers right-aligned); a short note when there are none."""
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
+          empty: str = "Nothing in this window.") -> str:
+    """An HTML table of `rows` (numbers right-aligned); the `empty` note when there are none."""
     if not rows:
-        return "<p class='empty'>Nothing in this window.</p>"
+        return f"<p class='empty'>{escape(empty)}</p>"
 
     def cell(tag: str, value: Any, numeric: bool) -> str:
         css = " class='n'" if numeric else ""
@@ -108,12 +111,12 @@ def timeline_svg(buckets: Sequence[dict[str, Any]]) -> str:
     """Stacked bars of failed calls per bucket, coloured by error class."""
     ticks = _ticks(max((b["failures"] for b in buckets), default=0))
     top = ticks[-1] or 1
-    plot_w, plot_h = CHART_W - PAD_L - 8, CHART_H - PAD_B - PAD_T
+    plot_w, plot_h = CHART_W - PAD_L - PAD_R, CHART_H - PAD_B - PAD_T
     slot = plot_w / max(len(buckets), 1)
     out = [_svg_open(CHART_W, CHART_H, "Failed calls over time")]
     for tick in ticks:
         y = PAD_T + plot_h - plot_h * tick / top
-        out.append(f"<line x1='{PAD_L}' x2='{CHART_W - 8}' y1='{y:.1f}' y2='{y:.1f}' "
+        out.append(f"<line x1='{PAD_L}' x2='{CHART_W - PAD_R}' y1='{y:.1f}' y2='{y:.1f}' "
                    f"stroke='#eee'/><text x='{PAD_L - 6}' y='{y + 4:.1f}' "
                    f"text-anchor='end'>{tick}</text>")
     label_every = max(1, len(buckets) // 8)
@@ -130,7 +133,7 @@ def timeline_svg(buckets: Sequence[dict[str, Any]]) -> str:
         if i % label_every == 0:
             out.append(f"<text x='{x + slot / 2:.1f}' y='{CHART_H - PAD_B + 16}' "
                        f"text-anchor='middle'>{escape(_clock(bucket['start']))}</text>")
-    out.append(f"<line x1='{PAD_L}' x2='{CHART_W - 8}' y1='{PAD_T + plot_h}' "
+    out.append(f"<line x1='{PAD_L}' x2='{CHART_W - PAD_R}' y1='{PAD_T + plot_h}' "
                f"y2='{PAD_T + plot_h}' stroke='#999'/></svg>")
     return "".join(out)
 

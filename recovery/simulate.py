@@ -31,7 +31,6 @@ from sqlalchemy import inspect
 from recovery.audit.queries import get_job
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
-from recovery.errors import ErrorCategory
 from recovery.faultserver import FaultServer
 from recovery.jobs import JobSpec
 from recovery.pipeline import Step
@@ -50,7 +49,9 @@ from recovery.runtime import Runtime
 from recovery.settings import Settings, load_settings
 from recovery.synchronous import run_synchronously
 
-ERROR_TYPES = tuple(category.value for category in ErrorCategory)
+#: Every error category of `recovery.errors.ErrorCategory`, in the original command's order.
+ERROR_TYPES = ("network", "rate_limit", "server_error", "authentication", "client_error",
+               "transient", "unknown")
 ODD_STATUS = 799
 BREAKER_RESET_MS = 30_000
 MAX_DEFER_MS = 2_000
@@ -66,7 +67,8 @@ class SimulationSetupError(RuntimeError):
 
 
 class Upstream(Protocol):
-    url: str
+    @property
+    def url(self) -> str: ...
 
     def requests(self) -> list[dict[str, Any]]: ...
 
@@ -137,13 +139,19 @@ SCENARIOS: dict[str, Scenario] = {s.error_type: s for s in (
 
 @dataclass
 class SimulationResult:
-    """The original design's recovery result, plus where it came from."""
+    """The original design's recovery result, plus where it came from.
+
+    `strategy` is the one the first failure engaged (the final step's when nothing failed);
+    `attempts` counts attempt numbers, `calls` the HTTP calls in the audit trail (a token
+    refresh repeats the call within one attempt).
+    """
 
     error_type: str
     description: str
     integration: str
     mode: str
     upstream_url: str
+    redis_prefix: str
     job_id: str
     outcome: str
     success: bool
@@ -334,7 +342,7 @@ def _finish(rt: Runtime, job: JobSpec, final: Step) -> bool:
         return True
     if final.status == "failed":
         failure = final.failure
-        rt.audit.job_status(job.job_id, "failed", attempts=final.progress.attempt,
+        rt.audit.job_status(job.job_id, "failed", attempts=final.attempts,
                             outcome=final.reason, strategy=final.strategy,
                             last_status=failure.status if failure else None,
                             last_error=failure.message if failure else None, finished=True)
@@ -345,22 +353,23 @@ def _result(scenario: Scenario, ctx: Context, mode: str, job: JobSpec, final: St
             taken: list[Step], elapsed_ms: int, queued: bool) -> SimulationResult:
     audited = get_job(ctx.rt.engine, job.job_id) or {"attempts": []}
     calls = [row for row in audited["attempts"] if row["kind"] == "call"]
-    strategy = final.strategy or next(
-        (row["strategy"] for row in calls if row["strategy"]), None)
+    strategy = next((row["strategy"] for row in calls
+                     if row["decision"] != "done" and row["strategy"]), final.strategy)
     snapshot = ctx.rt.breaker(ctx.integration).snapshot()
     api_requests = [r for r in ctx.upstream.requests()
                     if not str(r["path"]).startswith(("/oauth/", "/health"))]
     return SimulationResult(
         error_type=scenario.error_type, description=scenario.description,
         integration=ctx.integration.id, mode=mode, upstream_url=ctx.upstream.url,
+        redis_prefix=ctx.rt.settings.redis_key_prefix,
         job_id=job.job_id, outcome=final.status,
         success=final.status in ("succeeded", "degraded"), strategy=strategy,
-        attempts=final.progress.attempt, calls=len(calls),
+        attempts=final.attempts, calls=len(calls),
         upstream_requests=len(api_requests), recovery_time_ms=elapsed_ms,
         fallback_used=final.fallback,
         breaker_tripped=snapshot.state in ("open", "half_open") or snapshot.opened_at is not None,
         queued_for_later=queued, http_status=final.http_status, reason=final.reason,
-        steps=[{"status": s.status, "attempt": s.progress.attempt, "countdown_s": s.countdown_s,
+        steps=[{"status": s.status, "attempts": s.attempts, "countdown_s": s.countdown_s,
                 "http_status": s.http_status, "strategy": s.strategy, "reason": s.reason}
                for s in taken])
 

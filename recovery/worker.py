@@ -65,9 +65,9 @@ def guard_delivery(job: JobSpec, progress: Progress, rt: Runtime, request: Any) 
           job_id=job.job_id, deliveries=deliveries)
     failure = poison_classification(deliveries)
     if rt.settings.dlq_enabled:
-        return Step("dead", progress, strategy="dead-letter-queue", failure=failure,
+        return Step("dead", progress, progress.attempt, strategy="dead-letter-queue", failure=failure,
                     reason=failure.message)
-    return Step("failed", progress, strategy="dead-letter-queue", failure=failure,
+    return Step("failed", progress, progress.attempt, strategy="dead-letter-queue", failure=failure,
                 reason=failure.message)
 
 
@@ -82,7 +82,7 @@ def finish_unsuccessful(job: JobSpec, step: Step, rt: Runtime) -> None:
     elif step.status == "failed":
         failure = step.failure
         rt.audit.job_status(
-            job.job_id, "failed", attempts=step.progress.attempt, outcome=step.reason,
+            job.job_id, "failed", attempts=step.attempts, outcome=step.reason,
             strategy=step.strategy, last_status=failure.status if failure else None,
             last_error=failure.message if failure else None, finished=True)
         log.error("job_failed", job_id=job.job_id, reason=step.reason)

@@ -1,7 +1,7 @@
 """SQLAlchemy models of the audit trail.
 
 Types are portable (JSON, not JSONB) because the demo runs the same schema on SQLite. All times
-are stored in UTC through :class:`UTCDateTime`. migrations/versions/0001_initial.py creates
+are stored in UTC through :class:`UTCDateTime`. The migrations in migrations/versions/ create
 exactly these tables; a test compares the two. The frozen records at the end are what callers
 hand to :class:`~recovery.audit.writer.AuditWriter`.
 """
@@ -154,6 +154,9 @@ class Job(Base):
     fallback_used: Mapped[str | None] = mapped_column(String(32))
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: The sequence number of the write that set the status; an older write never overwrites a
+    #: newer one, even when batching or the spool delivers it later (see recovery.audit.batch).
+    status_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Attempt(Base):

@@ -4,40 +4,44 @@ The audit trail explains what happened to a job; it is not where the job lives. 
 here ever raises: a failed write is logged (``audit_write_failed``) and reported by returning
 False, and the job carries on. Free text and request details are redacted again on the way in,
 so a caller that forgot cannot put a secret into the database.
+
+Job and attempt writes become `recovery.audit.batch.Op` values: written at once, or, in Celery
+workers, buffered and written in batches by `recovery.audit.spool.AuditBatcher`, which spools
+them to Redis while the database is away (see those modules).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import structlog
-from sqlalchemy import Connection, Engine, Table, case, update
+from sqlalchemy import Connection, Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import StatementError
 
+from recovery.audit.batch import Op, describe, execute_op, is_unavailable, next_seq, utc_iso
 from recovery.audit.models import (
-    TERMINAL_STATUSES,
     Alert,
-    Attempt,
+    AttemptDecision,
+    AttemptKind,
     AttemptRecord,
     BreakerTransition,
     DeadLetter,
     DeadLetterRecord,
     DeadLetterState,
     HealthCheck,
-    Job,
     JobStatus,
 )
+from recovery.audit.spool import AuditBatcher, RedisSpool, SpoolUnavailable, batching_enabled
 from recovery.redact import redact_params, redact_text, redact_url
 
-__all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord"]
+__all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord", "make_audit_writer"]
 
 log = structlog.get_logger(__name__)
 
-_JOBS: Table = Job.__table__  # type: ignore[assignment]
-_ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
 _TRANSITIONS: Table = BreakerTransition.__table__  # type: ignore[assignment]
 _HEALTH: Table = HealthCheck.__table__  # type: ignore[assignment]
 _DEAD: Table = DeadLetter.__table__  # type: ignore[assignment]
@@ -49,15 +53,35 @@ def utc_now() -> datetime:
 
 
 class AuditWriter:
-    """Audit-trail writes on one engine. Every method returns True on success, False otherwise."""
+    """Audit-trail writes on one engine. Every method returns True on success, False otherwise.
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
+    With a `batcher`, job and attempt writes are buffered and written in batches (True then
+    means accepted); with a `spool` and no batcher, a write the database cannot take right now
+    goes to the Redis spool instead. The other tables are always written at once.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now,
+                 batcher: AuditBatcher | None = None, spool: RedisSpool | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._batcher = batcher
+        self._spool = spool
 
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def batcher(self) -> AuditBatcher | None:
+        return self._batcher
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Write buffered job and attempt rows now (a no-op without a batcher)."""
+        return True if self._batcher is None else self._batcher.flush(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Flush and stop the batcher's thread; what cannot be written goes to the spool."""
+        return True if self._batcher is None else self._batcher.close(timeout_s)
 
     def job_queued(
         self,
@@ -75,26 +99,11 @@ class AuditWriter:
         published before this write) stays running.
         """
 
-        def write(conn: Connection) -> bool:
-            now = self._clock()
-            row = _new_job_row(job_id, integration, method, path, params, idempotency_key, now)
-            row.update(status=JobStatus.QUEUED.value, replay_count=replay_count)
-            stmt = self._insert(_JOBS).values(row)
-            finished = _JOBS.c.status.in_([status.value for status in TERMINAL_STATUSES])
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[_JOBS.c.id],
-                set_={
-                    "status": case((finished, JobStatus.QUEUED.value), else_=_JOBS.c.status),
-                    "replay_count": stmt.excluded.replay_count,
-                    "finished_at": case((finished, None), else_=_JOBS.c.finished_at),
-                    "updated_at": now,
-                },
-                where=_JOBS.c.replay_count < stmt.excluded.replay_count,
-            )
-            conn.execute(stmt)
-            return True
+        def build() -> Op:
+            values = _job_values(integration, method, path, params, idempotency_key, self._now())
+            return Op("job_queued", job_id, next_seq(), {**values, "replay_count": replay_count})
 
-        return self._guarded("jobs", write, job_id=job_id)
+        return self._record("jobs", build, job_id)
 
     def job_started(
         self,
@@ -110,24 +119,11 @@ class AuditWriter:
         write never arrived (the producer's database may have been down).
         """
 
-        def write(conn: Connection) -> bool:
-            now = self._clock()
-            row = _new_job_row(job_id, integration, method, path, params, idempotency_key, now)
-            row.update(status=JobStatus.RUNNING.value, attempts=attempt)
-            stmt = self._insert(_JOBS).values(row)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[_JOBS.c.id],
-                set_={
-                    "status": JobStatus.RUNNING.value,
-                    "attempts": attempt,
-                    "finished_at": None,
-                    "updated_at": now,
-                },
-            )
-            conn.execute(stmt)
-            return True
+        def build() -> Op:
+            values = _job_values(integration, method, path, params, idempotency_key, self._now())
+            return Op("job_started", job_id, next_seq(), {**values, "attempt": int(attempt)})
 
-        return self._guarded("jobs", write, job_id=job_id)
+        return self._record("jobs", build, job_id)
 
     def job_status(
         self,
@@ -146,59 +142,46 @@ class AuditWriter:
         """Update a job's status and whichever details are given; ``None`` leaves a field as is.
 
         ``fallback_used`` is the kind of fallback that answered (api, cache, default, degraded).
-        Returns False when the job has no row yet.
+        Returns False when the job has no row yet (written at once) or the status is unknown.
+        A write older than the job's latest (see `recovery.audit.batch`) changes nothing.
         """
 
-        def write(conn: Connection) -> bool:
-            now = self._clock()
-            values: dict[str, Any] = {"status": JobStatus(status).value, "updated_at": now}
-            optional = {
-                "attempts": attempts,
-                "deferrals": deferrals,
-                "outcome": _redacted_text(outcome),
-                "strategy": strategy,
-                "fallback_used": fallback_used,
-                "last_status": last_status,
-                "last_error": _redacted_text(last_error),
-            }
-            values.update({name: value for name, value in optional.items() if value is not None})
-            if finished:
-                values["finished_at"] = now
-            result = conn.execute(update(_JOBS).where(_JOBS.c.id == job_id).values(values))
-            if result.rowcount == 0:
-                log.warning("audit_job_missing", table="jobs", job_id=job_id, status=status)
-                return False
-            return True
+        def build() -> Op:
+            values = {"status": JobStatus(status).value, "now": self._now(),
+                      "attempts": attempts, "deferrals": deferrals,
+                      "outcome": _redacted_text(outcome), "strategy": strategy,
+                      "fallback_used": fallback_used, "last_status": last_status,
+                      "last_error": _redacted_text(last_error), "finished": bool(finished)}
+            return Op("job_status", job_id, next_seq(), values)
 
-        return self._guarded("jobs", write, job_id=job_id)
+        return self._record("jobs", build, job_id)
 
     def attempt(self, record: AttemptRecord) -> bool:
-        """Record one attempt. A repeated write with the same ``dedupe_key`` is ignored."""
+        """Record one attempt. A repeated write with the same ``dedupe_key`` is ignored; a
+        record without one gets a fresh key, which stays with it through batches and the spool.
+        """
 
-        def write(conn: Connection) -> bool:
-            row = {
-                "job_id": record.job_id,
-                "number": record.number,
-                "kind": record.kind,
-                "started_at": record.started_at,
-                "duration_ms": record.duration_ms,
+        def build() -> Op:
+            values = {
+                "number": int(record.number),
+                "kind": AttemptKind(record.kind).value,
+                "started_at": utc_iso(record.started_at),
+                "duration_ms": int(record.duration_ms),
                 "http_status": record.http_status,
                 "error_categories": sorted(str(c) for c in record.error_categories),
                 "retryable": record.retryable,
                 "error_message": _redacted_text(record.error_message),
-                "decision": record.decision,
+                "decision": AttemptDecision(record.decision).value,
                 "delay_ms": record.delay_ms,
                 "delay_source": record.delay_source,
                 "strategy": record.strategy,
                 "worker": record.worker,
                 "task_id": record.task_id,
-                "dedupe_key": record.dedupe_key,
+                "dedupe_key": record.dedupe_key or uuid.uuid4().hex,
             }
-            stmt = self._insert(_ATTEMPTS).values(row)
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=[_ATTEMPTS.c.dedupe_key]))
-            return True
+            return Op("attempt", record.job_id, next_seq(), values)
 
-        return self._guarded("attempts", write, job_id=record.job_id)
+        return self._record("attempts", build, record.job_id)
 
     def breaker_transition(
         self,
@@ -311,6 +294,46 @@ class AuditWriter:
 
         return self._guarded("alerts", write, integration=integration)
 
+    def _now(self) -> str:
+        return utc_iso(self._clock())
+
+    def _record(self, table: str, build: Callable[[], Op], job_id: str) -> bool:
+        """Build the op (bad input fails here, logged) and buffer or write it."""
+        try:
+            op = build()
+        except Exception as exc:
+            log.warning("audit_write_failed", table=table, error=describe(exc),
+                        error_type=type(exc).__name__, job_id=job_id)
+            return False
+        if self._batcher is not None:
+            return self._batcher.submit(op)
+        return self._write_now(table, op)
+
+    def _write_now(self, table: str, op: Op) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                written = execute_op(conn, op)
+        except Exception as exc:
+            if self._spool is not None and is_unavailable(exc) and self._spool_op(op):
+                return True
+            log.warning("audit_write_failed", table=table, error=describe(exc),
+                        error_type=type(exc).__name__, job_id=op.job_id)
+            return False
+        if not written:
+            log.warning("audit_job_missing", table=table, job_id=op.job_id,
+                        status=op.values.get("status"))
+        return written
+
+    def _spool_op(self, op: Op) -> bool:
+        assert self._spool is not None
+        try:
+            self._spool.append([op])
+        except SpoolUnavailable as exc:
+            log.error("audit_spool_unavailable", error=str(exc), job_id=op.job_id)
+            return False
+        log.warning("audit_spooled", kind=op.kind, job_id=op.job_id)
+        return True
+
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that supports ON CONFLICT on this engine's dialect."""
         if self._engine.dialect.name == "postgresql":
@@ -335,46 +358,43 @@ class AuditWriter:
             log.warning(
                 "audit_write_failed",
                 table=table,
-                error=_describe(exc),
+                error=describe(exc),
                 error_type=type(exc).__name__,
                 **context,
             )
             return False
 
 
-def _new_job_row(
-    job_id: str,
+def _job_values(
     integration: str,
     method: str,
     path: str,
     params: Mapping[str, Any] | None,
     idempotency_key: str | None,
-    now: datetime,
+    now: str,
 ) -> dict[str, Any]:
     return {
-        "id": job_id,
         "integration": integration,
         "method": method.upper(),
         "path": redact_url(path),
         "params": redact_params(params or {}),
         "idempotency_key": idempotency_key,
-        "attempts": 0,
-        "deferrals": 0,
-        "replay_count": 0,
-        "first_seen_at": now,
-        "updated_at": now,
+        "now": now,
     }
+
+
+def make_audit_writer(engine: Engine, client: redis.Redis | None, key_prefix: str) -> AuditWriter:
+    """The writer a runtime uses: batched in processes that called
+    `recovery.audit.spool.enable_batching` (Celery workers), written at once elsewhere (the
+    producer, the CLI: they read their own writes); both spool to Redis while the database is
+    away, when there is a Redis client.
+    """
+    spool = RedisSpool(client, key_prefix) if client is not None else None
+    if batching_enabled():
+        return AuditWriter(engine, batcher=AuditBatcher(engine, spool))
+    return AuditWriter(engine, spool=spool)
 
 
 def _redacted_text(text: str | None) -> str | None:
     """Redacted free text that any database accepts (PostgreSQL rejects NUL characters)."""
     return None if text is None else redact_text(text).replace("\x00", "\ufffd")
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description: the driver's message, without SQL or bound values."""
-    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
-    try:
-        return redact_text(str(cause).strip())[:500]
-    except Exception:
-        return type(cause).__name__

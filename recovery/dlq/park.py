@@ -49,7 +49,7 @@ def park(rt: Runtime, job: JobSpec, step: Step,
         job, categories=sorted(failure.categories) if failure else [],
         last_status=failure.status if failure else None,
         message=failure.message if failure else step.reason,
-        attempts=step.progress.attempt, dead_at=utc_now_iso())
+        attempts=step.attempts, dead_at=utc_now_iso())
     try:
         (sink or publish)(envelope)
     except (KombuOperationalError, redis.RedisError, OSError) as exc:
@@ -63,7 +63,7 @@ def park(rt: Runtime, job: JobSpec, step: Step,
         first_enqueued_at=parse_time(envelope.first_enqueued_at),
         envelope=envelope.to_message(), replay_count=envelope.replay_count,
         dead_at=parse_time(envelope.dead_at)))
-    rt.audit.job_status(job.job_id, "dead", attempts=step.progress.attempt, outcome=step.reason,
+    rt.audit.job_status(job.job_id, "dead", attempts=step.attempts, outcome=step.reason,
                         strategy="dead-letter-queue", last_status=envelope.last_status,
                         last_error=envelope.message, finished=True)
     log.error("job_dead_lettered", job_id=job.job_id, reason=step.reason)

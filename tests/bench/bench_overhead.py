@@ -153,33 +153,39 @@ def _install(features: set[str], out_dir: Path) -> None:
             wrap = _timed_context if name == "job_context" else _timed
             setattr(owner, name, wrap(label, getattr(owner, name)))
 
-        @signals.task_prerun.connect
+        @signals.task_prerun.connect(weak=False)
         def _start(**_: Any) -> None:
             _task_started[0] = time.perf_counter()
 
-        @signals.task_postrun.connect
+        @signals.task_postrun.connect(weak=False)
         def _stop(**_: Any) -> None:
             _spent[BODY] += time.perf_counter() - _task_started[0]
             _calls[BODY] += 1
-            if _calls[BODY] % 200 == 0:
+            if _calls[BODY] % 25 == 0:
                 _dump(out_dir)
 
     if "profile" in features:
-        @signals.worker_process_init.connect
+        @signals.worker_process_init.connect(weak=False)
         def _begin(**_: Any) -> None:
             _profile.append(cProfile.Profile())
             _profile[0].enable()
 
-    @signals.worker_process_shutdown.connect
+        @signals.task_postrun.connect(weak=False)
+        def _every(**_: Any) -> None:
+            _calls["_profiled"] += 1
+            if _calls["_profiled"] % 100 == 0:
+                _dump(out_dir)
+
+    @signals.worker_process_shutdown.connect(weak=False)
     def _end(**_: Any) -> None:
         _dump(out_dir)
 
 
 def _dump(out_dir: Path) -> None:
     if _profile:
-        _profile[0].disable()
-        _profile[0].dump_stats(out_dir / f"{os.getpid()}.prof")
-    if _calls:
+        _profile[0].dump_stats(out_dir / f"{os.getpid()}.prof")  # stops the profiler
+        _profile[0].enable()
+    if _spent:
         data = {k: [_calls[k], v] for k, v in _spent.items()}
         (out_dir / f"{os.getpid()}.json").write_text(json.dumps(data))
 
@@ -220,14 +226,16 @@ class Worker:
 
 
 class Bench:
-    def __init__(self, n: int, work: Path) -> None:
+    def __init__(self, n: int, work: Path, *, stock_upstream: bool = False) -> None:
         self.n, self.work = n, work
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}:"
         self.redis = redis.Redis.from_url(REDIS_URL)
         self.db_name = f"t_bench_{uuid.uuid4().hex[:12]}"
+        server = "recovery.faultserver" if stock_upstream else "tests.bench.bench_overhead"
         self.upstream = subprocess.Popen(
-            [sys.executable, "-m", "recovery.faultserver", "--port", "0"], cwd=REPO,
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
+            [sys.executable, "-m", server, *([] if stock_upstream else ["--upstream"]),
+             "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+            start_new_session=True)
         assert self.upstream.stdout is not None
         self.url = self.upstream.stdout.readline().split()[-1]
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
@@ -362,14 +370,30 @@ def _write_profile(paths: list[Path]) -> None:
     (RESULTS / "overhead_profile.txt").write_text(out.getvalue())
 
 
+def upstream_main(argv: list[str]) -> None:
+    """The fault server with Nagle's algorithm off (TCP_NODELAY), in its own process.
+
+    The stock handler writes the headers and the body in two small writes; on a kept-alive
+    connection the second waits for the client's delayed ACK, about 40 ms per request, which
+    would hide everything else a pooled client does.
+    """
+    from recovery import faultserver
+
+    faultserver._Handler.disable_nagle_algorithm = True
+    faultserver.main(argv)
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--harness":
-        harness_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] in ("--harness", "--upstream"):
+        (harness_main if sys.argv[1] == "--harness" else upstream_main)(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=3000, help="jobs per run (default 3000)")
     parser.add_argument("--only", default=",".join(RUNS), help=f"runs, from {','.join(RUNS)}")
     parser.add_argument("--label", default="", help="a note stored with the results")
+    parser.add_argument("--stock-upstream", action="store_true",
+                        help="the fault server as shipped (Nagle on; ~40 ms per pooled request)")
+    parser.add_argument("--out", default="overhead.json", help="results file in results/")
     args = parser.parse_args()
     names = [name for name in args.only.split(",") if name]
     unknown = sorted(set(names) - set(RUNS))
@@ -377,7 +401,7 @@ def main() -> None:
         parser.error(f"Unknown runs {unknown}; choose from {', '.join(RUNS)}.")
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        bench = Bench(args.n, Path(tmp))
+        bench = Bench(args.n, Path(tmp), stock_upstream=args.stock_upstream)
         try:
             runs = []
             for name in names:
@@ -385,11 +409,12 @@ def main() -> None:
                 print(json.dumps(runs[-1]), flush=True)
         finally:
             bench.close()
-    report = {"label": args.label, "machine": _machine(), "runs": runs}
+    upstream = "stock fault server" if args.stock_upstream else "fault server, TCP_NODELAY"
+    report = {"label": args.label, "machine": _machine(), "upstream": upstream, "runs": runs}
     base = next((r["tasks_per_s"] for r in runs if r["run"] == "plain"), None)
     if base:
         report["ratios_to_plain"] = {r["run"]: round(r["tasks_per_s"] / base, 3) for r in runs}
-    (RESULTS / "overhead.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report.get("ratios_to_plain", {}), indent=2))
 
 

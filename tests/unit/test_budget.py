@@ -187,7 +187,8 @@ def _reference_room(events: list[tuple[float, str]], at: float, config: RetryBud
 
 
 operations = st.lists(
-    st.tuples(st.sampled_from(["first", "retry"]), st.one_of(st.just(0), st.integers(0, 400))), max_size=60
+    st.tuples(st.sampled_from(["first", "retry"]), st.one_of(st.just(0), st.integers(0, 400))),
+    max_size=60,
 )
 
 

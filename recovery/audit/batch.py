@@ -1,0 +1,361 @@
+"""Audit writes as data (`Op`), and writing a batch of them in one transaction.
+
+The four writes every delivery makes (job_queued, job_started, job_status, attempt) become an
+`Op`: plain JSON-ready data, already redacted, so one op can be written at once, buffered and
+written in a batch, or parked in the Redis spool and replayed later. Writing an op twice changes
+nothing: attempts carry a unique ``dedupe_key`` (ON CONFLICT DO NOTHING), and every job write
+carries ``seq``, a per-process monotonic sequence stored in ``jobs.status_seq``, so a write
+never overwrites a newer one, whatever order the two reach the database in.
+
+On PostgreSQL a batch runs its job writes in order through one psycopg pipeline (one round trip)
+and then inserts every attempt with one INSERT ... SELECT FROM unnest(...). Attempts commute with
+job writes (they only need the job row to exist), so this is the same as writing in order. Other
+databases (SQLite, for the demo) run the SQLAlchemy statements one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.types.json import Json
+from sqlalchemy import Connection, Engine, Executable, Table, and_, case, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from recovery.audit.models import TERMINAL_STATUSES, Attempt, Job
+from recovery.redact import redact_text
+
+log = structlog.get_logger(__name__)
+
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+_ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
+
+OP_KINDS = frozenset({"job_queued", "job_started", "job_status", "attempt"})
+CREATES_JOB = frozenset({"job_queued", "job_started"})
+JOB_STATUS_FIELDS = ("attempts", "deferrals", "outcome", "strategy", "fallback_used",
+                     "last_status", "last_error")
+ATTEMPT_COLUMNS = ("job_id", "number", "kind", "started_at", "duration_ms", "http_status",
+                   "error_categories", "retryable", "error_message", "decision", "delay_ms",
+                   "delay_source", "strategy", "worker", "task_id", "dedupe_key")
+_TERMINAL_SQL = ", ".join(f"'{status.value}'" for status in sorted(TERMINAL_STATUSES))
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database did not answer (down, restarting, unreachable); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One audit write. ``values`` is JSON-ready: times are ISO 8601 strings in UTC."""
+
+    kind: str
+    job_id: str
+    seq: int
+    values: Mapping[str, Any]
+    born: float = field(default_factory=time.time)  # when made; bounds how long an orphan waits
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.kind, "j": self.job_id, "s": self.seq, "v": dict(self.values),
+                "b": self.born}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Op:
+        """Rebuild an op from `to_json` output; ValueError names what is wrong."""
+        try:
+            op = cls(kind=data["k"], job_id=data["j"], seq=data["s"], values=data["v"],
+                     born=float(data["b"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"A spooled audit op is malformed ({exc!r}); it is skipped.") from exc
+        if (op.kind not in OP_KINDS or not isinstance(op.job_id, str)
+                or not isinstance(op.seq, int) or not isinstance(op.values, dict)):
+            raise ValueError(f"A spooled audit op is malformed: kind {op.kind!r}; it is skipped.")
+        return op
+
+
+def encode_ops(ops: Iterable[Op]) -> str:
+    return json.dumps([op.to_json() for op in ops], separators=(",", ":"))
+
+
+def decode_ops(payload: str | bytes) -> list[Op]:
+    """The ops of one spool entry; ValueError when the entry is not a list of ops."""
+    try:
+        items = json.loads(payload)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"A spooled audit entry is not JSON ({exc}); it is skipped.") from exc
+    if not isinstance(items, list):
+        raise ValueError("A spooled audit entry is not a list of ops; it is skipped.")
+    return [Op.from_json(item) for item in items]
+
+
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def next_seq() -> int:
+    """Microseconds since the epoch, strictly increasing within this process.
+
+    Deliveries of one job are milliseconds apart at least (a broker round trip), so on one
+    host, and across hosts whose clocks agree to within that, later writes get larger numbers.
+    """
+    global _last_seq
+    with _seq_lock:
+        _last_seq = max(time.time_ns() // 1000, _last_seq + 1)
+        return _last_seq
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC; a naive datetime is taken to be UTC already."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database could not be reached, not that the data was bad."""
+    if isinstance(exc, DatabaseUnavailable | psycopg.OperationalError | psycopg.InterfaceError
+                  | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+# SQLAlchemy statements: every dialect; the only path on SQLite and for single writes.
+
+
+def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(
+        f"The audit trail supports PostgreSQL and SQLite, not {conn.dialect.name}. "
+        "Point DATABASE_URL at a PostgreSQL or SQLite database.")
+
+
+def _new_job_row(op: Op, status: str, attempts: int, replay_count: int) -> dict[str, Any]:
+    v, now = op.values, _when(op.values["now"])
+    return {"id": op.job_id, "integration": v["integration"], "method": v["method"],
+            "path": v["path"], "params": v["params"], "idempotency_key": v["idempotency_key"],
+            "status": status, "attempts": attempts, "deferrals": 0, "replay_count": replay_count,
+            "first_seen_at": now, "updated_at": now, "status_seq": op.seq}
+
+
+def _queued_statement(conn: Connection, op: Op) -> Executable:
+    """Create the row; on a replay (higher replay_count) queue a finished job again, unless a
+    newer write already moved it on."""
+    stmt = _insert(conn, _JOBS).values(_new_job_row(op, "queued", 0, op.values["replay_count"]))
+    new = stmt.excluded
+    reset = and_(_JOBS.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+                 _JOBS.c.status_seq <= new.status_seq)
+    return stmt.on_conflict_do_update(
+        index_elements=[_JOBS.c.id],
+        set_={"status": case((reset, "queued"), else_=_JOBS.c.status),
+              "finished_at": case((reset, None), else_=_JOBS.c.finished_at),
+              "status_seq": case((reset, new.status_seq), else_=_JOBS.c.status_seq),
+              "replay_count": new.replay_count, "updated_at": new.updated_at},
+        where=_JOBS.c.replay_count < new.replay_count)
+
+
+def _started_statement(conn: Connection, op: Op) -> Executable:
+    stmt = _insert(conn, _JOBS).values(_new_job_row(op, "running", op.values["attempt"], 0))
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[_JOBS.c.id],
+        set_={"status": "running", "attempts": new.attempts, "finished_at": None,
+              "updated_at": new.updated_at, "status_seq": new.status_seq},
+        where=_JOBS.c.status_seq <= new.status_seq)
+
+
+def _status_statement(op: Op) -> Executable:
+    v, now = op.values, _when(op.values["now"])
+    values: dict[str, Any] = {"status": v["status"], "updated_at": now, "status_seq": op.seq}
+    values.update({name: v[name] for name in JOB_STATUS_FIELDS if v.get(name) is not None})
+    if v.get("finished"):
+        values["finished_at"] = now
+    return (update(_JOBS).where(_JOBS.c.id == op.job_id, _JOBS.c.status_seq <= op.seq)
+            .values(values))
+
+
+def _attempt_row(op: Op) -> dict[str, Any]:
+    row = {name: op.values[name] for name in ATTEMPT_COLUMNS if name != "job_id"}
+    row.update(job_id=op.job_id, started_at=_when(op.values["started_at"]))
+    return row
+
+
+def execute_op(conn: Connection, op: Op) -> bool:
+    """Write one op with SQLAlchemy. False only for a job_status whose job has no row."""
+    if op.kind == "job_queued":
+        conn.execute(_queued_statement(conn, op))
+    elif op.kind == "job_started":
+        conn.execute(_started_statement(conn, op))
+    elif op.kind == "job_status":
+        if conn.execute(_status_statement(op)).rowcount == 0:
+            return bool(_existing_ids(conn, [op.job_id]))  # no row, or a newer write won
+    else:
+        stmt = _insert(conn, _ATTEMPTS).values(_attempt_row(op))
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=[_ATTEMPTS.c.dedupe_key]))
+    return True
+
+
+# PostgreSQL: the same writes as raw SQL, so a batch can go through one pipeline.
+
+_JOB_INSERT = """INSERT INTO jobs (id, integration, method, path, params, idempotency_key,
+  status, attempts, deferrals, replay_count, first_seen_at, updated_at, status_seq)
+VALUES (%(id)s, %(integration)s, %(method)s, %(path)s, %(params)s, %(idempotency_key)s,
+  %(status)s, %(attempts)s, 0, %(replay_count)s, %(now)s, %(now)s, %(seq)s)"""
+_RESET = f"jobs.status IN ({_TERMINAL_SQL}) AND jobs.status_seq <= EXCLUDED.status_seq"
+PG_QUEUED = f"""{_JOB_INSERT} ON CONFLICT (id) DO UPDATE SET
+  status = CASE WHEN {_RESET} THEN 'queued' ELSE jobs.status END,
+  finished_at = CASE WHEN {_RESET} THEN NULL ELSE jobs.finished_at END,
+  status_seq = CASE WHEN {_RESET} THEN EXCLUDED.status_seq ELSE jobs.status_seq END,
+  replay_count = EXCLUDED.replay_count, updated_at = EXCLUDED.updated_at
+WHERE jobs.replay_count < EXCLUDED.replay_count"""
+PG_STARTED = f"""{_JOB_INSERT} ON CONFLICT (id) DO UPDATE SET
+  status = 'running', attempts = EXCLUDED.attempts, finished_at = NULL,
+  updated_at = EXCLUDED.updated_at, status_seq = EXCLUDED.status_seq
+WHERE jobs.status_seq <= EXCLUDED.status_seq"""
+_CASTS = {"attempts": "integer", "deferrals": "integer", "last_status": "integer"}
+PG_STATUS = ("UPDATE jobs SET status = %(status)s, updated_at = %(now)s, status_seq = %(seq)s, "
+             + "".join(f"{name} = COALESCE(%({name})s::{_CASTS.get(name, 'text')}, {name}), "
+                       for name in JOB_STATUS_FIELDS)
+             + "finished_at = CASE WHEN %(finished)s THEN %(now)s ELSE finished_at END "
+             "WHERE id = %(id)s AND status_seq <= %(seq)s")
+_ATTEMPT_TYPES = ("text", "integer", "text", "timestamptz", "integer", "integer", "text",
+                  "boolean", "text", "text", "integer", "text", "text", "text", "text", "text")
+PG_ATTEMPTS = (
+    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) SELECT "
+    + ", ".join("u.error_categories::json" if name == "error_categories" else f"u.{name}"
+                for name in ATTEMPT_COLUMNS)
+    + " FROM unnest(" + ", ".join(f"%s::{kind}[]" for kind in _ATTEMPT_TYPES)
+    + f") AS u({', '.join(ATTEMPT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING")
+
+
+def _pg_job_params(op: Op) -> dict[str, Any]:
+    v = op.values
+    params: dict[str, Any] = {"id": op.job_id, "seq": op.seq, "now": _when(v["now"])}
+    if op.kind == "job_status":
+        params.update({name: v.get(name) for name in JOB_STATUS_FIELDS},
+                      status=v["status"], finished=bool(v.get("finished")))
+        return params
+    params.update(integration=v["integration"], method=v["method"], path=v["path"],
+                  params=Json(v["params"]), idempotency_key=v["idempotency_key"])
+    if op.kind == "job_queued":
+        params.update(status="queued", attempts=0, replay_count=v["replay_count"])
+    else:
+        params.update(status="running", attempts=v["attempt"], replay_count=0)
+    return params
+
+
+def _pg_attempt_columns(ops: Sequence[Op]) -> list[list[Any]]:
+    rows = [_attempt_row(op) for op in ops]
+    columns = [[row[name] for row in rows] for name in ATTEMPT_COLUMNS]
+    position = ATTEMPT_COLUMNS.index("error_categories")
+    columns[position] = [json.dumps(value) for value in columns[position]]
+    return columns
+
+
+def _write_pg(conn: Connection, ops: Sequence[Op]) -> None:
+    statements = {"job_queued": PG_QUEUED, "job_started": PG_STARTED, "job_status": PG_STATUS}
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    jobs = [op for op in ops if op.kind != "attempt"]
+    attempts = [op for op in ops if op.kind == "attempt"]
+    with driver.cursor() as cursor:
+        if jobs:
+            with driver.pipeline():
+                for op in jobs:
+                    cursor.execute(statements[op.kind], _pg_job_params(op))
+        if attempts:
+            cursor.execute(PG_ATTEMPTS, _pg_attempt_columns(attempts))
+
+
+# A batch, in one transaction.
+
+
+def _existing_ids(conn: Connection, ids: Iterable[str]) -> set[str]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    return set(conn.scalars(select(_JOBS.c.id).where(_JOBS.c.id.in_(wanted))))
+
+
+def split_orphans(conn: Connection, ops: Sequence[Op]) -> tuple[list[Op], list[Op]]:
+    """(ops that can be written, orphans): ops whose job row does not exist yet.
+
+    A job_status needs the row before it, an attempt anywhere in the batch (attempts are
+    written last). Orphans wait for a later batch: the row may be in another process's buffer.
+    """
+    creators = {op.job_id for op in ops if op.kind in CREATES_JOB}
+    existing = _existing_ids(conn, (op.job_id for op in ops if op.kind not in CREATES_JOB))
+    created: set[str] = set()
+    ready: list[Op] = []
+    orphans: list[Op] = []
+    for op in ops:
+        if op.kind in CREATES_JOB:
+            created.add(op.job_id)
+        if (op.kind in CREATES_JOB or op.job_id in existing or op.job_id in created
+                or (op.kind == "attempt" and op.job_id in creators)):
+            ready.append(op)
+        else:
+            orphans.append(op)
+    return ready, orphans
+
+
+def _write(engine: Engine, ops: Sequence[Op]) -> list[Op]:
+    try:
+        with engine.begin() as conn:
+            ready, orphans = split_orphans(conn, ops)
+            if conn.dialect.name == "postgresql":
+                _write_pg(conn, ready)
+            else:
+                for op in ready:
+                    execute_op(conn, op)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable(describe(exc)) from exc
+        raise
+    return orphans
+
+
+def write_batch(engine: Engine, ops: Sequence[Op]) -> list[Op]:
+    """Write ``ops`` in one transaction; returns the orphans (see `split_orphans`).
+
+    Raises DatabaseUnavailable when the database cannot be reached; writing the same ops again
+    later is safe. An op the database refuses (a value too long for its column, say) must not
+    hold back the rest, so a refused batch is written again one op at a time and each refused op
+    is logged (``audit_op_rejected``) and dropped.
+    """
+    if not ops:
+        return []
+    try:
+        return _write(engine, ops)
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if len(ops) == 1:
+            log.error("audit_op_rejected", kind=ops[0].kind, job_id=ops[0].job_id,
+                      error=describe(exc), error_type=type(exc).__name__)
+            return []
+    orphans: list[Op] = []
+    for op in ops:
+        orphans.extend(write_batch(engine, [op]))
+    return orphans
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description: the driver's message, without SQL or bound values."""
+    cause = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
+    try:
+        return redact_text(str(cause).strip())[:500]
+    except Exception:
+        return type(cause).__name__
