@@ -261,6 +261,7 @@ def _register_subcommands() -> None:
     from recovery.cli_breaker import breaker
     from recovery.cli_demo import demo_command
     from recovery.cli_dlq import dlq_group, replay_dlq_command
+    from recovery.cli_ops import monitor_command, report_command, simulate_command
     from recovery.serve import serve_command
 
     main.add_command(breaker)
@@ -268,6 +269,9 @@ def _register_subcommands() -> None:
     main.add_command(dlq_group)
     main.add_command(replay_dlq_command)
     main.add_command(serve_command)
+    main.add_command(simulate_command)
+    main.add_command(monitor_command)
+    main.add_command(report_command)
 
 
 _register_subcommands()

@@ -162,7 +162,10 @@ def report_command(since: str, integration: str | None, as_json: bool,
     Example:
       recovery-cli report --since 7d --integration primary-api --html report.html
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recovery.cli import emit_json, fail, runtime_or_exit
+    from recovery.redact import redact_url
     from recovery.report import build_report, parse_window
     from recovery.report_html import render_html
 
@@ -170,7 +173,13 @@ def report_command(since: str, integration: str | None, as_json: bool,
         window = parse_window(since, integration)
     except ValueError as exc:
         fail(str(exc))
-    data = build_report(runtime_or_exit().engine, window)
+    runtime = runtime_or_exit()
+    try:
+        data = build_report(runtime.engine, window)
+    except SQLAlchemyError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fail(f"Cannot read the audit trail at {redact_url(runtime.settings.database_url)} "
+             f"({reason}); check DATABASE_URL and run 'recovery-cli db upgrade'.", 1)
     if html_path is not None:
         try:
             Path(html_path).write_text(render_html(data), encoding="utf-8")

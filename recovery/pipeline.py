@@ -169,8 +169,9 @@ def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integ
                         deferrals=progress.deferrals, outcome=f"HTTP {result.response.status_code}",
                         strategy=strategy, last_status=result.response.status_code,
                         finished=True)
-    return Step("succeeded", progress, progress.attempt, http_status=result.response.status_code, body=body,
-                strategy=strategy, reason="The upstream answered successfully.")
+    return Step("succeeded", progress, progress.attempt,
+                http_status=result.response.status_code, body=body, strategy=strategy,
+                reason="The upstream answered successfully.")
 
 
 def progress_strategy(progress: Progress) -> str | None:
@@ -192,8 +193,9 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
                             last_status=failure.status, last_error=failure.message)
         observe_retry_scheduled(integration.id, decision.delay_source or "backoff")
         nxt = replace(progress.next_attempt(), recovered_by=decision.strategy)
-        return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s, http_status=failure.status,
-                    strategy=decision.strategy, failure=failure, reason=decision.reason)
+        return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s,
+                    http_status=failure.status, strategy=decision.strategy, failure=failure,
+                    reason=decision.reason)
     return _give_up(job, progress, rt, integration, decision, failure)
 
 
@@ -230,8 +232,9 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
                                 outcome=f"served by {served.kind} fallback",
                                 strategy="graceful-degradation", fallback_used=served.kind,
                                 last_status=status, last_error=message, finished=True)
-            return Step("degraded", progress, spent, http_status=served.http_status, body=served.body,
-                        strategy="graceful-degradation", fallback=served.kind, failure=failure,
+            return Step("degraded", progress, spent, http_status=served.http_status,
+                        body=served.body, strategy="graceful-degradation",
+                        fallback=served.kind, failure=failure,
                         reason=f"Served by the {served.kind} fallback. {decision.reason}")
     if rt.settings.dlq_enabled:
         return Step("dead", progress, spent, http_status=status, strategy="dead-letter-queue",
@@ -247,7 +250,8 @@ def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         error_message="This idempotency key already succeeded; the call was not repeated."))
     rt.audit.job_status(job.job_id, "duplicate", outcome="idempotency key already succeeded",
                         finished=True)
-    return Step("duplicate", progress, progress.attempt - 1, reason="The idempotency key already succeeded.")
+    return Step("duplicate", progress, progress.attempt - 1,
+                reason="The idempotency key already succeeded.")
 
 
 def _record_attempt(job: JobSpec, number: int, result: CallResult, action: str, rt: Runtime,

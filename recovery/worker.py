@@ -65,10 +65,10 @@ def guard_delivery(job: JobSpec, progress: Progress, rt: Runtime, request: Any) 
           job_id=job.job_id, deliveries=deliveries)
     failure = poison_classification(deliveries)
     if rt.settings.dlq_enabled:
-        return Step("dead", progress, progress.attempt, strategy="dead-letter-queue", failure=failure,
-                    reason=failure.message)
-    return Step("failed", progress, progress.attempt, strategy="dead-letter-queue", failure=failure,
-                reason=failure.message)
+        return Step("dead", progress, progress.attempt, strategy="dead-letter-queue",
+                    failure=failure, reason=failure.message)
+    return Step("failed", progress, progress.attempt, strategy="dead-letter-queue",
+                failure=failure, reason=failure.message)
 
 
 def finish_unsuccessful(job: JobSpec, step: Step, rt: Runtime) -> None:

@@ -7,25 +7,27 @@ nothing: attempts carry a unique ``dedupe_key`` (ON CONFLICT DO NOTHING), and ev
 carries ``seq``, a per-process monotonic sequence stored in ``jobs.status_seq``, so a write
 never overwrites a newer one, whatever order the two reach the database in.
 
-On PostgreSQL a batch runs its job writes in order through one psycopg pipeline (one round trip)
-and then inserts every attempt with one INSERT ... SELECT FROM unnest(...). Attempts commute with
-job writes (they only need the job row to exist), so this is the same as writing in order. Other
+On PostgreSQL a batch runs as a few set-based statements over unnest(...) arrays: job writes in
+rounds (`rounds`), then every attempt in one INSERT. Attempts commute with job writes (they only
+need the job row to exist), so this stores what writing one op at a time in order would. Other
 databases (SQLite, for the demo) run the SQLAlchemy statements one by one.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import structlog
-from psycopg.types.json import Json
 from sqlalchemy import Connection, Engine, Executable, Table, and_, case, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
@@ -109,6 +111,23 @@ def next_seq() -> int:
     with _seq_lock:
         _last_seq = max(time.time_ns() // 1000, _last_seq + 1)
         return _last_seq
+
+
+_key_lock = threading.Lock()
+_key_state: tuple[int, str, Iterator[int]] = (0, "", iter(()))
+
+
+def new_dedupe_key() -> str:
+    """A key no other attempt has: a random prefix per process and a counter.
+
+    Cheaper than a uuid4 per row; the prefix is drawn again in a forked child.
+    """
+    global _key_state
+    with _key_lock:
+        pid, prefix, counter = _key_state
+        if pid != os.getpid():
+            _key_state = pid, prefix, counter = os.getpid(), uuid.uuid4().hex, itertools.count()
+        return f"{prefix}-{next(counter)}"
 
 
 def utc_iso(moment: datetime) -> str:
@@ -207,13 +226,17 @@ def execute_op(conn: Connection, op: Op) -> bool:
     return True
 
 
-# PostgreSQL: the same writes as raw SQL, so a batch can go through one pipeline.
+# PostgreSQL: the same writes as set-based SQL over unnest(...) arrays, a few statements a batch.
 
+_RESET = f"jobs.status IN ({_TERMINAL_SQL}) AND jobs.status_seq <= EXCLUDED.status_seq"
 _JOB_INSERT = """INSERT INTO jobs (id, integration, method, path, params, idempotency_key,
   status, attempts, deferrals, replay_count, first_seen_at, updated_at, status_seq)
-VALUES (%(id)s, %(integration)s, %(method)s, %(path)s, %(params)s, %(idempotency_key)s,
-  %(status)s, %(attempts)s, 0, %(replay_count)s, %(now)s, %(now)s, %(seq)s)"""
-_RESET = f"jobs.status IN ({_TERMINAL_SQL}) AND jobs.status_seq <= EXCLUDED.status_seq"
+SELECT u.id, u.integration, u.method, u.path, u.params::json, u.idempotency_key, u.status,
+  u.attempts, 0, u.replay_count, u.now, u.now, u.seq
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+  %s::integer[], %s::integer[], %s::timestamptz[], %s::bigint[])
+  AS u(id, integration, method, path, params, idempotency_key, status, attempts, replay_count,
+  now, seq)"""
 PG_QUEUED = f"""{_JOB_INSERT} ON CONFLICT (id) DO UPDATE SET
   status = CASE WHEN {_RESET} THEN 'queued' ELSE jobs.status END,
   finished_at = CASE WHEN {_RESET} THEN NULL ELSE jobs.finished_at END,
@@ -224,12 +247,15 @@ PG_STARTED = f"""{_JOB_INSERT} ON CONFLICT (id) DO UPDATE SET
   status = 'running', attempts = EXCLUDED.attempts, finished_at = NULL,
   updated_at = EXCLUDED.updated_at, status_seq = EXCLUDED.status_seq
 WHERE jobs.status_seq <= EXCLUDED.status_seq"""
-_CASTS = {"attempts": "integer", "deferrals": "integer", "last_status": "integer"}
-PG_STATUS = ("UPDATE jobs SET status = %(status)s, updated_at = %(now)s, status_seq = %(seq)s, "
-             + "".join(f"{name} = COALESCE(%({name})s::{_CASTS.get(name, 'text')}, {name}), "
-                       for name in JOB_STATUS_FIELDS)
-             + "finished_at = CASE WHEN %(finished)s THEN %(now)s ELSE finished_at END "
-             "WHERE id = %(id)s AND status_seq <= %(seq)s")
+_STATUS_TYPES = {"attempts": "integer", "deferrals": "integer", "last_status": "integer"}
+PG_STATUS = (
+    "UPDATE jobs SET status = u.status, updated_at = u.now, status_seq = u.seq, "
+    + "".join(f"{name} = COALESCE(u.{name}, jobs.{name}), " for name in JOB_STATUS_FIELDS)
+    + "finished_at = CASE WHEN u.finished THEN u.now ELSE jobs.finished_at END "
+    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::timestamptz[], "
+    + "".join(f"%s::{_STATUS_TYPES.get(name, 'text')}[], " for name in JOB_STATUS_FIELDS)
+    + f"%s::boolean[]) AS u(id, seq, status, now, {', '.join(JOB_STATUS_FIELDS)}, finished) "
+    "WHERE jobs.id = u.id AND jobs.status_seq <= u.seq")
 _ATTEMPT_TYPES = ("text", "integer", "text", "timestamptz", "integer", "integer", "text",
                   "boolean", "text", "text", "integer", "text", "text", "text", "text", "text")
 PG_ATTEMPTS = (
@@ -240,43 +266,65 @@ PG_ATTEMPTS = (
     + f") AS u({', '.join(ATTEMPT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING")
 
 
-def _pg_job_params(op: Op) -> dict[str, Any]:
-    v = op.values
-    params: dict[str, Any] = {"id": op.job_id, "seq": op.seq, "now": _when(v["now"])}
-    if op.kind == "job_status":
-        params.update({name: v.get(name) for name in JOB_STATUS_FIELDS},
-                      status=v["status"], finished=bool(v.get("finished")))
-        return params
-    params.update(integration=v["integration"], method=v["method"], path=v["path"],
-                  params=Json(v["params"]), idempotency_key=v["idempotency_key"])
-    if op.kind == "job_queued":
-        params.update(status="queued", attempts=0, replay_count=v["replay_count"])
-    else:
-        params.update(status="running", attempts=v["attempt"], replay_count=0)
-    return params
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _pg_attempt_columns(ops: Sequence[Op]) -> list[list[Any]]:
+def _pg_creations(ops: Sequence[Op]) -> list[list[Any]]:
+    rows = []
+    for op in ops:
+        v = op.values
+        queued = op.kind == "job_queued"
+        rows.append((op.job_id, v["integration"], v["method"], v["path"], json.dumps(v["params"]),
+                     v["idempotency_key"], "queued" if queued else "running",
+                     0 if queued else v["attempt"], v["replay_count"] if queued else 0,
+                     _when(v["now"]), op.seq))
+    return _columns(rows)
+
+
+def _pg_statuses(ops: Sequence[Op]) -> list[list[Any]]:
+    return _columns([(op.job_id, op.seq, op.values["status"], _when(op.values["now"]),
+                      *(op.values.get(name) for name in JOB_STATUS_FIELDS),
+                      bool(op.values.get("finished"))) for op in ops])
+
+
+def _pg_attempts(ops: Sequence[Op]) -> list[list[Any]]:
     rows = [_attempt_row(op) for op in ops]
-    columns = [[row[name] for row in rows] for name in ATTEMPT_COLUMNS]
-    position = ATTEMPT_COLUMNS.index("error_categories")
-    columns[position] = [json.dumps(value) for value in columns[position]]
-    return columns
+    return _columns([tuple(json.dumps(row[name]) if name == "error_categories" else row[name]
+                           for name in ATTEMPT_COLUMNS) for row in rows])
+
+
+def rounds(ops: Sequence[Op]) -> list[list[Op]]:
+    """Job writes split into rounds: round k holds each job's k-th write of the batch.
+
+    Writes to different jobs commute, so one round can run as a few set-based statements;
+    running the rounds in order keeps every job's own writes in order.
+    """
+    result: list[list[Op]] = []
+    depth: dict[str, int] = {}
+    for op in ops:
+        level = depth.get(op.job_id, 0)
+        depth[op.job_id] = level + 1
+        if level == len(result):
+            result.append([])
+        result[level].append(op)
+    return result
 
 
 def _write_pg(conn: Connection, ops: Sequence[Op]) -> None:
-    statements = {"job_queued": PG_QUEUED, "job_started": PG_STARTED, "job_status": PG_STATUS}
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    jobs = [op for op in ops if op.kind != "attempt"]
-    attempts = [op for op in ops if op.kind == "attempt"]
     with driver.cursor() as cursor:
-        if jobs:
-            with driver.pipeline():
-                for op in jobs:
-                    cursor.execute(statements[op.kind], _pg_job_params(op))
+        for level in rounds([op for op in ops if op.kind != "attempt"]):
+            for kind, sql, columns in (("job_queued", PG_QUEUED, _pg_creations),
+                                       ("job_started", PG_STARTED, _pg_creations),
+                                       ("job_status", PG_STATUS, _pg_statuses)):
+                chosen = [op for op in level if op.kind == kind]
+                if chosen:
+                    cursor.execute(sql, columns(chosen))
+        attempts = [op for op in ops if op.kind == "attempt"]
         if attempts:
-            cursor.execute(PG_ATTEMPTS, _pg_attempt_columns(attempts))
+            cursor.execute(PG_ATTEMPTS, _pg_attempts(attempts))
 
 
 # A batch, in one transaction.
@@ -286,6 +334,12 @@ def _existing_ids(conn: Connection, ids: Iterable[str]) -> set[str]:
     wanted = sorted(set(ids))
     if not wanted:
         return set()
+    if conn.dialect.name == "postgresql":
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        with driver.cursor() as cursor:
+            cursor.execute("SELECT id FROM jobs WHERE id = ANY(%s::text[])", (wanted,))
+            return {row[0] for row in cursor.fetchall()}
     return set(conn.scalars(select(_JOBS.c.id).where(_JOBS.c.id.in_(wanted))))
 
 
@@ -295,19 +349,21 @@ def split_orphans(conn: Connection, ops: Sequence[Op]) -> tuple[list[Op], list[O
     A job_status needs the row before it, an attempt anywhere in the batch (attempts are
     written last). Orphans wait for a later batch: the row may be in another process's buffer.
     """
-    creators = {op.job_id for op in ops if op.kind in CREATES_JOB}
-    existing = _existing_ids(conn, (op.job_id for op in ops if op.kind not in CREATES_JOB))
-    created: set[str] = set()
-    ready: list[Op] = []
-    orphans: list[Op] = []
-    for op in ops:
+    first_creation: dict[str, int] = {}
+    for index, op in enumerate(ops):
         if op.kind in CREATES_JOB:
-            created.add(op.job_id)
-        if (op.kind in CREATES_JOB or op.job_id in existing or op.job_id in created
-                or (op.kind == "attempt" and op.job_id in creators)):
-            ready.append(op)
-        else:
-            orphans.append(op)
+            first_creation.setdefault(op.job_id, index)
+
+    def created_in_batch(index: int, op: Op) -> bool:
+        at = first_creation.get(op.job_id)
+        return at is not None and (op.kind in CREATES_JOB or op.kind == "attempt" or at < index)
+
+    covered = [created_in_batch(index, op) for index, op in enumerate(ops)]
+    existing = _existing_ids(conn, (op.job_id for op, ok in zip(ops, covered, strict=True)
+                                    if not ok))
+    ready = [op for op, ok in zip(ops, covered, strict=True) if ok or op.job_id in existing]
+    orphans = [op for op, ok in zip(ops, covered, strict=True)
+               if not ok and op.job_id not in existing]
     return ready, orphans
 
 

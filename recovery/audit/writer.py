@@ -12,7 +12,6 @@ them to Redis while the database is away (see those modules).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,15 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from recovery.audit.batch import Op, describe, execute_op, is_unavailable, next_seq, utc_iso
+from recovery.audit.batch import (
+    Op,
+    describe,
+    execute_op,
+    is_unavailable,
+    new_dedupe_key,
+    next_seq,
+    utc_iso,
+)
 from recovery.audit.models import (
     Alert,
     AttemptDecision,
@@ -177,7 +184,7 @@ class AuditWriter:
                 "strategy": record.strategy,
                 "worker": record.worker,
                 "task_id": record.task_id,
-                "dedupe_key": record.dedupe_key or uuid.uuid4().hex,
+                "dedupe_key": record.dedupe_key or new_dedupe_key(),
             }
             return Op("attempt", record.job_id, next_seq(), values)
 

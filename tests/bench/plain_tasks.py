@@ -64,7 +64,7 @@ def record(outcome: str) -> None:
     pipe.execute()
 
 
-class CountingTask(Task):  # type: ignore[misc]
+class CountingTask(Task):
     """Counts a task that failed for good (retries exhausted) once Celery gives up on it."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,

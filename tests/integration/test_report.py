@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete
 
 from recovery.audit.models import Attempt, AttemptRecord, DeadLetterRecord, Job
 from recovery.audit.writer import AuditWriter
-from recovery.cli_ops import report_command
+from recovery.cli_ops import monitor_command, report_command, simulate_command
 from recovery.db import make_engine, upgrade
 from recovery.dlq.park import park
 from recovery.faultserver import FaultServer
@@ -251,3 +251,18 @@ def test_bad_since_exits_2_with_one_sentence(configure, since: str) -> None:
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith(".")
+
+
+def test_unreadable_audit_trail_exits_1_with_a_sentence(configure) -> None:
+    configure(DATABASE_URL="postgresql://postgres:hunter2@127.0.0.1:1/none")
+    result = CliRunner().invoke(report_command, ["--since", "1h"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: Cannot read the audit trail at ")
+    assert "recovery-cli db upgrade" in result.output and "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("command", [report_command, monitor_command, simulate_command])
+def test_every_command_has_help_with_an_example(command: Any) -> None:
+    result = CliRunner().invoke(command, ["--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and "  recovery-cli " in result.output

@@ -24,7 +24,7 @@ ALL = list(commands(main))
 def test_the_command_set_is_complete() -> None:
     top = {path[0] for path in ALL}
     assert {"enqueue", "test", "jobs", "db", "breaker", "dlq", "replay-dlq", "serve",
-            "demo"} <= top
+            "demo", "simulate", "monitor", "report"} <= top
 
 
 @pytest.mark.parametrize("path", ALL, ids=" ".join)
