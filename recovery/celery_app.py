@@ -83,10 +83,12 @@ app = make_celery(get_settings())
 @signals.celeryd_init.connect
 @signals.beat_init.connect
 def _start_reporting(**_: Any) -> None:
-    """Sentry (when SENTRY_DSN is set) and breaker alerts, in workers and in beat."""
+    """Logging, Sentry (when SENTRY_DSN is set) and breaker alerts, in workers and in beat."""
     from recovery.alerts import install_breaker_alerts
+    from recovery.observability import configure_logging
     from recovery.sentry import init_sentry
 
+    configure_logging(get_settings().log_level)
     init_sentry(get_settings())
     install_breaker_alerts()
 
