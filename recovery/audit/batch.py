@@ -226,17 +226,17 @@ def execute_op(conn: Connection, op: Op) -> bool:
     return True
 
 
-# PostgreSQL: the same writes as set-based SQL over unnest(...) arrays, a few statements a batch.
+# PostgreSQL: the same writes as set-based SQL. A statement takes its rows as one JSON array
+# (json_to_recordset), so the server parses them and the client only runs json.dumps.
 
 _RESET = f"jobs.status IN ({_TERMINAL_SQL}) AND jobs.status_seq <= EXCLUDED.status_seq"
 _JOB_INSERT = """INSERT INTO jobs (id, integration, method, path, params, idempotency_key,
   status, attempts, deferrals, replay_count, first_seen_at, updated_at, status_seq)
-SELECT u.id, u.integration, u.method, u.path, u.params::json, u.idempotency_key, u.status,
+SELECT u.id, u.integration, u.method, u.path, u.params, u.idempotency_key, u.status,
   u.attempts, 0, u.replay_count, u.now, u.now, u.seq
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-  %s::integer[], %s::integer[], %s::timestamptz[], %s::bigint[])
-  AS u(id, integration, method, path, params, idempotency_key, status, attempts, replay_count,
-  now, seq)"""
+FROM json_to_recordset(%s::json) AS u(id text, integration text, method text, path text,
+  params json, idempotency_key text, status text, attempts integer, replay_count integer,
+  now timestamptz, seq bigint)"""
 PG_QUEUED = f"""{_JOB_INSERT} ON CONFLICT (id) DO UPDATE SET
   status = CASE WHEN {_RESET} THEN 'queued' ELSE jobs.status END,
   finished_at = CASE WHEN {_RESET} THEN NULL ELSE jobs.finished_at END,
@@ -252,46 +252,31 @@ PG_STATUS = (
     "UPDATE jobs SET status = u.status, updated_at = u.now, status_seq = u.seq, "
     + "".join(f"{name} = COALESCE(u.{name}, jobs.{name}), " for name in JOB_STATUS_FIELDS)
     + "finished_at = CASE WHEN u.finished THEN u.now ELSE jobs.finished_at END "
-    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::timestamptz[], "
-    + "".join(f"%s::{_STATUS_TYPES.get(name, 'text')}[], " for name in JOB_STATUS_FIELDS)
-    + f"%s::boolean[]) AS u(id, seq, status, now, {', '.join(JOB_STATUS_FIELDS)}, finished) "
-    "WHERE jobs.id = u.id AND jobs.status_seq <= u.seq")
-_ATTEMPT_TYPES = ("text", "integer", "text", "timestamptz", "integer", "integer", "text",
+    "FROM json_to_recordset(%s::json) AS u(id text, seq bigint, status text, now timestamptz, "
+    + "".join(f"{name} {_STATUS_TYPES.get(name, 'text')}, " for name in JOB_STATUS_FIELDS)
+    + "finished boolean) WHERE jobs.id = u.id AND jobs.status_seq <= u.seq")
+_ATTEMPT_TYPES = ("text", "integer", "text", "timestamptz", "integer", "integer", "json",
                   "boolean", "text", "text", "integer", "text", "text", "text", "text", "text")
 PG_ATTEMPTS = (
-    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) SELECT "
-    + ", ".join("u.error_categories::json" if name == "error_categories" else f"u.{name}"
-                for name in ATTEMPT_COLUMNS)
-    + " FROM unnest(" + ", ".join(f"%s::{kind}[]" for kind in _ATTEMPT_TYPES)
-    + f") AS u({', '.join(ATTEMPT_COLUMNS)}) ON CONFLICT (dedupe_key) DO NOTHING")
+    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) "
+    f"SELECT {', '.join(f'u.{name}' for name in ATTEMPT_COLUMNS)} "
+    "FROM json_to_recordset(%s::json) AS u("
+    + ", ".join(f"{name} {kind}" for name, kind in zip(ATTEMPT_COLUMNS, _ATTEMPT_TYPES,
+                                                       strict=True))
+    + ") ON CONFLICT (dedupe_key) DO NOTHING")
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _pg_creations(ops: Sequence[Op]) -> list[list[Any]]:
+def _pg_rows(ops: Sequence[Op]) -> str:
+    """The rows of one statement as a JSON array; values are JSON-ready already."""
     rows = []
     for op in ops:
-        v = op.values
-        queued = op.kind == "job_queued"
-        rows.append((op.job_id, v["integration"], v["method"], v["path"], json.dumps(v["params"]),
-                     v["idempotency_key"], "queued" if queued else "running",
-                     0 if queued else v["attempt"], v["replay_count"] if queued else 0,
-                     _when(v["now"]), op.seq))
-    return _columns(rows)
-
-
-def _pg_statuses(ops: Sequence[Op]) -> list[list[Any]]:
-    return _columns([(op.job_id, op.seq, op.values["status"], _when(op.values["now"]),
-                      *(op.values.get(name) for name in JOB_STATUS_FIELDS),
-                      bool(op.values.get("finished"))) for op in ops])
-
-
-def _pg_attempts(ops: Sequence[Op]) -> list[list[Any]]:
-    rows = [_attempt_row(op) for op in ops]
-    return _columns([tuple(json.dumps(row[name]) if name == "error_categories" else row[name]
-                           for name in ATTEMPT_COLUMNS) for row in rows])
+        row = {**op.values, "id": op.job_id, "job_id": op.job_id, "seq": op.seq}
+        if op.kind == "job_queued":
+            row.update(status="queued", attempts=0)
+        elif op.kind == "job_started":
+            row.update(status="running", attempts=op.values["attempt"], replay_count=0)
+        rows.append(row)
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def rounds(ops: Sequence[Op]) -> list[list[Op]]:
@@ -314,17 +299,16 @@ def rounds(ops: Sequence[Op]) -> list[list[Op]]:
 def _write_pg(conn: Connection, ops: Sequence[Op]) -> None:
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
+    statements = {"job_queued": PG_QUEUED, "job_started": PG_STARTED, "job_status": PG_STATUS}
     with driver.cursor() as cursor:
         for level in rounds([op for op in ops if op.kind != "attempt"]):
-            for kind, sql, columns in (("job_queued", PG_QUEUED, _pg_creations),
-                                       ("job_started", PG_STARTED, _pg_creations),
-                                       ("job_status", PG_STATUS, _pg_statuses)):
+            for kind, sql in statements.items():
                 chosen = [op for op in level if op.kind == kind]
                 if chosen:
-                    cursor.execute(sql, columns(chosen))
+                    cursor.execute(sql, (_pg_rows(chosen),))
         attempts = [op for op in ops if op.kind == "attempt"]
         if attempts:
-            cursor.execute(PG_ATTEMPTS, _pg_attempts(attempts))
+            cursor.execute(PG_ATTEMPTS, (_pg_rows(attempts),))
 
 
 # A batch, in one transaction.
