@@ -20,6 +20,8 @@ def _snapshot_dict(runtime: Any, integration: Any) -> dict[str, Any]:
         "opened_at": snap.opened_at.isoformat() if snap.opened_at else None,
         "time_to_half_open_s": snap.time_to_half_open_s,
         "probes_in_flight": snap.probes_in_flight,
+        "failed_probes": snap.failed_probes,
+        "open_ms": snap.open_ms,
         "backend": snap.backend,
     }
 

@@ -44,7 +44,7 @@ import redis
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "tests" / "bench" / "results" / "amplification.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "amplification.json"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 INTEGRATION = "amp"
@@ -207,6 +207,8 @@ def prepare_ours(args: argparse.Namespace, logs: Path, url: str) -> tuple[str, s
     os.environ.update(REDIS_URL=REDIS_URL, RECOVERY_REDIS_PREFIX=prefix,
                       DATABASE_URL=database_url, RECOVERY_INTEGRATIONS=str(path),
                       LOG_LEVEL="warning", PYTHONPATH=str(REPO))
+    if args.max_defer_ms:
+        os.environ["MAX_DEFER_WINDOW"] = str(args.max_defer_ms)
     for name_ in ("SENTRY_DSN", "ALERT_WEBHOOK_URL"):
         os.environ.pop(name_, None)
     return name, prefix
@@ -308,6 +310,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     budget = args.variant not in ("plain", "ours-no-budget") and budget_wired()
     return {
         "variant": args.variant, "budget": budget, "jobs": args.jobs, "outage_s": args.outage,
+        "max_defer_ms": args.max_defer_ms or 600_000,
         "workers": f"{WORKERS} x {PROCESSES} prefork", **result,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -315,14 +318,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def save(results: list[dict[str, Any]]) -> None:
+def save(results: list[dict[str, Any]], path: Path) -> None:
     existing: list[dict[str, Any]] = []
-    if RESULTS.exists():
-        existing = json.loads(RESULTS.read_text()).get("runs", [])
+    if path.exists():
+        existing = json.loads(path.read_text()).get("runs", [])
     keys = {(r["variant"], r["budget"]) for r in results}
     merged = [r for r in existing if (r["variant"], r["budget"]) not in keys] + results
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "runs": merged,
@@ -344,6 +347,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--outage", type=float, default=30.0, help="seconds the upstream is down")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for drain")
+    parser.add_argument("--max-defer-ms", type=int, default=0,
+                        help="MAX_DEFER_WINDOW for our workers (default: the setting's 600000)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to merge into")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child process
     args = parser.parse_args()
     if args.variant:
@@ -354,7 +360,8 @@ def main() -> None:
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         command = [sys.executable, __file__, "--variant", variant, "--jobs", str(args.jobs),
-                   "--outage", str(args.outage), "--timeout", str(args.timeout)]
+                   "--outage", str(args.outage), "--timeout", str(args.timeout),
+                   "--max-defer-ms", str(args.max_defer_ms)]
         child = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
         lines = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -362,7 +369,7 @@ def main() -> None:
             sys.exit(f"The {variant} run failed:\n{child.stdout[-3000:]}\n{child.stderr[-3000:]}")
         results.append(json.loads(lines[-1][len("RESULT "):]))
         show(results[-1])
-        save(results[-1:])
+        save(results[-1:], args.results)
 
 
 if __name__ == "__main__":

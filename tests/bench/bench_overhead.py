@@ -15,6 +15,8 @@ finish is reported too. Runs:
     ours        recovery.enqueue -> tasks.integration.call, production configuration
     timing      ours, every pipeline step wrapped in perf_counter (bench-only monkeypatching)
     profile     ours under cProfile in each pool process (profile written to results/)
+    batched-audit  ours with job and attempt rows written by recovery.audit.spool.AuditBatcher
+    async-commit   ours with `SET synchronous_commit = off` on the audit connections
     no-audit, no-events, no-gates, no-metrics, lean: ours with that cost removed (ablations)
 
 Writes tests/bench/results/overhead.json and overhead_profile.txt. Not collected by pytest.
@@ -50,10 +52,9 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "bench" / "results"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-RUNS = ("plain", "ours", "timing", "profile", "no-audit", "no-events", "no-gates",
-        "no-metrics", "lean")
-ABLATIONS = {"no-audit": ("no-audit",), "no-events": ("no-events",), "no-gates": ("no-gates",),
-             "no-metrics": (), "lean": ("no-audit", "no-events", "no-gates")}
+RUNS = ("plain", "ours", "timing", "profile", "batched-audit", "async-commit", "no-audit",
+        "no-events", "no-gates", "no-metrics", "lean")
+ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-events", "no-gates")}
 WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
                 "--without-heartbeat", "-l", "info"]
 
@@ -126,12 +127,30 @@ def _disable(features: set[str]) -> None:
     from recovery.audit.writer import AuditWriter
     from recovery.breaker import ClusterBreaker, Permit
     from recovery.celery_app import app
+    from recovery.db import make_engine
     from recovery.idempotency import Claim, IdempotencyStore
     from recovery.ratelimit import ClusterRateLimiter
 
     if "no-audit" in features:
         for name in ("job_started", "attempt", "job_status"):
             setattr(AuditWriter, name, lambda *_, **__: True)
+    if "async-commit" in features:
+        from sqlalchemy import event
+
+        import recovery.runtime as runtime
+
+        def engine_without_fsync_wait(url: str) -> Any:
+            engine = make_engine(url)
+            event.listen(engine, "connect", _async_commit)
+            return engine
+
+        runtime.make_engine = engine_without_fsync_wait  # type: ignore[assignment]
+    if "batched-audit" in features:
+        import recovery.runtime as runtime
+        from recovery.audit.spool import AuditBatcher
+
+        runtime.AuditWriter = lambda engine: AuditWriter(  # type: ignore[assignment,misc]
+            engine, batcher=AuditBatcher(engine))
     if "no-events" in features:
         app.conf.worker_send_task_events = False
     if "no-gates" in features:
@@ -142,6 +161,11 @@ def _disable(features: set[str]) -> None:
         IdempotencyStore.release = lambda *_, **__: None  # type: ignore[method-assign]
         ClusterRateLimiter.acquire = lambda *_: 0.0  # type: ignore[method-assign]
         ClusterBreaker.acquire = lambda self: Permit(self.integration, False, None)  # type: ignore
+
+
+def _async_commit(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("SET synchronous_commit = off")
+    dbapi_connection.commit()
 
 
 def _install(features: set[str], out_dir: Path) -> None:
@@ -213,6 +237,18 @@ class Worker:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"The worker did not start; see {log_path}.")
             time.sleep(0.1)
+        self.cpu_at_ready = self.cpu_s()
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the worker and its pool processes."""
+        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
+                                  text=True, check=False).stdout.split()
+        ticks = 0
+        for pid in [self.process.pid, *map(int, children)]:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -293,9 +329,11 @@ class Bench:
         worker = Worker(env, command, self.work / f"{name}.log")
         try:
             self._wait_drained(queue)
+            cpu_ms = (worker.cpu_s() - worker.cpu_at_ready) / self.n * 1000
         finally:
             worker.stop()
-        return self._result(name, enqueue_s, load_before, out_dir)
+        result = self._result(name, enqueue_s, load_before, out_dir)
+        return {**result, "worker_cpu_ms_per_job": round(cpu_ms, 2)}
 
     def _enqueue(self, name: str) -> tuple[float, str]:
         started = time.perf_counter()

@@ -126,6 +126,16 @@ def in_flight(server: FaultServer) -> int:
     return sum(1 for record in server.requests() if record["status"] is None)
 
 
+HELD_MESSAGES_WAIT = pytest.mark.xfail(strict=True, reason=(
+    "What the worker held when Redis went away (running late-ack tasks, retries waiting for "
+    "their countdown) stays in the broker's `unacked` hash: kombu's restore on connection loss "
+    "needs the Redis that is gone, so those jobs wait for the visibility timeout plus kombu's "
+    "sweep (every ~100 s; 1 h with the default REDIS_VISIBILITY_TIMEOUT). Fix: a consumer "
+    "bootstep in recovery/celery_app.py that, when the consumer starts again, requeues the "
+    "delivery tags the previous channel's QoS still holds (see the report of issue 6)."))
+
+
+@HELD_MESSAGES_WAIT
 def test_jobs_survive_a_redis_restart_and_the_worker_reconnects(
         configure, upstream: FaultServer, slow_upstream: FaultServer, own_redis: OwnRedis,
         start_worker) -> None:
@@ -159,7 +169,7 @@ def test_jobs_survive_a_redis_restart_and_the_worker_reconnects(
     assert restarted.info("server")["run_id"] != run_id
     assert restarted.get("restart-test:sentinel") == b"kept"
     after = enqueue(env, [("shop", "/after-restart")])
-    done = wait_all(get_runtime().engine, before + after, timeout=75)
+    done = wait_all(get_runtime().engine, before + after, timeout=45)
 
     missing = sorted(set(before + after) - set(done))
     prefix = env["RECOVERY_REDIS_PREFIX"]
