@@ -211,3 +211,28 @@ def test_metrics_are_503_with_a_sentence_when_redis_does_not_answer(
 
     assert response.status_code == 503
     assert response.json()["error"].startswith("The metrics could not be read from Redis")
+
+
+def test_metrics_reflect_what_a_real_worker_did(
+    configure: Callable[..., dict[str, str]], upstream: Any, start_worker: Any,
+    running: Callable[..., str],
+) -> None:
+    from recovery.producer import enqueue
+    from tests.integration.conftest import wait_for_status
+    from tests.integration.test_job_flow import integration
+
+    env = configure([integration(upstream.url)])
+    upstream.set_script([503, 200])
+    start_worker(env, concurrency=1)
+    job_id = enqueue("shop", "GET", "/orders/42")
+    assert wait_for_status(get_runtime().engine, job_id, {"succeeded"})["status"] == "succeeded"
+    base = running(RECOVERY_REDIS_PREFIX=env["RECOVERY_REDIS_PREFIX"])
+    values = metric_values(requests.get(f"{base}/metrics", timeout=10).text)
+    calls = {dict(labels)["status"]: value for (name, labels), value in values.items()
+             if name == "api_calls_total" and dict(labels)["integration"] == "shop"}
+    assert calls == {"503": 1, "200": 1}
+    assert values[("retries_scheduled_total", (("integration", "shop"), ("source", "backoff")))] == 1
+    assert values[("error_recovery_attempts_total",
+                   (("strategy", "server-error-circuit"), ("success", "true")))] == 1
+    assert values[("api_call_duration_seconds_count",
+                   (("endpoint", "/orders/:id"), ("integration", "shop"), ("method", "GET")))] == 2
