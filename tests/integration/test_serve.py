@@ -231,7 +231,8 @@ def test_metrics_reflect_what_a_real_worker_did(
     calls = {dict(labels)["status"]: value for (name, labels), value in values.items()
              if name == "api_calls_total" and dict(labels)["integration"] == "shop"}
     assert calls == {"503": 1, "200": 1}
-    assert values[("retries_scheduled_total", (("integration", "shop"), ("source", "backoff")))] == 1
+    retries = ("retries_scheduled_total", (("integration", "shop"), ("source", "backoff")))
+    assert values[retries] == 1
     assert values[("error_recovery_attempts_total",
                    (("strategy", "server-error-circuit"), ("success", "true")))] == 1
     assert values[("api_call_duration_seconds_count",
