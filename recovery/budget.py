@@ -17,6 +17,7 @@ while it is unreachable, an in-process budget with the same rules stands in.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +111,21 @@ def wait_for_room_ms(
         if left + 1 <= config.allowance(remaining_firsts):
             return max(start + config.window_ms - now_ms, 1.0)
     return float(config.window_ms)
+
+
+def spread_deferral(
+    wait_s: float, config: RetryBudgetConfig, rng: random.Random | None = None
+) -> float:
+    """How long to defer a retry the budget refused: its wait plus up to one window of jitter.
+
+    Every retry refused before the same slot leaves the window learns the same wait. Deferring
+    them all by exactly that long would bring them back together to compete for the few retries
+    that slot frees, and defer nearly all of them again, one broker round trip each. Spread over
+    the next window, they come back while the budget refills.
+    """
+    window_s = config.window_ms / 1000
+    jitter = rng.uniform(0.0, window_s) if rng is not None else random.uniform(0.0, window_s)
+    return max(wait_s, 0.0) + jitter
 
 
 def monotonic_ms() -> float:

@@ -18,6 +18,7 @@ import structlog
 
 from recovery.audit.writer import AuditWriter
 from recovery.auth import TokenProvider
+from recovery.budget import RetryBudget
 from recovery.db import make_engine
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
@@ -37,7 +38,7 @@ IDLE_WAIT_S = 0.5
 
 
 def embedded_runtime(settings: Settings, registry: Registry) -> Runtime:
-    """A runtime without Redis: in-process breaker, limiter, tokens and idempotency."""
+    """A runtime without Redis: in-process breaker, limiter, budget, tokens, idempotency."""
     engine = make_engine(settings.database_url)
     prefix = settings.redis_key_prefix
     return Runtime(
@@ -49,6 +50,7 @@ def embedded_runtime(settings: Settings, registry: Registry) -> Runtime:
         limiter=ClusterRateLimiter(None, key_prefix=prefix),
         tokens=TokenProvider(None, key_prefix=prefix),
         idempotency=IdempotencyStore(None, key_prefix=prefix),
+        budget=RetryBudget(None, key_prefix=prefix),
     )
 
 

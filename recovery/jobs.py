@@ -88,6 +88,8 @@ class Progress:
 
     `attempt` is the number of the next real call (1-based); deferrals do not spend it.
     `blocked_s` is the total time the job has spent deferred by a breaker, limiter or budget.
+    `budget_pending` marks a retry the retry budget has not charged yet: it is charged before
+    the call, and deferred again while the budget has no room.
     """
 
     attempt: int = 1
@@ -95,6 +97,7 @@ class Progress:
     blocked_s: float = 0.0
     auth_refreshed: bool = False
     recovered_by: str | None = None
+    budget_pending: bool = False
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +114,7 @@ class Progress:
             blocked_s=float(data.get("blocked_s", 0.0)),
             auth_refreshed=bool(data.get("auth_refreshed", False)),
             recovered_by=data.get("recovered_by"),
+            budget_pending=bool(data.get("budget_pending", False)),
         )
 
     def next_attempt(self) -> Progress:

@@ -22,19 +22,21 @@ from recovery.alerts import alert
 from recovery.audit.writer import AttemptRecord
 from recovery.auth import AuthConfigError, TokenRefreshError
 from recovery.breaker import BreakerOpenError, Permit
+from recovery.budget import spread_deferral
 from recovery.errors import Classification, ErrorCategory, classify
 from recovery.fallback import has_fallback, remember, response_body, run_fallbacks
 from recovery.http import send
 from recovery.idempotency import Claim
 from recovery.jobs import JobSpec, Progress
 from recovery.metrics import observe_call, observe_recovery, observe_retry_scheduled
-from recovery.policy import Decision, decide_after_failure, decide_when_blocked
+from recovery.policy import BlockSource, Decision, decide_after_failure, decide_when_blocked
 from recovery.redact import redact_params
 from recovery.registry import Integration
 from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
+BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
 StepStatus = Literal["succeeded", "degraded", "retry", "defer", "dead", "failed", "duplicate"]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -83,6 +85,13 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
                          redact_params(job.params or {}), job.idempotency_key, progress.attempt)
     released = False
     try:
+        if progress.budget_pending:
+            wait_s = rt.budget.try_charge_retry(integration.id, integration.retry_budget)
+            if wait_s > 0:
+                return _blocked(job, progress, rt, integration,
+                                spread_deferral(wait_s, integration.retry_budget),
+                                "retry-budget", BUDGET_SPENT)
+            progress = replace(progress, budget_pending=False)
         wait_s = rt.limiter.acquire(integration.id, integration.rate_limit)
         if wait_s > 0:
             return _blocked(job, progress, rt, integration, wait_s, "rate-limit",
@@ -92,6 +101,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
             permit = breaker.acquire()
         except BreakerOpenError as exc:
             return _blocked(job, progress, rt, integration, exc.retry_after_s, "breaker", str(exc))
+        if progress.attempt == 1:
+            rt.budget.note_first_attempt(integration.id, integration.retry_budget)
         result = _call_with_auth(job, integration, rt, permit, progress)
         if result.failure is None:
             released = True
@@ -191,8 +202,13 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
     if decision.action == "retry":
         rt.audit.job_status(job.job_id, "retrying", attempts=progress.attempt,
                             last_status=failure.status, last_error=failure.message)
-        observe_retry_scheduled(integration.id, decision.delay_source or "backoff")
         nxt = replace(progress.next_attempt(), recovered_by=decision.strategy)
+        over_budget_s = rt.budget.try_charge_retry(integration.id, integration.retry_budget)
+        if over_budget_s > 0:  # deferred without spending the next attempt; charged later
+            delay_s = spread_deferral(over_budget_s, integration.retry_budget)
+            return _blocked(job, replace(nxt, budget_pending=True), rt, integration,
+                            max(delay_s, decision.delay_s or 0.0), "retry-budget", BUDGET_SPENT)
+        observe_retry_scheduled(integration.id, decision.delay_source or "backoff")
         return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s,
                     http_status=failure.status, strategy=decision.strategy, failure=failure,
                     reason=decision.reason)
@@ -200,7 +216,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
 
 
 def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
-             wait_s: float, source: Literal["breaker", "rate-limit"], why: str) -> Step:
+             wait_s: float, source: BlockSource, why: str) -> Step:
     decision = decide_when_blocked(
         wait_s, progress.blocked_s, max_defer_s=rt.settings.max_defer_ms / 1000, source=source,
         has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)

@@ -16,17 +16,19 @@ if TYPE_CHECKING:
     from recovery.registry import Integration, RetryConfig
 
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
-DelaySource = Literal["backoff", "retry-after", "breaker", "rate-limit"]
-BlockSource = Literal["breaker", "rate-limit"]
+DelaySource = Literal["backoff", "retry-after", "breaker", "rate-limit", "retry-budget"]
+BlockSource = Literal["breaker", "rate-limit", "retry-budget"]
 
 DEAD_LETTER_STRATEGY = "dead-letter-queue"
 _BLOCK_STRATEGY: dict[str, str] = {
     "breaker": "server-error-circuit",
     "rate-limit": "rate-limit-backoff",
+    "retry-budget": "retry-budget",
 }
 _BLOCK_WHAT: dict[str, str] = {
     "breaker": "The circuit breaker is open",
     "rate-limit": "The rate limit is exhausted",
+    "retry-budget": "The integration's retry budget is spent",
 }
 
 
@@ -118,7 +120,8 @@ def decide_when_blocked(
     has_fallback: bool,
     dlq_enabled: bool,
 ) -> Decision:
-    """Decide what a job does when the breaker is open or the rate limit is full.
+    """Decide what a job does when the breaker is open, the rate limit is full or the retry
+    budget is spent.
 
     `until_s` is how long the block lasts from now; `blocked_since_s` how long this job has
     already spent deferred in total. While the whole wait fits in `max_defer_s` the job is

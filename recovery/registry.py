@@ -16,6 +16,13 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
+from recovery.budget import (
+    DEFAULT_RETRY_BUDGET,
+    MAX_RATIO,
+    MAX_WINDOW_MS,
+    MIN_WINDOW_MS,
+    RetryBudgetConfig,
+)
 from recovery.settings import Settings, get_settings
 from recovery.yamlconfig import Section, read_yaml, show_value
 
@@ -38,7 +45,7 @@ _MISSING_HINT = (
 )
 _INTEGRATION_KEYS = (
     "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
-    "health_check", "rate_limit", "headers", "oauth",
+    "health_check", "rate_limit", "headers", "oauth", "retry_budget",
 )
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
@@ -50,6 +57,7 @@ _FALLBACK_EXTRA_KEYS = {"api": "base_url", "cache": "ttl_ms", "default": "value"
 _HEALTH_KEYS = ("endpoint", "interval_ms", "timeout_ms", "failure_threshold")
 _RATE_KEYS = ("window_ms", "max_requests")
 _OAUTH_KEYS = ("token_url", "client_id", "client_secret_env", "scope")
+_BUDGET_KEYS = ("enabled", "ratio", "floor", "window_ms")
 
 
 class RegistryError(ValueError):
@@ -148,6 +156,7 @@ class Integration:
     rate_limit: RateLimitConfig
     headers: Mapping[str, str]  # ${NAME} references already resolved
     oauth: OAuthConfig | None
+    retry_budget: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
 
 
 class Registry:
@@ -333,6 +342,16 @@ def _oauth(s: Section | None, environ: Mapping[str, str]) -> OAuthConfig | None:
     )
 
 
+def _retry_budget(s: Section) -> RetryBudgetConfig:
+    default = DEFAULT_RETRY_BUDGET
+    return RetryBudgetConfig(
+        enabled=s.flag("enabled", default.enabled),
+        ratio=s.number("ratio", default.ratio, 0.0, MAX_RATIO),
+        floor=s.whole("floor", default.floor, 0, 1_000_000),
+        window_ms=s.whole("window_ms", default.window_ms, MIN_WINDOW_MS, MAX_WINDOW_MS, "ms"),
+    )
+
+
 def _check_countdowns(integration: Integration, s: Section, settings: Settings) -> None:
     """Every countdown must stay below the broker visibility timeout, or Redis redelivers."""
     limit_s = settings.visibility_timeout_s
@@ -344,6 +363,7 @@ def _check_countdowns(integration: Integration, s: Section, settings: Settings) 
         ("circuit_breaker.reset_timeout_ms", breaker.reset_timeout_ms, ""),
         ("circuit_breaker.max_reset_timeout_ms", breaker.reset_cap_ms, cap_note),
         ("rate_limit.window_ms", integration.rate_limit.window_ms, ""),
+        ("retry_budget.window_ms", integration.retry_budget.window_ms, ""),
     ):
         if millis / 1000 >= limit_s:
             s.fail(key, f"is {millis} ms{note}, which is not below REDIS_VISIBILITY_TIMEOUT "
@@ -374,6 +394,8 @@ def _integration(
         ),
         headers=_headers(s, environ),
         oauth=_oauth(s.section("oauth", _OAUTH_KEYS), environ),
+        retry_budget=_retry_budget(
+            s.section("retry_budget", _BUDGET_KEYS) or s.empty("retry_budget")),
     )
     _check_countdowns(integration, s, settings)
     return integration

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from recovery.audit.writer import AuditWriter
 from recovery.auth import TokenProvider
 from recovery.breaker import ClusterBreaker
+from recovery.budget import RetryBudget
 from recovery.db import make_engine
 from recovery.idempotency import IdempotencyStore
 from recovery.ratelimit import ClusterRateLimiter
@@ -44,6 +45,7 @@ class Runtime:
     limiter: ClusterRateLimiter
     tokens: TokenProvider
     idempotency: IdempotencyStore
+    budget: RetryBudget
     _breakers: dict[str, ClusterBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -104,6 +106,7 @@ def build_runtime(settings: Settings, registry: Registry) -> Runtime:
         limiter=ClusterRateLimiter(client, key_prefix=prefix),
         tokens=TokenProvider(client, key_prefix=prefix),
         idempotency=IdempotencyStore(client, key_prefix=prefix),
+        budget=RetryBudget(client, key_prefix=prefix),
     )
 
 

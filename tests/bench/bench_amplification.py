@@ -18,7 +18,8 @@ the jobs are enqueued; after `--outage` seconds it answers 200 again. Variants:
 Reported per variant: upstream calls per job while it was down (plain autoretry: up to 4), the
 time from recovery to the breaker closing (from the audit trail) and to the last job finishing,
 and how the jobs ended. Results go to tests/bench/results/amplification.json (merged by
-variant and budget). Not collected by pytest.
+variant and budget). Workers run from the checkout this file is in, so a scratch copy with
+other code (run with PYTHONPATH pointing at it) measures that code. Not collected by pytest.
 """
 
 from __future__ import annotations

@@ -211,6 +211,6 @@ def test_a_retry_over_budget_is_deferred_without_spending_an_attempt(
     deferrals = [a for a in job["attempts"] if a["kind"] == "deferral"]
     assert [(d["number"], d["delay_source"]) for d in deferrals][:1] == [(2, "retry-budget")]
     assert all(d["delay_source"] == "retry-budget" for d in deferrals)
-    assert 0 < deferrals[0]["delay_ms"] <= 2000
+    assert 0 < deferrals[0]["delay_ms"] <= 4000  # the wait (<= a window) plus spread
     assert job["attempt_count"] == 2
     assert len(upstream.requests()) == 2

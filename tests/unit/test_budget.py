@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from recovery.budget import (
     LocalRetryBudget,
     RetryBudget,
     RetryBudgetConfig,
+    spread_deferral,
     wait_for_room_ms,
 )
 
@@ -169,6 +171,15 @@ def test_without_redis_the_budget_is_the_in_process_one() -> None:
     assert shared.try_charge_retry("api", config) == 0.0
     assert shared.usage("api", config) == local.usage("api", config)
     assert local.usage("api", config)["retries"] == 1
+
+
+def test_refused_retries_are_spread_over_the_next_window() -> None:
+    config = RetryBudgetConfig(window_ms=10_000)
+    rng = random.Random(7)
+    delays = [spread_deferral(2.5, config, rng) for _ in range(200)]
+    assert all(2.5 <= d <= 12.5 for d in delays)
+    assert max(delays) - min(delays) > 8  # not a herd
+    assert spread_deferral(-1.0, config, random.Random(1)) >= 0.0
 
 
 # --- property: the budget holds, and the wait it names is exact --------------------------------

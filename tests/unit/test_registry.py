@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from recovery.budget import RetryBudgetConfig
 from recovery.registry import (
     BreakerConfig,
     FallbackConfig,
@@ -204,6 +205,20 @@ def test_headers_resolve_every_reference(tmp_path: Path) -> None:
     }
 
 
+def test_retry_budget_defaults_and_overrides(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "  - id: crm\n    base_url: https://crm.example.com\n"
+        "    retry_budget: {ratio: 0.5, floor: 0, window_ms: 2000}\n"
+        "  - id: mail\n    base_url: https://mail.example.com\n"
+        "    retry_budget: {enabled: false}\n"
+    )
+    registry = load(tmp_path, text)
+    assert registry.get("shop").retry_budget == RetryBudgetConfig()
+    assert registry.get("crm").retry_budget == RetryBudgetConfig(ratio=0.5, floor=0,
+                                                                 window_ms=2000)
+    assert registry.get("mail").retry_budget.enabled is False
+
+
 def test_health_check_with_an_empty_mapping_uses_defaults(tmp_path: Path) -> None:
     registry = load(tmp_path, entry("health_check: {}"), HEALTH_CHECK_TIMEOUT="321")
     assert registry.get("shop").health_check == HealthCheckConfig("/health", 30000, 321, 3)
@@ -260,7 +275,7 @@ def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
 
 
 INTEGRATION_KEYS = ("base_url, circuit_breaker, fallbacks, headers, health_check, id, name, "
-                    "oauth, rate_limit, retry, timeout_ms")
+                    "oauth, rate_limit, retry, retry_budget, timeout_ms")
 
 
 @pytest.mark.parametrize(
@@ -338,6 +353,15 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
          "key 'health_check.endpoint' must be a path starting with '/', got 'health'."),
         ("rate_limit: {max_requests: 0}",
          "key 'rate_limit.max_requests' must be from 1 to 1000000, got 0."),
+        ("retry_budget: {ratio: -0.1}", "key 'retry_budget.ratio' must be from 0 to 10, got -0.1."),
+        ("retry_budget: {floor: 1.5}", "key 'retry_budget.floor' must be a whole number, "
+         "got 1.5."),
+        ("retry_budget: {window_ms: 50}",
+         "key 'retry_budget.window_ms' must be from 100 to 3600000 ms, got 50."),
+        ("retry_budget: {enabled: 'no'}",
+         "key 'retry_budget.enabled' must be true or false, got 'no'."),
+        ("retry_budget: {share: 0.2}", "unknown key 'retry_budget.share' (known keys: enabled, "
+         "floor, ratio, window_ms)."),
         ("headers: [a]", "key 'headers' must be a mapping of names to strings, got a list."),
         ("headers: {X-Count: 5}", "key 'headers.X-Count' must be a string, got 5."),
         ("headers: {'Bad Name': x}", "key 'headers.Bad Name' is not a valid HTTP header name."),
@@ -385,7 +409,8 @@ def test_missing_base_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra",
     ["retry: {max_delay_ms: 3600000}", "circuit_breaker: {reset_timeout_ms: 3600000}",
-     "circuit_breaker: {max_reset_timeout_ms: 3600000}", "rate_limit: {window_ms: 3600000}"],
+     "circuit_breaker: {max_reset_timeout_ms: 3600000}", "rate_limit: {window_ms: 3600000}",
+     "retry_budget: {window_ms: 3600000}"],
 )
 def test_countdowns_must_stay_below_the_visibility_timeout(tmp_path: Path, extra: str) -> None:
     key = extra.split(":")[0] + "." + extra.split("{")[1].split(":")[0]
