@@ -6,9 +6,10 @@ and never `dlq`: dead letters are envelopes for operators and the capped replay,
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.worker.request import Request
 from kombu import Queue
 
@@ -109,3 +110,55 @@ def _reset_runtime_after_fork(**_: Any) -> None:
     from recovery.runtime import reset_runtime
 
     reset_runtime()
+
+
+class _RedactRecords(logging.Filter):
+    """Third-party log records (urllib3 logs request lines with their query string at DEBUG)
+    pass through the same redaction as our own events."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from recovery.redact import redact_text
+
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_stdlib_logs(logger: logging.Logger, **_: Any) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(_RedactRecords())
+
+
+class RequeueHeldOnReconnect(bootsteps.StartStopStep):
+    """Requeue at once what this worker held when its broker connection dropped.
+
+    On a connection loss kombu pushes the worker's unacknowledged messages (running late-ack
+    tasks, retries waiting for their countdown) back to their queues, which fails when Redis
+    itself is gone: they stay in the `unacked` hash until the visibility timeout. The previous
+    channel still knows their delivery tags, so the next consumer start requeues them.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._previous: Any = None
+
+    def start(self, c: Any) -> None:
+        qos = getattr(c.task_consumer.channel, "qos", None)
+        previous, self._previous = self._previous, qos
+        held = list(getattr(previous, "_delivered", None) or ())
+        if qos is None or not hasattr(qos, "restore_by_tag"):
+            return
+        for tag in held:
+            qos.restore_by_tag(tag, leftmost=True)
+        if held:
+            logging.getLogger(__name__).warning(
+                "Requeued %d message(s) held when the broker connection was lost.", len(held))
+
+
+app.steps["consumer"].add(RequeueHeldOnReconnect)

@@ -2,8 +2,8 @@
 
 Run from the repository root (Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432):
 
-    .venv/bin/python -m tests.bench.bench_overhead            # about 5 minutes
-    .venv/bin/python -m tests.bench.bench_overhead --only plain,ours -n 1000
+    .venv/bin/python -m tests.bench.bench_overhead                  # every run once, ~7 min
+    .venv/bin/python -m tests.bench.bench_overhead --only plain,ours --repeat 3
 
 Each run enqueues N GETs with no worker running, then starts a `celery worker -P prefork -c 2`
 that drains them from the same Redis broker (db 15, a throw-away key prefix) while a fault
@@ -18,6 +18,7 @@ finish is reported too. Runs:
     batched-audit  ours with job and attempt rows written by recovery.audit.spool.AuditBatcher
     async-commit   ours with `SET synchronous_commit = off` on the audit connections
     no-audit, no-events, no-gates, no-metrics, lean: ours with that cost removed (ablations)
+    timing-batched ours with the audit batcher, every step timed
 
 Writes tests/bench/results/overhead.json and overhead_profile.txt. Not collected by pytest.
 """
@@ -34,6 +35,7 @@ import json
 import os
 import platform
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,17 +55,17 @@ RESULTS = REPO / "tests" / "bench" / "results"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RUNS = ("plain", "ours", "timing", "profile", "batched-audit", "async-commit", "no-audit",
-        "no-events", "no-gates", "no-metrics", "lean")
-ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-events", "no-gates")}
+        "no-events", "no-gates", "no-metrics", "lean", "timing-batched")
+ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-events", "no-gates"),
+             "timing-batched": ("timing", "batched-audit")}
 WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
                 "--without-heartbeat", "-l", "info"]
 
 # --- the bench-only harness, installed in the worker before it forks its pool ---------------
 
 _spent: collections.Counter[str] = collections.Counter()
-_calls: collections.Counter[str] = collections.Counter()
+_tasks = [0, 0.0]  # tasks finished in this pool process, perf_counter at the last prerun
 _profile: list[cProfile.Profile] = []
-_task_started = [0.0]
 BODY = "task body (prerun..postrun)"
 
 
@@ -75,12 +77,13 @@ def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         finally:
             _spent[label] += time.perf_counter() - started
-            _calls[label] += 1
 
     return wrapper
 
 
 def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Times entering and leaving a context manager, not the block it wraps."""
+
     @contextlib.contextmanager
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[None]:
         started = time.perf_counter()
@@ -89,7 +92,6 @@ def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             yield
             started = time.perf_counter()
         _spent[label] += time.perf_counter() - started
-        _calls[label] += 1
 
     return wrapper
 
@@ -105,29 +107,28 @@ def _steps() -> list[tuple[Any, str, str]]:
     from recovery.idempotency import IdempotencyStore
     from recovery.ratelimit import ClusterRateLimiter
 
-    return [
-        (task, "run_job", "run_job (all steps)"), (worker, "count_delivery", "poison guard"),
-        (IdempotencyStore, "claim", "idempotency claim"),
-        (IdempotencyStore, "release", "idempotency release"),
-        (ClusterRateLimiter, "acquire", "rate-limit gate"),
-        (ClusterBreaker, "acquire", "breaker acquire"),
-        (ClusterBreaker, "record", "breaker record"),
-        (AuditWriter, "job_started", "audit job_started"),
-        (AuditWriter, "attempt", "audit attempt"),
-        (AuditWriter, "job_status", "audit job_status"),
-        (TokenProvider, "token_for", "oauth token"),
-        (pipeline, "send", "http call"), (pipeline, "observe_call", "metrics"),
-        (pipeline, "response_body", "response body"), (pipeline, "remember", "cache fallback"),
-        (pipeline, "redact_params", "redaction"), (task, "job_context", "log context"),
-    ]
+    audit = [(AuditWriter, name, f"audit {name}") for name in ("job_started", "attempt",
+                                                                 "job_status")]
+    return [*audit, (task, "run_job", "run_job (all steps)"),
+            (worker, "count_delivery", "poison guard"),
+            (IdempotencyStore, "claim", "idempotency claim"),
+            (IdempotencyStore, "release", "idempotency release"),
+            (ClusterRateLimiter, "acquire", "rate-limit gate"),
+            (ClusterBreaker, "acquire", "breaker acquire"),
+            (ClusterBreaker, "record", "breaker record"),
+            (TokenProvider, "token_for", "oauth token"), (pipeline, "send", "http call"),
+            (pipeline, "observe_call", "metrics"), (pipeline, "response_body", "response body"),
+            (pipeline, "remember", "cache fallback"), (pipeline, "redact_params", "redaction"),
+            (task, "job_context", "log context")]
 
 
 def _disable(features: set[str]) -> None:
-    """Remove whole costs (ablations): what throughput would be without them."""
+    """Remove or replace whole costs (ablations): what throughput would be without them."""
+    import recovery.runtime as runtime
+    import recovery.worker as worker
     from recovery.audit.writer import AuditWriter
     from recovery.breaker import ClusterBreaker, Permit
     from recovery.celery_app import app
-    from recovery.db import make_engine
     from recovery.idempotency import Claim, IdempotencyStore
     from recovery.ratelimit import ClusterRateLimiter
 
@@ -135,18 +136,8 @@ def _disable(features: set[str]) -> None:
         for name in ("job_started", "attempt", "job_status"):
             setattr(AuditWriter, name, lambda *_, **__: True)
     if "async-commit" in features:
-        from sqlalchemy import event
-
-        import recovery.runtime as runtime
-
-        def engine_without_fsync_wait(url: str) -> Any:
-            engine = make_engine(url)
-            event.listen(engine, "connect", _async_commit)
-            return engine
-
-        runtime.make_engine = engine_without_fsync_wait  # type: ignore[assignment]
+        runtime.make_engine = _async_commit_engine  # type: ignore[assignment]
     if "batched-audit" in features:
-        import recovery.runtime as runtime
         from recovery.audit.spool import AuditBatcher
 
         runtime.AuditWriter = lambda engine: AuditWriter(  # type: ignore[assignment,misc]
@@ -154,8 +145,6 @@ def _disable(features: set[str]) -> None:
     if "no-events" in features:
         app.conf.worker_send_task_events = False
     if "no-gates" in features:
-        import recovery.worker as worker
-
         worker.count_delivery = lambda *_: 1  # type: ignore[assignment]
         IdempotencyStore.claim = lambda *_: Claim.CLAIMED  # type: ignore[method-assign]
         IdempotencyStore.release = lambda *_, **__: None  # type: ignore[method-assign]
@@ -163,9 +152,19 @@ def _disable(features: set[str]) -> None:
         ClusterBreaker.acquire = lambda self: Permit(self.integration, False, None)  # type: ignore
 
 
-def _async_commit(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.execute("SET synchronous_commit = off")
-    dbapi_connection.commit()
+def _async_commit_engine(url: str) -> Any:
+    """The audit engine, with commits that do not wait for the WAL to reach the disk."""
+    from sqlalchemy import event
+
+    from recovery.db import make_engine
+
+    def no_fsync_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("SET synchronous_commit = off")
+        dbapi_connection.commit()
+
+    engine = make_engine(url)
+    event.listen(engine, "connect", no_fsync_wait)
+    return engine
 
 
 def _install(features: set[str], out_dir: Path) -> None:
@@ -177,41 +176,31 @@ def _install(features: set[str], out_dir: Path) -> None:
             wrap = _timed_context if name == "job_context" else _timed
             setattr(owner, name, wrap(label, getattr(owner, name)))
 
-        @signals.task_prerun.connect(weak=False)
-        def _start(**_: Any) -> None:
-            _task_started[0] = time.perf_counter()
+    def before_task(**_: Any) -> None:
+        _tasks[1] = time.perf_counter()
 
-        @signals.task_postrun.connect(weak=False)
-        def _stop(**_: Any) -> None:
-            _spent[BODY] += time.perf_counter() - _task_started[0]
-            _calls[BODY] += 1
-            if _calls[BODY] % 25 == 0:
-                _dump(out_dir)
+    def after_task(**_: Any) -> None:
+        _spent[BODY] += time.perf_counter() - _tasks[1]
+        _tasks[0] += 1
+        if _tasks[0] % 50 == 0:  # pool processes exit without a hook we could rely on
+            _dump(out_dir)
 
+    def start_profile(**_: Any) -> None:
+        _profile.append(cProfile.Profile())
+        _profile[0].enable()
+
+    signals.task_prerun.connect(before_task, weak=False)
+    signals.task_postrun.connect(after_task, weak=False)
     if "profile" in features:
-        @signals.worker_process_init.connect(weak=False)
-        def _begin(**_: Any) -> None:
-            _profile.append(cProfile.Profile())
-            _profile[0].enable()
-
-        @signals.task_postrun.connect(weak=False)
-        def _every(**_: Any) -> None:
-            _calls["_profiled"] += 1
-            if _calls["_profiled"] % 100 == 0:
-                _dump(out_dir)
-
-    @signals.worker_process_shutdown.connect(weak=False)
-    def _end(**_: Any) -> None:
-        _dump(out_dir)
+        signals.worker_process_init.connect(start_profile, weak=False)
 
 
 def _dump(out_dir: Path) -> None:
     if _profile:
         _profile[0].dump_stats(out_dir / f"{os.getpid()}.prof")  # stops the profiler
         _profile[0].enable()
-    if _spent:
-        data = {k: [_calls[k], v] for k, v in _spent.items()}
-        (out_dir / f"{os.getpid()}.json").write_text(json.dumps(data))
+    data = {"_tasks": _tasks[0], **_spent}
+    (out_dir / f"{os.getpid()}.json").write_text(json.dumps(data))
 
 
 def harness_main(argv: list[str]) -> None:
@@ -251,13 +240,9 @@ class Worker:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+        self.process.wait(timeout=120)
         self._log.close()
 
 
@@ -284,14 +269,12 @@ class Bench:
                       "max_delay_ms": 30_000, "jitter": 0.2},
             "circuit_breaker": {"threshold": 5, "reset_timeout_ms": 30_000},
             "fallbacks": [], "rate_limit": {"window_ms": 1000, "max_requests": 100_000}}]}))
-        self.env = {**os.environ, "REDIS_URL": REDIS_URL, "RECOVERY_REDIS_PREFIX": self.prefix,
-                    "DATABASE_URL": self.database_url, "RECOVERY_INTEGRATIONS": str(integrations),
-                    "LOG_LEVEL": "info", "BENCH_REDIS_URL": REDIS_URL, "BENCH_PREFIX": self.prefix,
-                    "PYTHONPATH": str(REPO)}
-        self.env.pop("SENTRY_DSN", None)
-        os.environ.update({k: self.env[k] for k in ("REDIS_URL", "RECOVERY_REDIS_PREFIX",
-                          "DATABASE_URL", "RECOVERY_INTEGRATIONS", "BENCH_REDIS_URL",
-                          "BENCH_PREFIX")})
+        os.environ.update({  # this process enqueues, so it needs the settings too
+            "REDIS_URL": REDIS_URL, "RECOVERY_REDIS_PREFIX": self.prefix, "LOG_LEVEL": "info",
+            "DATABASE_URL": self.database_url, "RECOVERY_INTEGRATIONS": str(integrations),
+            "BENCH_REDIS_URL": REDIS_URL, "BENCH_PREFIX": self.prefix, "PYTHONPATH": str(REPO)})
+        os.environ.pop("SENTRY_DSN", None)
+        self.env = dict(os.environ)
         from recovery.db import upgrade
 
         upgrade(self.database_url)
@@ -308,11 +291,11 @@ class Bench:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
-    def run(self, name: str) -> dict[str, Any]:
+    def run(self, name: str, round_no: int) -> dict[str, Any]:
         requests.post(f"{self.url}/_reset", timeout=10).raise_for_status()
         load_before = os.getloadavg()[0]
         enqueue_s, queue = self._enqueue(name)
-        out_dir = self.work / name
+        out_dir = self.work / f"{name}-{round_no}"
         out_dir.mkdir()
         env = dict(self.env)
         if name in ("no-metrics", "lean"):
@@ -326,7 +309,7 @@ class Bench:
         else:
             command = [sys.executable, "-m", "tests.bench.bench_overhead", "--harness",
                        features, str(out_dir), "--", *WORKER_FLAGS, "-n", f"ours-{name}@%h"]
-        worker = Worker(env, command, self.work / f"{name}.log")
+        worker = Worker(env, command, out_dir / "worker.log")
         try:
             self._wait_drained(queue)
             cpu_ms = (worker.cpu_s() - worker.cpu_at_ready) / self.n * 1000
@@ -373,11 +356,15 @@ class Bench:
         if name != "plain":
             result.update(self._audit_rate())
         steps = _merge_steps(out_dir)
-        if steps:
-            result["steps_ms_per_job"] = {k: round(v / self.n * 1000, 3) for k, v in steps.items()}
-        profiles = sorted(out_dir.glob("*.prof"))
+        if len(steps) > 1:
+            result["steps_ms_per_job"] = steps
+        profiles = [str(path) for path in out_dir.glob("*.prof")]
         if profiles:
-            _write_profile(profiles)
+            out = io.StringIO()
+            stats = pstats.Stats(*profiles, stream=out).strip_dirs()
+            stats.sort_stats("cumulative").print_stats(45)
+            stats.sort_stats("tottime").print_stats(30)
+            (RESULTS / "overhead_profile.txt").write_text(out.getvalue())
         return result
 
     def _audit_rate(self) -> dict[str, Any]:
@@ -393,19 +380,12 @@ class Bench:
 
 
 def _merge_steps(out_dir: Path) -> dict[str, float]:
+    """Milliseconds per task of every timed step, over the tasks the pool processes reported."""
     total: collections.Counter[str] = collections.Counter()
     for path in out_dir.glob("*.json"):
-        for label, (_, seconds) in json.loads(path.read_text()).items():
-            total[label] += seconds
-    return dict(total.most_common())
-
-
-def _write_profile(paths: list[Path]) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(*(str(p) for p in paths), stream=out)
-    stats.strip_dirs().sort_stats("cumulative").print_stats(45)
-    stats.sort_stats("tottime").print_stats(30)
-    (RESULTS / "overhead_profile.txt").write_text(out.getvalue())
+        total.update(json.loads(path.read_text()))
+    tasks = total.pop("_tasks", 0)
+    return {label: round(s * 1000 / tasks, 3) for label, s in total.most_common()} if tasks else {}
 
 
 def upstream_main(argv: list[str]) -> None:
@@ -428,10 +408,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=3000, help="jobs per run (default 3000)")
     parser.add_argument("--only", default=",".join(RUNS), help=f"runs, from {','.join(RUNS)}")
-    parser.add_argument("--label", default="", help="a note stored with the results")
     parser.add_argument("--stock-upstream", action="store_true",
                         help="the fault server as shipped (Nagle on; ~40 ms per pooled request)")
     parser.add_argument("--out", default="overhead.json", help="results file in results/")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every run (median)")
     args = parser.parse_args()
     names = [name for name in args.only.split(",") if name]
     unknown = sorted(set(names) - set(RUNS))
@@ -442,18 +422,32 @@ def main() -> None:
         bench = Bench(args.n, Path(tmp), stock_upstream=args.stock_upstream)
         try:
             runs = []
-            for name in names:
-                runs.append(bench.run(name))
-                print(json.dumps(runs[-1]), flush=True)
+            for round_no in range(args.repeat):
+                for name in names:
+                    runs.append({**bench.run(name, round_no), "round": round_no})
+                    print(json.dumps(runs[-1]), flush=True)
         finally:
             bench.close()
     upstream = "stock fault server" if args.stock_upstream else "fault server, TCP_NODELAY"
-    report = {"label": args.label, "machine": _machine(), "upstream": upstream, "runs": runs}
-    base = next((r["tasks_per_s"] for r in runs if r["run"] == "plain"), None)
-    if base:
-        report["ratios_to_plain"] = {r["run"]: round(r["tasks_per_s"] / base, 3) for r in runs}
+    report = {"machine": _machine(), "upstream": upstream, "runs": runs}
+    report["summary"] = _summary(runs)
     (RESULTS / args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report.get("ratios_to_plain", {}), indent=2))
+    print(json.dumps(report["summary"], indent=2))
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per run name: median tasks/s and worker CPU per job over the rounds, and the ratio of
+    the median to plain's median. Rounds interleave the runs, so load drifts hit all alike."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["run"] for r in runs):
+        rates = [r["tasks_per_s"] for r in runs if r["run"] == name]
+        cpu = [r["worker_cpu_ms_per_job"] for r in runs if r["run"] == name]
+        summary[name] = {"tasks_per_s": statistics.median(rates), "samples": rates,
+                         "worker_cpu_ms_per_job": statistics.median(cpu)}
+    base = summary.get("plain", {}).get("tasks_per_s")
+    for entry in summary.values():
+        entry["ratio_to_plain"] = round(entry["tasks_per_s"] / base, 3) if base else None
+    return summary
 
 
 def _machine() -> dict[str, Any]:

@@ -101,7 +101,8 @@ class WorkerProcess:
     """A real `celery worker` subprocess, stopped (and its pool reaped) at teardown."""
 
     def __init__(
-        self, env: dict[str, str], concurrency: int, log_path: Path, queues: str | None
+        self, env: dict[str, str], concurrency: int, log_path: Path, queues: str | None,
+        loglevel: str = "info",
     ) -> None:
         command = [
             sys.executable,
@@ -118,7 +119,7 @@ class WorkerProcess:
             "--without-mingle",
             "--without-heartbeat",
             "-l",
-            "info",
+            loglevel,
             "-n",
             f"test-{uuid.uuid4().hex[:8]}@%h",
         ]
@@ -171,9 +172,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
     def start(
-        env: dict[str, str], concurrency: int = 2, queues: str | None = None
+        env: dict[str, str], concurrency: int = 2, queues: str | None = None,
+        loglevel: str = "info",
     ) -> WorkerProcess:
-        worker = WorkerProcess(env, concurrency, tmp_path / f"worker{len(workers)}.log", queues)
+        worker = WorkerProcess(env, concurrency, tmp_path / f"worker{len(workers)}.log", queues,
+                               loglevel)
         workers.append(worker)
         return worker
 

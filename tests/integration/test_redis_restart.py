@@ -126,16 +126,10 @@ def in_flight(server: FaultServer) -> int:
     return sum(1 for record in server.requests() if record["status"] is None)
 
 
-HELD_MESSAGES_WAIT = pytest.mark.xfail(strict=True, reason=(
-    "What the worker held when Redis went away (running late-ack tasks, retries waiting for "
-    "their countdown) stays in the broker's `unacked` hash: kombu's restore on connection loss "
-    "needs the Redis that is gone, so those jobs wait for the visibility timeout plus kombu's "
-    "sweep (every ~100 s; 1 h with the default REDIS_VISIBILITY_TIMEOUT). Fix: a consumer "
-    "bootstep in recovery/celery_app.py that, when the consumer starts again, requeues the "
-    "delivery tags the previous channel's QoS still holds (see the report of issue 6)."))
+class JobsStuck(AssertionError):
+    """Jobs that did not finish after the restart (the known failure below, nothing else)."""
 
 
-@HELD_MESSAGES_WAIT
 def test_jobs_survive_a_redis_restart_and_the_worker_reconnects(
         configure, upstream: FaultServer, slow_upstream: FaultServer, own_redis: OwnRedis,
         start_worker) -> None:
@@ -173,10 +167,11 @@ def test_jobs_survive_a_redis_restart_and_the_worker_reconnects(
 
     missing = sorted(set(before + after) - set(done))
     prefix = env["RECOVERY_REDIS_PREFIX"]
-    assert not missing, (
-        f"{len(missing)} jobs never finished after the restart: {missing}; the broker holds "
-        f"{restarted.hlen(f'{prefix}unacked')} unacknowledged and "
-        f"{restarted.llen(f'{prefix}integrations')} queued messages.")
+    if missing:
+        raise JobsStuck(
+            f"{len(missing)} jobs never finished after the restart: {missing}; the broker holds "
+            f"{restarted.hlen(f'{prefix}unacked')} unacknowledged and "
+            f"{restarted.llen(f'{prefix}integrations')} queued messages.")
     statuses = {job_id: job["status"] for job_id, job in done.items()}
     assert set(statuses.values()) == {"succeeded"}, statuses
     for job in done.values():

@@ -14,7 +14,7 @@ from recovery.runtime import get_runtime
 from tests.integration.test_job_flow import integration
 
 FINAL = {"succeeded", "degraded", "failed", "dead", "duplicate"}
-SHORT_TIMES = {"REDIS_VISIBILITY_TIMEOUT": "10", "RETRY_MAX_DELAY": "2000",
+SHORT_TIMES = {"REDIS_VISIBILITY_TIMEOUT": "20", "RETRY_MAX_DELAY": "2000",
                "CIRCUIT_BREAKER_RESET_TIMEOUT": "2000", "RATE_LIMIT_WINDOW": "1000",
                "RATE_LIMIT_MAX_REQUESTS": "100000", "MAX_DEFER_WINDOW": "8000"}
 
