@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 
 import redis
@@ -17,14 +18,19 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SUCCESS_TTL_S = 7 * 24 * 3600
+DELIVERY_COUNT_TTL_S = 24 * 3600
+LOCAL_DELIVERIES_KEPT = 100_000
 
-# KEYS[1] success key, KEYS[2] claim key; ARGV[1] holder, ARGV[2] claim ttl ms.
+# KEYS[1] success key, KEYS[2] claim key, KEYS[3] delivery counter; ARGV[1] holder,
+# ARGV[2] claim ttl ms, ARGV[3] counter ttl s. Returns {answer, deliveries of this message}.
 _CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'succeeded' end
+local deliveries = redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'succeeded', deliveries} end
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return 'busy' end
+if holder and holder ~= ARGV[1] then return {'busy', deliveries} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 'claimed'
+return {'claimed', deliveries}
 """
 
 # KEYS[1] success key, KEYS[2] claim key; ARGV[1] holder, ARGV[2] job id, ARGV[3] ttl s,
@@ -42,12 +48,19 @@ class Claim(StrEnum):
     BUSY = "busy"
 
 
+@dataclass(frozen=True)
+class ClaimResult:
+    claim: Claim
+    deliveries: int  # how often this exact message was delivered (poison detection)
+
+
 class IdempotencyStore:
     def __init__(self, client: redis.Redis | None, *, key_prefix: str) -> None:
         self._redis = client
         self._prefix = f"{key_prefix}idem:"
         self._local_success: dict[str, str] = {}
         self._local_claims: dict[str, tuple[str, float]] = {}
+        self._local_deliveries: dict[str, int] = {}
         self._lock = threading.Lock()
         if client is not None:
             self._claim = client.register_script(_CLAIM)
@@ -56,16 +69,20 @@ class IdempotencyStore:
     def _keys(self, key: str) -> list[str]:
         return [f"{self._prefix}{key}:ok", f"{self._prefix}{key}:claim"]
 
-    def claim(self, key: str, holder: str, ttl_ms: int) -> Claim:
-        """Claim the key for one delivery, unless it already succeeded or another holds it."""
+    def claim(self, key: str, holder: str, ttl_ms: int, delivery: str) -> ClaimResult:
+        """Count this delivery of the message `delivery`, then claim the key for it, unless
+        the key already succeeded or another holder has it. One round trip."""
         if self._redis is None:
-            return self._claim_local(key, holder, ttl_ms)
+            return self._claim_local(key, holder, ttl_ms, delivery)
         try:
-            answer = self._claim(keys=self._keys(key), args=[holder, ttl_ms])
+            answer, deliveries = self._claim(
+                keys=[*self._keys(key), f"{self._prefix}deliveries:{delivery}"],
+                args=[holder, ttl_ms, DELIVERY_COUNT_TTL_S])
         except redis.RedisError as exc:
             log.warning("idempotency_redis_unavailable", error=str(exc))
-            return self._claim_local(key, holder, ttl_ms)
-        return Claim(answer.decode() if isinstance(answer, bytes) else answer)
+            return self._claim_local(key, holder, ttl_ms, delivery)
+        text = answer.decode() if isinstance(answer, bytes) else answer
+        return ClaimResult(Claim(text), int(deliveries))
 
     def release(self, key: str, holder: str, job_id: str, *, succeeded: bool) -> None:
         """Give the claim back; with `succeeded`, remember the key so it is never called again."""
@@ -84,13 +101,17 @@ class IdempotencyStore:
             if self._local_claims.get(key, ("", 0.0))[0] == holder:
                 del self._local_claims[key]
 
-    def _claim_local(self, key: str, holder: str, ttl_ms: int) -> Claim:
+    def _claim_local(self, key: str, holder: str, ttl_ms: int, delivery: str) -> ClaimResult:
         now = time.monotonic()
         with self._lock:
+            if len(self._local_deliveries) > LOCAL_DELIVERIES_KEPT:
+                self._local_deliveries.clear()
+            deliveries = self._local_deliveries.get(delivery, 0) + 1
+            self._local_deliveries[delivery] = deliveries
             if key in self._local_success:
-                return Claim.SUCCEEDED
+                return ClaimResult(Claim.SUCCEEDED, deliveries)
             current = self._local_claims.get(key)
             if current and current[0] != holder and current[1] > now:
-                return Claim.BUSY
+                return ClaimResult(Claim.BUSY, deliveries)
             self._local_claims[key] = (holder, now + ttl_ms / 1000)
-            return Claim.CLAIMED
+            return ClaimResult(Claim.CLAIMED, deliveries)

@@ -72,19 +72,29 @@ def max_countdown_s(rt: Runtime) -> float:
     return rt.settings.visibility_timeout_s * 0.9
 
 
+def delivery_id(job: JobSpec, progress: Progress) -> str:
+    """Names one message: a job at one replay, attempt and deferral. Redelivered, it is the
+    same message again; the count of its deliveries tells a poison job apart."""
+    return f"{job.job_id}:{job.replay_count}:{progress.attempt}:{progress.deferrals}"
+
+
 def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
     integration = rt.registry.get(job.integration)
     claim_ttl_ms = integration.timeout_ms * 2 + 5000
-    claim = rt.idempotency.claim(job.idempotency_key, job.job_id, claim_ttl_ms)
-    if claim is Claim.SUCCEEDED:
+    claimed = rt.idempotency.claim(job.idempotency_key, job.job_id, claim_ttl_ms,
+                                   delivery_id(job, progress))
+    if claimed.claim is Claim.SUCCEEDED:
         return _duplicate(job, progress, rt)
-    if claim is Claim.BUSY:
+    if claimed.claim is Claim.BUSY:
         return _blocked(job, progress, rt, integration, 1.0, "rate-limit", "another delivery "
                         "of the same idempotency key is running")
-    rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
-                         redact_params(job.params or {}), job.idempotency_key, progress.attempt)
     released = False
     try:
+        if claimed.deliveries > rt.settings.poison_max_deliveries:
+            return _poison(job, progress, rt, claimed.deliveries)
+        rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
+                             redact_params(job.params or {}), job.idempotency_key,
+                             progress.attempt)
         if progress.budget_pending:
             wait_s = rt.budget.try_charge_retry(integration.id, integration.retry_budget)
             if wait_s > 0:
@@ -257,6 +267,22 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
                     failure=failure, reason=decision.reason)
     return Step("failed", progress, spent, http_status=status, strategy=decision.strategy,
                 failure=failure, reason=decision.reason)
+
+
+def _poison(job: JobSpec, progress: Progress, rt: Runtime, deliveries: int) -> Step:
+    """A message delivered again and again means its worker process died every time (late
+    acks redeliver it): past POISON_MAX_DELIVERIES it is dead-lettered, never looped forever."""
+    message = (f"poison: the job was delivered {deliveries} times and its worker died "
+               "each time.")
+    alert("poison_job", f"Job {job.job_id} {message[8:]} It goes to the dead-letter queue.",
+          job.integration, job_id=job.job_id, deliveries=deliveries)
+    failure = Classification(
+        categories=frozenset({ErrorCategory.UNKNOWN}), primary=ErrorCategory.UNKNOWN,
+        retryable=False, status=None, retry_after_s=None, message=message,
+        strategy="dead-letter-queue")
+    status: StepStatus = "dead" if rt.settings.dlq_enabled else "failed"
+    return Step(status, progress, progress.attempt, strategy="dead-letter-queue",
+                failure=failure, reason=message)
 
 
 def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:

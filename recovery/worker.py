@@ -1,15 +1,10 @@
-"""What the Celery task adapter needs around the engine: poison detection, final states, reprs."""
+"""What the Celery task adapter needs around the engine: final states and redacted reprs."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
 import structlog
 
-from recovery.alerts import alert
 from recovery.dlq.park import park
-from recovery.errors import Classification, ErrorCategory
 from recovery.jobs import JobSpec, Progress
 from recovery.metrics import observe_recovery
 from recovery.pipeline import Step
@@ -18,57 +13,11 @@ from recovery.sentry import capture_job_failure
 
 log = structlog.get_logger(__name__)
 
-DELIVERY_COUNT_TTL_S = 24 * 3600
-
 
 def task_reprs(job: JobSpec, progress: Progress) -> dict[str, str]:
     """Redacted argument reprs: what Flower and the task events show instead of the real ones."""
     return {"argsrepr": "()",
             "kwargsrepr": repr({"job": job.redacted(), "progress": progress.to_message()})}
-
-
-def poison_classification(deliveries: int) -> Classification:
-    return Classification(
-        categories=frozenset({ErrorCategory.UNKNOWN}), primary=ErrorCategory.UNKNOWN,
-        retryable=False, status=None, retry_after_s=None,
-        message=f"poison: the job was delivered {deliveries} times and its worker died each time.",
-        strategy="dead-letter-queue")
-
-
-def count_delivery(job: JobSpec, progress: Progress, rt: Runtime) -> int:
-    """How many times this exact message (job, attempt, deferral) has been delivered."""
-    if rt.redis is None:
-        return 1
-    key = (f"{rt.settings.redis_key_prefix}deliveries:{job.job_id}:{job.replay_count}:"
-           f"{progress.attempt}:{progress.deferrals}")
-    try:
-        pipe = rt.redis.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, DELIVERY_COUNT_TTL_S)
-        return int(pipe.execute()[0])
-    except redis.RedisError as exc:
-        log.warning("delivery_count_unavailable", error=str(exc))
-        return 1
-
-
-def guard_delivery(job: JobSpec, progress: Progress, rt: Runtime, request: Any) -> Step | None:
-    """A Step that dead-letters a poison job, or None when the job may run.
-
-    A message delivered again and again at the same attempt means its worker process died every
-    time (late acks redeliver it): after `POISON_MAX_DELIVERIES` it goes to the DLQ as poison.
-    """
-    deliveries = count_delivery(job, progress, rt)
-    if deliveries <= rt.settings.poison_max_deliveries:
-        return None
-    alert("poison_job", f"Job {job.job_id} was delivered {deliveries} times and its worker "
-          "died each time; it goes to the dead-letter queue.", job.integration,
-          job_id=job.job_id, deliveries=deliveries)
-    failure = poison_classification(deliveries)
-    if rt.settings.dlq_enabled:
-        return Step("dead", progress, progress.attempt, strategy="dead-letter-queue",
-                    failure=failure, reason=failure.message)
-    return Step("failed", progress, progress.attempt, strategy="dead-letter-queue",
-                failure=failure, reason=failure.message)
 
 
 def finish_unsuccessful(job: JobSpec, step: Step, rt: Runtime) -> None:

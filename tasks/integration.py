@@ -13,7 +13,7 @@ from recovery.jobs import JobSpec, Progress
 from recovery.observability import job_context
 from recovery.pipeline import Step, run_job
 from recovery.runtime import get_runtime
-from recovery.worker import finish_unsuccessful, guard_delivery, task_reprs
+from recovery.worker import finish_unsuccessful, task_reprs
 
 
 @app.task(bind=True, name="tasks.integration.call", max_retries=None, acks_late=True)
@@ -22,9 +22,7 @@ def call(self: Task, job: dict[str, Any], progress: dict[str, Any] | None = None
     state = Progress.from_message(progress)
     runtime = get_runtime()
     with job_context(spec, self.request.id, state.attempt):
-        step: Step = guard_delivery(spec, state, runtime, self.request) or run_job(
-            spec, state, runtime
-        )
+        step: Step = run_job(spec, state, runtime)
         if step.status in ("retry", "defer"):
             raise self.retry(
                 kwargs={"job": job, "progress": step.progress.to_message()},

@@ -99,7 +99,6 @@ def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def _steps() -> list[tuple[Any, str, str]]:
     """(owner, attribute, label) of every step of a successful delivery."""
     import recovery.pipeline as pipeline
-    import recovery.worker as worker
     import tasks.integration as task
     from recovery.audit.writer import AuditWriter
     from recovery.auth import TokenProvider
@@ -110,8 +109,7 @@ def _steps() -> list[tuple[Any, str, str]]:
     audit = [(AuditWriter, name, f"audit {name}") for name in ("job_started", "attempt",
                                                                  "job_status")]
     return [*audit, (task, "run_job", "run_job (all steps)"),
-            (worker, "count_delivery", "poison guard"),
-            (IdempotencyStore, "claim", "idempotency claim"),
+            (IdempotencyStore, "claim", "idempotency claim + poison count"),
             (IdempotencyStore, "release", "idempotency release"),
             (ClusterRateLimiter, "acquire", "rate-limit gate"),
             (ClusterBreaker, "acquire", "breaker acquire"),
@@ -125,11 +123,10 @@ def _steps() -> list[tuple[Any, str, str]]:
 def _disable(features: set[str]) -> None:
     """Remove or replace whole costs (ablations): what throughput would be without them."""
     import recovery.runtime as runtime
-    import recovery.worker as worker
     from recovery.audit.writer import AuditWriter
     from recovery.breaker import ClusterBreaker, Permit
     from recovery.celery_app import app
-    from recovery.idempotency import Claim, IdempotencyStore
+    from recovery.idempotency import Claim, ClaimResult, IdempotencyStore
     from recovery.ratelimit import ClusterRateLimiter
 
     if "no-audit" in features:
@@ -145,8 +142,8 @@ def _disable(features: set[str]) -> None:
     if "no-events" in features:
         app.conf.worker_send_task_events = False
     if "no-gates" in features:
-        worker.count_delivery = lambda *_: 1  # type: ignore[assignment]
-        IdempotencyStore.claim = lambda *_: Claim.CLAIMED  # type: ignore[method-assign]
+        IdempotencyStore.claim = (  # type: ignore[method-assign]
+            lambda *_: ClaimResult(Claim.CLAIMED, 1))
         IdempotencyStore.release = lambda *_, **__: None  # type: ignore[method-assign]
         ClusterRateLimiter.acquire = lambda *_: 0.0  # type: ignore[method-assign]
         ClusterBreaker.acquire = lambda self: Permit(self.integration, False, None)  # type: ignore
