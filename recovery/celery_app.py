@@ -104,6 +104,33 @@ def _install_beat_schedule() -> None:
 _install_beat_schedule()
 
 
+@signals.worker_init.connect
+def _batch_audit_writes(**_: Any) -> None:
+    """Worker processes buffer audit rows and hand them to the Redis spool per task."""
+    from recovery.audit.spool import enable_batching
+
+    enable_batching()
+
+
+@signals.task_postrun.connect
+def _commit_audit_rows(**_: Any) -> None:
+    """A task's audit rows reach the Redis spool before its message is acknowledged."""
+    from recovery.audit.spool import commit_all
+
+    commit_all()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _flush_on_shutdown(**_: Any) -> None:
+    """Buffered audit rows and metrics are sent before a worker process exits."""
+    from recovery.audit.spool import close_all
+    from recovery.metrics import flush
+
+    close_all()
+    flush()
+
+
 @signals.worker_process_init.connect
 def _reset_runtime_after_fork(**_: Any) -> None:
     """A forked pool process must not share sockets (Redis, PostgreSQL, HTTP) with its parent."""

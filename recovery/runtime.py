@@ -15,7 +15,7 @@ import redis
 import structlog
 from sqlalchemy.engine import Engine
 
-from recovery.audit.writer import AuditWriter
+from recovery.audit.writer import AuditWriter, make_audit_writer
 from recovery.auth import TokenProvider
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
@@ -102,7 +102,7 @@ def build_runtime(settings: Settings, registry: Registry) -> Runtime:
         registry=registry,
         redis=client,
         engine=engine,
-        audit=AuditWriter(engine),
+        audit=make_audit_writer(engine, client, prefix),
         limiter=ClusterRateLimiter(client, key_prefix=prefix),
         tokens=TokenProvider(client, key_prefix=prefix),
         idempotency=IdempotencyStore(client, key_prefix=prefix),
@@ -130,5 +130,6 @@ def reset_runtime() -> None:
     global _runtime
     with _runtime_lock:
         if _runtime is not None:
+            _runtime.audit.close()
             _runtime.engine.dispose(close=False)
         _runtime = None

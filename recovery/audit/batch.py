@@ -151,7 +151,8 @@ def _when(value: str) -> datetime:
 # SQLAlchemy statements: every dialect; the only path on SQLite and for single writes.
 
 
-def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that supports ON CONFLICT on this connection's dialect."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     if conn.dialect.name == "sqlite":
@@ -172,7 +173,8 @@ def _new_job_row(op: Op, status: str, attempts: int, replay_count: int) -> dict[
 def _queued_statement(conn: Connection, op: Op) -> Executable:
     """Create the row; on a replay (higher replay_count) queue a finished job again, unless a
     newer write already moved it on."""
-    stmt = _insert(conn, _JOBS).values(_new_job_row(op, "queued", 0, op.values["replay_count"]))
+    row = _new_job_row(op, "queued", 0, op.values["replay_count"])
+    stmt = dialect_insert(conn, _JOBS).values(row)
     new = stmt.excluded
     reset = and_(_JOBS.c.status.in_([s.value for s in TERMINAL_STATUSES]),
                  _JOBS.c.status_seq <= new.status_seq)
@@ -186,7 +188,7 @@ def _queued_statement(conn: Connection, op: Op) -> Executable:
 
 
 def _started_statement(conn: Connection, op: Op) -> Executable:
-    stmt = _insert(conn, _JOBS).values(_new_job_row(op, "running", op.values["attempt"], 0))
+    stmt = dialect_insert(conn, _JOBS).values(_new_job_row(op, "running", op.values["attempt"], 0))
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[_JOBS.c.id],
@@ -221,7 +223,7 @@ def execute_op(conn: Connection, op: Op) -> bool:
         if conn.execute(_status_statement(op)).rowcount == 0:
             return bool(_existing_ids(conn, [op.job_id]))  # no row, or a newer write won
     else:
-        stmt = _insert(conn, _ATTEMPTS).values(_attempt_row(op))
+        stmt = dialect_insert(conn, _ATTEMPTS).values(_attempt_row(op))
         conn.execute(stmt.on_conflict_do_nothing(index_elements=[_ATTEMPTS.c.dedupe_key]))
     return True
 

@@ -1,16 +1,17 @@
-"""Where audit writes wait: a per-process buffer flushed in batches, and a Redis stream.
+"""Where audit writes wait between a worker and PostgreSQL.
 
-`AuditBatcher` buffers ops in memory and a background thread writes them, by size (500 ops)
-or by time (every 200 ms), in one transaction per batch. When PostgreSQL does not answer, the
-batch goes to `RedisSpool` (the stream ``{prefix}audit:spool``) and jobs keep running; while the
-stream holds anything, new batches join its tail, so the database later receives rows in the
-order they were produced. The same thread drains the stream, oldest entry first, whenever the
-database answers: one process at a time (a Redis lock), deleting entries only after the
-transaction that wrote them has committed. With Redis away too, ops stay in a bounded memory
-buffer and every such moment is logged as an error.
+`AuditBatcher` buffers job and attempt writes (`recovery.audit.batch.Op`) in memory. At every
+commit point (`commit`: a Celery task ends, before its message is acknowledged), every 200 ms,
+and whenever 500 ops are waiting, the buffer moves to the Redis stream ``{prefix}audit:spool``
+in one XADD. A background thread per process drains the stream into PostgreSQL, oldest entry
+first, up to 2,000 ops per transaction, one process at a time (a Redis lock), and deletes
+entries only after their transaction has committed. So the audit trail is as durable as the
+broker (Redis too): a SIGKILLed worker loses only the writes of the delivery it was running,
+whose message the broker delivers again. While PostgreSQL is away the stream grows and jobs
+keep running; the drain resumes, in order, when it answers.
 
-A process killed with SIGKILL loses what it had buffered and not yet flushed (at most one flush
-interval); a clean exit flushes (`close_all`, run at exit and on Celery's process shutdown).
+Without Redis (no client, or Redis failing) the buffer is written straight to PostgreSQL in
+batches; with both away it stays in a bounded memory buffer, and that is logged as an error.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from recovery.audit.batch import DatabaseUnavailable, Op, decode_ops, encode_ops
 log = structlog.get_logger(__name__)
 
 OPS_PER_ENTRY = 500
-ENTRIES_PER_READ = 20
-LOCK_TTL_MS = 30_000
+MAX_ENTRIES_PER_READ = 1000
+LOCK_TTL_MS = 5_000
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end " \
            "return 0"
 
@@ -47,8 +48,11 @@ class SpoolUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Drained:
+    """What one drain did; ``error`` (DatabaseUnavailable or SpoolUnavailable) stopped it."""
+
     written: int
     orphans: list[Op]
+    error: Exception | None = None
 
 
 class RedisSpool:
@@ -58,6 +62,7 @@ class RedisSpool:
         self._client = client
         self.key = f"{key_prefix}audit:spool"
         self.lock_key = f"{key_prefix}audit:spool:lock"
+        self._ops_per_entry = 100  # a guess until the first read
 
     def append(self, ops: Sequence[Op]) -> None:
         """Add ops at the tail, in order (one entry per 500 ops); raises SpoolUnavailable."""
@@ -82,18 +87,19 @@ class RedisSpool:
               budget_s: float = 1.0) -> Drained:
         """Write spooled ops oldest first until the stream is empty or ``budget_s`` has passed.
 
-        `write` gets at most about ``max_ops`` ops at a time and returns the orphans. Entries are
-        deleted after `write` returns (it commits), so a crash in between only writes them again,
-        which changes nothing. Another process draining at the same time (it holds the lock)
-        makes this a no-op. Raises DatabaseUnavailable or SpoolUnavailable.
+        `write` gets at most about ``max_ops`` ops at a time, commits them and returns the
+        orphans, which the caller keeps (their entries are gone). Entries are deleted only after
+        `write` returns, so a crash in between writes them again, which changes nothing. While
+        another process drains (it holds the lock) this returns at once. A database or Redis
+        failure ends the drain and is returned in ``error``, with the orphans found so far.
         """
         token = uuid.uuid4().hex
+        written, orphans = 0, []
         try:
             if not self._client.set(self.lock_key, token, nx=True, px=LOCK_TTL_MS):
                 return Drained(0, [])
         except redis.RedisError as exc:
-            raise SpoolUnavailable(f"Redis did not answer the spool lock: {exc}") from exc
-        written, orphans = 0, []
+            return Drained(0, [], SpoolUnavailable(f"Redis did not answer the lock: {exc}"))
         deadline = time.monotonic() + budget_s
         try:
             while time.monotonic() < deadline:
@@ -104,8 +110,10 @@ class RedisSpool:
                 self._client.xdel(self.key, *ids)
                 self._client.pexpire(self.lock_key, LOCK_TTL_MS)
                 written += len(ops)
+        except DatabaseUnavailable as exc:
+            return Drained(written, orphans, exc)
         except redis.RedisError as exc:
-            raise SpoolUnavailable(f"Redis failed while draining the audit spool: {exc}") from exc
+            return Drained(written, orphans, SpoolUnavailable(f"Redis failed mid-drain: {exc}"))
         finally:
             self._release(token)
         return Drained(written, orphans)
@@ -113,7 +121,8 @@ class RedisSpool:
     def _read(self, max_ops: int) -> tuple[list[bytes], list[Op]]:
         ids: list[bytes] = []
         ops: list[Op] = []
-        entries: Any = self._client.xrange(self.key, "-", "+", count=ENTRIES_PER_READ)
+        count = max(1, min(MAX_ENTRIES_PER_READ, max_ops // self._ops_per_entry))
+        entries: Any = self._client.xrange(self.key, "-", "+", count=count)
         for entry_id, fields in entries:
             try:
                 entry_ops = decode_ops(fields.get(b"ops", b""))
@@ -124,6 +133,8 @@ class RedisSpool:
                 break
             ids.append(entry_id)
             ops.extend(entry_ops)
+        if ids:  # entries are as small as one task's writes or as large as 500 ops
+            self._ops_per_entry = max(1, len(ops) // len(ids))
         return ids, ops
 
     def _release(self, token: str) -> None:
@@ -134,11 +145,12 @@ class RedisSpool:
 
 
 class AuditBatcher:
-    """Buffers audit ops and writes them in batches from a background thread (see module doc).
+    """Buffers audit ops, moves them to the spool at commit points, drains the spool in batches.
 
-    `submit` never blocks on I/O and never raises. Orphans (ops whose job row is not written
-    yet, see `recovery.audit.batch.split_orphans`) are tried again with every flush for
-    ``orphan_max_age_s``, then logged (``audit_orphan_dropped``) and dropped.
+    `submit` never blocks on I/O and never raises. `commit` is the durability point: call it
+    before acknowledging the work the ops describe. Orphans (ops whose job row is not written
+    yet, see `recovery.audit.batch.split_orphans`) go round again for ``orphan_max_age_s``, then
+    are logged (``audit_orphan_dropped``) and dropped.
     """
 
     def __init__(self, engine: Engine, spool: RedisSpool | None = None, *, max_rows: int = 500,
@@ -157,21 +169,21 @@ class AuditBatcher:
     def _reset_state(self) -> None:
         self._pid = os.getpid()
         self._cond = threading.Condition()
-        self._cycle_lock = threading.Lock()
+        self._move_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
         self._pending: deque[Op] = deque()
         self._carry: list[Op] = []
         self._thread: threading.Thread | None = None
         self._closing = False
         self._retry_at = 0.0
         self._backoff_s = 0.0
-        self._degraded_logged_at = 0.0
-        self._spool_logged_at = 0.0
+        self._logged_at: dict[str, float] = {}
         self.counts = {"written": 0, "spooled": 0, "drained": 0, "dropped": 0}
 
     def submit(self, op: Op) -> bool:
         """Buffer one op; False only if something unexpected went wrong (it is logged)."""
         try:
-            if os.getpid() != self._pid:  # a forked child: the parent flushes its own ops
+            if os.getpid() != self._pid:  # a forked child: the parent handles its own ops
                 self._reset_state()
             with self._cond:
                 self._pending.append(op)
@@ -185,7 +197,7 @@ class AuditBatcher:
                                                     daemon=True)
                     self._thread.start()
             if closing:  # a write during shutdown: no thread will come for it
-                self._cycle(force=True)
+                self.commit()
             return True
         except Exception as exc:
             log.warning("audit_write_failed", table=op.kind, error=str(exc),
@@ -196,20 +208,30 @@ class AuditBatcher:
         with self._cond:
             return len(self._pending) + len(self._carry)
 
+    def commit(self) -> bool:
+        """Make every buffered op durable now: one XADD to the spool or, without Redis, a write
+        to the database. True when nothing is left only in this process's memory."""
+        if os.getpid() != self._pid:
+            return True
+        with self._move_lock:
+            return self._move(force=False)
+
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Write (or spool) everything buffered now; True when nothing is left in memory
-        except orphans still waiting for their job row."""
+        """Commit, then drain the spool into the database until it is empty (or the time is
+        up). True when the buffer and the spool are empty, orphans aside."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self._cycle(force=True)
-            with self._cond:
-                left = len(self._pending)
-            if left == 0 or time.monotonic() >= deadline:
-                return left == 0
+            with self._move_lock:
+                self._move(force=True)
+            self._drain(force=True)
+            settled = self._settled()
+            if settled or time.monotonic() >= deadline:
+                return settled
             time.sleep(min(0.05, self.interval_s))
 
     def close(self, timeout_s: float = 10.0) -> bool:
-        """Flush, stop the thread, and spool what could not be written (orphans included)."""
+        """Stop the thread, commit, and drain once (the spool keeps the rest for any other
+        process); True when nothing is left in memory."""
         if os.getpid() != self._pid:
             return True
         with self._cond:
@@ -218,16 +240,16 @@ class AuditBatcher:
             thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
-        done = self.flush(timeout_s)
-        with self._cycle_lock, self._cond:
-            left = list(self._carry) + list(self._pending)
-            self._carry.clear()
-            self._pending.clear()
-        if left and not self._try_spool(left):
-            log.error("audit_ops_lost", count=len(left),
-                      why="Neither the database nor the Redis spool took them at shutdown.")
-            return False
-        return done
+        with self._move_lock:
+            self._move(force=True)
+        self._drain(force=True)
+        with self._move_lock:  # orphans the drain handed back go to the spool again
+            self._move(force=True)
+        left = self.buffered()
+        if left:
+            log.error("audit_ops_lost", count=left,
+                      why="Neither the Redis spool nor the database took them at shutdown.")
+        return left == 0
 
     def _run(self) -> None:
         while True:
@@ -237,92 +259,83 @@ class AuditBatcher:
                 if self._closing:
                     return
             try:
-                self._cycle(force=False)
+                with self._move_lock:
+                    self._move(force=False)
+                self._drain(force=False)
             except Exception as exc:  # the thread must outlive any surprise
                 log.error("audit_batcher_error", error=str(exc), error_type=type(exc).__name__)
 
-    def _cycle(self, *, force: bool) -> None:
-        """One flush: spool if the stream has a backlog, else write; then drain the stream."""
-        with self._cycle_lock:
-            with self._cond:
-                ops = self._carry + list(self._pending)
-                self._carry, self._pending = [], deque()
-            backlog = self._backlog()
-            if backlog and ops and self._try_spool(ops):
-                ops = []
-            for start in range(0, len(ops), self.max_rows):
-                if not self._write(ops[start:start + self.max_rows], force):
-                    self._spool_or_keep(ops[start:])
-                    break
-            if backlog:
-                self._drain(force)
-
-    def _backlog(self) -> bool:
-        if self._spool is None:
-            return False
+    def _settled(self) -> bool:
+        with self._cond:
+            if self._pending:
+                return False
         try:
-            return self._spool.length() > 0
+            return self._spool is None or self._spool.length() == 0
         except SpoolUnavailable:
-            return False
+            return True  # nothing can be in a spool that refuses writes: it all went direct
 
-    def _write(self, ops: list[Op], force: bool) -> bool:
+    def _move(self, *, force: bool) -> bool:
+        """Buffered ops (orphans first) to the spool; without one, to the database."""
+        with self._cond:
+            ops = self._carry + list(self._pending)
+            self._carry, self._pending = [], deque()
+        if not ops:
+            return True
+        if self._spool is not None:
+            try:
+                self._spool.append(ops)
+                self.counts["spooled"] += len(ops)
+                return True
+            except SpoolUnavailable as exc:
+                self._log_error("audit_spool_unavailable", error=str(exc), ops=len(ops))
+        return self._write_direct(ops, force)
+
+    def _write_direct(self, ops: list[Op], force: bool) -> bool:
         if not force and time.monotonic() < self._retry_at:
+            self._keep(ops)
             return False
-        try:
-            orphans = write_batch(self._engine, ops)
-        except DatabaseUnavailable as exc:
-            self._failed(exc)
-            return False
-        self._recovered()
-        self.counts["written"] += len(ops) - len(orphans)
-        self._keep_orphans(orphans)
+        for start in range(0, len(ops), self.max_rows):
+            try:
+                orphans = write_batch(self._engine, ops[start:start + self.max_rows])
+            except DatabaseUnavailable as exc:
+                self._failed(exc)
+                self._keep(ops[start:])
+                return False
+            self._recovered()
+            self.counts["written"] += min(self.max_rows, len(ops) - start) - len(orphans)
+            self._keep_orphans(orphans)
         return True
 
-    def _drain(self, force: bool) -> None:
+    def _drain(self, *, force: bool) -> None:
         if self._spool is None or (not force and time.monotonic() < self._retry_at):
             return
-        try:
+        with self._drain_lock:
+            try:
+                if self._spool.length() == 0:
+                    return
+            except SpoolUnavailable as exc:
+                self._log_error("audit_spool_unavailable", error=str(exc))
+                return
             drained = self._spool.drain(lambda ops: write_batch(self._engine, ops))
-        except DatabaseUnavailable as exc:
-            self._failed(exc)
-            return
-        except SpoolUnavailable as exc:
-            log.error("audit_spool_unavailable", error=str(exc))
-            return
+        self._keep_orphans(drained.orphans)
         if drained.written:
             self._recovered()
             self.counts["drained"] += drained.written
-            log.info("audit_spool_drained", ops=drained.written, orphans=len(drained.orphans))
-        self._keep_orphans(drained.orphans)
+        if isinstance(drained.error, DatabaseUnavailable):
+            self._failed(drained.error)
+        elif drained.error is not None:
+            self._log_error("audit_spool_unavailable", error=str(drained.error))
 
-    def _spool_or_keep(self, ops: list[Op]) -> None:
-        if self._try_spool(ops):
-            return
+    def _keep(self, ops: list[Op]) -> None:
+        """Put ops back at the head of the buffer: neither Redis nor the database took them."""
         with self._cond:
             self._pending.extendleft(reversed(ops))
             if len(self._pending) > self.max_buffer:
                 self._drop_oldest(len(self._pending) - self.max_buffer)
             buffered = len(self._pending)
-        now = time.monotonic()
-        if now - self._degraded_logged_at >= 5.0:
-            self._degraded_logged_at = now
-            log.error("audit_buffering_in_memory", buffered=buffered, limit=self.max_buffer,
-                      why="The database and the Redis spool are both unavailable; audit rows "
-                          "wait in this process's memory and are lost if it dies.")
-
-    def _try_spool(self, ops: list[Op]) -> bool:
-        if self._spool is None:
-            return False
-        try:
-            self._spool.append(ops)
-        except SpoolUnavailable as exc:
-            now = time.monotonic()
-            if now - self._spool_logged_at >= 5.0:
-                self._spool_logged_at = now
-                log.error("audit_spool_unavailable", error=str(exc), ops=len(ops))
-            return False
-        self.counts["spooled"] += len(ops)
-        return True
+        self._log_error("audit_buffering_in_memory", buffered=buffered, limit=self.max_buffer,
+                        why="The database and the Redis spool are both unavailable; audit rows "
+                            "wait in this process's memory and are lost if it dies.")
 
     def _keep_orphans(self, orphans: list[Op]) -> None:
         now = time.time()
@@ -342,6 +355,13 @@ class AuditBatcher:
         self.counts["dropped"] += count
         log.error("audit_ops_dropped", count=count, limit=self.max_buffer,
                   why="The in-memory audit buffer is full (database and spool unavailable).")
+
+    def _log_error(self, event: str, **details: Any) -> None:
+        """Log an error at most every 5 s per event: loud, but not once per op."""
+        now = time.monotonic()
+        if now - self._logged_at.get(event, -60.0) >= 5.0:
+            self._logged_at[event] = now
+            log.error(event, **details)
 
     def _failed(self, exc: DatabaseUnavailable) -> None:
         if self._backoff_s == 0.0:
@@ -370,8 +390,14 @@ def batching_enabled() -> bool:
     return _batching
 
 
+def commit_all() -> None:
+    """Make this process's buffered audit ops durable (Celery: when a task ends, before ack)."""
+    for batcher in list(_live):
+        batcher.commit()
+
+
 def close_all(timeout_s: float = 10.0) -> None:
-    """Flush and stop every batcher of this process (at exit, on Celery process shutdown)."""
+    """Commit and stop every batcher of this process (at exit, on Celery process shutdown)."""
     for batcher in list(_live):
         batcher.close(timeout_s)
 

@@ -19,11 +19,11 @@ from typing import Any
 import redis
 import structlog
 from sqlalchemy import Connection, Engine, Table, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from recovery.audit.batch import (
     Op,
     describe,
+    dialect_insert,
     execute_op,
     is_unavailable,
     new_dedupe_key,
@@ -82,12 +82,16 @@ class AuditWriter:
     def batcher(self) -> AuditBatcher | None:
         return self._batcher
 
+    def commit(self) -> bool:
+        """Make buffered job and attempt writes durable (the Redis spool) before going on."""
+        return True if self._batcher is None else self._batcher.commit()
+
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Write buffered job and attempt rows now (a no-op without a batcher)."""
+        """Write buffered and spooled job and attempt rows to the database now."""
         return True if self._batcher is None else self._batcher.flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> bool:
-        """Flush and stop the batcher's thread; what cannot be written goes to the spool."""
+        """Commit and stop the batcher's thread (the spool keeps what is not written yet)."""
         return True if self._batcher is None else self._batcher.close(timeout_s)
 
     def job_queued(
@@ -255,7 +259,7 @@ class AuditWriter:
                 "state_reason": None,
                 "envelope": dict(record.envelope),
             }
-            stmt = self._insert(_DEAD).values(row)
+            stmt = dialect_insert(conn, _DEAD).values(row)
             refreshed = {name: value for name, value in row.items() if name != "job_id"}
             stmt = stmt.on_conflict_do_update(index_elements=[_DEAD.c.job_id], set_=refreshed)
             conn.execute(stmt)
@@ -340,17 +344,6 @@ class AuditWriter:
             return False
         log.warning("audit_spooled", kind=op.kind, job_id=op.job_id)
         return True
-
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        """An INSERT that supports ON CONFLICT on this engine's dialect."""
-        if self._engine.dialect.name == "postgresql":
-            return postgresql.insert(table)
-        if self._engine.dialect.name == "sqlite":
-            return sqlite.insert(table)
-        raise NotImplementedError(
-            f"The audit trail supports PostgreSQL and SQLite, not {self._engine.dialect.name}. "
-            "Point DATABASE_URL at a PostgreSQL or SQLite database."
-        )
 
     def _guarded(self, table: str, write: Callable[[Connection], bool], **context: Any) -> bool:
         """Run ``write`` in one transaction; log and swallow any failure.

@@ -8,6 +8,9 @@ attempt twice; and nothing may be lost while the database is away.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -270,12 +273,55 @@ def test_ops_go_to_the_spool_while_the_database_is_away_and_drain_in_order(
 
     later_id = new_id()
     online = AuditWriter(engine, batcher=AuditBatcher(engine, spool, interval_s=60))
-    started(online, later_id)  # a backlog exists: this joins the stream's tail
-    assert online.close()
+    started(online, later_id)  # joins the stream's tail, behind the backlog
+    assert online.flush()
+    online.close()
     assert spool.length() == 0
     assert plain_job(engine, job_id)["status"] == "succeeded"
     assert len(attempt_rows(engine, job_id)) == 3
     assert plain_job(engine, later_id)["status"] == "running"
+
+
+KILLED_WORKER = """
+import os, signal, sys
+from datetime import UTC, datetime
+import redis
+from recovery import db
+from recovery.audit import AttemptRecord, AuditWriter
+from recovery.audit.spool import AuditBatcher, RedisSpool
+
+url, redis_url, prefix, job_id = sys.argv[1:]
+engine = db.make_engine(url)
+spool = RedisSpool(redis.Redis.from_url(redis_url), prefix)
+writer = AuditWriter(engine, batcher=AuditBatcher(engine, spool, interval_s=3600))
+writer.job_started(job_id, "shop", "GET", "/", {}, "k", 1)
+writer.attempt(AttemptRecord(job_id=job_id, number=1, kind="call",
+                             started_at=datetime.now(UTC), duration_ms=1, decision="done"))
+writer.job_status(job_id, "succeeded", attempts=1, finished=True)
+assert writer.commit()
+writer.attempt(AttemptRecord(job_id=job_id, number=2, kind="call",
+                             started_at=datetime.now(UTC), duration_ms=1, decision="done"))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_a_commit_made_durable_survives_a_sigkill(
+        engine: Engine, spool: RedisSpool) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the subprocess needs a database it can reach by URL")
+    job_id = new_id()
+    url = engine.url.render_as_string(hide_password=False)
+    prefix = spool.key.removesuffix("audit:spool")
+    done = subprocess.run([sys.executable, "-c", KILLED_WORKER, url, os.environ["REDIS_URL"],
+                           prefix, job_id], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert job_row(engine, job_id) is None and spool.length() == 1
+
+    drainer = AuditBatcher(engine, spool, interval_s=60)
+    assert drainer.flush()
+    drainer.close()
+    assert plain_job(engine, job_id)["status"] == "succeeded"
+    assert [a["number"] for a in attempt_rows(engine, job_id)] == [1]  # 2 was not committed
 
 
 def test_a_direct_writer_spools_what_the_database_cannot_take(

@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from recovery import alerts
+from recovery import alerts, metrics
 from recovery.audit.models import Alert, BreakerTransition, HealthCheck
 from recovery.faultserver import FaultServer
 from recovery.health import FailureStreak, run_health_check
@@ -56,6 +56,7 @@ def test_a_healthy_check_is_recorded_and_counted(runtime: Runtime,
     [row] = rows(runtime, HealthCheck.__table__)
     assert (row.integration, row.ok, row.http_status, row.error) == ("crm", True, 200, None)
     assert row.latency_ms >= 0
+    metrics.flush()  # observations are buffered for up to a second
     counted = redis_client.hgetall(f"{runtime.settings.redis_key_prefix}metrics:"
                                    "health_checks_total")
     assert {k.decode(): float(v) for k, v in counted.items()} == {'["crm","true"]': 1.0}
@@ -169,7 +170,7 @@ def test_beat_and_a_worker_check_only_integrations_with_a_health_check(
     tmp_path: Path,
 ) -> None:
     quiet = {"id": "quiet", "base_url": upstream.url}
-    env = configure([crm(upstream), quiet], DLQ_ENABLED="false")
+    env = configure([crm(upstream), quiet], DLQ_ENABLED="false", LOG_LEVEL="info")
     rt = get_runtime()
     start_worker(env, concurrency=1)
     beat = subprocess.Popen([*BEAT_COMMAND, "--schedule", str(tmp_path / "schedule")], env=env,

@@ -6,6 +6,7 @@ machine's shared one, and removes it afterwards even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import shutil
 import socket
@@ -85,10 +86,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server.start()
         yield server
     finally:
-        try:
-            server.stop("immediate")
-        except (subprocess.SubprocessError, OSError):
-            pass  # never started, or already stopped
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            server.stop("immediate")  # fails only if it never started or already stopped
         shutil.rmtree(directory, ignore_errors=True)
 
 
