@@ -96,3 +96,39 @@ def test_pickled_message_is_refused_and_never_executed(
     assert "pickle" in worker.log().lower() or "content" in worker.log().lower()
     time.sleep(1)
     assert upstream.requests() == [], "a pickled message was executed"
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(method=methods, path=paths,
+       header=st.one_of(st.text(max_size=30), st.just("X-A: b\r\nInjected: 1")),
+       body=st.one_of(st.none(), st.text(max_size=40), st.just('{"a": NaN}'),
+                      st.just("x" * (1024 * 1024 + 10))))
+def test_random_cli_input_exits_2_with_a_sentence_or_stays_inside_the_base_url(
+        configure, upstream: FaultServer, redis_client: redis.Redis, method: str, path: str,
+        header: str, body: str | None) -> None:
+    from click.testing import CliRunner
+
+    from recovery.cli import main
+
+    if "RECOVERY_INTEGRATIONS" not in os.environ:  # once per test; hypothesis reuses fixtures
+        configure([integration(BASE)])
+    if "\x00" in method + path + header + (body or ""):
+        return  # a process argument cannot carry NUL; the shell would refuse it first
+    args = ["enqueue", "shop", method, path, "--header", header]
+    if body is not None:
+        args += ["--json", body]
+    before = queue_depth(redis_client)
+    result = CliRunner().invoke(main, args)
+    if result.exit_code != 0:
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("Error: ") or "Usage:" in result.output, result.output
+        assert "Traceback" not in result.output
+        assert queue_depth(redis_client) == before
+        return
+    assert queue_depth(redis_client) == before + 1
+    raw = redis_client.lpop(f"{get_runtime().settings.redis_key_prefix}integrations")
+    assert raw is not None
+    job = _kwargs(raw)["job"]
+    assert job["job_id"] == result.output.strip()
+    assert is_inside(BASE, join_url(BASE, job["path"]))
