@@ -62,6 +62,24 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    """A client on the test Redis database, for tests that work below the runtime."""
+    connection = redis.Redis.from_url(os.environ["REDIS_URL"])
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def prefix(client: redis.Redis) -> Iterator[str]:
+    """A key prefix of the test's own; every key under it is deleted afterwards."""
+    name = f"test:{uuid.uuid4().hex}:"
+    yield name
+    keys = list(client.scan_iter(match=f"{name}*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
 def upstream() -> Iterator[FaultServer]:
     server = FaultServer()
     server.start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
@@ -99,22 +98,6 @@ def endpoint() -> Iterator[TokenEndpoint]:
     server.stop()
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = f"test:{uuid.uuid4().hex}:"
-    yield value
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{value}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    value = redis.Redis.from_url(REDIS_URL)
-    yield value
-    value.close()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -31,20 +30,6 @@ CONFIG = BreakerConfig(enabled=True, threshold=3, reset_timeout_ms=30_000,
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def prefix(client: redis.Redis) -> Iterator[str]:
-    name = f"test:{uuid.uuid4()}:"
-    yield name
-    keys = list(client.scan_iter(match=f"{name}*"))
-    if keys:
-        client.delete(*keys)
 
 
 Events = list[tuple[str, str, str]]

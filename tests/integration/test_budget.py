@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import uuid
-from collections.abc import Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -22,8 +21,7 @@ from structlog.testing import capture_logs
 import recovery
 from recovery.budget import LocalRetryBudget, RetryBudget, RetryBudgetConfig
 from recovery.faultserver import FaultServer
-from recovery.jobs import Progress
-from recovery.runtime import Runtime, get_runtime
+from recovery.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import call_attempts, integration
 
@@ -32,26 +30,8 @@ pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/15"
 #: A realistic epoch time in ms for tests that pin the script's clock.
 PINNED_MS = 1_800_000_000_000.0
-WIRED = ("budget" in Runtime.__dataclass_fields__
-         and "budget_pending" in Progress.__dataclass_fields__)
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = f"test:{uuid.uuid4().hex}:"
-    yield value
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{value}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    value = redis.Redis.from_url(REDIS_URL)
-    yield value
-    value.close()
 
 
 @pytest.fixture
@@ -191,8 +171,6 @@ def test_an_unreachable_redis_falls_back_to_the_process_with_one_warning() -> No
     ]
 
 
-@pytest.mark.skipif(not WIRED, reason="the retry budget is not wired into the pipeline yet "
-                                      "(see /tmp/budget_wiring.diff)")
 def test_a_retry_over_budget_is_deferred_without_spending_an_attempt(
     configure: Any, upstream: FaultServer, start_worker: Any, redis_client: redis.Redis
 ) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
-from collections.abc import Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 
@@ -26,22 +24,6 @@ pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = f"test:{uuid.uuid4().hex}:"
-    yield value
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{value}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    value = redis.Redis.from_url(REDIS_URL)
-    yield value
-    value.close()
 
 
 @pytest.fixture
