@@ -183,3 +183,21 @@ def test_secondary_base_url_shares_the_session(mocked: responses.RequestsMock) -
     http.send(replace(shop, base_url="https://backup.example.test/v2"), "GET", "/a")
     assert mocked.calls[0].request.url == "https://backup.example.test/v2/a"
     assert http.session_for(shop) is http.session_for(replace(shop, base_url="https://x.test"))
+
+
+PROXY_AND_CA = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def test_sessions_ignore_the_environment_unless_a_proxy_or_ca_bundle_is_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_AND_CA:
+        monkeypatch.delenv(name, raising=False)
+    assert http.session_for(make_integration()).trust_env is False
+    http.close_sessions()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert http.session_for(make_integration()).trust_env is True
+    http.close_sessions()
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    assert http.session_for(make_integration()).trust_env is True
