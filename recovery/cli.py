@@ -102,7 +102,7 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
     Example:
       recovery-cli enqueue primary-api POST /orders --json '{"id": 1}' --header 'X-Team: a'
     """
-    from recovery.producer import EnqueueError, build_job, publish_job
+    from recovery.producer import EnqueueError, build_job, submit
 
     runtime = runtime_or_exit()
     try:
@@ -112,12 +112,7 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
                         idempotency_key=idempotency_key)
     except EnqueueError as exc:
         fail(str(exc))
-    publish_job(job)
-    from recovery.redact import redact_params
-
-    runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
-                             redact_params(job.params or {}), job.idempotency_key)
-    click.echo(job.job_id)
+    click.echo(submit(runtime, job))
 
 
 @main.command("test")

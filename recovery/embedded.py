@@ -16,19 +16,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from recovery.audit.writer import AuditWriter
-from recovery.auth import TokenProvider
-from recovery.budget import RetryBudget
-from recovery.db import make_engine
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
-from recovery.idempotency import IdempotencyStore
 from recovery.jobs import JobSpec, Progress
 from recovery.pipeline import Step, run_job
-from recovery.ratelimit import ClusterRateLimiter
 from recovery.redact import redact_params
 from recovery.registry import Registry
-from recovery.runtime import Runtime
+from recovery.runtime import Runtime, build_runtime
 from recovery.settings import Settings
 from recovery.worker import finish_unsuccessful
 
@@ -39,19 +33,7 @@ IDLE_WAIT_S = 0.5
 
 def embedded_runtime(settings: Settings, registry: Registry) -> Runtime:
     """A runtime without Redis: in-process breaker, limiter, budget, tokens, idempotency."""
-    engine = make_engine(settings.database_url)
-    prefix = settings.redis_key_prefix
-    return Runtime(
-        settings=settings,
-        registry=registry,
-        redis=None,
-        engine=engine,
-        audit=AuditWriter(engine),
-        limiter=ClusterRateLimiter(None, key_prefix=prefix),
-        tokens=TokenProvider(None, key_prefix=prefix),
-        idempotency=IdempotencyStore(None, key_prefix=prefix),
-        budget=RetryBudget(None, key_prefix=prefix),
-    )
+    return build_runtime(settings, registry, None)
 
 
 @dataclass(order=True)

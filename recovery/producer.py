@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json as jsonlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
 from recovery.redact import redact_params
 from recovery.registry import Registry, UnknownIntegrationError
 from recovery.urlguard import UnsafeHeaderError, UnsafePathError, validate_headers, validate_path
+
+if TYPE_CHECKING:
+    from recovery.runtime import Runtime
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MAX_BODY_BYTES = 1024 * 1024
@@ -100,6 +103,11 @@ def enqueue(integration: str, method: str, path: str, *, json: Any = None,
     runtime = get_runtime()
     job = build_job(runtime.registry, integration, method, path, json=json, params=params,
                     headers=headers, idempotency_key=idempotency_key)
+    return submit(runtime, job)
+
+
+def submit(runtime: Runtime, job: JobSpec) -> str:
+    """Publish a validated job, then record it as queued (best effort) in the audit trail."""
     publish_job(job)
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
                              redact_params(job.params or {}), job.idempotency_key)

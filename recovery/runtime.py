@@ -93,8 +93,9 @@ def on_breaker_transition(hook: Callable[[str, str, str, str, datetime], None]) 
     _transition_hooks.append(hook)
 
 
-def build_runtime(settings: Settings, registry: Registry) -> Runtime:
-    client = redis_client(settings.redis_url)
+def build_runtime(settings: Settings, registry: Registry,
+                  client: redis.Redis | None) -> Runtime:
+    """The collaborators for a process; with `client` None every shared state is in-process."""
     engine = make_engine(settings.database_url)
     prefix = settings.redis_key_prefix
     return Runtime(
@@ -114,7 +115,8 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = build_runtime(get_settings(), get_registry())
+            settings = get_settings()
+            _runtime = build_runtime(settings, get_registry(), redis_client(settings.redis_url))
         return _runtime
 
 

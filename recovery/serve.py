@@ -31,7 +31,7 @@ from recovery import metrics
 from recovery.db import make_engine, normalise_url
 from recovery.redact import redact_text
 from recovery.registry import load_registry
-from recovery.runtime import Runtime, build_runtime
+from recovery.runtime import Runtime, build_runtime, redis_client
 from recovery.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -195,7 +195,7 @@ def broker_queue_depths() -> dict[str, int]:
 def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer, list[Engine]]:
     """The server and the engines to dispose of when it stops."""
     (db_name, db_probe), engine = database_check(settings.database_url)
-    rt = build_runtime(settings, load_registry(settings))
+    rt = build_runtime(settings, load_registry(settings), redis_client(settings.redis_url))
     service = Service(checks=[redis_check(settings.redis_url), (db_name, db_probe)],
                       metrics=metrics_source(settings, rt))
     return ServeServer((host, port), service), [engine, rt.engine]

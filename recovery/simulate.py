@@ -253,7 +253,7 @@ def simulation_settings(environ: Mapping[str, str], prefix: str,
 
 def _runtime(mode: str, environ: Mapping[str, str], prefix: str, registry: Registry,
              workdir: Path) -> Runtime:
-    from recovery.runtime import build_runtime
+    from recovery.runtime import build_runtime, redis_client
 
     if mode == "embedded":
         from recovery.db import upgrade
@@ -262,7 +262,8 @@ def _runtime(mode: str, environ: Mapping[str, str], prefix: str, registry: Regis
         url = f"sqlite:///{workdir / 'audit.sqlite3'}"
         upgrade(url)
         return embedded_runtime(simulation_settings(environ, prefix, url), registry)
-    rt = build_runtime(simulation_settings(environ, prefix), registry)
+    settings = simulation_settings(environ, prefix)
+    rt = build_runtime(settings, registry, redis_client(settings.redis_url))
     if not inspect(rt.engine).has_table("jobs"):
         rt.engine.dispose()
         raise SimulationSetupError(

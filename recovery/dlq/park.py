@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
@@ -24,15 +24,21 @@ DLQ_QUEUE = "dlq"
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 
 
-def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
-    """Publish an envelope to a DLQ-side queue; raises when the broker does not take it."""
+def publish_message(message: dict[str, Any], queue_name: str) -> None:
+    """Publish one JSON message to a DLQ-side queue (the DLQ itself, the quarantine);
+    raises when the broker does not take it."""
     from recovery.celery_app import app
 
     queue = Queue(queue_name, routing_key=queue_name)
     with app.producer_or_acquire() as producer:
-        producer.publish(envelope.to_message(), exchange="", routing_key=queue_name,
-                         serializer="json", declare=[queue], retry=True,
-                         retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
+        producer.publish(message, exchange="", routing_key=queue_name, serializer="json",
+                         declare=[queue], retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+                         delivery_mode=2)
+
+
+def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
+    """Publish an envelope to the dead-letter queue."""
+    publish_message(envelope.to_message(), queue_name)
 
 
 class DeadLetterPublishError(RuntimeError):

@@ -22,10 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from kombu import Queue
 
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import DLQ_QUEUE, PUBLISH_RETRY_POLICY
+from recovery.dlq.park import DLQ_QUEUE, publish_message
 from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
 from recovery.redact import redact_body, redact_headers, redact_params, redact_text
 from recovery.runtime import Runtime
@@ -280,13 +279,7 @@ class Cursor:
 
 def publish_record(record: QuarantineRecord, queue_name: str = QUARANTINE_QUEUE) -> None:
     """Publish a quarantine record to its broker queue; raises when the broker refuses it."""
-    from recovery.celery_app import app
-
-    queue = Queue(queue_name, routing_key=queue_name)
-    with app.producer_or_acquire() as producer:
-        producer.publish(record.to_message(), exchange="", routing_key=queue_name,
-                         serializer="json", declare=[queue], retry=True,
-                         retry_policy=PUBLISH_RETRY_POLICY, delivery_mode=2)
+    publish_message(record.to_message(), queue_name)
 
 
 def publish_jobs(jobs: Sequence[JobSpec]) -> None:
