@@ -47,7 +47,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        # Off by default: Flower (and `celery control enable_events`) turns them on while
+        # someone watches. Three events per task, published by the worker's main process.
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_queues": (Queue(WORK_QUEUE), Queue(MAINTENANCE_QUEUE)),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -28,6 +28,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 _HeaderKey = tuple[tuple[str, str], ...]
 _sessions: dict[str, tuple[int, _HeaderKey, requests.Session]] = {}
+_environments: dict[str, dict[str, Any]] = {}
 _lock = threading.Lock()
 
 
@@ -78,8 +79,26 @@ def send(
             f"The request URL for path {path!r} left the base URL of integration "
             f"{integration.id!r}; it was not sent."
         )
-    environment = session.merge_environment_settings(prepared.url, {}, None, None, None)
-    return session.send(prepared, timeout=timeout, allow_redirects=False, **environment)
+    return session.send(prepared, timeout=timeout, allow_redirects=False,
+                        **environment_for(prepared.url))
+
+
+def environment_for(url: str) -> dict[str, Any]:
+    """The proxy and CA bundle settings the environment gives `url`'s origin, read once.
+
+    requests re-reads every proxy variable (and ~/.netrc) for each call when `trust_env` is on,
+    which costs about a millisecond of CPU per call. Every call of an integration goes to the
+    same few origins, so the answer is computed once per origin and sessions keep `trust_env`
+    off (.netrc credentials are never sent). `close_sessions` forgets these answers.
+    """
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    settings = _environments.get(origin)
+    if settings is None:
+        with requests.Session() as probe:
+            settings = probe.merge_environment_settings(origin, {}, None, None, None)
+        _environments[origin] = settings
+    return settings
 
 
 def close_sessions() -> None:
@@ -87,6 +106,7 @@ def close_sessions() -> None:
     with _lock:
         entries = list(_sessions.values())
         _sessions.clear()
+        _environments.clear()
     for pid, _, session in entries:
         if pid == os.getpid():
             session.close()
@@ -101,21 +121,8 @@ def _build_session(headers: Mapping[str, str]) -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     session.headers.update(headers)
-    session.trust_env = _environment_matters()
+    session.trust_env = False  # the environment is read once per origin: environment_for
     return session
-
-
-def _environment_matters() -> bool:
-    """Whether requests must consult the environment on every call.
-
-    With `trust_env` requests re-reads the proxy variables (and .netrc) for each request, which
-    costs more than half a millisecond of CPU per call. Only a configured proxy or CA bundle
-    needs it; otherwise the environment is ignored (and .netrc credentials cannot leak into a
-    call by accident).
-    """
-    if urllib.request.getproxies():
-        return True
-    return any(os.environ.get(name) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"))
 
 
 def _check_method(method: str) -> str:

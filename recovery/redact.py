@@ -51,6 +51,12 @@ _TEXT_PAIR = re.compile(
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=-]{6,}")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#]+@")
 _URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>]+")
+# Every pattern above needs one of these to match: text without any of them cannot change,
+# and most log lines have none. ASCII text is tested with `in`; other text with a pattern of the
+# same flag, so with the same Unicode case folding (a dotless i matches "i", a long s "s").
+_TRIGGER_WORDS = ("://", "passw", "secret", "token", "api", "access", "private", "auth", "sess",
+                  "signature", "pwd", "cookie", "bearer", "basic", "digest", "negotiate")
+_TRIGGER = re.compile("(?i)" + "|".join(map(re.escape, _TRIGGER_WORDS)))
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -103,6 +109,18 @@ def redact_text(text: str) -> str:
     `key=value` / `key: value` pairs with secret-like keys (quoted JSON too), and
     `Bearer`/`Basic` credentials. Applying it twice changes nothing more.
     """
+    return scrub_passes(text) if _may_hold_secrets(text) else text
+
+
+def _may_hold_secrets(text: str) -> bool:
+    if text.isascii():
+        lowered = text.lower()
+        return any(word in lowered for word in _TRIGGER_WORDS)
+    return _TRIGGER.search(text) is not None
+
+
+def scrub_passes(text: str) -> str:
+    """`redact_text` without its quick test for trigger words (tests compare the two)."""
     for _ in range(_MAX_PASSES):  # one redaction can expose another match in contrived text
         again = _scrub(_URL.sub(lambda m: redact_url(m.group(0)), text))
         if again == text:

@@ -60,6 +60,7 @@ class Settings:
     dlq_retry_delay_ms: int
     sentry_dsn: str | None
     metrics_enabled: bool
+    task_events: bool
     health_check_interval_ms: int
     health_check_timeout_ms: int
     rate_limit_window_ms: int
@@ -269,6 +270,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dlq_retry_delay_ms=r.millis("DLQ_RETRY_DELAY", 300000),
         sentry_dsn=r.optional_http_url("SENTRY_DSN"),
         metrics_enabled=r.flag("METRICS_ENABLED", True),
+        task_events=r.flag("TASK_EVENTS", False),
         health_check_interval_ms=r.millis("HEALTH_CHECK_INTERVAL", 30000),
         health_check_timeout_ms=r.millis("HEALTH_CHECK_TIMEOUT", 5000),
         rate_limit_window_ms=r.millis("RATE_LIMIT_WINDOW", 60000),

@@ -13,7 +13,8 @@ finish is reported too. Runs:
 
     plain       tests/bench/plain_app.py: autoretry_for, retry_backoff, acks_late, requests.get
     ours        recovery.enqueue -> tasks.integration.call, production configuration
-    timing      ours, every pipeline step wrapped in perf_counter (bench-only monkeypatching)
+    ours-events ours with TASK_EVENTS=true (what a worker costs while Flower watches it)
+    timing      ours, CPU time (thread_time) of every pipeline step (bench-only wrappers)
     profile     ours under cProfile in each pool process (profile written to results/)
     batched-audit  ours with job and attempt rows written by recovery.audit.spool.AuditBatcher
     async-commit   ours with `SET synchronous_commit = off` on the audit connections
@@ -39,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,8 +56,8 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "bench" / "results"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-RUNS = ("plain", "ours", "timing", "profile", "batched-audit", "async-commit", "no-audit",
-        "no-events", "no-gates", "no-metrics", "lean", "timing-batched")
+RUNS = ("plain", "ours", "ours-events", "timing", "profile", "batched-audit", "async-commit",
+        "no-audit", "no-events", "no-gates", "no-metrics", "lean", "timing-batched")
 ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-events", "no-gates"),
              "timing-batched": ("timing", "batched-audit")}
 WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
@@ -64,7 +66,7 @@ WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingl
 # --- the bench-only harness, installed in the worker before it forks its pool ---------------
 
 _spent: collections.Counter[str] = collections.Counter()
-_tasks = [0, 0.0]  # tasks finished in this pool process, perf_counter at the last prerun
+_tasks = [0, 0.0]  # tasks finished in this pool process, thread_time at the last prerun
 _profile: list[cProfile.Profile] = []
 BODY = "task body (prerun..postrun)"
 
@@ -72,11 +74,11 @@ BODY = "task body (prerun..postrun)"
 def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            _spent[label] += time.perf_counter() - started
+            _spent[label] += time.thread_time() - started
 
     return wrapper
 
@@ -86,12 +88,12 @@ def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @contextlib.contextmanager
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[None]:
-        started = time.perf_counter()
+        started = time.thread_time()
         with fn(*args, **kwargs):
-            _spent[label] += time.perf_counter() - started
+            _spent[label] += time.thread_time() - started
             yield
-            started = time.perf_counter()
-        _spent[label] += time.perf_counter() - started
+            started = time.thread_time()
+        _spent[label] += time.thread_time() - started
 
     return wrapper
 
@@ -174,10 +176,10 @@ def _install(features: set[str], out_dir: Path) -> None:
             setattr(owner, name, wrap(label, getattr(owner, name)))
 
     def before_task(**_: Any) -> None:
-        _tasks[1] = time.perf_counter()
+        _tasks[1] = time.thread_time()
 
     def after_task(**_: Any) -> None:
-        _spent[BODY] += time.perf_counter() - _tasks[1]
+        _spent[BODY] += time.thread_time() - _tasks[1]
         _tasks[0] += 1
         if _tasks[0] % 50 == 0:  # pool processes exit without a hook we could rely on
             _dump(out_dir)
@@ -196,8 +198,23 @@ def _dump(out_dir: Path) -> None:
     if _profile:
         _profile[0].dump_stats(out_dir / f"{os.getpid()}.prof")  # stops the profiler
         _profile[0].enable()
-    data = {"_tasks": _tasks[0], **_spent}
+    data = {"_tasks": _tasks[0], **_spent, **_thread_cpu_s()}
     (out_dir / f"{os.getpid()}.json").write_text(json.dumps(data))
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this pool process and of each of its background threads so far."""
+    times = os.times()
+    spent = {"pool process, all threads": times.user + times.system}
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.native_id is None:
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])
+            spent[f"thread {thread.name}"] = ticks / os.sysconf("SC_CLK_TCK")
+    return spent
 
 
 def harness_main(argv: list[str]) -> None:
@@ -229,18 +246,38 @@ class Worker:
         """CPU seconds (user + system) used so far by the worker and its pool processes."""
         children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
                                   text=True, check=False).stdout.split()
-        ticks = 0
-        for pid in [self.process.pid, *map(int, children)]:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s([self.process.pid, *map(int, children)])
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, 15)
         self.process.wait(timeout=120)
         self._log.close()
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes (gone ones count 0)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s(upstream_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the services every run shares, and of the whole machine."""
+    def pids(pattern: str) -> list[int]:
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True,
+                               check=False).stdout.split()
+        return [int(pid) for pid in found]
+
+    busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    idle = int(busy[3]) + int(busy[4])
+    return {"redis": process_cpu_s(pids("redis-server")),
+            "postgres": process_cpu_s(pids("postgres")),
+            "upstream": process_cpu_s([upstream_pid]),
+            "machine": (sum(int(v) for v in busy[:8]) - idle) / os.sysconf("SC_CLK_TCK")}
 
 
 class Bench:
@@ -297,8 +334,9 @@ class Bench:
         env = dict(self.env)
         if name in ("no-metrics", "lean"):
             env["METRICS_ENABLED"] = "false"
-        features = {"plain": "", "ours": ""}.get(name, ",".join(ABLATIONS.get(name, (name,))))
-        if name in ("plain", "ours"):
+        env["TASK_EVENTS"] = "true" if name == "ours-events" else "false"
+        features = ",".join(ABLATIONS.get(name, (name,)))
+        if name in ("plain", "ours", "ours-events"):
             app = "tests.bench.plain_app" if name == "plain" else "recovery.celery_app"
             command = [sys.executable, "-m", "celery", "-A", app, "worker", *WORKER_FLAGS,
                        "-n", f"{name}-{self.prefix}@%h"]
@@ -307,13 +345,17 @@ class Bench:
             command = [sys.executable, "-m", "tests.bench.bench_overhead", "--harness",
                        features, str(out_dir), "--", *WORKER_FLAGS, "-n", f"ours-{name}@%h"]
         worker = Worker(env, command, out_dir / "worker.log")
+        shared_at_ready = machine_cpu_s(self.upstream.pid)
         try:
             self._wait_drained(queue)
             cpu_ms = (worker.cpu_s() - worker.cpu_at_ready) / self.n * 1000
+            shared = machine_cpu_s(self.upstream.pid)
         finally:
             worker.stop()
         result = self._result(name, enqueue_s, load_before, out_dir)
-        return {**result, "worker_cpu_ms_per_job": round(cpu_ms, 2)}
+        others = {f"{key}_cpu_ms_per_job": round((shared[key] - shared_at_ready[key])
+                                                 / self.n * 1000, 2) for key in shared}
+        return {**result, "worker_cpu_ms_per_job": round(cpu_ms, 2), **others}
 
     def _enqueue(self, name: str) -> tuple[float, str]:
         started = time.perf_counter()
@@ -358,7 +400,9 @@ class Bench:
         profiles = [str(path) for path in out_dir.glob("*.prof")]
         if profiles:
             out = io.StringIO()
-            stats = pstats.Stats(*profiles, stream=out).strip_dirs()
+            stats = pstats.Stats(*profiles, stream=out)
+            stats.dump_stats(RESULTS / "overhead_profile.prof")
+            stats.strip_dirs()
             stats.sort_stats("cumulative").print_stats(45)
             stats.sort_stats("tottime").print_stats(30)
             (RESULTS / "overhead_profile.txt").write_text(out.getvalue())

@@ -120,8 +120,10 @@ class WorkerProcess:
 
     def __init__(
         self, env: dict[str, str], concurrency: int, log_path: Path, queues: str | None,
-        loglevel: str = "info",
+        loglevel: str = "info", heartbeat: bool = False,
     ) -> None:
+        """`heartbeat`: run as deployed, with heartbeats (and so an event dispatcher that
+        `enable_events`, sent by Flower, can switch on); off, the worker starts faster."""
         command = [
             sys.executable,
             "-m",
@@ -135,7 +137,7 @@ class WorkerProcess:
             str(concurrency),
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
+            *([] if heartbeat else ["--without-heartbeat"]),
             "-l",
             loglevel,
             "-n",

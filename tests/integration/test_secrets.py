@@ -173,7 +173,7 @@ def test_no_secret_leaves_the_call(
         env = configure([integration(upstream.url, retry=retry),
                          integration(rejecting.url, id="strict"),
                          integration(gone.url, id="gone", retry=retry)],
-                        SENTRY_DSN=dsn, LOG_LEVEL="debug")
+                        SENTRY_DSN=dsn, LOG_LEVEL="debug", TASK_EVENTS="true")
         prefix = env["RECOVERY_REDIS_PREFIX"]
         upstream.set_script([503, "reset"])  # both first calls fail, every later one succeeds
         caplog.set_level(logging.DEBUG)

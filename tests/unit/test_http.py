@@ -189,15 +189,28 @@ PROXY_AND_CA = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_p
                 "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
-def test_sessions_ignore_the_environment_unless_a_proxy_or_ca_bundle_is_set(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_is_read_once_per_origin(monkeypatch: pytest.MonkeyPatch,
+                                                  mocked: responses.RequestsMock) -> None:
     for name in PROXY_AND_CA:
         monkeypatch.delenv(name, raising=False)
-    assert http.session_for(make_integration()).trust_env is False
-    http.close_sessions()
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert http.session_for(make_integration()).trust_env is True
+    monkeypatch.setenv("NO_PROXY", "backup.example.test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    shop = make_integration()
+    assert http.session_for(shop).trust_env is False
+    settings = http.environment_for(f"{shop.base_url}/orders?id=1")
+    assert settings["proxies"].get("https") == "http://proxy.internal:3128"
+    assert settings["verify"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert "https" not in http.environment_for("https://backup.example.test/v2/a")["proxies"]
+
+    looked_up: list[str] = []
+    real = requests.utils.get_environ_proxies
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies",
+                        lambda url, no_proxy=None: looked_up.append(url) or real(url, no_proxy))
+    mocked.get(f"{shop.base_url}/n")
+    for _ in range(3):
+        http.send(shop, "GET", "/n")
+    assert looked_up == []  # answered from the cache, not the environment, on every call
     http.close_sessions()
     monkeypatch.delenv("HTTPS_PROXY")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    assert http.session_for(make_integration()).trust_env is True
+    assert http.environment_for(shop.base_url)["proxies"].get("https") is None

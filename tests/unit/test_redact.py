@@ -16,6 +16,7 @@ from recovery.redact import (
     redact_params,
     redact_text,
     redact_url,
+    scrub_passes,
 )
 
 SECRET_HEADERS = [
@@ -160,3 +161,14 @@ def test_secret_values_never_survive(secret: str, key: str, sep: str) -> None:
     for text in (f"{key}{sep}{secret}", f"error ({key}{sep}{secret}) retry",
                  f"https://h/x?{key}={secret}", f"Bearer {secret}"):
         assert secret not in redact_text(text)
+
+
+_TRICKY = [*_PIECES, "\u0131d", "\u017fecret", "\u212aey", "PASSWD", "SeSsIoN_Id", "AUTH",
+           "cookie", "pwd", "sessid", "Negotiate ", "DIGEST ", "user:pw@", "ftp://", "signature",
+           "x-amz-"]
+
+
+@given(st.lists(st.one_of(st.sampled_from(_TRICKY), st.text(max_size=8)), max_size=25)
+       .map("".join))
+def test_the_quick_trigger_test_never_skips_a_redaction(text: str) -> None:
+    assert redact_text(text) == scrub_passes(text)

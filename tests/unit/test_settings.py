@@ -42,6 +42,7 @@ def test_defaults_match_the_documented_values() -> None:
         dlq_retry_delay_ms=300000,
         sentry_dsn=None,
         metrics_enabled=True,
+        task_events=False,
         health_check_interval_ms=30000,
         health_check_timeout_ms=5000,
         rate_limit_window_ms=60000,
