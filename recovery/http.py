@@ -96,7 +96,7 @@ def environment_for(url: str) -> dict[str, Any]:
     settings = _environments.get(origin)
     if settings is None:
         with requests.Session() as probe:
-            settings = probe.merge_environment_settings(origin, {}, None, None, None)
+            settings = dict(probe.merge_environment_settings(origin, {}, None, None, None))
         _environments[origin] = settings
     return settings
 
