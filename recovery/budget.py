@@ -29,6 +29,8 @@ import redis
 import structlog
 from redis.commands.core import Script
 
+from recovery.scripts import ScriptCall
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -203,10 +205,16 @@ class RetryBudget:
         self._prefix = key_prefix
         self._local = local or LocalRetryBudget()
         self._outage = RedisOutage("retry_budget")
+        self._source = resources.files("recovery").joinpath("budget.lua").read_text("utf-8")
         self._script: Script | None = None
         if redis_client is not None:
-            source = resources.files("recovery").joinpath("budget.lua").read_text("utf-8")
-            self._script = redis_client.register_script(source)
+            self._script = redis_client.register_script(self._source)
+
+    def note_call(self, integration_id: str, config: RetryBudgetConfig) -> ScriptCall | None:
+        """The Redis script run of `note_first_attempt`; None when the budget is off."""
+        if not config.enabled:
+            return None
+        return self._call(integration_id, "note", config)
 
     def note_first_attempt(
         self, integration_id: str, config: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
@@ -247,11 +255,16 @@ class RetryBudget:
              now_ms: float | None = None) -> Any:
         """One script call; `now_ms` pins the time (tests), None uses the server's clock."""
         assert self._script is not None
+        call = self._call(integration_id, op, config, now_ms)
+        return self._script(keys=call.keys, args=call.args)
+
+    def _call(self, integration_id: str, op: Op, config: RetryBudgetConfig,
+              now_ms: float | None = None) -> ScriptCall:
         base = f"{self._prefix}budget:{integration_id}"
         at = "" if now_ms is None else repr(now_ms)
-        args: list[str | int] = [op, at, config.window_ms, config.slot_ms, repr(config.ratio),
-                                 config.floor]
-        return self._script(keys=[f"{base}:first", f"{base}:retry"], args=args)
+        return ScriptCall(self._source, [f"{base}:first", f"{base}:retry"],
+                          [op, at, config.window_ms, config.slot_ms, repr(config.ratio),
+                           config.floor])
 
     def _with_redis(self, in_redis: Callable[[], T], in_process: Callable[[], T]) -> T:
         if self._redis is None:

@@ -11,9 +11,12 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import redis
 import structlog
+
+from recovery.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
 
@@ -69,29 +72,46 @@ class IdempotencyStore:
     def _keys(self, key: str) -> list[str]:
         return [f"{self._prefix}{key}:ok", f"{self._prefix}{key}:claim"]
 
+    @property
+    def shared(self) -> bool:
+        """Whether claims live in Redis (False: in this process only)."""
+        return self._redis is not None
+
+    def claim_call(self, key: str, holder: str, ttl_ms: int, delivery: str) -> ScriptCall:
+        """The Redis script run of `claim`; its reply goes to `claim_result`."""
+        return ScriptCall(_CLAIM, [*self._keys(key), f"{self._prefix}deliveries:{delivery}"],
+                          [holder, ttl_ms, DELIVERY_COUNT_TTL_S])
+
+    @staticmethod
+    def claim_result(reply: Any) -> ClaimResult:
+        answer, deliveries = reply
+        text = answer.decode() if isinstance(answer, bytes) else answer
+        return ClaimResult(Claim(text), int(deliveries))
+
+    def release_call(self, key: str, holder: str, job_id: str, *, succeeded: bool) -> ScriptCall:
+        """The Redis script run of `release`."""
+        return ScriptCall(_RELEASE, self._keys(key),
+                          [holder, job_id, SUCCESS_TTL_S, "1" if succeeded else "0"])
+
     def claim(self, key: str, holder: str, ttl_ms: int, delivery: str) -> ClaimResult:
         """Count this delivery of the message `delivery`, then claim the key for it, unless
         the key already succeeded or another holder has it. One round trip."""
         if self._redis is None:
             return self._claim_local(key, holder, ttl_ms, delivery)
+        call = self.claim_call(key, holder, ttl_ms, delivery)
         try:
-            answer, deliveries = self._claim(
-                keys=[*self._keys(key), f"{self._prefix}deliveries:{delivery}"],
-                args=[holder, ttl_ms, DELIVERY_COUNT_TTL_S])
+            reply = self._claim(keys=call.keys, args=call.args)
         except redis.RedisError as exc:
             log.warning("idempotency_redis_unavailable", error=str(exc))
             return self._claim_local(key, holder, ttl_ms, delivery)
-        text = answer.decode() if isinstance(answer, bytes) else answer
-        return ClaimResult(Claim(text), int(deliveries))
+        return self.claim_result(reply)
 
     def release(self, key: str, holder: str, job_id: str, *, succeeded: bool) -> None:
         """Give the claim back; with `succeeded`, remember the key so it is never called again."""
         if self._redis is not None:
+            call = self.release_call(key, holder, job_id, succeeded=succeeded)
             try:
-                self._release(
-                    keys=self._keys(key),
-                    args=[holder, job_id, SUCCESS_TTL_S, "1" if succeeded else "0"],
-                )
+                self._release(keys=call.keys, args=call.args)
                 return
             except redis.RedisError as exc:
                 log.warning("idempotency_redis_unavailable", error=str(exc))

@@ -21,10 +21,10 @@ import structlog
 from recovery.alerts import alert
 from recovery.audit.writer import AttemptRecord
 from recovery.auth import AuthConfigError, TokenRefreshError
-from recovery.breaker import BreakerOpenError, Permit
 from recovery.budget import spread_deferral
 from recovery.errors import Classification, ErrorCategory, classify
 from recovery.fallback import has_fallback, remember, response_body, run_fallbacks
+from recovery.gate import BUDGET_SPENT
 from recovery.http import send
 from recovery.idempotency import Claim
 from recovery.jobs import JobSpec, Progress
@@ -36,7 +36,6 @@ from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
 StepStatus = Literal["succeeded", "degraded", "retry", "defer", "dead", "failed", "duplicate"]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -81,8 +80,11 @@ def delivery_id(job: JobSpec, progress: Progress) -> str:
 def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
     integration = rt.registry.get(job.integration)
     claim_ttl_ms = integration.timeout_ms * 2 + 5000
-    claimed = rt.idempotency.claim(job.idempotency_key, job.job_id, claim_ttl_ms,
-                                   delivery_id(job, progress))
+    passage = rt.gate.enter(integration, job.idempotency_key, job.job_id, claim_ttl_ms,
+                            delivery_id(job, progress), first_attempt=progress.attempt == 1,
+                            budget_pending=progress.budget_pending,
+                            max_deliveries=rt.settings.poison_max_deliveries)
+    claimed = passage.claim
     if claimed.claim is Claim.SUCCEEDED:
         return _duplicate(job, progress, rt)
     if claimed.claim is Claim.BUSY:
@@ -95,27 +97,19 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
                              redact_params(job.params or {}), job.idempotency_key,
                              progress.attempt)
-        if progress.budget_pending:
-            wait_s = rt.budget.try_charge_retry(integration.id, integration.retry_budget)
-            if wait_s > 0:
-                return _blocked(job, progress, rt, integration,
-                                spread_deferral(wait_s, integration.retry_budget),
-                                "retry-budget", BUDGET_SPENT)
-            progress = replace(progress, budget_pending=False)
-        wait_s = rt.limiter.acquire(integration.id, integration.rate_limit)
-        if wait_s > 0:
-            return _blocked(job, progress, rt, integration, wait_s, "rate-limit",
-                            "the integration's rate limit is full or paused")
-        breaker = rt.breaker(integration)
-        try:
-            permit = breaker.acquire()
-        except BreakerOpenError as exc:
-            return _blocked(job, progress, rt, integration, exc.retry_after_s, "breaker", str(exc))
-        if progress.attempt == 1:
-            rt.budget.note_first_attempt(integration.id, integration.retry_budget)
-        result = _call_with_auth(job, integration, rt, permit, progress)
-        if result.failure is None:
-            released = True
+        block = passage.block
+        if block is not None:
+            wait_s = block.wait_s if block.source != "retry-budget" else spread_deferral(
+                block.wait_s, integration.retry_budget)
+            return _blocked(job, progress, rt, integration, wait_s, block.source, block.why)
+        progress = replace(progress, budget_pending=False)
+        result = _call_with_auth(job, integration, rt, progress)
+        failure = result.failure
+        released = True
+        rt.gate.settle(integration, passage.permit, job.idempotency_key, job.job_id, job.job_id,
+                       success=failure is None,
+                       counts=failure is None or failure.counts_against_breaker())
+        if failure is None:
             return _succeeded(job, progress, rt, integration, result)
         return _failed(job, progress, rt, integration, result)
     finally:
@@ -157,7 +151,7 @@ def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResul
     return CallResult(started_at, int(elapsed_s * 1000), response, failure, token)
 
 
-def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit,
+def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime,
                     progress: Progress) -> CallResult:
     """The call under the breaker permit; a 401 refreshes the shared token and retries once."""
     result = _call_once(job, integration, rt)
@@ -169,10 +163,6 @@ def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime, permit:
         if result.failure is not None and result.failure.status == 401:
             alert("token_refresh_failed", "The upstream refused a freshly refreshed token; "
                   "check the integration's OAuth client.", integration.id, job_id=job.job_id)
-    failure = result.failure
-    rt.breaker(integration).record(
-        permit, success=failure is None,
-        counts=failure is None or failure.counts_against_breaker())
     return result
 
 
@@ -181,7 +171,6 @@ def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integ
     assert result.response is not None
     body = response_body(result.response)
     remember(rt, integration, job, body)
-    rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=True)
     _record_attempt(job, progress.attempt, result, "done", rt)
     strategy = progress_strategy(progress)
     if strategy is not None:

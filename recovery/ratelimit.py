@@ -25,6 +25,7 @@ import structlog
 from redis.commands.core import Script
 
 from recovery.registry import RateLimitConfig
+from recovery.scripts import ScriptArg, ScriptCall
 
 log = structlog.get_logger(__name__)
 
@@ -168,17 +169,31 @@ class ClusterRateLimiter:
         self._prefix = key_prefix
         self._local = local or LocalRateLimiter()
         self._outage = RedisOutage("rate_limit")
+        self._source = resources.files("recovery").joinpath("ratelimit.lua").read_text("utf-8")
         self._script: Script | None = None
         if redis_client is not None:
-            source = resources.files("recovery").joinpath("ratelimit.lua").read_text("utf-8")
-            self._script = redis_client.register_script(source)
+            self._script = redis_client.register_script(self._source)
+
+    @property
+    def shared(self) -> bool:
+        """Whether limits live in Redis (False: in this process only)."""
+        return self._redis is not None
+
+    def acquire_call(self, integration_id: str, config: RateLimitConfig) -> ScriptCall:
+        """The Redis script run of `acquire`; its reply goes to `wait_s`."""
+        _check_config(integration_id, config)
+        return ScriptCall(self._source, self._keys(integration_id),
+                          ["acquire", config.window_ms, config.max_requests, uuid.uuid4().hex])
+
+    @staticmethod
+    def wait_s(reply: Any) -> float:
+        return float(reply) / 1000
 
     def acquire(self, integration_id: str, config: RateLimitConfig) -> float:
         """Take a slot: 0.0 when granted (and recorded), else the seconds to wait first."""
-        _check_config(integration_id, config)
-        args = (config.window_ms, config.max_requests, uuid.uuid4().hex)
+        call = self.acquire_call(integration_id, config)
         return self._with_redis(
-            lambda: float(self._run(integration_id, "acquire", *args)) / 1000,
+            lambda: self.wait_s(self._run(integration_id, *call.args)),
             lambda: self._local.acquire(integration_id, config),
         )
 
@@ -224,10 +239,13 @@ class ClusterRateLimiter:
         self._local.pause(integration_id, seconds, reason)
         return self._local.paused_for(integration_id)
 
-    def _run(self, integration_id: str, op: str, *args: str | int | float) -> Any:
-        assert self._script is not None
+    def _keys(self, integration_id: str) -> list[str]:
         base = f"{self._prefix}ratelimit:{integration_id}"
-        return self._script(keys=[f"{base}:log", f"{base}:not_before"], args=[op, *args])
+        return [f"{base}:log", f"{base}:not_before"]
+
+    def _run(self, integration_id: str, op: ScriptArg, *args: ScriptArg) -> Any:
+        assert self._script is not None
+        return self._script(keys=self._keys(integration_id), args=[op, *args])
 
     def _with_redis(self, in_redis: Callable[[], T], in_process: Callable[[], T]) -> T:
         if self._redis is None:

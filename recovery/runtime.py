@@ -13,6 +13,8 @@ from datetime import datetime
 
 import redis
 import structlog
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from sqlalchemy.engine import Engine
 
 from recovery.audit.writer import AuditWriter, make_audit_writer
@@ -20,6 +22,7 @@ from recovery.auth import TokenProvider
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
 from recovery.db import make_engine
+from recovery.gate import Gate
 from recovery.idempotency import IdempotencyStore
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.registry import Integration, Registry, get_registry
@@ -29,9 +32,15 @@ log = structlog.get_logger(__name__)
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client with short timeouts: a stalled Redis must not stall a job for long."""
+    """A Redis client that fails fast: a stalled Redis must not stall a job for long.
+
+    Every component has an in-process fallback, so one quick retry is enough; redis-py's own
+    default (ten retries with growing backoff) would hold each call for seconds while Redis is
+    down.
+    """
     return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
 
 
@@ -48,6 +57,15 @@ class Runtime:
     budget: RetryBudget
     _breakers: dict[str, ClusterBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _gate: Gate | None = None
+
+    @property
+    def gate(self) -> Gate:
+        """The folded pre- and post-call Redis decisions over this runtime's components."""
+        if self._gate is None:
+            self._gate = Gate(self.redis, self.idempotency, self.limiter, self.budget,
+                              self.breaker)
+        return self._gate
 
     def breaker(self, integration: Integration, *, scope: str = "") -> ClusterBreaker:
         """The cluster breaker for an integration (or one of its fallback APIs, by scope)."""

@@ -43,6 +43,7 @@ from recovery.breaker.types import (
     utc_from_ms,
 )
 from recovery.registry import BreakerConfig
+from recovery.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +118,22 @@ class ClusterBreaker:
         tag, grant = self._decide(
             lambda b: b.acquire(limits, probe_id), lambda b: b.acquire(limits, probe_id)
         )
+        return self._permit(tag, grant, probe_id)
+
+    def acquire_call(self) -> tuple[ScriptCall, str] | None:
+        """The Redis script run of `acquire` and its probe id, for `permit_from`; None when
+        `acquire` would not use Redis (breaker off, no Redis, or Redis failed just now)."""
+        if (self._limits is None or self._redis is None
+                or time.monotonic() < _redis_down_until.get(self.key, 0.0)):
+            return None
+        probe_id = uuid.uuid4().hex
+        return self._redis.acquire_call(self._limits, probe_id), probe_id
+
+    def permit_from(self, reply: Any, probe_id: str) -> Permit:
+        """What `acquire` returns or raises, from the reply of an `acquire_call` run."""
+        return self._permit("r", RedisBackend.grant(reply), probe_id)
+
+    def _permit(self, tag: Literal["r", "l"], grant: Grant, probe_id: str) -> Permit:
         self._notify(grant.transition)
         if not grant.granted:
             state: Literal["open", "half_open"] = (
@@ -124,6 +141,21 @@ class ClusterBreaker:
             )
             raise BreakerOpenError(self.integration, grant.wait_s, state)
         return Permit(self.integration, grant.probe, _token(tag, grant, probe_id))
+
+    def record_call(self, permit: Permit, *, success: bool, counts: bool = True
+                    ) -> ScriptCall | None:
+        """The Redis script run of `record`, for `recorded`; None when `record` would not use
+        Redis (breaker off, or a permit of the in-process breaker): call `record` then."""
+        if self._limits is None or permit.token is None or self._redis is None:
+            return None
+        tag, epoch, probe_id = _parse_token(permit.token)
+        if tag == "l":
+            return None
+        return self._redis.record_call(self._limits, epoch, probe_id, _outcome(success, counts))
+
+    def recorded(self, reply: Any) -> None:
+        """Report the transition, if any, in the reply of a `record_call` run."""
+        self._notify(RedisBackend.transition(reply))
 
     def record(self, permit: Permit, *, success: bool, counts: bool = True) -> None:
         """Report how the permitted call went. One round trip.
@@ -135,7 +167,7 @@ class ClusterBreaker:
             return
         limits = self._limits
         tag, epoch, probe_id = _parse_token(permit.token)
-        outcome: Outcome = "neutral" if not counts else "success" if success else "failure"
+        outcome = _outcome(success, counts)
         if tag == "l" or self._redis is None:
             self._notify(self._local.record(limits, epoch if tag == "l" else None, probe_id,
                                             outcome))
@@ -262,6 +294,10 @@ class ClusterBreaker:
             elif exclusion(exc):
                 return False
         return True
+
+
+def _outcome(success: bool, counts: bool) -> Outcome:
+    return "neutral" if not counts else "success" if success else "failure"
 
 
 def _token(tag: str, grant: Grant, probe_id: str) -> str:

@@ -22,6 +22,7 @@ from recovery.breaker.types import (
     Transition,
     utc_from_ms,
 )
+from recovery.scripts import ScriptCall
 
 _SECTION_MARK = "--@@ "
 
@@ -68,38 +69,51 @@ class RedisBackend:
 
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.key = key
-        sources = script_sources()
+        self._sources = sources = script_sources()
         self._acquire: Script = client.register_script(sources["acquire"])
         self._record: Script = client.register_script(sources["record"])
         self._force: Script = client.register_script(sources["force"])
         self._snapshot: Script = client.register_script(sources["snapshot"])
 
-    def acquire(self, limits: Limits, token: str) -> Grant:
-        reply = self._acquire(
-            keys=[self.key],
-            args=[token, limits.lease_ms, limits.max_probes, limits.reset_ms, limits.ttl_ms],
-        )
+    def acquire_call(self, limits: Limits, token: str) -> ScriptCall:
+        """The script run of `acquire`; its reply goes to `grant`."""
+        return ScriptCall(self._sources["acquire"], [self.key],
+                          [token, limits.lease_ms, limits.max_probes, limits.reset_ms,
+                           limits.ttl_ms])
+
+    @staticmethod
+    def grant(reply: Any) -> Grant:
         granted, probe, epoch, wait_ms = (int(v) for v in reply[:4])
         return Grant(
             bool(granted), bool(probe), epoch, wait_ms / 1000, _state(reply[4]),
             _transition(reply, 5),
         )
 
-    def record(
-        self, limits: Limits, epoch: int | None, token: str, outcome: Outcome
-    ) -> Transition | None:
+    def acquire(self, limits: Limits, token: str) -> Grant:
+        call = self.acquire_call(limits, token)
+        return self.grant(self._acquire(keys=call.keys, args=call.args))
+
+    def record_call(self, limits: Limits, epoch: int | None, token: str,
+                    outcome: Outcome) -> ScriptCall:
+        """The script run of `record`; its reply goes to `transition`."""
         if epoch is None:
             raise ValueError("A Redis breaker record needs the epoch its permit was granted in.")
         rate = -1.0 if limits.failure_rate is None else limits.failure_rate
-        reply = self._record(
-            keys=[self.key],
-            args=[
-                epoch, token, outcome, limits.threshold, repr(rate), limits.minimum_calls,
-                limits.window_ms, limits.reset_ms, limits.success_threshold, limits.ttl_ms,
-                repr(limits.reset_factor), limits.max_reset_ms,
-            ],
-        )
+        return ScriptCall(self._sources["record"], [self.key], [
+            epoch, token, outcome, limits.threshold, repr(rate), limits.minimum_calls,
+            limits.window_ms, limits.reset_ms, limits.success_threshold, limits.ttl_ms,
+            repr(limits.reset_factor), limits.max_reset_ms,
+        ])
+
+    @staticmethod
+    def transition(reply: Any) -> Transition | None:
         return _transition(reply, 1)
+
+    def record(
+        self, limits: Limits, epoch: int | None, token: str, outcome: Outcome
+    ) -> Transition | None:
+        call = self.record_call(limits, epoch, token, outcome)
+        return self.transition(self._record(keys=call.keys, args=call.args))
 
     def force(self, limits: Limits, action: str, open_ms: int, reason: str) -> Transition | None:
         reply = self._force(keys=[self.key], args=[action, open_ms, limits.ttl_ms, reason])

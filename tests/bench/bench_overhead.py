@@ -16,10 +16,8 @@ finish is reported too. Runs:
     ours-events ours with TASK_EVENTS=true (what a worker costs while Flower watches it)
     timing      ours, CPU time (thread_time) of every pipeline step (bench-only wrappers)
     profile     ours under cProfile in each pool process (profile written to results/)
-    batched-audit  ours with job and attempt rows written by recovery.audit.spool.AuditBatcher
-    async-commit   ours with `SET synchronous_commit = off` on the audit connections
-    no-audit, no-events, no-gates, no-metrics, lean: ours with that cost removed (ablations)
-    timing-batched ours with the audit batcher, every step timed
+    no-audit, no-gates, no-metrics, lean: ours with that cost removed (ablations; lean is all
+                three)
 
 Writes tests/bench/results/overhead.json and overhead_profile.txt. Not collected by pytest.
 """
@@ -56,10 +54,9 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "bench" / "results"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-RUNS = ("plain", "ours", "ours-events", "timing", "profile", "batched-audit", "async-commit",
-        "no-audit", "no-events", "no-gates", "no-metrics", "lean", "timing-batched")
-ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-events", "no-gates"),
-             "timing-batched": ("timing", "batched-audit")}
+RUNS = ("plain", "ours", "ours-events", "timing", "profile", "no-audit", "no-gates",
+        "no-metrics", "lean")
+ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-gates")}
 WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
                 "--without-heartbeat", "-l", "info"]
 
@@ -102,20 +99,17 @@ def _steps() -> list[tuple[Any, str, str]]:
     """(owner, attribute, label) of every step of a successful delivery."""
     import recovery.pipeline as pipeline
     import tasks.integration as task
+    from recovery.audit.spool import AuditBatcher
     from recovery.audit.writer import AuditWriter
     from recovery.auth import TokenProvider
-    from recovery.breaker import ClusterBreaker
-    from recovery.idempotency import IdempotencyStore
-    from recovery.ratelimit import ClusterRateLimiter
+    from recovery.gate import Gate
 
     audit = [(AuditWriter, name, f"audit {name}") for name in ("job_started", "attempt",
                                                                  "job_status")]
     return [*audit, (task, "run_job", "run_job (all steps)"),
-            (IdempotencyStore, "claim", "idempotency claim + poison count"),
-            (IdempotencyStore, "release", "idempotency release"),
-            (ClusterRateLimiter, "acquire", "rate-limit gate"),
-            (ClusterBreaker, "acquire", "breaker acquire"),
-            (ClusterBreaker, "record", "breaker record"),
+            (Gate, "enter", "gate: claim, rate limit, breaker, budget (1 round trip)"),
+            (Gate, "settle", "settle: breaker record, release (1 round trip)"),
+            (AuditBatcher, "commit", "audit rows to the spool (1 XADD, at task end)"),
             (TokenProvider, "token_for", "oauth token"), (pipeline, "send", "http call"),
             (pipeline, "observe_call", "metrics"), (pipeline, "response_body", "response body"),
             (pipeline, "remember", "cache fallback"), (pipeline, "redact_params", "redaction"),
@@ -123,47 +117,19 @@ def _steps() -> list[tuple[Any, str, str]]:
 
 
 def _disable(features: set[str]) -> None:
-    """Remove or replace whole costs (ablations): what throughput would be without them."""
-    import recovery.runtime as runtime
+    """Remove whole costs (ablations): what throughput would be without them."""
     from recovery.audit.writer import AuditWriter
-    from recovery.breaker import ClusterBreaker, Permit
-    from recovery.celery_app import app
-    from recovery.idempotency import Claim, ClaimResult, IdempotencyStore
-    from recovery.ratelimit import ClusterRateLimiter
+    from recovery.breaker import Permit
+    from recovery.gate import Gate, Passage
+    from recovery.idempotency import Claim, ClaimResult
 
     if "no-audit" in features:
         for name in ("job_started", "attempt", "job_status"):
             setattr(AuditWriter, name, lambda *_, **__: True)
-    if "async-commit" in features:
-        runtime.make_engine = _async_commit_engine  # type: ignore[assignment]
-    if "batched-audit" in features:
-        from recovery.audit.spool import AuditBatcher
-
-        runtime.AuditWriter = lambda engine: AuditWriter(  # type: ignore[assignment,misc]
-            engine, batcher=AuditBatcher(engine))
-    if "no-events" in features:
-        app.conf.worker_send_task_events = False
     if "no-gates" in features:
-        IdempotencyStore.claim = (  # type: ignore[method-assign]
-            lambda *_: ClaimResult(Claim.CLAIMED, 1))
-        IdempotencyStore.release = lambda *_, **__: None  # type: ignore[method-assign]
-        ClusterRateLimiter.acquire = lambda *_: 0.0  # type: ignore[method-assign]
-        ClusterBreaker.acquire = lambda self: Permit(self.integration, False, None)  # type: ignore
-
-
-def _async_commit_engine(url: str) -> Any:
-    """The audit engine, with commits that do not wait for the WAL to reach the disk."""
-    from sqlalchemy import event
-
-    from recovery.db import make_engine
-
-    def no_fsync_wait(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.execute("SET synchronous_commit = off")
-        dbapi_connection.commit()
-
-    engine = make_engine(url)
-    event.listen(engine, "connect", no_fsync_wait)
-    return engine
+        Gate.enter = lambda _self, integration, *_, **__: Passage(  # type: ignore[method-assign]
+            ClaimResult(Claim.CLAIMED, 1), permit=Permit(integration.id, False, None))
+        Gate.settle = lambda *_, **__: None  # type: ignore[method-assign]
 
 
 def _install(features: set[str], out_dir: Path) -> None:
