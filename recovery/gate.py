@@ -55,11 +55,13 @@ if ARGV[3] == '1' then retry_budget(take(2, 6)) end
 return { claim, wait, grant }
 """
 
-# ARGV[1] '1' with a breaker record step (1 key, 12 args); then the claim release (2, 4).
-_SETTLE = _TAKE.format(first_arg=2) + """
+# ARGV[1] '1' with a breaker record step (1 key, 12 args), ARGV[2] '1' with an audit spool
+# append (1, 1) at the end; the claim release (2, 4) between them.
+_SETTLE = _TAKE.format(first_arg=3) + """
 local recorded = 0
 if ARGV[1] == '1' then recorded = breaker_record(take(1, 12)) end
 idempotency_release(take(2, 4))
+if ARGV[2] == '1' then audit_spool(take(1, 1)) end
 return { recorded }
 """
 
@@ -114,34 +116,40 @@ class Gate:
             one_by_one)
 
     def settle(self, integration: Integration, permit: Permit | None, key: str, holder: str,
-               job_id: str, *, success: bool, counts: bool) -> None:
+               job_id: str, *, success: bool, counts: bool,
+               audit: ScriptCall | None = None) -> bool:
         """Record the call's outcome with the breaker and release the claim (remembering the
-        key when `success`): one round trip."""
+        key when `success`) in one round trip, which also runs `audit` (a spool append,
+        `AuditBatcher.take_for_spool`) when given. Returns whether `audit` ran."""
         breaker = self._breaker_for(integration)
 
-        def one_by_one() -> None:
+        def one_by_one() -> bool:
             if permit is not None:
                 breaker.record(permit, success=success, counts=counts)
             self._idempotency.release(key, holder, job_id, succeeded=success)
+            return False
 
+        if not self._combinable():
+            return one_by_one()
         record = None if permit is None else breaker.record_call(permit, success=success,
                                                                  counts=counts)
-        if not self._combinable():
-            one_by_one()
-            return
         if record is None and permit is not None:
             breaker.record(permit, success=success, counts=counts)  # breaker off, or local
-        release = self._idempotency.release_call(key, holder, job_id, succeeded=success)
-        steps = {"idempotency_release": release}
-        if record is not None:
-            steps = {"breaker_record": record, **steps}
+        steps: dict[str, ScriptCall] = {} if record is None else {"breaker_record": record}
+        steps["idempotency_release"] = self._idempotency.release_call(key, holder, job_id,
+                                                                      succeeded=success)
+        if audit is not None:
+            steps["audit_spool"] = audit
+        header: list[ScriptArg] = ["1" if record is not None else "0",
+                                   "1" if audit is not None else "0"]
 
-        def combined() -> None:
-            reply = self._run("settle", _SETTLE, steps, ["1" if record is not None else "0"])
+        def combined() -> bool:
+            reply = self._run("settle", _SETTLE, steps, header)
             if record is not None:
                 breaker.recorded(reply[0])
+            return audit is not None
 
-        self._outage.run(combined, one_by_one)
+        return self._outage.run(combined, one_by_one)
 
     def _combinable(self) -> bool:
         return self._scripts is not None and self._idempotency.shared and self._limiter.shared

@@ -21,6 +21,7 @@ import structlog
 from recovery.alerts import alert
 from recovery.audit.writer import AttemptRecord
 from recovery.auth import AuthConfigError, TokenRefreshError
+from recovery.breaker import Permit
 from recovery.budget import spread_deferral
 from recovery.errors import Classification, ErrorCategory, classify
 from recovery.fallback import has_fallback, remember, response_body, run_fallbacks
@@ -104,17 +105,31 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
             return _blocked(job, progress, rt, integration, wait_s, block.source, block.why)
         progress = replace(progress, budget_pending=False)
         result = _call_with_auth(job, integration, rt, progress)
-        failure = result.failure
         released = True
-        rt.gate.settle(integration, passage.permit, job.idempotency_key, job.job_id, job.job_id,
-                       success=failure is None,
-                       counts=failure is None or failure.counts_against_breaker())
-        if failure is None:
-            return _succeeded(job, progress, rt, integration, result)
+        if result.failure is None:
+            try:
+                return _succeeded(job, progress, rt, integration, result)
+            finally:
+                _settle(job, integration, rt, passage.permit, None)
+        _settle(job, integration, rt, passage.permit, result.failure)
         return _failed(job, progress, rt, integration, result)
     finally:
         if not released:
             rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=False)
+
+
+def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit | None,
+            failure: Classification | None) -> None:
+    """Breaker outcome and claim release in one round trip; after a success the delivery's
+    audit rows ride along to the spool (the task's end-of-run commit then has nothing left)."""
+    batcher = rt.audit.batcher
+    taken = batcher.take_for_spool() if batcher is not None and failure is None else None
+    spooled = rt.gate.settle(integration, permit, job.idempotency_key, job.job_id, job.job_id,
+                             success=failure is None,
+                             counts=failure is None or failure.counts_against_breaker(),
+                             audit=taken[1] if taken is not None else None)
+    if taken is not None and not spooled and batcher is not None:
+        batcher.restore(taken[0])
 
 
 def _token_failure(exc: Exception) -> Classification:

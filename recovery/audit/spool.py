@@ -1,10 +1,11 @@
 """Where audit writes wait between a worker and PostgreSQL.
 
 `AuditBatcher` buffers job and attempt writes (`recovery.audit.batch.Op`) in memory. At every
-commit point (`commit`: a Celery task ends, before its message is acknowledged), every 200 ms,
+commit point (`commit`: a Celery task ends, before its message is acknowledged), every second,
 and whenever 500 ops are waiting, the buffer moves to the Redis stream ``{prefix}audit:spool``
-in one XADD. A background thread per process drains the stream into PostgreSQL, oldest entry
-first, up to 2,000 ops per transaction, one process at a time (a Redis lock), and deletes
+in one XADD. A background thread per process drains the stream into PostgreSQL every second,
+oldest entry first, up to 2,000 ops per transaction, one process at a time (a Redis lock), so
+rows reach PostgreSQL about a second after their job ended. It deletes
 entries only after their transaction has committed. So the audit trail is as durable as the
 broker (Redis too): a SIGKILLed worker loses only the writes of the delivery it was running,
 whose message the broker delivers again. While PostgreSQL is away the stream grows and jobs
@@ -32,6 +33,7 @@ import structlog
 from sqlalchemy import Engine
 
 from recovery.audit.batch import DatabaseUnavailable, Op, decode_ops, encode_ops, write_batch
+from recovery.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +42,7 @@ MAX_ENTRIES_PER_READ = 1000
 LOCK_TTL_MS = 5_000
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end " \
            "return 0"
+_APPEND = "return redis.call('XADD', KEYS[1], '*', 'ops', ARGV[1])"
 
 
 class SpoolUnavailable(RuntimeError):
@@ -75,6 +78,10 @@ class RedisSpool:
             pipe.execute()
         except redis.RedisError as exc:
             raise SpoolUnavailable(f"Redis refused {len(ops)} audit ops: {exc}") from exc
+
+    def append_call(self, ops: Sequence[Op]) -> ScriptCall:
+        """`append` as a script step, to ride on another round trip (`recovery.gate`)."""
+        return ScriptCall(_APPEND, [self.key], [encode_ops(ops)])
 
     def length(self) -> int:
         """Entries waiting in the stream; raises SpoolUnavailable."""
@@ -154,7 +161,7 @@ class AuditBatcher:
     """
 
     def __init__(self, engine: Engine, spool: RedisSpool | None = None, *, max_rows: int = 500,
-                 interval_s: float = 0.2, max_buffer: int = 100_000,
+                 interval_s: float = 1.0, max_buffer: int = 100_000,
                  orphan_max_age_s: float = 120.0, max_backoff_s: float = 1.0) -> None:
         self._engine = engine
         self._spool = spool
@@ -203,6 +210,25 @@ class AuditBatcher:
             log.warning("audit_write_failed", table=op.kind, error=str(exc),
                         error_type=type(exc).__name__, job_id=op.job_id)
             return False
+
+    def take_for_spool(self) -> tuple[list[Op], ScriptCall] | None:
+        """The buffered ops and a script step that appends them to the spool, so that another
+        round trip makes them durable; None without a spool or with nothing buffered. The ops
+        leave the buffer: hand them to `restore` if the step did not run."""
+        if self._spool is None or os.getpid() != self._pid:
+            return None
+        with self._cond:
+            if self._carry or not self._pending or len(self._pending) > OPS_PER_ENTRY:
+                return None
+            ops, self._pending = list(self._pending), deque()
+        self.counts["spooled"] += len(ops)
+        return ops, self._spool.append_call(ops)
+
+    def restore(self, ops: list[Op]) -> None:
+        """Put ops from `take_for_spool` back at the head of the buffer."""
+        self.counts["spooled"] -= len(ops)
+        with self._cond:
+            self._pending.extendleft(reversed(ops))
 
     def buffered(self) -> int:
         with self._cond:

@@ -274,3 +274,52 @@ def test_a_disabled_breaker_is_left_out_of_the_script(rig_for: Callable[..., Rig
         rig.gate.settle(shop, passage.permit, f"k{n}", f"job-{n}", f"job-{n}", success=True,
                         counts=True)
     assert rig.client.sent == ["EVALSHA"]
+
+
+def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
+                                                   client: redis.Redis) -> None:
+    from recovery.audit.batch import Op, decode_ops
+    from recovery.audit.spool import AuditBatcher, RedisSpool
+
+    shop = make_integration()
+    rig = rig_for(shop)
+    spool = RedisSpool(rig.client, rig.prefix)
+    batcher = AuditBatcher(None, spool, interval_s=3600)  # type: ignore[arg-type]
+    ops = [Op("attempt", "job-1", n, {"n": n}, born=0.0) for n in range(3)]
+    batcher.restore(ops)  # buffered, without starting the drain thread (there is no database)
+    for n in range(2):  # the first run loads the script
+        passage = rig.enter(shop, key=f"k{n}", holder=f"job-{n}", delivery=f"job-{n}:0:1:0")
+        assert passage.permit is not None
+        taken = batcher.take_for_spool()
+        if n == 1:
+            assert taken is None  # nothing buffered any more
+            rig.client.sent.clear()
+        audit = taken[1] if taken is not None else None
+        assert rig.gate.settle(shop, passage.permit, f"k{n}", f"job-{n}", f"job-{n}",
+                               success=True, counts=True, audit=audit) is (n == 0)
+    assert rig.client.sent == ["EVALSHA"]
+    entries = client.xrange(spool.key)
+    assert len(entries) == 1 and decode_ops(entries[0][1][b"ops"]) == ops
+    assert batcher.buffered() == 0
+
+
+def test_audit_rows_go_back_to_the_buffer_when_the_settle_cannot_run() -> None:
+    from recovery.audit.batch import Op
+    from recovery.audit.spool import AuditBatcher, RedisSpool
+
+    shop = make_integration()
+    dead = redis_client("redis://127.0.0.1:1/0")
+    breakers = {shop.id: ClusterBreaker(dead, shop.id, shop.circuit_breaker, key_prefix="t:")}
+    gate = Gate(dead, IdempotencyStore(dead, key_prefix="t:"),
+                ClusterRateLimiter(dead, key_prefix="t:"), RetryBudget(dead, key_prefix="t:"),
+                lambda i: breakers[i.id])
+    batcher = AuditBatcher(None, RedisSpool(dead, "t:"), interval_s=3600)  # type: ignore[arg-type]
+    batcher.restore([Op("attempt", "job-1", 1, {"n": 1}, born=0.0)])
+    passage = gate.enter(shop, "k1", "job-1", 10_000, "job-1:0:1:0", first_attempt=True,
+                         budget_pending=False, max_deliveries=3)
+    taken = batcher.take_for_spool()
+    assert taken is not None and batcher.buffered() == 0
+    assert gate.settle(shop, passage.permit, "k1", "job-1", "job-1", success=True, counts=True,
+                       audit=taken[1]) is False
+    batcher.restore(taken[0])
+    assert batcher.buffered() == 1
