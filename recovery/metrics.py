@@ -16,6 +16,7 @@ turns every observation into a no-op and `/metrics` off.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import re
@@ -288,7 +289,9 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _field(values: Sequence[str]) -> str:
+@functools.lru_cache(maxsize=4096)
+def _field(values: tuple[str, ...]) -> str:
+    """A label set as the JSON field name it is stored under (cached: the same few repeat)."""
     return json.dumps(list(values), separators=(",", ":"))
 
 
@@ -299,8 +302,8 @@ def _counter(metric: str, *labels: str) -> Update:
 def _histogram(metric: str, labels: Sequence[str], value: float) -> list[Update]:
     """Non-cumulative bucket counts plus the sum; cumulative counts are built at scrape time."""
     bound = next((floatToGoString(b) for b in BUCKETS if value <= b), "+Inf")
-    return [(metric, _field([*labels, "le", bound]), 1.0),
-            (metric, _field([*labels, "sum", ""]), max(0.0, value))]
+    return [(metric, _field((*labels, "le", bound)), 1.0),
+            (metric, _field((*labels, "sum", "")), max(0.0, value))]
 
 
 def _record(updates: Sequence[Update]) -> None:

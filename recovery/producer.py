@@ -6,6 +6,7 @@ import json as jsonlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from recovery.audit.batch import next_seq
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
 from recovery.redact import redact_params
 from recovery.registry import Registry, UnknownIntegrationError
@@ -108,7 +109,9 @@ def enqueue(integration: str, method: str, path: str, *, json: Any = None,
 
 def submit(runtime: Runtime, job: JobSpec) -> str:
     """Publish a validated job, then record it as queued (best effort) in the audit trail."""
+    queued_seq = next_seq()  # before the publish: every write a worker makes must outrank it
     publish_job(job)
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
-                             redact_params(job.params or {}), job.idempotency_key)
+                             redact_params(job.params or {}), job.idempotency_key,
+                             seq=queued_seq)
     return job.job_id

@@ -103,16 +103,22 @@ class AuditWriter:
         params: Mapping[str, Any] | None,
         idempotency_key: str | None,
         replay_count: int = 0,
+        seq: int | None = None,
     ) -> bool:
         """Record a job the producer enqueued. A repeated write for the same job changes
         nothing, except that an operator's replay (a higher ``replay_count``) is counted and
         queues a finished job again. A replay that a worker already picked up (the message is
         published before this write) stays running.
+
+        ``seq`` (`recovery.audit.batch.next_seq`) orders this write among the job's others: a
+        producer that publishes first takes it before publishing, so a worker's writes, even
+        if they reach the database later, outrank "queued".
         """
 
         def build() -> Op:
             values = _job_values(integration, method, path, params, idempotency_key, self._now())
-            return Op("job_queued", job_id, next_seq(), {**values, "replay_count": replay_count})
+            return Op("job_queued", job_id, next_seq() if seq is None else seq,
+                      {**values, "replay_count": replay_count})
 
         return self._record("jobs", build, job_id)
 

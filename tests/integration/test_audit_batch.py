@@ -154,6 +154,24 @@ def test_an_older_write_arriving_late_never_replaces_a_newer_status(engine: Engi
     assert found["finished_at"] is not None
 
 
+def test_a_queued_write_landing_after_a_fast_worker_hides_none_of_its_progress(
+        engine: Engine) -> None:
+    """The producer publishes, then records "queued"; a worker may start (and finish) first,
+    and its batched writes may reach the database after "queued" does."""
+    job_id = new_id()
+    queued_seq = next_seq()  # taken before the publish, as recovery.producer.submit does
+    worker = AuditWriter(engine, batcher=AuditBatcher(engine, interval_s=60))
+    started(worker, job_id)
+    worker.attempt(call(job_id, 1, http_status=200))
+    worker.job_status(job_id, "succeeded", attempts=1, last_status=200, finished=True)
+    producer = AuditWriter(engine)
+    assert producer.job_queued(job_id, "shop", "GET", "/x", {}, "k", seq=queued_seq)
+    assert job_row(engine, job_id)["status"] == "queued"
+    assert worker.close()
+    found = plain_job(engine, job_id)
+    assert (found["status"], found["attempts"]) == ("succeeded", 1)
+
+
 def test_a_replay_requeues_a_finished_job_but_not_over_a_newer_write(engine: Engine) -> None:
     job_id = new_id()
     writer = AuditWriter(engine)
