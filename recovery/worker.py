@@ -20,6 +20,20 @@ def task_reprs(job: JobSpec, progress: Progress) -> dict[str, str]:
             "kwargsrepr": repr({"job": job.redacted(), "progress": progress.to_message()})}
 
 
+def outcome_line(step: Step) -> str:
+    """The task's return value: one short line for the worker log and Flower (results are not
+    stored). A string, because Celery's safe repr of a dict costs more than the rest of the
+    task's bookkeeping."""
+    parts: list[str] = [step.status]
+    if step.http_status is not None:
+        parts.append(f"HTTP {step.http_status}")
+    if step.fallback:
+        parts.append(f"{step.fallback} fallback")
+    elif step.strategy:
+        parts.append(step.strategy)
+    return ", ".join(parts)
+
+
 def finish_unsuccessful(job: JobSpec, step: Step, rt: Runtime) -> None:
     """Record a final failure: park the job in the DLQ, or mark it failed when the DLQ is off."""
     if step.status not in ("dead", "failed"):

@@ -13,11 +13,11 @@ from recovery.jobs import JobSpec, Progress
 from recovery.observability import job_context
 from recovery.pipeline import Step, run_job
 from recovery.runtime import get_runtime
-from recovery.worker import finish_unsuccessful, task_reprs
+from recovery.worker import finish_unsuccessful, outcome_line, task_reprs
 
 
 @app.task(bind=True, name="tasks.integration.call", max_retries=None, acks_late=True)
-def call(self: Task, job: dict[str, Any], progress: dict[str, Any] | None = None) -> dict[str, Any]:
+def call(self: Task, job: dict[str, Any], progress: dict[str, Any] | None = None) -> str:
     spec = JobSpec.from_message(job)
     state = Progress.from_message(progress)
     runtime = get_runtime()
@@ -33,5 +33,4 @@ def call(self: Task, job: dict[str, Any], progress: dict[str, Any] | None = None
             finish_unsuccessful(spec, step, runtime)
         except DeadLetterPublishError as exc:
             raise Reject(str(exc), requeue=True) from exc
-        return {"job_id": spec.job_id, "status": step.status, "http_status": step.http_status,
-                "strategy": step.strategy, "fallback": step.fallback}
+        return outcome_line(step)

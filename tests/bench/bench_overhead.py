@@ -207,6 +207,7 @@ class Worker:
                 raise RuntimeError(f"The worker did not start; see {log_path}.")
             time.sleep(0.1)
         self.cpu_at_ready = self.cpu_s()
+        self.main_cpu_at_ready = process_cpu_s([self.process.pid])
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) used so far by the worker and its pool processes."""
@@ -317,13 +318,16 @@ class Bench:
         try:
             self._wait_drained(queue)
             cpu_ms = (worker.cpu_s() - worker.cpu_at_ready) / self.n * 1000
+            main_s = process_cpu_s([worker.process.pid]) - worker.main_cpu_at_ready
+            main_ms = main_s / self.n * 1000
             shared = machine_cpu_s(self.upstream.pid)
         finally:
             worker.stop()
         result = self._result(name, enqueue_s, load_before, out_dir)
         others = {f"{key}_cpu_ms_per_job": round((shared[key] - shared_at_ready[key])
                                                  / self.n * 1000, 2) for key in shared}
-        return {**result, "worker_cpu_ms_per_job": round(cpu_ms, 2), **others}
+        return {**result, "worker_cpu_ms_per_job": round(cpu_ms, 2),
+                "worker_main_process_cpu_ms_per_job": round(main_ms, 2), **others}
 
     def _enqueue(self, name: str) -> tuple[float, str]:
         started = time.perf_counter()
