@@ -449,8 +449,8 @@ def main() -> None:
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per run name: median tasks/s and worker CPU per job over the rounds, and the ratio of
-    the median to plain's median. Rounds interleave the runs, so load drifts hit all alike."""
+    """Per run name: median tasks/s and worker CPU per job over the rounds, the ratio of the
+    median to plain's median, and each round's ratio to that round's plain run."""
     summary: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(r["run"] for r in runs):
         rates = [r["tasks_per_s"] for r in runs if r["run"] == name]
@@ -458,8 +458,14 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         summary[name] = {"tasks_per_s": statistics.median(rates), "samples": rates,
                          "worker_cpu_ms_per_job": statistics.median(cpu)}
     base = summary.get("plain", {}).get("tasks_per_s")
-    for entry in summary.values():
+    plain_by_round = {r["round"]: r["tasks_per_s"] for r in runs if r["run"] == "plain"}
+    for name, entry in summary.items():
         entry["ratio_to_plain"] = round(entry["tasks_per_s"] / base, 3) if base else None
+        ratios = [round(r["tasks_per_s"] / plain_by_round[r["round"]], 3) for r in runs
+                  if r["run"] == name and r["round"] in plain_by_round]
+        if ratios and name != "plain":  # the same round's plain run: drifts hit both alike
+            entry["round_ratios"] = ratios
+            entry["median_round_ratio"] = statistics.median(ratios)
     return summary
 
 
