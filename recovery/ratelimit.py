@@ -193,7 +193,7 @@ class ClusterRateLimiter:
         """Take a slot: 0.0 when granted (and recorded), else the seconds to wait first."""
         call = self.acquire_call(integration_id, config)
         return self._with_redis(
-            lambda: self.wait_s(self._run(integration_id, *call.args)),
+            lambda: self.wait_s(self._run_call(call)),
             lambda: self._local.acquire(integration_id, config),
         )
 
@@ -244,8 +244,11 @@ class ClusterRateLimiter:
         return [f"{base}:log", f"{base}:not_before"]
 
     def _run(self, integration_id: str, op: ScriptArg, *args: ScriptArg) -> Any:
+        return self._run_call(ScriptCall(self._source, self._keys(integration_id), [op, *args]))
+
+    def _run_call(self, call: ScriptCall) -> Any:
         assert self._script is not None
-        return self._script(keys=self._keys(integration_id), args=[op, *args])
+        return self._script(keys=call.keys, args=call.args)
 
     def _with_redis(self, in_redis: Callable[[], T], in_process: Callable[[], T]) -> T:
         if self._redis is None:

@@ -22,25 +22,29 @@ from celery import Celery
 QUEUE = os.environ.get("BENCH_PLAIN_QUEUE", "plain")
 TASK_NAME = "bench.plain.get"
 
-app = Celery("plain-bench")
-app.conf.update(
-    broker_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
-    broker_transport_options={
-        "visibility_timeout": 3600,
-        "global_keyprefix": os.environ.get("BENCH_PREFIX", "bench-plain:"),
-    },
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_default_queue=QUEUE,
-    timezone="UTC",
-    enable_utc=True,
-)
+def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str) -> Celery:
+    """A Celery app as a team would configure one without this project, on the same broker
+    settings as `recovery.celery_app` (JSON, late acks, prefetch 1, no results)."""
+    plain = Celery(name)
+    plain.conf.update(
+        broker_url=broker_url,
+        broker_transport_options={"visibility_timeout": 3600, "global_keyprefix": key_prefix},
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=queue,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return plain
 
+
+app = plain_celery("plain-bench", os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+                   os.environ.get("BENCH_PREFIX", "bench-plain:"), QUEUE)
 
 @app.task(
     name=TASK_NAME,

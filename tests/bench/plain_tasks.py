@@ -23,28 +23,16 @@ from typing import Any
 
 import redis
 import requests
-from celery import Celery, Task
+from celery import Task
+
+from tests.bench.plain_app import plain_celery
 
 QUEUE = "plain-amplification"
 TASK_NAME = "bench.amplification.plain_call"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench-amplification:")
 
-app = Celery("plain-amplification")
-app.conf.update(
-    broker_url=REDIS_URL,
-    broker_transport_options={"visibility_timeout": 3600, "global_keyprefix": PREFIX},
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_default_queue=QUEUE,
-    timezone="UTC",
-    enable_utc=True,
-)
+app = plain_celery("plain-amplification", REDIS_URL, PREFIX, QUEUE)
 
 _client: redis.Redis | None = None
 
