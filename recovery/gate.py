@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from recovery.breaker import BreakerOpenError, ClusterBreaker, Permit
-from recovery.budget import RetryBudget
+from recovery.budget import RetryBudget, spread_deferral
 from recovery.idempotency import Claim, ClaimResult, IdempotencyStore
 from recovery.policy import BlockSource
 from recovery.ratelimit import ClusterRateLimiter, RedisOutage
@@ -68,7 +68,8 @@ return { recorded }
 
 @dataclass(frozen=True)
 class Block:
-    """Why a delivery may not call now, and for how long."""
+    """Why a delivery may not call now, and for how long (a retry-budget wait is already
+    spread, so deferred retries do not all come back at once)."""
 
     source: BlockSource
     wait_s: float
@@ -199,7 +200,8 @@ class Gate:
         if budget_pending:
             wait_s = self._budget.try_charge_retry(integration.id, integration.retry_budget)
             if wait_s > 0:
-                return Passage(claim, Block("retry-budget", wait_s, BUDGET_SPENT))
+                return Passage(claim, Block("retry-budget", spread_deferral(
+                    wait_s, integration.retry_budget), BUDGET_SPENT))
         wait_s = self._limiter.acquire(integration.id, integration.rate_limit)
         if wait_s > 0:
             return Passage(claim, Block("rate-limit", wait_s, RATE_LIMITED))

@@ -100,9 +100,7 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
                              progress.attempt)
         block = passage.block
         if block is not None:
-            wait_s = block.wait_s if block.source != "retry-budget" else spread_deferral(
-                block.wait_s, integration.retry_budget)
-            return _blocked(job, progress, rt, integration, wait_s, block.source, block.why)
+            return _blocked(job, progress, rt, integration, block.wait_s, block.source, block.why)
         progress = replace(progress, budget_pending=False)
         result = _call_with_auth(job, integration, rt, progress)
         released = True
