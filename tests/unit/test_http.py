@@ -115,6 +115,24 @@ def test_redirects_are_not_followed(mocked: responses.RequestsMock) -> None:
     assert len(mocked.calls) == 1
 
 
+def test_no_cookie_is_carried_from_one_job_to_the_next(mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{BASE}/login", headers={"Set-Cookie": "session=alice-secret; Path=/"})
+    mocked.get(f"{BASE}/items")
+    shop = make_integration()
+    http.send(shop, "GET", "/login")
+    http.send(shop, "GET", "/items")
+    assert "Cookie" not in mocked.calls[1].request.headers
+    assert not http.session_for(shop).cookies
+
+
+def test_params_become_the_query_and_no_params_none(mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{BASE}/items")
+    http.send(make_integration(), "GET", "/items", params={"page": 2, "tag": ["a", "b"]})
+    http.send(make_integration(), "GET", "/items", params={})
+    assert mocked.calls[0].request.url == f"{BASE}/items?page=2&tag=a&tag=b"
+    assert mocked.calls[1].request.url == f"{BASE}/items"
+
+
 @pytest.mark.parametrize(
     ("timeout_ms", "timeout_s", "expected"),
     [(2500, None, (2.5, 2.5)), (60_000, None, (10.0, 60.0)), (2500, 0.5, (0.5, 0.5))],
