@@ -152,6 +152,11 @@ class Gate:
 
         return self._outage.run(combined, one_by_one)
 
+    def close(self) -> None:
+        """Close the connections the combined scripts run on."""
+        if self._scripts is not None:
+            self._scripts.close()
+
     def _combinable(self) -> bool:
         return self._scripts is not None and self._idempotency.shared and self._limiter.shared
 

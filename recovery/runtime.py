@@ -152,4 +152,6 @@ def reset_runtime() -> None:
         if _runtime is not None:
             _runtime.audit.close()
             _runtime.engine.dispose(close=False)
+            if _runtime._gate is not None:
+                _runtime._gate.close()
         _runtime = None

@@ -9,13 +9,16 @@ each of its parts.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.commands.core import Script
+from redis.connection import AbstractConnection
+from redis.exceptions import NoScriptError
 
 ScriptArg = str | int | float
 
@@ -46,18 +49,62 @@ def combine(steps: Mapping[str, str], driver: str) -> str:
 
 
 class ScriptCache:
-    """Registered scripts of one Redis client, by name (redis-py reloads them after NOSCRIPT)."""
+    """Scripts by name, run over connections of their own rather than through the client.
+
+    These scripts are every job's hot path (two per delivery). Sent through `redis.Redis`, each
+    call also pays for the pool, the retry wrapper and the instrumentation hooks: about 70 us
+    of CPU on top of the 40 us the call itself costs. So each thread gets one connection, made
+    the way the client's pool makes its own (same address, timeouts and decoding). A command
+    that fails with a connection error is sent once more on a fresh connection, as the client
+    itself would (a Redis restart leaves a stale socket); a timeout is raised at once, since
+    the script may have run. A script Redis does not know (restarted, SCRIPT FLUSH) is loaded
+    and run again.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self._scripts: dict[str, Script] = {}
+        pool = client.connection_pool
+        self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._scripts: dict[str, tuple[str, bytes]] = {}  # name -> (sha1, source)
+        self._local = threading.local()
+        self._opened: list[AbstractConnection] = []
         self._lock = threading.Lock()
 
     def run(self, name: str, source: Callable[[], str], keys: list[str],
             args: list[ScriptArg]) -> Any:
         """Run the script `name`, built by `source()` the first time it is needed."""
+        script = self._scripts.get(name)
+        if script is None:
+            text = source().encode()
+            script = self._scripts[name] = (hashlib.sha1(text).hexdigest(), text)
+        command = ("EVALSHA", script[0], len(keys), *keys, *args)
+        try:
+            return self._send(command)
+        except NoScriptError:
+            self._send(("SCRIPT", "LOAD", script[1]))
+            return self._send(command)
+
+    def close(self) -> None:
+        """Close every connection this cache opened (each thread's)."""
         with self._lock:
-            script = self._scripts.get(name)
-            if script is None:
-                script = self._scripts[name] = self._client.register_script(source())
-        return script(keys=keys, args=args)
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.disconnect()
+
+    def _send(self, command: tuple[Any, ...]) -> Any:
+        connection = self._connection()
+        try:
+            connection.send_command(*command, check_health=False)
+            return connection.read_response()
+        except redis.ConnectionError:
+            connection.disconnect()
+        connection.send_command(*command, check_health=False)
+        return connection.read_response()
+
+    def _connection(self) -> AbstractConnection:
+        connection: AbstractConnection | None = getattr(self._local, "connection", None)
+        if connection is None or getattr(self._local, "pid", None) != os.getpid():
+            connection = self._local.connection = self._connect()
+            self._local.pid = os.getpid()
+            with self._lock:
+                self._opened.append(connection)
+        return connection

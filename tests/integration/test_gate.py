@@ -22,14 +22,18 @@ from recovery.runtime import redis_client
 Transitions = list[tuple[str, str, str]]
 
 
-class CountingRedis(redis.Redis):
-    """A client that counts the commands it sends (EVALSHA, SCRIPT LOAD...)."""
+def counting_client(url: str, name: str) -> tuple[redis.Redis, list[str]]:
+    """A client named `name` whose connections record every command sent over them (EVALSHA,
+    SCRIPT LOAD...): the client's own and those of the connections the gate makes like them."""
+    sent: list[str] = []
 
-    sent: list[str]
+    class CountingConnection(redis.Connection):
+        def send_command(self, *args: Any, **kwargs: Any) -> None:
+            sent.append(str(args[0]))
+            super().send_command(*args, **kwargs)
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.sent.append(str(args[0]))
-        return super().execute_command(*args, **options)
+    return redis.Redis.from_url(url, connection_class=CountingConnection,
+                                client_name=name), sent
 
 
 def make_integration(*, max_requests: int = 100, threshold: int = 3,
@@ -52,7 +56,8 @@ class Rig:
     """A gate over real components under one key prefix; `combined=False` calls them one by
     one (the path taken without a shared Redis for the gate itself)."""
 
-    client: CountingRedis
+    client: redis.Redis
+    sent: list[str]
     prefix: str
     idempotency: IdempotencyStore
     limiter: ClusterRateLimiter
@@ -82,9 +87,8 @@ def rig_for(client: redis.Redis) -> Iterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
     def make(integration: Integration, *, combined: bool = True) -> Rig:
-        counting = CountingRedis.from_url(os.environ["REDIS_URL"])
-        counting.sent = []
         prefix = f"test:gate:{len(made)}:{os.getpid()}:{id(made)}:"
+        counting, sent = counting_client(os.environ["REDIS_URL"], prefix.replace(":", "-"))
         transitions: Transitions = []
         breakers = {integration.id: ClusterBreaker(
             counting, integration.id, integration.circuit_breaker, key_prefix=prefix,
@@ -94,7 +98,8 @@ def rig_for(client: redis.Redis) -> Iterator[Callable[..., Rig]]:
         budget = RetryBudget(counting, key_prefix=prefix)
         gate = Gate(counting if combined else None, idempotency, limiter, budget,
                     lambda i: breakers[i.id])
-        rig = Rig(counting, prefix, idempotency, limiter, budget, breakers, transitions, gate)
+        rig = Rig(counting, sent, prefix, idempotency, limiter, budget, breakers, transitions,
+                  gate)
         made.append(rig)
         return rig
 
@@ -103,6 +108,7 @@ def rig_for(client: redis.Redis) -> Iterator[Callable[..., Rig]]:
         keys = list(client.scan_iter(match=f"{rig.prefix}*"))
         if keys:
             client.delete(*keys)
+        rig.gate.close()
         rig.client.close()
 
 
@@ -113,14 +119,14 @@ def test_a_granted_delivery_costs_one_round_trip_before_and_one_after(
     warm = rig.enter(shop, key="warm", holder="job-0", delivery="job-0:0:1:0")
     assert warm.permit is not None
     rig.gate.settle(shop, warm.permit, "warm", "job-0", "job-0", success=True, counts=True)
-    rig.client.sent.clear()
+    rig.sent.clear()
 
     passage = rig.enter(shop)
-    assert rig.client.sent == ["EVALSHA"]
+    assert rig.sent == ["EVALSHA"]
     assert passage.claim.claim is Claim.CLAIMED and passage.block is None
     assert passage.permit is not None and passage.permit.token is not None
     rig.gate.settle(shop, passage.permit, "k1", "job-1", "job-1", success=True, counts=True)
-    assert rig.client.sent == ["EVALSHA", "EVALSHA"]
+    assert rig.sent == ["EVALSHA", "EVALSHA"]
 
     assert rig.rate_used(shop) == 2
     assert rig.first_attempts(shop) == 2
@@ -247,6 +253,27 @@ def test_scripts_come_back_after_redis_forgets_them(rig_for: Callable[..., Rig],
     assert rig.enter(shop, holder="job-2", delivery="job-2:0:1:0").claim.claim is Claim.SUCCEEDED
 
 
+def test_a_connection_redis_dropped_is_replaced_without_leaving_the_combined_path(
+        rig_for: Callable[..., Rig], client: redis.Redis) -> None:
+    shop = make_integration()
+    rig = rig_for(shop)
+    warm = rig.enter(shop, key="a", holder="job-a", delivery="job-a:0:1:0")
+    rig.gate.settle(shop, warm.permit, "a", "job-a", "job-a", success=True, counts=True)
+    name = rig.client.client_getname()
+    killed = [c["id"] for c in client.client_list() if c["name"] == name]
+    assert len(killed) == 2  # the client's pooled connection and the gate's own
+    for client_id in killed:
+        client.client_kill_filter(_id=client_id)
+
+    passage = rig.enter(shop)
+    assert passage.claim.claim is Claim.CLAIMED and passage.permit is not None
+    assert rig.rate_used(shop) == 2  # the script ran once, on the new connection
+    rig.sent.clear()
+    again = rig.enter(shop, key="k2", holder="job-2", delivery="job-2:0:1:0")
+    assert again.permit is not None
+    assert rig.sent == ["EVALSHA"]  # still one round trip: the gate never thought Redis down
+
+
 def test_without_redis_every_decision_is_made_in_this_process() -> None:
     shop = make_integration()
     dead = redis_client("redis://127.0.0.1:1/0")
@@ -270,10 +297,10 @@ def test_a_disabled_breaker_is_left_out_of_the_script(rig_for: Callable[..., Rig
     for n in range(2):  # the first run loads the script
         passage = rig.enter(shop, key=f"k{n}", holder=f"job-{n}", delivery=f"job-{n}:0:1:0")
         assert passage.permit is not None and passage.permit.token is None
-        rig.client.sent.clear()
+        rig.sent.clear()
         rig.gate.settle(shop, passage.permit, f"k{n}", f"job-{n}", f"job-{n}", success=True,
                         counts=True)
-    assert rig.client.sent == ["EVALSHA"]
+    assert rig.sent == ["EVALSHA"]
 
 
 def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
@@ -293,11 +320,11 @@ def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
         taken = batcher.take_for_spool()
         if n == 1:
             assert taken is None  # nothing buffered any more
-            rig.client.sent.clear()
+            rig.sent.clear()
         audit = taken[1] if taken is not None else None
         assert rig.gate.settle(shop, passage.permit, f"k{n}", f"job-{n}", f"job-{n}",
                                success=True, counts=True, audit=audit) is (n == 0)
-    assert rig.client.sent == ["EVALSHA"]
+    assert rig.sent == ["EVALSHA"]
     entries = client.xrange(spool.key)
     assert len(entries) == 1 and decode_ops(entries[0][1][b"ops"]) == ops
     assert batcher.buffered() == 0
