@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import settings
 
 SESSION_PREFIX = f"test-{uuid.uuid4().hex[:10]}:"
 
@@ -21,6 +22,10 @@ os.environ.setdefault("LOG_LEVEL", "warning")
 for name in ("RECOVERY_INTEGRATIONS", "SENTRY_DSN", "ALERT_WEBHOOK_URL"):
     os.environ.pop(name, None)
 
+# No per-example deadline: this machine is shared, and a property test checks behaviour, never
+# speed (an example that once took 250 ms on a busy core would fail the run as "flaky").
+settings.register_profile("shared-machine", deadline=None)
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture(autouse=True)
