@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from hiredis import pack_command
 from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
@@ -90,14 +91,16 @@ class ScriptCache:
         for connection in opened:
             connection.disconnect()
 
-    def _send(self, command: tuple[Any, ...]) -> Any:
+    def _send(self, command: tuple[ScriptArg | bytes, ...]) -> Any:
+        # Our arguments are plain str, bytes and numbers (the stub types a 1-tuple only).
+        packed = [pack_command(command)]  # type: ignore[arg-type]
         connection = self._connection()
         try:
-            connection.send_command(*command, check_health=False)
+            connection.send_packed_command(packed, check_health=False)
             return connection.read_response()
         except redis.ConnectionError:
             connection.disconnect()
-        connection.send_command(*command, check_health=False)
+        connection.send_packed_command(packed, check_health=False)
         return connection.read_response()
 
     def _connection(self) -> AbstractConnection:

@@ -28,9 +28,10 @@ def counting_client(url: str, name: str) -> tuple[redis.Redis, list[str]]:
     sent: list[str] = []
 
     class CountingConnection(redis.Connection):
-        def send_command(self, *args: Any, **kwargs: Any) -> None:
-            sent.append(str(args[0]))
-            super().send_command(*args, **kwargs)
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            first = command[0] if isinstance(command, list) else command
+            sent.append(bytes(first).split(b"\r\n")[2].decode())  # *<n> $<len> NAME ...
+            super().send_packed_command(command, check_health)
 
     return redis.Redis.from_url(url, connection_class=CountingConnection,
                                 client_name=name), sent
