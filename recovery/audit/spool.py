@@ -92,13 +92,17 @@ class RedisSpool:
 
     def drain(self, write: Callable[[list[Op]], list[Op]], *, max_ops: int = 2000,
               budget_s: float = 1.0) -> Drained:
-        """Write spooled ops oldest first until the stream is empty or ``budget_s`` has passed.
+        """Write spooled ops oldest first until a read finds less than a full batch, or
+        ``budget_s`` has passed.
 
         `write` gets at most about ``max_ops`` ops at a time, commits them and returns the
         orphans, which the caller keeps (their entries are gone). Entries are deleted only after
-        `write` returns, so a crash in between writes them again, which changes nothing. While
-        another process drains (it holds the lock) this returns at once. A database or Redis
-        failure ends the drain and is returned in ``error``, with the orphans found so far.
+        `write` returns, so a crash in between writes them again, which changes nothing. A short
+        read ends the pass: what arrives meanwhile waits for the next one, so busy workers'
+        steady trickle is written in batches a second's worth wide, not chased one small
+        transaction at a time. While another process drains (it holds the lock) this returns at
+        once. A database or Redis failure ends the drain and is returned in ``error``, with the
+        orphans found so far.
         """
         token = uuid.uuid4().hex
         written, orphans = 0, []
@@ -109,8 +113,9 @@ class RedisSpool:
             return Drained(0, [], SpoolUnavailable(f"Redis did not answer the lock: {exc}"))
         deadline = time.monotonic() + budget_s
         try:
-            while time.monotonic() < deadline:
-                ids, ops = self._read(max_ops)
+            more = True
+            while more and time.monotonic() < deadline:
+                ids, ops, more = self._read(max_ops)
                 if not ids:
                     break
                 orphans.extend(write(ops))
@@ -125,7 +130,8 @@ class RedisSpool:
             self._release(token)
         return Drained(written, orphans)
 
-    def _read(self, max_ops: int) -> tuple[list[bytes], list[Op]]:
+    def _read(self, max_ops: int) -> tuple[list[bytes], list[Op], bool]:
+        """The oldest entries, up to about ``max_ops`` ops, and whether more may be waiting."""
         ids: list[bytes] = []
         ops: list[Op] = []
         count = max(1, min(MAX_ENTRIES_PER_READ, max_ops // self._ops_per_entry))
@@ -142,7 +148,7 @@ class RedisSpool:
             ops.extend(entry_ops)
         if ids:  # entries are as small as one task's writes or as large as 500 ops
             self._ops_per_entry = max(1, len(ops) // len(ids))
-        return ids, ops
+        return ids, ops, len(entries) == count or len(ids) < len(entries)
 
     def _release(self, token: str) -> None:
         try:

@@ -300,6 +300,41 @@ def test_ops_go_to_the_spool_while_the_database_is_away_and_drain_in_order(
     assert plain_job(engine, later_id)["status"] == "running"
 
 
+def _entries(spool: RedisSpool, count: int, ops_each: int) -> list[list[Op]]:
+    """`count` spool entries of `ops_each` attempt ops, as one task's commit each makes."""
+    made = []
+    for _ in range(count):
+        ops = [Op("attempt", new_id(), next_seq(), {"n": n}) for n in range(ops_each)]
+        spool.append(ops)
+        made.append(ops)
+    return made
+
+
+def test_a_drain_pass_stops_at_a_short_read_instead_of_chasing_new_entries(
+        spool: RedisSpool) -> None:
+    waiting = _entries(spool, 4, 3)
+    batches: list[list[Op]] = []
+
+    def write(ops: list[Op]) -> list[Op]:
+        batches.append(ops)
+        _entries(spool, 1, 3)  # workers keep committing while the batch is written
+        return []
+
+    drained = spool.drain(write, max_ops=2000, budget_s=30)
+    assert (drained.written, drained.error) == (12, None)
+    assert batches == [[op for ops in waiting for op in ops]]  # one transaction, in order
+    assert spool.length() == 1  # the newcomer waits for the next pass
+
+
+def test_a_backlog_drains_in_full_batches_until_a_short_one(spool: RedisSpool) -> None:
+    waiting = _entries(spool, 5, 3)
+    batches: list[list[Op]] = []
+    drained = spool.drain(lambda ops: batches.append(ops) or [], max_ops=6, budget_s=30)
+    assert drained.written == 15 and spool.length() == 0
+    assert len(batches) == 3 and all(len(batch) <= 6 for batch in batches)
+    assert [op for batch in batches for op in batch] == [op for ops in waiting for op in ops]
+
+
 KILLED_WORKER = """
 import os, signal, sys
 from datetime import UTC, datetime
