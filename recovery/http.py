@@ -28,8 +28,7 @@ POOL_SIZE = 10
 MAX_CONNECT_TIMEOUT_S = 10.0
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-_HeaderKey = tuple[tuple[str, str], ...]
-_sessions: dict[str, tuple[int, _HeaderKey, requests.Session]] = {}
+_sessions: dict[str, tuple[int, dict[str, str], requests.Session]] = {}
 _environments: dict[str, dict[str, Any]] = {}
 _lock = threading.Lock()
 
@@ -41,15 +40,13 @@ def session_for(integration: Integration) -> requests.Session:
     or when the current process is not the one that built it (after a fork). A replaced session
     is left to the garbage collector, since another thread may still be using it.
     """
-    headers = validate_headers(integration.headers)
-    header_key = tuple(sorted(headers.items()))
     pid = os.getpid()
     with _lock:
         entry = _sessions.get(integration.id)
-        if entry is not None and entry[0] == pid and entry[1] == header_key:
+        if entry is not None and entry[0] == pid and entry[1] == integration.headers:
             return entry[2]
-        session = _build_session(headers)
-        _sessions[integration.id] = (pid, header_key, session)
+        session = _build_session(validate_headers(integration.headers))
+        _sessions[integration.id] = (pid, dict(integration.headers), session)
     return session
 
 

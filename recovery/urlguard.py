@@ -10,6 +10,7 @@ algorithm, so the result always starts with the base URL's scheme, host, port an
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _UNRESERVED_ESCAPE = re.compile(r"%(2[DEde]|5[Ff]|7[Ee]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa])")
 # Characters allowed unescaped in a joined path: RFC 3986 pchar plus "/" and existing escapes.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
@@ -90,17 +92,16 @@ def is_inside(base_url: str, url: str) -> bool:
     Dot segments (also percent-encoded) and user information in `url` make it not inside.
     """
     try:
-        base = urlsplit(_root(base_url))
+        base_scheme, base_host, base_port, base_path = _origin_and_prefix(base_url)
         target = urlsplit(url)
         target_port = target.port or _DEFAULT_PORTS.get(target.scheme.lower())
-        base_port = base.port or _DEFAULT_PORTS.get(base.scheme.lower())
     except ValueError:
         return False
-    if target.scheme.lower() != base.scheme.lower() or "@" in target.netloc:
+    if target.scheme.lower() != base_scheme or "@" in target.netloc:
         return False
-    if (target.hostname or "") != (base.hostname or "") or target_port != base_port:
+    if (target.hostname or "") != base_host or target_port != base_port:
         return False
-    if not target.path.startswith(base.path + "/"):
+    if not target.path.startswith(base_path + "/"):
         return False
     segments = _UNRESERVED_ESCAPE.sub(_decode_escape, target.path).split("/")
     return not any(segment in (".", "..") for segment in segments)
@@ -123,7 +124,7 @@ def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
             raise UnsafeHeaderError(
                 f"The value of header {name!r} must be text, got {type(value).__name__}."
             )
-        if any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in value):
+        if _HEADER_VALUE_FORBIDDEN.search(value):
             raise UnsafeHeaderError(
                 f"The value of header {name!r} contains a line break or control character "
                 f"({show(value)}); remove it."
@@ -132,6 +133,16 @@ def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return checked
 
 
+@functools.lru_cache(maxsize=256)
+def _origin_and_prefix(base_url: str) -> tuple[str, str, int | None, str]:
+    """Scheme, host, port and path prefix of a base URL (computed once: every call of an
+    integration checks against the same one)."""
+    base = urlsplit(_root(base_url))
+    scheme = base.scheme.lower()
+    return scheme, base.hostname or "", base.port or _DEFAULT_PORTS.get(scheme), base.path
+
+
+@functools.lru_cache(maxsize=256)
 def _root(base_url: str) -> str:
     """The base URL without a trailing slash, after checking it can root guarded requests."""
     try:

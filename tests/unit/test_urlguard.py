@@ -184,6 +184,19 @@ def test_validate_headers_refuses(headers: dict[str, object]) -> None:
         validate_headers(headers)  # type: ignore[arg-type]
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=0x2030), max_size=30))
+@example("tab\tinside")
+@example("del\x7f")
+@example("nbsp\x85 is not a C0 control")
+def test_a_header_value_is_refused_exactly_when_it_holds_a_control_character(value: str) -> None:
+    controls = [ch for ch in value if (ord(ch) < 32 and ch != "\t") or ord(ch) == 127]
+    if controls:
+        with pytest.raises(UnsafeHeaderError, match="line break or control character"):
+            validate_headers({"X-A": value})
+    else:
+        assert validate_headers({"X-A": value}) == {"X-A": value.strip(" \t")}
+
+
 _PIECES = [
     "..", ".", "%2e", "%2E", "%25", "2e", "/", "\\", "%5c", "%2f", "%2F", "@", ":", "http:",
     "//", "?", "#", "a", "b1", "ü", " ", "\x00", "%00", "%0d", "\u2024", "\uff0e", "\uff0f",
