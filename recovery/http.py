@@ -90,7 +90,7 @@ def _prepare(session: requests.Session, verb: str, url: str, json: Any,
     Our sessions hold no auth and trust no environment, and they keep no cookies between jobs:
     one job's upstream cookie is not another job's to send. What is left is the method, the
     URL with its query, the session's headers under the job's, and the body; merging settings
-    and cookie jars the general way cost about a third of the whole call.
+    and cookie jars the general way cost a tenth to a quarter of the whole call's CPU here.
     """
     merged = CaseInsensitiveDict(session.headers)
     merged.update(headers)
