@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,14 @@ from structlog.testing import capture_logs
 
 from recovery import db
 from recovery.audit import AttemptRecord, AuditWriter
-from recovery.audit.batch import Op, next_seq, utc_iso, write_batch
+from recovery.audit.batch import (
+    Op,
+    execute_op,
+    execute_op_portable,
+    next_seq,
+    utc_iso,
+    write_batch,
+)
 from recovery.audit.models import Attempt, Job
 from recovery.audit.spool import AuditBatcher, RedisSpool, enable_batching
 from recovery.audit.writer import make_audit_writer
@@ -133,6 +141,54 @@ def test_a_batch_stores_exactly_what_single_writes_store(engine: Engine) -> None
     assert found["last_error"] == "HTTP 503" and found["params"] == {"password": "[REDACTED]"}
     assert "s3cret" not in found["path"]
     assert [a["decision"] for a in attempt_rows(engine, batched_id)] == ["retry", "defer", "done"]
+
+
+class _Collect:
+    """Stands in for a batcher: keeps the ops a writer makes, writes nothing."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def submit(self, op: Op) -> bool:
+        self.ops.append(op)
+        return True
+
+
+def _as_job(ops: list[Op], job_id: str) -> list[Op]:
+    """The same ops for another job (attempts get their own dedupe keys)."""
+    return [replace(op, job_id=job_id, values={
+        **op.values, **({"dedupe_key": f"{job_id}-{n}"} if op.kind == "attempt" else {})})
+        for n, op in enumerate(ops)]
+
+
+def test_a_single_write_stores_what_the_portable_statements_store(engine: Engine) -> None:
+    collected = _Collect()
+    scenario(AuditWriter(engine, clock=lambda: T0, batcher=collected), "template")  # type: ignore[arg-type]
+    fast_id, portable_id = new_id(), new_id()
+    for fast, portable in zip(_as_job(collected.ops, fast_id), _as_job(collected.ops, portable_id),
+                              strict=True):
+        with engine.begin() as conn:
+            assert execute_op(conn, fast)
+        with engine.begin() as conn:
+            assert execute_op_portable(conn, portable)
+    assert plain_job(engine, fast_id) == plain_job(engine, portable_id)
+    assert attempt_rows(engine, fast_id) == attempt_rows(engine, portable_id)
+    assert plain_job(engine, fast_id)["status"] == "succeeded"
+    with engine.begin() as conn:  # a status for a job with no row is reported, by both
+        missing = _as_job([op for op in collected.ops if op.kind == "job_status"], new_id())[0]
+        assert not execute_op(conn, missing) and not execute_op_portable(conn, missing)
+
+
+def test_params_holding_a_nul_are_stored_by_a_batch_too(engine: Engine) -> None:
+    job_id = new_id()
+    batched = AuditWriter(engine, batcher=AuditBatcher(engine, interval_s=60))
+    with capture_logs() as logs:
+        batched.job_queued(job_id, "shop", "GET", "/a", {"q": "nul\x00inside"}, "k")
+        batched.job_started(job_id, "shop", "GET", "/a", {"q": "nul\x00inside"}, "k", 1)
+        assert batched.close()
+    assert "audit_op_rejected" not in [entry["event"] for entry in logs]
+    found = plain_job(engine, job_id)
+    assert (found["status"], found["params"]) == ("running", {"q": "nul\x00inside"})
 
 
 def test_an_older_write_arriving_late_never_replaces_a_newer_status(engine: Engine) -> None:
