@@ -223,12 +223,10 @@ def execute_op(conn: Connection, op: Op) -> bool:
     """
     if conn.dialect.name != "postgresql":
         return execute_op_portable(conn, op)
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    with driver.cursor() as cursor:
-        cursor.execute(PG_SQL[op.kind], (_pg_rows([op]),))
-        if op.kind == "job_status" and cursor.rowcount == 0:
-            return bool(_existing_ids(conn, [op.job_id]))  # no row, or a newer write won
+    with _pg_cursor(conn) as cursor:
+        updated = _run_pg(cursor, op.kind, [op])
+    if op.kind == "job_status" and updated == 0:
+        return bool(_existing_ids(conn, [op.job_id]))  # no row, or a newer write won
     return True
 
 
@@ -328,18 +326,29 @@ def rounds(ops: Sequence[Op]) -> list[list[Op]]:
     return result
 
 
-def _write_pg(conn: Connection, ops: Sequence[Op]) -> None:
+def _pg_cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    """A cursor on the psycopg connection under a SQLAlchemy PostgreSQL connection."""
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    with driver.cursor() as cursor:
+    return driver.cursor()
+
+
+def _run_pg(cursor: psycopg.Cursor[Any], kind: str, ops: Sequence[Op]) -> int:
+    """One set-based statement for `ops` (all of `kind`); the rows it changed."""
+    cursor.execute(PG_SQL[kind], (_pg_rows(ops),))
+    return cursor.rowcount
+
+
+def _write_pg(conn: Connection, ops: Sequence[Op]) -> None:
+    with _pg_cursor(conn) as cursor:
         for level in rounds([op for op in ops if op.kind != "attempt"]):
             for kind in ("job_queued", "job_started", "job_status"):
                 chosen = [op for op in level if op.kind == kind]
                 if chosen:
-                    cursor.execute(PG_SQL[kind], (_pg_rows(chosen),))
+                    _run_pg(cursor, kind, chosen)
         attempts = [op for op in ops if op.kind == "attempt"]
         if attempts:
-            cursor.execute(PG_SQL["attempt"], (_pg_rows(attempts),))
+            _run_pg(cursor, "attempt", attempts)
 
 
 # A batch, in one transaction.
@@ -350,9 +359,7 @@ def _existing_ids(conn: Connection, ids: Iterable[str]) -> set[str]:
     if not wanted:
         return set()
     if conn.dialect.name == "postgresql":
-        driver = conn.connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        with driver.cursor() as cursor:
+        with _pg_cursor(conn) as cursor:
             cursor.execute("SELECT id FROM jobs WHERE id = ANY(%s::text[])", (wanted,))
             return {row[0] for row in cursor.fetchall()}
     return set(conn.scalars(select(_JOBS.c.id).where(_JOBS.c.id.in_(wanted))))
