@@ -57,15 +57,12 @@ class Runtime:
     budget: RetryBudget
     _breakers: dict[str, ClusterBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _gate: Gate | None = None
+    #: The folded pre- and post-call Redis decisions over these components (it opens its
+    #: connections on first use).
+    gate: Gate = field(init=False)
 
-    @property
-    def gate(self) -> Gate:
-        """The folded pre- and post-call Redis decisions over this runtime's components."""
-        if self._gate is None:
-            self._gate = Gate(self.redis, self.idempotency, self.limiter, self.budget,
-                              self.breaker)
-        return self._gate
+    def __post_init__(self) -> None:
+        self.gate = Gate(self.redis, self.idempotency, self.limiter, self.budget, self.breaker)
 
     def breaker(self, integration: Integration, *, scope: str = "") -> ClusterBreaker:
         """The cluster breaker for an integration (or one of its fallback APIs, by scope)."""
@@ -152,6 +149,5 @@ def reset_runtime() -> None:
         if _runtime is not None:
             _runtime.audit.close()
             _runtime.engine.dispose(close=False)
-            if _runtime._gate is not None:
-                _runtime._gate.close()
+            _runtime.gate.close()
         _runtime = None
