@@ -348,7 +348,7 @@ class AuditBatcher:
             except SpoolUnavailable as exc:
                 self._log_error("audit_spool_unavailable", error=str(exc))
                 return
-            drained = self._spool.drain(lambda ops: write_batch(self._engine, ops))
+            drained = self._spool.drain(self._write_keeping_the_buffer_moving)
         self._keep_orphans(drained.orphans)
         if drained.written:
             self._recovered()
@@ -357,6 +357,14 @@ class AuditBatcher:
             self._failed(drained.error)
         elif drained.error is not None:
             self._log_error("audit_spool_unavailable", error=str(drained.error))
+
+    def _write_keeping_the_buffer_moving(self, ops: list[Op]) -> list[Op]:
+        """One drain batch, after moving what was buffered meanwhile to the spool: a drain
+        through a backlog can take a second, and a burst of writes must not fill the bounded
+        buffer (and lose ops) while nothing else empties it."""
+        with self._move_lock:
+            self._move(force=False)
+        return write_batch(self._engine, ops)
 
     def _keep(self, ops: list[Op]) -> None:
         """Put ops back at the head of the buffer: neither Redis nor the database took them."""
