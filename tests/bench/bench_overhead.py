@@ -16,6 +16,8 @@ finish is reported too. Runs:
     ours-events ours with TASK_EVENTS=true (what a worker costs while Flower watches it)
     timing      ours, CPU time (thread_time) of every pipeline step (bench-only wrappers)
     profile     ours under cProfile in each pool process (profile written to results/)
+    py-spy      ours, the stock worker sampled from outside by py-spy (`pip install -e
+                '.[bench]'`): each step's share of the pool processes' busy samples
     no-audit, no-gates, no-metrics, lean: ours with that cost removed (ablations; lean is all
                 three)
 
@@ -50,11 +52,13 @@ import redis
 import requests
 import yaml
 
+from tests.bench import pyspy
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "bench" / "results"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-RUNS = ("plain", "ours", "ours-events", "timing", "profile", "no-audit", "no-gates",
+RUNS = ("plain", "ours", "ours-events", "timing", "profile", "py-spy", "no-audit", "no-gates",
         "no-metrics", "lean")
 ABLATIONS = {"no-metrics": (), "lean": ("no-audit", "no-gates")}
 WORKER_FLAGS = ["-P", "prefork", "-c", "2", "--without-gossip", "--without-mingle",
@@ -305,7 +309,7 @@ class Bench:
             env["METRICS_ENABLED"] = "false"
         env["TASK_EVENTS"] = "true" if name == "ours-events" else "false"
         features = ",".join(ABLATIONS.get(name, (name,)))
-        if name in ("plain", "ours", "ours-events"):
+        if name in ("plain", "ours", "ours-events", "py-spy"):
             app = "tests.bench.plain_app" if name == "plain" else "recovery.celery_app"
             command = [sys.executable, "-m", "celery", "-A", app, "worker", *WORKER_FLAGS,
                        "-n", f"{name}-{self.prefix}@%h"]
@@ -315,8 +319,11 @@ class Bench:
                        features, str(out_dir), "--", *WORKER_FLAGS, "-n", f"ours-{name}@%h"]
         worker = Worker(env, command, out_dir / "worker.log")
         shared_at_ready = machine_cpu_s(self.upstream.pid)
+        sampled = out_dir / "py-spy.txt"
         try:
-            self._wait_drained(queue)
+            with (pyspy.sampling(worker.process.pid, sampled) if name == "py-spy"
+                  else contextlib.nullcontext()):
+                self._wait_drained(queue)
             cpu_ms = (worker.cpu_s() - worker.cpu_at_ready) / self.n * 1000
             main_s = process_cpu_s([worker.process.pid]) - worker.main_cpu_at_ready
             main_ms = main_s / self.n * 1000
@@ -326,6 +333,10 @@ class Bench:
         result = self._result(name, enqueue_s, load_before, out_dir)
         others = {f"{key}_cpu_ms_per_job": round((shared[key] - shared_at_ready[key])
                                                  / self.n * 1000, 2) for key in shared}
+        if sampled.exists():
+            result["py_spy_shares_of_pool_samples"] = pyspy.shares(sampled)
+            (RESULTS / "overhead_pyspy.txt").write_text("".join(
+                f"{share:7.2%}  {frame}\n" for frame, share in pyspy.hottest(sampled)))
         return {**result, "worker_cpu_ms_per_job": round(cpu_ms, 2),
                 "worker_main_process_cpu_ms_per_job": round(main_ms, 2), **others}
 
