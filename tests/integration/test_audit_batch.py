@@ -24,11 +24,12 @@ import redis
 from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
 from recovery import db
 from recovery.audit import AttemptRecord, AuditWriter
+from recovery.audit import spool as spool_module
 from recovery.audit.batch import (
     Op,
     execute_op,
@@ -389,6 +390,34 @@ def test_a_backlog_drains_in_full_batches_until_a_short_one(spool: RedisSpool) -
     assert drained.written == 15 and spool.length() == 0
     assert len(batches) == 3 and all(len(batch) <= 6 for batch in batches)
     assert [op for batch in batches for op in batch] == [op for ops in waiting for op in ops]
+
+
+def test_a_drain_through_a_backlog_keeps_the_buffer_moving(
+        engine: Engine, spool: RedisSpool, monkeypatch: pytest.MonkeyPatch) -> None:
+    collected = _Collect()
+    template = AuditWriter(engine, batcher=collected)  # type: ignore[arg-type]
+    for _ in range(2500):  # more than one drain batch (2,000 ops)
+        started(template, new_id())
+    spool.append(collected.ops)
+    batcher = AuditBatcher(engine, spool, interval_s=3600, max_buffer=50)
+    writer = AuditWriter(engine, batcher=batcher)
+    real_write = spool_module.write_batch
+    bursts = [new_id() for _ in range(80)]
+
+    def write_while_a_burst_arrives(target: Engine, ops: list[Op]) -> list[Op]:
+        for job_id in bursts[:40]:  # 40 writes during each of the first two batches
+            started(writer, job_id)
+        del bursts[:40]
+        return real_write(target, ops)
+
+    monkeypatch.setattr(spool_module, "write_batch", write_while_a_burst_arrives)
+    with capture_logs() as logs:
+        assert batcher.flush()
+        batcher.close()
+    assert "audit_ops_dropped" not in [entry["event"] for entry in logs]
+    assert batcher.counts["dropped"] == 0
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Job.__table__)) >= 2580
 
 
 KILLED_WORKER = """
