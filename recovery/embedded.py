@@ -19,12 +19,12 @@ import structlog
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
 from recovery.jobs import JobSpec, Progress
+from recovery.outcome import conclude
 from recovery.pipeline import Step, run_job
 from recovery.redact import redact_params
 from recovery.registry import Registry
 from recovery.runtime import Runtime, build_runtime
 from recovery.settings import Settings
-from recovery.worker import finish_unsuccessful
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +125,7 @@ class EmbeddedBroker:
         elif step.status == "dead":
             self._park(delivery.job, step)
         else:
-            finish_unsuccessful(delivery.job, step, self.rt)
+            conclude(delivery.job, step, self.rt)
 
     def _park(self, job: JobSpec, step: Step) -> None:
         """Dead-letter a job into the in-memory list, recorded as `recovery.dlq.park` does."""
