@@ -29,12 +29,16 @@ paths = st.one_of(
     st.builds(lambda parts: "/" + "/".join(parts),
               st.lists(st.sampled_from(["a", "..", ".", "%2e%2e", "%2E.", "%252e%252e", "\\",
                                         "%5c", "//x", "http:", "é", "\x00", "%0d%0a", "@h",
-                                        "?q=1", "#f", "b c"]), max_size=6)),
+                                        "?q=1", "#f", "b c", "..;", "%2e%2e;", "..%3b",
+                                        ".;x=1", ";", "%3F", "%23", "%253f"]), max_size=6)),
     st.just("/" + "a" * 10_000),
 )
 methods = st.one_of(st.sampled_from(["GET", "post", "Delete", "TRACE", "CONNECT", ""]),
                     st.text(max_size=8))
-headers = st.dictionaries(st.text(max_size=12), st.text(max_size=20), max_size=3)
+headers = st.dictionaries(
+    st.one_of(st.text(max_size=12), st.sampled_from(["Host", "Content-Length", "Connection",
+                                                     "Proxy-X", "Idempotency-Key", "X-Ok"])),
+    st.one_of(st.text(max_size=20), st.just("v" * 9000)), max_size=3)
 bodies = st.one_of(st.none(), st.integers(), st.text(max_size=30),
                    st.dictionaries(st.text(max_size=5), st.floats(allow_nan=True), max_size=3),
                    st.builds(object))
