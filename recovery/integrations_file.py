@@ -34,7 +34,7 @@ from recovery.registry import (
     RegistryError,
     RetryConfig,
 )
-from recovery.settings import Settings, base_url_problem, shown_base_url
+from recovery.settings import Settings, base_url_problem, is_http_url, shown_base_url
 from recovery.urlguard import (
     MAX_HEADER_BYTES,
     UnsafeHeaderError,
@@ -160,8 +160,12 @@ def _resolve(s: Section, key: str, template: str, environ: Mapping[str, str]) ->
 
 
 def _base_url(s: Section, key: str) -> str:
-    """An http(s) URL without user information, query or fragment: the root of every call."""
-    url = s.url(key)
+    """An http(s) URL without user information, query or fragment: the root of every call.
+    Messages hide the user information and query, which may hold secrets."""
+    url = s.required_text(key).strip()
+    if not is_http_url(url):
+        s.fail(key, "must be an http:// or https:// URL with a host, e.g. "
+                    f"https://api.example.com, got {shown_base_url(url)}")
     problem = base_url_problem(url)
     if problem:
         what, hint = problem

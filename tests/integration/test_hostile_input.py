@@ -339,3 +339,11 @@ def test_accepted_headers_and_matrix_parameters_reach_the_upstream_as_given(
     assert received["x-api-key"] == "k-123"
     assert received["idempotency-key"] == "order-7:retry_1"
     assert received["host"] == upstream.url.split("://", 1)[1]
+
+
+def test_bounded_repr_cuts_with_a_marker_counting_what_was_left_out() -> None:
+    from recovery.producer import bounded_repr
+
+    assert bounded_repr({"a": 1}) == "{'a': 1}"
+    assert bounded_repr("x" * 5000, limit=100) == (
+        repr("x" * 5000)[:100] + "... [4902 more characters not shown]")

@@ -487,6 +487,13 @@ def test_the_seed_accepts_a_plain_base_url_with_a_path() -> None:
         "https://a.example.com:8443/api/v2/")
 
 
+def test_a_malformed_base_url_with_a_password_does_not_show_it(tmp_path: Path) -> None:
+    text = "integrations:\n  - id: shop\n    base_url: 'https://bob:hunter2@:99999/'\n"
+    assert error_for(tmp_path, text) == (
+        "integration 'shop': key 'base_url' must be an http:// or https:// URL with a host, "
+        "e.g. https://api.example.com, got 'https://***@:99999/'.")
+
+
 def test_missing_base_url(tmp_path: Path) -> None:
     assert error_for(tmp_path, "integrations:\n  - id: shop\n") == (
         "integration 'shop': key 'base_url' is missing."
