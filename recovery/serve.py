@@ -278,10 +278,13 @@ def serve(settings: Settings, host: str, port: int,
 def serve_command(host: str, port: int) -> None:
     """Serve /health (Redis and database) and /metrics (Prometheus) until SIGTERM/SIGINT.
 
+    With SERVE_TOKEN set, both require 'Authorization: Bearer <token>'; set it whenever the
+    port is reachable from other hosts.
+
     \b
     Example:
-      recovery-cli serve --host 0.0.0.0 --port 9808
-      curl -s localhost:9808/health; curl -s localhost:9808/metrics
+      SERVE_TOKEN=$(openssl rand -hex 32) recovery-cli serve --host 0.0.0.0 --port 9808
+      curl -s -H "Authorization: Bearer $SERVE_TOKEN" localhost:9808/health
     """
     from recovery.sentry import init_sentry
     from recovery.settings import get_settings

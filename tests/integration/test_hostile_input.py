@@ -347,3 +347,21 @@ def test_bounded_repr_cuts_with_a_marker_counting_what_was_left_out() -> None:
     assert bounded_repr({"a": 1}) == "{'a': 1}"
     assert bounded_repr("x" * 5000, limit=100) == (
         repr("x" * 5000)[:100] + "... [4902 more characters not shown]")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1 MiB", "MAX_REQUEST_BYTES must be a whole number, got '1 MiB'."),
+        ("512", "MAX_REQUEST_BYTES must be at least 1024 bytes, got '512'."),
+        ("99999999", "MAX_REQUEST_BYTES must be at most 16777216 bytes, got '99999999'; a value "
+         "this large is almost certainly a mistake."),
+    ],
+)
+def test_a_bad_max_request_bytes_is_refused_at_start(value: str, message: str) -> None:
+    from recovery.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"MAX_REQUEST_BYTES": value})
+    assert str(caught.value) == message
+    assert load_settings({}).max_request_bytes == MIB

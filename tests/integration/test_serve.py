@@ -323,3 +323,43 @@ def test_metrics_reflect_what_a_real_worker_did(
                    (("strategy", "server-error-circuit"), ("success", "true")))] == 1
     assert values[("api_call_duration_seconds_count",
                    (("endpoint", "/orders/:id"), ("integration", "shop"), ("method", "GET")))] == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("short-secret", "SERVE_TOKEN must be 16 to 256 characters long, got one of 12 characters "
+         "(not shown: it is a secret); generate one with `openssl rand -hex 32`."),
+        ("secret with spaces in it", "SERVE_TOKEN may hold only letters, digits and -._~+/=, got "
+         "other characters (not shown: it is a secret); generate one with `openssl rand -hex 32`."),
+        ("secret-\u00e9-0123456789", "SERVE_TOKEN may hold only letters, digits and -._~+/=, got "
+         "other characters (not shown: it is a secret); generate one with `openssl rand -hex 32`."),
+    ],
+)
+def test_a_bad_serve_token_is_refused_at_start_without_showing_it(value: str, message: str) -> None:
+    from recovery.settings import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"SERVE_TOKEN": value})
+    assert str(caught.value) == message
+    assert load_settings({"SERVE_TOKEN": "  "}).serve_token is None
+    assert load_settings({"SERVE_TOKEN": TOKEN}).serve_token == TOKEN
+
+
+def test_serve_warns_when_it_listens_beyond_loopback_without_a_token(
+    configure: Callable[..., dict[str, str]], tmp_path: Path,
+) -> None:
+    env = configure([{"id": "crm", "base_url": "http://127.0.0.1:9"}])
+    stderr_path = tmp_path / "serve.err"
+    with stderr_path.open("wb") as stderr:
+        serve = subprocess.Popen([*SERVE, "--host", "0.0.0.0", "--port", "0"], env=env, cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            assert serve.stdout is not None
+            assert serve.stdout.readline().startswith(b"Serving /health and /metrics on ")
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=30)
+    logged = stderr_path.read_text()
+    assert "serve_unauthenticated" in logged
+    assert "set SERVE_TOKEN, or publish the port on 127.0.0.1 only" in logged
