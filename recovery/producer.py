@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from recovery.audit.batch import next_seq
+from recovery.idempotency import KeyReusedError, request_fingerprint
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
 from recovery.redact import redact_params
 from recovery.registry import Registry, UnknownIntegrationError
@@ -54,7 +55,7 @@ def _check_params(params: Any) -> dict[str, Any] | None:
 
 def _check_key(key: Any) -> str:
     if key is None:
-        return new_job_id()
+        return ""
     if (not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY
             or not key.isprintable()):
         raise EnqueueError(f"The idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} printable "
@@ -79,9 +80,11 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
     except (TypeError, AttributeError) as exc:
         raise EnqueueError("The path must be a string and headers a mapping of strings.") from exc
     _check_json("body", json, MAX_BODY_BYTES)
-    return JobSpec(job_id=new_job_id(), integration=integration, method=verb, path=safe_path,
+    job_id = new_job_id()  # also the key when the caller gave none (`recovery.idempotency`)
+    return JobSpec(job_id=job_id, integration=integration, method=verb, path=safe_path,
                    json=json, params=_check_params(params), headers=safe_headers,
-                   idempotency_key=_check_key(idempotency_key), enqueued_at=utc_now_iso())
+                   idempotency_key=_check_key(idempotency_key) or job_id,
+                   enqueued_at=utc_now_iso())
 
 
 def publish_job(job: JobSpec) -> str:
@@ -109,6 +112,12 @@ def enqueue(integration: str, method: str, path: str, *, json: Any = None,
 
 def submit(runtime: Runtime, job: JobSpec) -> str:
     """Publish a validated job, then record it as queued (best effort) in the audit trail."""
+    try:
+        runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
+                                             request_fingerprint(job.method, job.path,
+                                                                 job.params, job.json))
+    except KeyReusedError as exc:
+        raise EnqueueError(str(exc)) from exc
     queued_seq = next_seq()  # before the publish: every write a worker makes must outrank it
     publish_job(job)
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,

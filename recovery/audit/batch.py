@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,7 +51,28 @@ _TERMINAL_SQL = ", ".join(f"'{status.value}'" for status in sorted(TERMINAL_STAT
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database did not answer (down, restarting, unreachable); nothing was written."""
+    """The database did not take the writes for a reason that passes: it is down, restarting
+    or unreachable (`refused` False), or it answered but refused them for now: read-only
+    during a failover, a missing privilege or table (`refused` True, `sqlstate` says which).
+    Nothing was written; writing the same ops again later is safe."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None,
+                 refused: bool = False) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.refused = refused
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An op the database can never take (its data is invalid for the schema), and why."""
+
+    op: Op
+    error: str
+    sqlstate: str | None
+
+
+Reject = Callable[[list[Rejected]], None]
 
 
 @dataclass(frozen=True)
@@ -136,12 +157,58 @@ def utc_iso(moment: datetime) -> str:
     return aware.isoformat()
 
 
+#: SQLSTATE classes of errors that pass: connection (08), transaction state such as a read-only
+#: standby (25), rollbacks such as deadlocks (40), access and schema (42: a revoked privilege, a
+#: table a migration has not made yet), resources (53), operator intervention (57), system (58).
+PASSING_SQLSTATE_CLASSES = frozenset({"08", "25", "40", "42", "53", "57", "58"})
+#: SQLSTATE classes of errors in the data itself (22: data exception, 23: integrity): writing
+#: the same row again can never succeed.
+DATA_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
+
+def _cause(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL sent with ``exc``, if any."""
+    code = getattr(_cause(exc), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means the database could not be reached, not that the data was bad."""
     if isinstance(exc, DatabaseUnavailable | psycopg.OperationalError | psycopg.InterfaceError
                   | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
     return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+def is_refused_for_now(exc: BaseException) -> bool:
+    """True when the database answered but refused for a reason that passes (see
+    PASSING_SQLSTATE_CLASSES): the same write succeeds once an operator or a failover fixed it."""
+    code = sqlstate(exc)
+    return code is not None and code[:2] in PASSING_SQLSTATE_CLASSES
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when the rows themselves are invalid (SQLSTATE classes 22 and 23, or the
+    equivalent on SQLite): the write can never succeed."""
+    code = sqlstate(exc)
+    if code is not None:
+        return code[:2] in DATA_SQLSTATE_CLASSES
+    return isinstance(_cause(exc), psycopg.DataError | psycopg.IntegrityError
+                      | sa_exc.DataError | sa_exc.IntegrityError) or isinstance(
+        exc, sa_exc.DataError | sa_exc.IntegrityError)
+
+
+def is_kept(exc: BaseException) -> bool:
+    """True when ops the database did not take must be kept and written again later: every
+    database error except one in the data. Only data errors and errors raised before the
+    database saw the ops (a malformed op) drop rows."""
+    if is_unavailable(exc) or is_refused_for_now(exc):
+        return True
+    return isinstance(_cause(exc), psycopg.Error) and not is_data_error(exc)
 
 
 def _when(value: str) -> datetime:
@@ -399,19 +466,28 @@ def _write(engine: Engine, ops: Sequence[Op]) -> list[Op]:
                 for op in ready:
                     execute_op_portable(conn, op)
     except Exception as exc:
-        if is_unavailable(exc):
-            raise DatabaseUnavailable(describe(exc)) from exc
+        if is_kept(exc):
+            raise DatabaseUnavailable(describe(exc), sqlstate=sqlstate(exc),
+                                      refused=not is_unavailable(exc)) from exc
         raise
     return orphans
 
 
-def write_batch(engine: Engine, ops: Sequence[Op]) -> list[Op]:
+def log_rejected(rejected: list[Rejected]) -> None:
+    """The default `Reject`: log each op the database can never take."""
+    for item in rejected:
+        log.error("audit_op_rejected", kind=item.op.kind, job_id=item.op.job_id,
+                  error=item.error, sqlstate=item.sqlstate)
+
+
+def write_batch(engine: Engine, ops: Sequence[Op], reject: Reject = log_rejected) -> list[Op]:
     """Write ``ops`` in one transaction; returns the orphans (see `split_orphans`).
 
-    Raises DatabaseUnavailable when the database cannot be reached; writing the same ops again
-    later is safe. An op the database refuses (a value too long for its column, say) must not
-    hold back the rest, so a refused batch is written again one op at a time and each refused op
-    is logged (``audit_op_rejected``) and dropped.
+    Raises DatabaseUnavailable when the database cannot take them now (`is_kept`): writing
+    the same ops again later is safe, and nothing is dropped. An op whose data the database
+    refuses (a value too long for its column, say) must not hold back the rest, so a refused
+    batch is written again one op at a time; each op that can never be written is handed to
+    `reject` (by default logged as ``audit_op_rejected``) and dropped from the batch.
     """
     if not ops:
         return []
@@ -421,18 +497,17 @@ def write_batch(engine: Engine, ops: Sequence[Op]) -> list[Op]:
         raise
     except Exception as exc:
         if len(ops) == 1:
-            log.error("audit_op_rejected", kind=ops[0].kind, job_id=ops[0].job_id,
-                      error=describe(exc), error_type=type(exc).__name__)
+            reject([Rejected(ops[0], describe(exc), sqlstate(exc))])
             return []
     orphans: list[Op] = []
     for op in ops:
-        orphans.extend(write_batch(engine, [op]))
+        orphans.extend(write_batch(engine, [op], reject))
     return orphans
 
 
 def describe(exc: BaseException) -> str:
     """A short, secret-free description: the driver's message, without SQL or bound values."""
-    cause = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
+    cause = _cause(exc)
     try:
         return redact_text(str(cause).strip())[:500]
     except Exception:

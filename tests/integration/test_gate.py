@@ -137,18 +137,18 @@ def test_a_granted_delivery_costs_one_round_trip_before_and_one_after(
 
 
 def _scenario_duplicate(rig: Rig, shop: Integration) -> Passage:
-    rig.idempotency.release("k1", "job-0", "job-0", succeeded=True)
+    rig.idempotency.release(shop.id, "k1", "job-0", "job-0", succeeded=True)
     return rig.enter(shop)
 
 
 def _scenario_busy(rig: Rig, shop: Integration) -> Passage:
-    rig.idempotency.claim("k1", "job-0", 10_000, "job-0:0:1:0")
+    rig.idempotency.claim(shop.id, "k1", "job-0", 10_000, "job-0:0:1:0")
     return rig.enter(shop)
 
 
 def _scenario_poison(rig: Rig, shop: Integration) -> Passage:
     for _ in range(3):
-        rig.idempotency.claim("k1", "job-1", 10_000, "job-1:0:1:0")
+        rig.idempotency.claim(shop.id, "k1", "job-1", 10_000, "job-1:0:1:0")
     return rig.enter(shop)
 
 
