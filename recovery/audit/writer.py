@@ -26,7 +26,6 @@ from recovery.audit.batch import (
     describe,
     dialect_insert,
     execute_op,
-    is_data_error,
     is_kept,
     new_dedupe_key,
     next_seq,
@@ -34,6 +33,7 @@ from recovery.audit.batch import (
     utc_iso,
 )
 from recovery.audit.bounds import DEFAULT_MAX_ENTRIES
+from recovery.audit.failures import is_data_error
 from recovery.audit.models import (
     Alert,
     AttemptDecision,
