@@ -247,3 +247,42 @@ def test_a_settle_round_trip_reports_the_spool_crossing_too(
     cache.close()
     assert capped.length() == 8
     assert [e for e in events(logs) if e.startswith("alert_")] == ["alert_audit_spool_filling"]
+
+
+def test_a_producer_write_refused_by_a_read_only_database_waits_in_the_spool(
+        database: tuple[str, str], spool: RedisSpool) -> None:
+    """Producers write at once (no batcher): a refusal that passes spools the row, and a
+    worker's drain writes it when the database takes writes again."""
+    url, name = database
+    engine = db.make_engine(url)
+    admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    reconnect_all(name)
+    producer = AuditWriter(engine, spool=spool)
+    job_id = new_id()
+    with capture_logs() as logs:
+        assert producer.job_queued(job_id, "shop", "POST", "/orders", {}, "k")
+    assert "audit_spooled" in events(logs) and "audit_write_failed" not in events(logs)
+    assert spool.length() == 1
+
+    admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
+    reconnect_all(name)
+    worker = AuditWriter(engine, batcher=AuditBatcher(engine, spool, interval_s=3600))
+    assert worker.flush(timeout_s=20.0)
+    worker.close()
+    assert statuses(engine) == ["queued"] and spool.length() == 0
+    engine.dispose()
+
+
+def test_a_producer_write_with_bad_data_goes_to_the_rejected_stream(
+        database: tuple[str, str], spool: RedisSpool) -> None:
+    url, _ = database
+    engine = db.make_engine(url)
+    producer = AuditWriter(engine, spool=spool)
+    with capture_logs() as logs:
+        assert not producer.job_queued(new_id(), "shop", "POST" * 10, "/orders", {}, "k")
+    assert spool.length() == 0 and counts(engine) == (0, 0)
+    kept = spool.rejected.read()
+    assert len(kept) == 1 and kept[0]["sqlstate"] == "22001"
+    assert Op.from_json(kept[0]["op"]).values["method"] == "POST" * 10
+    assert "alert_audit_rows_rejected" in events(logs)
+    engine.dispose()
