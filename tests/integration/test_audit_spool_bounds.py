@@ -234,19 +234,31 @@ def test_a_settle_round_trip_reports_the_spool_crossing_too(
         spool: RedisSpool, redis_client: redis.Redis) -> None:
     """The append that rides on `Gate.settle` (`append_call`) runs the same capped script and
     hands its reply to the same alarm."""
-    from recovery.scripts import ScriptCache
+    from recovery.breaker import ClusterBreaker
+    from recovery.budget import RetryBudget
+    from recovery.gate import Gate
+    from recovery.idempotency import IdempotencyStore
+    from recovery.ratelimit import ClusterRateLimiter
+    from tests.integration.test_gate import make_integration
 
-    capped = RedisSpool(redis_client, spool.key.removesuffix("audit:spool"), max_entries=10)
+    prefix = spool.key.removesuffix("audit:spool")
+    capped = RedisSpool(redis_client, prefix, max_entries=10)
     append_entries(capped, 7)
-    call = capped.append_call([Op("attempt", new_id(), next_seq(), {"n": 1})])
-    cache = ScriptCache(redis_client)
+    shop = make_integration()
+    breaker = ClusterBreaker(redis_client, shop.id, shop.circuit_breaker, key_prefix=prefix)
+    gate = Gate(redis_client, IdempotencyStore(redis_client, key_prefix=prefix),
+                ClusterRateLimiter(redis_client, key_prefix=prefix),
+                RetryBudget(redis_client, key_prefix=prefix), lambda _: breaker)
+    passage = gate.enter(shop, "k", "job-1", 10_000, "job-1:0:1:0", first_attempt=True,
+                         budget_pending=False, max_deliveries=3)
+    audit = capped.append_call([Op("attempt", new_id(), next_seq(), {"n": 1})])
     with capture_logs() as logs:
-        reply = cache.run("append", lambda: call.source, call.keys, call.args)
-        assert call.on_reply is not None
-        call.on_reply(reply)
-    cache.close()
+        assert gate.settle(shop, passage.permit, "k", "job-1", "job-1", success=True,
+                           counts=True, audit=audit)
+    gate.close()
     assert capped.length() == 8
     assert [e for e in events(logs) if e.startswith("alert_")] == ["alert_audit_spool_filling"]
+    assert "audit_spool_alarm_failed" not in events(logs)
 
 
 def test_a_producer_write_refused_by_a_read_only_database_waits_in_the_spool(
