@@ -39,10 +39,10 @@ end
 """
 
 # ARGV[1] max deliveries, ARGV[2] '1' with a breaker step, ARGV[3] '1' with a budget step; then
-# each step's ARGV, and KEYS likewise: claim (3 keys, 3 args), rate limit (2, 4), breaker
+# each step's ARGV, and KEYS likewise: claim (4 keys, 3 args), rate limit (2, 4), breaker
 # acquire (1, 5), budget note (2, 6). Returns the replies so far: { claim, wait, grant }.
 _ENTER = _TAKE.format(first_arg=4) + """
-local claim = idempotency_claim(take(3, 3))
+local claim = idempotency_claim(take(4, 3))
 if claim[1] ~= 'claimed' or claim[2] > tonumber(ARGV[1]) then return { claim } end
 local wait = rate_limit(take(2, 4))
 if wait ~= '0' then return { claim, wait } end

@@ -41,12 +41,13 @@ DEFAULT_TTL_S = 24 * 3600
 DEFAULT_REDELIVERY_WINDOW_S = 2 * 3600
 LOCAL_ENTRIES_KEPT = 100_000
 
-# KEYS[1] success key, KEYS[2] claim key, KEYS[3] delivery counter; ARGV[1] holder,
-# ARGV[2] claim ttl ms, ARGV[3] counter ttl s. Returns {answer, deliveries of this message}.
+# KEYS[1] success key, KEYS[2] claim key, KEYS[3] delivery counter, KEYS[4] the success key
+# as written before keys were scoped (see `legacy_success_key`); ARGV[1] holder, ARGV[2] claim
+# ttl ms, ARGV[3] counter ttl s. Returns {answer, deliveries of this message}.
 _CLAIM = """
 local deliveries = redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'succeeded', deliveries} end
+if redis.call('EXISTS', KEYS[1], KEYS[4]) > 0 then return {'succeeded', deliveries} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'busy', deliveries} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -147,6 +148,15 @@ class IdempotencyStore:
         """The Redis key of `part` (ok, claim, req) of an idempotency key on an integration."""
         return f"{self._prefix}{integration}:{key}:{part}"
 
+    def legacy_success_key(self, key: str) -> str:
+        """Where versions before per-integration scoping recorded a success (for 7 days).
+
+        A producer resending a key that succeeded just before an upgrade must still get a
+        duplicate, so the claim counts these records too, on any integration, until the last
+        of them has expired; this check can go 7 days after every worker runs this version.
+        """
+        return f"{self._prefix}{key}:ok"
+
     def _keys(self, integration: str, key: str) -> list[str]:
         return [self.key_name(integration, key, "ok"), self.key_name(integration, key, "claim")]
 
@@ -184,7 +194,8 @@ class IdempotencyStore:
                    delivery: str) -> ScriptCall:
         """The Redis script run of `claim`; its reply goes to `claim_result`."""
         return ScriptCall(_CLAIM, [*self._keys(integration, key),
-                                   f"{self._prefix}deliveries:{delivery}"],
+                                   f"{self._prefix}deliveries:{delivery}",
+                                   self.legacy_success_key(key)],
                           [holder, ttl_ms, self.redelivery_window_s])
 
     @staticmethod
