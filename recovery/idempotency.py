@@ -14,7 +14,8 @@ What stays in Redis, and for how long (every family has a bound):
   acknowledgement must not make the redelivery call again.
 - ``idem:{integration}:{key}:req``, the request fingerprint of a caller-given key, written at
   enqueue with the idempotency TTL: the same key with a different request is refused there.
-- ``idem:{integration}:{key}:claim``, the claim of a running delivery: the call's timeout.
+- ``idem:{integration}:{key}:claim``, the claim of a running delivery: twice the call's
+  timeout and 5 s, deleted when the delivery ends.
 - ``idem:deliveries:{message}``, the delivery counter (poison detection): the redelivery
   window, refreshed by each delivery.
 """

@@ -8,8 +8,12 @@ oldest entry first, up to 2,000 ops per transaction, one process at a time (a Re
 rows reach PostgreSQL about a second after their job ended. It deletes
 entries only after their transaction has committed. So the audit trail is as durable as the
 broker (Redis too): a SIGKILLed worker loses only the writes of the delivery it was running,
-whose message the broker delivers again. While PostgreSQL is away the stream grows and jobs
-keep running; the drain resumes, in order, when it answers.
+whose message the broker delivers again. While PostgreSQL is away, or refuses writes for a
+reason that passes (read-only during a failover, a revoked privilege: see
+`recovery.audit.failures`), the stream grows and jobs keep running; the drain resumes, in
+order, when it takes writes again. The stream is capped, with alerts before anything is
+trimmed, and rows whose data can never be written go to a capped stream of their own
+(`recovery.audit.bounds`).
 
 Without Redis (no client, or Redis failing) the buffer is written straight to PostgreSQL in
 batches; with both away it stays in a bounded memory buffer, and that is logged as an error.
