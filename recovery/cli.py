@@ -110,9 +110,10 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
                         params=_parse_pairs(params, "=", "parameter") or None,
                         headers=_parse_pairs(headers, ":", "header"),
                         idempotency_key=idempotency_key)
+        job_id = submit(runtime, job)  # refuses a key reused with another request
     except EnqueueError as exc:
         fail(str(exc))
-    click.echo(submit(runtime, job))
+    click.echo(job_id)
 
 
 @main.command("test")

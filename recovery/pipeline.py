@@ -113,7 +113,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         return _failed(job, progress, rt, integration, result)
     finally:
         if not released:
-            rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=False)
+            rt.idempotency.release(job.integration, job.idempotency_key, job.job_id, job.job_id,
+                                   succeeded=False)
 
 
 def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit | None,

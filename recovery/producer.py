@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from recovery.audit.batch import next_seq
+from recovery.idempotency import KeyReusedError, request_fingerprint
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
 from recovery.redact import redact_params
 from recovery.registry import Integration, Registry, UnknownIntegrationError
@@ -65,7 +66,7 @@ def _check_params(params: Any) -> dict[str, Any] | None:
 
 def _check_key(key: Any) -> str:
     if key is None:
-        return new_job_id()
+        return ""
     if not isinstance(key, str) or len(key) > MAX_IDEMPOTENCY_KEY or not _KEY_CHARS.fullmatch(key):
         raise EnqueueError(f"The idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII "
                            "characters (letters, digits, punctuation; no spaces), because it is "
@@ -136,9 +137,10 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
     checked_params = _check_params(params)
     limit = get_settings().max_request_bytes if max_request_bytes is None else max_request_bytes
     _check_size(json, checked_params, safe_headers, limit)
-    return JobSpec(job_id=new_job_id(), integration=integration, method=verb, path=safe_path,
+    job_id = new_job_id()  # also the key when the caller gave none (`recovery.idempotency`)
+    return JobSpec(job_id=job_id, integration=integration, method=verb, path=safe_path,
                    json=json, params=checked_params, headers=safe_headers,
-                   idempotency_key=key, enqueued_at=utc_now_iso())
+                   idempotency_key=key or job_id, enqueued_at=utc_now_iso())
 
 
 def bounded_repr(value: Any, limit: int = MAX_REPR_CHARS) -> str:
@@ -175,6 +177,12 @@ def enqueue(integration: str, method: str, path: str, *, json: Any = None,
 
 def submit(runtime: Runtime, job: JobSpec) -> str:
     """Publish a validated job, then record it as queued (best effort) in the audit trail."""
+    try:
+        runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
+                                             request_fingerprint(job.method, job.path,
+                                                                 job.params, job.json))
+    except KeyReusedError as exc:
+        raise EnqueueError(str(exc)) from exc
     queued_seq = next_seq()  # before the publish: every write a worker makes must outrank it
     publish_job(job)
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,

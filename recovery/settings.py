@@ -20,6 +20,10 @@ MAX_MS = 7 * 24 * 60 * 60 * 1000
 MAX_COUNT = 1_000_000
 #: Largest exponential-backoff factor we accept.
 MAX_BACKOFF_FACTOR = 100.0
+#: Shortest idempotency TTL: a key must outlive its job's retries (one minute at least).
+MIN_IDEMPOTENCY_TTL_MS = 60_000
+#: Largest audit spool cap: 100 million entries is far beyond any Redis's memory.
+MAX_SPOOL_ENTRIES = 100_000_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: Default cap on one request at enqueue: body, query parameters and headers together.
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
@@ -79,6 +83,8 @@ class Settings:
     visibility_timeout_s: int
     max_defer_ms: int
     poison_max_deliveries: int
+    idempotency_ttl_ms: int
+    audit_spool_max_entries: int
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     serve_token: str | None = None
 
@@ -346,6 +352,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout_s=r.whole("REDIS_VISIBILITY_TIMEOUT", 3600, 1, MAX_MS // 1000, "s"),
         max_defer_ms=r.millis("MAX_DEFER_WINDOW", 600000),
         poison_max_deliveries=r.count("POISON_MAX_DELIVERIES", 3),
+        idempotency_ttl_ms=r.whole("IDEMPOTENCY_TTL", 86_400_000, MIN_IDEMPOTENCY_TTL_MS,
+                                   MAX_MS, "ms"),
+        audit_spool_max_entries=r.whole("AUDIT_SPOOL_MAX_ENTRIES", 1_000_000, 1000,
+                                        MAX_SPOOL_ENTRIES),
         max_request_bytes=r.whole("MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES,
                                   *MAX_REQUEST_BYTES_RANGE, "bytes"),
         serve_token=r.token("SERVE_TOKEN"),

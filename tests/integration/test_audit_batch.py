@@ -404,11 +404,11 @@ def test_a_drain_through_a_backlog_keeps_the_buffer_moving(
     real_write = spool_module.write_batch
     bursts = [new_id() for _ in range(80)]
 
-    def write_while_a_burst_arrives(target: Engine, ops: list[Op]) -> list[Op]:
+    def write_while_a_burst_arrives(target: Engine, ops: list[Op], *more: Any) -> list[Op]:
         for job_id in bursts[:40]:  # 40 writes during each of the first two batches
             started(writer, job_id)
         del bursts[:40]
-        return real_write(target, ops)
+        return real_write(target, ops, *more)
 
     monkeypatch.setattr(spool_module, "write_batch", write_while_a_burst_arrives)
     with capture_logs() as logs:

@@ -54,6 +54,8 @@ def test_defaults_match_the_documented_values() -> None:
         visibility_timeout_s=3600,
         max_defer_ms=600000,
         poison_max_deliveries=3,
+        idempotency_ttl_ms=86_400_000,
+        audit_spool_max_entries=1_000_000,
     )
 
 
@@ -91,6 +93,8 @@ def test_every_variable_is_read_from_the_environment() -> None:
         "REDIS_VISIBILITY_TIMEOUT": "120",
         "MAX_DEFER_WINDOW": "60000",
         "POISON_MAX_DELIVERIES": "4",
+        "IDEMPOTENCY_TTL": "3600000",
+        "AUDIT_SPOOL_MAX_ENTRIES": "5000",
     }
     s = load_settings(env)
     assert (s.log_level, s.service_name, s.redis_key_prefix) == ("debug", "billing", "bill:")
@@ -113,6 +117,7 @@ def test_every_variable_is_read_from_the_environment() -> None:
     assert s.integrations_file == "/etc/recovery/integrations.yaml"
     assert (s.visibility_timeout_s, s.max_defer_ms) == (120, 60000)
     assert s.poison_max_deliveries == 4
+    assert (s.idempotency_ttl_ms, s.audit_spool_max_entries) == (3_600_000, 5000)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +142,16 @@ def test_every_variable_is_read_from_the_environment() -> None:
          "a value this large is almost certainly a mistake."),
         ({"REDIS_VISIBILITY_TIMEOUT": "0"},
          "REDIS_VISIBILITY_TIMEOUT must be at least 1 s, got '0'."),
+        ({"IDEMPOTENCY_TTL": "1000"}, "IDEMPOTENCY_TTL must be at least 60000 ms, got '1000'."),
+        ({"IDEMPOTENCY_TTL": "604800001"},
+         "IDEMPOTENCY_TTL must be at most 604800000 ms (7 days), got '604800001'; "
+         "a value this large is almost certainly a mistake."),
+        ({"IDEMPOTENCY_TTL": "1d"}, "IDEMPOTENCY_TTL must be a whole number, got '1d'."),
+        ({"AUDIT_SPOOL_MAX_ENTRIES": "10"},
+         "AUDIT_SPOOL_MAX_ENTRIES must be at least 1000, got '10'."),
+        ({"AUDIT_SPOOL_MAX_ENTRIES": "100000001"},
+         "AUDIT_SPOOL_MAX_ENTRIES must be at most 100000000, got '100000001'; "
+         "a value this large is almost certainly a mistake."),
         ({"RETRY_BACKOFF_FACTOR": "fast"},
          "RETRY_BACKOFF_FACTOR must be a number such as 2 or 1.5, got 'fast'."),
         ({"RETRY_BACKOFF_FACTOR": "nan"},
