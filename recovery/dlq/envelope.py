@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from recovery.jobs import JobSpec, MalformedJobError
-from recovery.redact import redact_body, redact_headers, redact_params
+from recovery.redact import policy_for, redact_body, redact_headers, redact_params
 
 ENVELOPE_KIND = "api-recovery.dead-letter/1"
 TASK_NAME = "tasks.integration.call"
@@ -55,10 +55,12 @@ class Envelope:
 
 def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None, message: str,
                  attempts: int, dead_at: str) -> Envelope:
+    shown = policy_for(job.integration)
     return Envelope(
         job_id=job.job_id, task_name=TASK_NAME, integration=job.integration, method=job.method,
-        path=job.path, body=redact_body(job.json), params=redact_params(job.params or {}),
-        headers=redact_headers(job.headers), idempotency_key=job.idempotency_key,
+        path=job.path, body=redact_body(job.json, shown),
+        params=redact_params(job.params or {}, shown),
+        headers=redact_headers(job.headers, shown), idempotency_key=job.idempotency_key,
         error_categories=categories, last_status=last_status, message=message,
         attempts=attempts, first_enqueued_at=job.enqueued_at, dead_at=dead_at,
         replay_count=job.replay_count)
