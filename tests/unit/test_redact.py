@@ -100,7 +100,7 @@ def test_authorization_scheme(value: str) -> None:
 
 # --- params -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", MISSED_PARAMS + ["token", "api_key", "page", "max_tokens"])
+@pytest.mark.parametrize("name", [*MISSED_PARAMS, "token", "api_key", "page", "max_tokens"])
 def test_by_default_a_param_shows_its_name_and_never_its_value(name: str) -> None:
     assert redact_params({name: "v4lue-1234"}) == {name: REDACTED}
 
@@ -265,7 +265,7 @@ def test_secret_names(name: str) -> None:
     assert scrub_data({name: "v4lue"}) == {name: REDACTED}
 
 
-@pytest.mark.parametrize("name", PLAIN_HEADERS + ["page", "amount", "number", "author"])
+@pytest.mark.parametrize("name", [*PLAIN_HEADERS, "page", "amount", "number", "author"])
 def test_plain_names(name: str) -> None:
     assert not is_secret_name(name)
     assert scrub_data({name: "v4lue"}) == {name: "v4lue"}
