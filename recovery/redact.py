@@ -69,6 +69,15 @@ _TEXT_PAIR = re.compile(
        |(?:(?:{_SCHEMES})\s+)?(?:\[REDACTED\]|[^\s"'&,;<>(){{}}\[\]]+))
     """
 )
+# An Authorization value in free text without a known scheme: every word of it up to a
+# delimiter may be the credential ("Authorization: key123 sig456"), so all of them go.
+_AUTH_RUN = re.compile(
+    rf"""(?ix)
+    (?P<key>\b[\w.-]*?(?:authori[sz]ation|authentication)\b\s*[:=][ \t]*)
+    (?!(?:{_SCHEMES})\s|["'\[\s])
+    (?P<value>[^,;&\r\n"'<>(){{}}\[\]]*[^,;&\r\n"'<>(){{}}\[\]\s])
+    """
+)
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest|negotiate)\s+[A-Za-z0-9._~+/=-]{6,}")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#]+@")
 _URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>]+")
@@ -308,6 +317,7 @@ def scrub_passes(text: str) -> str:
 def _scrub(text: str) -> str:
     """The pattern rules of `redact_text`, without parsing URLs."""
     text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    text = _AUTH_RUN.sub(lambda m: m.group("key") + REDACTED, text)
     text = _TEXT_PAIR.sub(_redact_pair, text)
     return _AUTH_SCHEME.sub(lambda m: m.group(1) + " " + REDACTED, text)
 
