@@ -47,7 +47,9 @@ class Envelope:
     def job(self) -> JobSpec:
         """The original job, ready to re-enqueue; credentials come back from the integration."""
         return JobSpec(job_id=self.job_id, integration=self.integration, method=self.method,
-                       path=self.path, json=self.body, params=self.params or None,
+                       path=self.path, params=self.params or None,
+                       json=({k: v for k, v in self.body.items() if k != "[REDACTED]"}
+                             if isinstance(self.body, dict) else self.body),
                        headers={k: v for k, v in self.headers.items() if "[REDACTED]" not in v},
                        idempotency_key=self.idempotency_key, enqueued_at=self.first_enqueued_at,
                        replay_count=self.replay_count)
