@@ -251,9 +251,10 @@ MISSED_HEADERS = ("Ocp-Apim-Subscription-Key", "X-Authorization", "Authenticatio
 MISSED_PARAMS = ("access_key", "sid", "session_id", "jwt", "pwd", "private_key")
 MISSED_BODY_KEYS = ("pass", "passphrase", "auth", "credentials", "cvv2", "iban",
                     "client_assertion")
-#: Keys that hold the job itself, legitimately: the work queue and the DLQ keep the original
-#: request for the worker and for replay. Everything else under the prefix must hold no secret.
-PAYLOAD_KEYS = ("integrations", "dlq")
+#: Keys that hold the job itself, legitimately: the work queue, the DLQ (the original request
+#: for the worker and for replay) and kombu's hash of messages a worker holds unacknowledged.
+#: Everything else under the prefix must hold no secret.
+PAYLOAD_KEYS = ("integrations", "dlq", "unacked")
 AUDIT = {"show_params": ["page"], "show_body_fields": ["max_tokens", "order.amount"]}
 
 
