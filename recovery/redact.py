@@ -30,9 +30,9 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 REDACTED = "[REDACTED]"
 _MAX_PASSES = 4
 
-#: Headers whose value is never shown, whatever an integration's `audit.show_headers` says.
-NEVER_SHOWN_HEADERS = frozenset({"authorization", "proxy-authorization", "x-authorization",
-                                 "cookie", "set-cookie"})
+#: Headers whose value is never shown, whatever an integration's `audit.show_headers` says
+#: (with every header whose name ends in "authorization": those show their scheme only).
+NEVER_SHOWN_HEADERS = frozenset({"cookie", "set-cookie"})
 #: Authorization schemes kept in front of "[REDACTED]"; any other first word may be the secret.
 AUTH_SCHEMES = (
     "AWS4-HMAC-SHA256", "Klaviyo-API-Key", "Zoho-oauthtoken", "SCRAM-SHA-256", "SCRAM-SHA-1",
@@ -111,10 +111,11 @@ class AuditPolicy:
            show_body_fields: Iterable[str] = ()) -> AuditPolicy:
         """A policy from plain names; ValueError with a sentence for a header never shown."""
         headers = frozenset(name.lower() for name in show_headers)
-        never = sorted(headers & NEVER_SHOWN_HEADERS)
+        never = sorted(name for name in headers if never_shown(name))
         if never:
-            raise ValueError(f"lists {never[0]!r}, whose value is never shown (an Authorization "
-                             "value keeps its scheme anyway); remove it")
+            raise ValueError(f"lists {never[0]!r}, a header that carries credentials and is "
+                             "never shown (an Authorization value shows its scheme only); "
+                             "remove it")
         return cls(frozenset(show_params), headers,
                    tuple(tuple(path.split(".")) for path in show_body_fields))
 
@@ -152,9 +153,15 @@ def _header_value(name: str, value: Any, policy: AuditPolicy) -> str:
     lowered = str(name).lower()
     if lowered.endswith("authorization"):
         return authorization_scheme(str(value))
-    if lowered in policy.show_headers and lowered not in NEVER_SHOWN_HEADERS:
+    if lowered in policy.show_headers and not never_shown(lowered):
         return redact_text(str(value))
     return REDACTED
+
+
+def never_shown(header: str) -> bool:
+    """Whether a header's value stays hidden even when an integration lists it."""
+    lowered = header.lower()
+    return lowered.endswith("authorization") or lowered in NEVER_SHOWN_HEADERS
 
 
 def authorization_scheme(value: str) -> str:

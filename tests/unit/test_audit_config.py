@@ -53,11 +53,11 @@ KNOWN = "known keys: show_body_fields, show_headers, show_params"
     ("audit: {show_body_fields: [.amount]}",
      "key 'audit.show_body_fields' must list names such as order.amount, got '.amount'."),
     ("audit: {show_headers: [Authorization]}",
-     "key 'audit.show_headers' lists 'authorization', whose value is never shown (an "
-     "Authorization value keeps its scheme anyway); remove it."),
+     "key 'audit.show_headers' lists 'authorization', a header that carries credentials and is "
+     "never shown (an Authorization value shows its scheme only); remove it."),
     ("audit: {show_headers: [Cookie]}",
-     "key 'audit.show_headers' lists 'cookie', whose value is never shown (an "
-     "Authorization value keeps its scheme anyway); remove it."),
+     "key 'audit.show_headers' lists 'cookie', a header that carries credentials and is "
+     "never shown (an Authorization value shows its scheme only); remove it."),
 ])
 def test_a_bad_audit_block_is_refused_naming_file_integration_and_key(
         tmp_path: Path, extra: str, problem: str) -> None:
