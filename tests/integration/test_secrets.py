@@ -362,7 +362,8 @@ def test_every_missed_name_stays_hidden_through_a_dead_letter_and_a_replay(
     try:
         worker = start_worker(env, loglevel="debug")
         engine = get_runtime().engine
-        assert wait_for_status(engine, job_id, {"dead"})["status"] == "dead"
+        dead = wait_for_status(engine, job_id, {"dead"})
+        assert dead["params"] == {**dict.fromkeys(MISSED_PARAMS, "[REDACTED]"), "page": "3"}
         wait_until(lambda: redis_client.llen(f"{prefix}dlq") == 1, "the dead letter")
         listed = cli("dlq", "list", "--json")
         shown = cli("dlq", "show", job_id, "--json")
