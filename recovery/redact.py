@@ -91,7 +91,7 @@ _TRIGGER_WORDS = ("://", "pass", "secret", "token", "api", "access", "private", 
 _TRIGGER = re.compile("(?i)" + "|".join(map(re.escape, _TRIGGER_WORDS)))
 
 _SUMMARY = re.compile(r"(?:object of \d+ keys?|array of \d+ items?|string|number|boolean"
-                      r"|null), \d+ bytes?")
+                      r"|null|value), \d+ bytes?")
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def describe_body(body: Any) -> str:
     elif isinstance(body, int | float):
         kind = "number"
     else:
-        kind = "null"
+        kind = "null" if body is None else "value"
     return f"{kind}, {size} byte{'' if size == 1 else 's'}"
 
 

@@ -139,10 +139,11 @@ def test_by_default_no_body_is_shown_only_its_type_and_size() -> None:
     ("h\u00e9llo", "string, 8 bytes"),
     (12.5, "number, 4 bytes"),
     (True, "boolean, 4 bytes"),
+    (None, "null, 4 bytes"),
 ])
 def test_describe_body(body: Any, summary: str) -> None:
     assert describe_body(body) == summary
-    assert redact_body(body) == {REDACTED: summary}
+    assert redact_body(body) == ({REDACTED: summary} if body is not None else None)
 
 
 def test_an_integration_shows_the_body_fields_it_lists_as_dotted_paths() -> None:
