@@ -18,6 +18,7 @@ from recovery.budget import (
     MIN_WINDOW_MS,
     RetryBudgetConfig,
 )
+from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.registry import (
     DEFAULT_CACHE_TTL_MS,
     DEFAULT_JITTER,
@@ -56,7 +57,7 @@ _MISSING_HINT = (
 )
 _INTEGRATION_KEYS = (
     "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
-    "health_check", "rate_limit", "headers", "oauth", "retry_budget",
+    "health_check", "rate_limit", "headers", "oauth", "retry_budget", "audit",
 )
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
@@ -69,6 +70,8 @@ _HEALTH_KEYS = ("endpoint", "interval_ms", "timeout_ms", "failure_threshold")
 _RATE_KEYS = ("window_ms", "max_requests")
 _OAUTH_KEYS = ("token_url", "client_id", "client_secret_env", "scope")
 _BUDGET_KEYS = ("enabled", "ratio", "floor", "window_ms")
+_AUDIT_KEYS = ("show_params", "show_headers", "show_body_fields")
+_BODY_PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
 
 
 def _retry(s: Section, settings: Settings) -> RetryConfig:
@@ -244,6 +247,32 @@ def _retry_budget(s: Section) -> RetryBudgetConfig:
     )
 
 
+def _names(s: Section, key: str, pattern: re.Pattern[str], example: str) -> list[str]:
+    """A list of names under `key`, each matching `pattern` (empty when absent)."""
+    value = s.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        s.fail(key, f"must be a list of names such as [{example}], got {show_value(value)}")
+    for item in value:
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            s.fail(key, f"must list names such as {example}, got {show_value(item)}")
+    return value
+
+
+def _audit(s: Section | None) -> AuditPolicy:
+    """What displays may show of this integration's requests (nothing but names by default)."""
+    if s is None:
+        return HIDE_ALL
+    params = _names(s, "show_params", re.compile(r"\S+"), "page")
+    headers = _names(s, "show_headers", _HEADER_NAME, "X-Request-Id")
+    fields = _names(s, "show_body_fields", _BODY_PATH, "order.amount")
+    try:
+        return AuditPolicy.of(params, headers, fields)
+    except ValueError as exc:
+        s.fail("show_headers", str(exc))
+
+
 def _check_countdowns(integration: Integration, s: Section, settings: Settings) -> None:
     """Every countdown must stay below the broker visibility timeout, or Redis redelivers."""
     limit_s = settings.visibility_timeout_s
@@ -288,6 +317,7 @@ def _integration(
         oauth=_oauth(s.section("oauth", _OAUTH_KEYS), environ),
         retry_budget=_retry_budget(
             s.section("retry_budget", _BUDGET_KEYS) or s.empty("retry_budget")),
+        audit=_audit(s.section("audit", _AUDIT_KEYS)),
     )
     _check_countdowns(integration, s, settings)
     return integration

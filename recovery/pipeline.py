@@ -96,8 +96,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         if claimed.deliveries > rt.settings.poison_max_deliveries:
             return _poison(job, progress, rt, claimed.deliveries)
         rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
-                             redact_params(job.params or {}), job.idempotency_key,
-                             progress.attempt)
+                             redact_params(job.params or {}, integration.audit),
+                             job.idempotency_key, progress.attempt)
         block = passage.block
         if block is not None:
             return _blocked(job, progress, rt, integration, block.wait_s, block.source, block.why)

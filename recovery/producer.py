@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from recovery.audit.batch import next_seq
 from recovery.idempotency import KeyReusedError, request_fingerprint
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
-from recovery.redact import redact_params
+from recovery.redact import policy_for, redact_params
 from recovery.registry import Integration, Registry, UnknownIntegrationError
 from recovery.settings import get_settings
 from recovery.urlguard import UnsafeHeaderError, UnsafePathError, validate_headers, validate_path
@@ -186,6 +186,7 @@ def submit(runtime: Runtime, job: JobSpec) -> str:
     queued_seq = next_seq()  # before the publish: every write a worker makes must outrank it
     publish_job(job)
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
-                             redact_params(job.params or {}), job.idempotency_key,
+                             redact_params(job.params or {}, policy_for(job.integration)),
+                             job.idempotency_key,
                              seq=queued_seq)
     return job.job_id

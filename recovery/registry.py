@@ -19,6 +19,7 @@ from recovery.budget import (
     DEFAULT_RETRY_BUDGET,
     RetryBudgetConfig,
 )
+from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.settings import Settings, get_settings
 
 PRIMARY_ID = "primary-api"
@@ -126,6 +127,7 @@ class Integration:
     headers: Mapping[str, str]  # ${NAME} references already resolved
     oauth: OAuthConfig | None
     retry_budget: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
+    audit: AuditPolicy = HIDE_ALL  # what displays may show of its jobs' requests
 
 
 class Registry:

@@ -47,7 +47,7 @@ from recovery.audit.models import (
     JobStatus,
 )
 from recovery.audit.spool import AuditBatcher, RedisSpool, SpoolUnavailable, batching_enabled
-from recovery.redact import redact_params, redact_text, redact_url
+from recovery.redact import policy_for, redact_params, redact_text, redact_url
 
 __all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord", "make_audit_writer"]
 
@@ -390,7 +390,7 @@ def _job_values(
         "integration": integration,
         "method": method.upper(),
         "path": redact_url(path),
-        "params": redact_params(params or {}),
+        "params": redact_params(params or {}, policy_for(integration)),
         "idempotency_key": idempotency_key,
         "now": now,
     }

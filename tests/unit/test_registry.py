@@ -274,7 +274,7 @@ def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
     assert error_for(tmp_path, text) == message
 
 
-INTEGRATION_KEYS = ("base_url, circuit_breaker, fallbacks, headers, health_check, id, name, "
+INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, fallbacks, headers, health_check, id, name, "
                     "oauth, rate_limit, retry, retry_budget, timeout_ms")
 
 
