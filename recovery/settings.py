@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 MAX_MS = 7 * 24 * 60 * 60 * 1000
 #: Largest count (retries, thresholds, request limits) we accept.
 MAX_COUNT = 1_000_000
+#: Largest byte size (response and cache limits) we accept: 1 GiB.
+MAX_BYTES = 1024 ** 3
 #: Largest exponential-backoff factor we accept.
 MAX_BACKOFF_FACTOR = 100.0
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -72,6 +74,9 @@ class Settings:
     visibility_timeout_s: int
     max_defer_ms: int
     poison_max_deliveries: int
+    retry_after_max_ms: int = 600000  # longest pause one Retry-After may set
+    cache_max_body_bytes: int = 256 * 1024  # larger answers are not kept by the cache fallback
+    max_response_bytes: int = 10 * 1024 * 1024  # larger answers are refused while read
 
 
 def show(value: str) -> str:
@@ -246,6 +251,7 @@ def _check_countdowns(settings: Settings) -> None:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting from `environ` (default: the process environment)."""
     r = _Reader(os.environ if environ is None else environ)
+    max_defer_ms = r.millis("MAX_DEFER_WINDOW", 600000)
     settings = Settings(
         log_level=r.log_level("LOG_LEVEL", "info"),
         service_name=r.text("SERVICE_NAME", "api-recovery"),
@@ -280,8 +286,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         enable_auto_recovery=r.flag("ENABLE_AUTO_RECOVERY", True),
         integrations_file=r.optional("RECOVERY_INTEGRATIONS"),
         visibility_timeout_s=r.whole("REDIS_VISIBILITY_TIMEOUT", 3600, 1, MAX_MS // 1000, "s"),
-        max_defer_ms=r.millis("MAX_DEFER_WINDOW", 600000),
+        max_defer_ms=max_defer_ms,
         poison_max_deliveries=r.count("POISON_MAX_DELIVERIES", 3),
+        retry_after_max_ms=r.millis("RETRY_AFTER_MAX", max_defer_ms, minimum=0),
+        cache_max_body_bytes=r.whole("CACHE_MAX_BODY_BYTES", 256 * 1024, 0, MAX_BYTES, "bytes"),
+        max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
+                                   "bytes"),
     )
     _check_countdowns(settings)
     return settings
