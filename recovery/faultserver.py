@@ -36,10 +36,11 @@ MODES = ("ok", "5xx", "429", "slow", "reset", "auth", "drip", "huge", "down")
 STREAMING_MODES = ("drip", "huge")
 SCRIPT_WORDS = ("ok", "slow", "reset")
 CONTROL_KEYS = ("mode", "status", "retry_after_s", "delay_ms", "token", "for_ms", "script",
-                "revoke_tokens", "interval_ms", "drip_bytes", "size_bytes", "declare_length")
+                "revoke_tokens", "interval_ms", "drip_bytes", "size_bytes", "declare_length",
+                "retry_after")
 REDIRECT_TARGET = "http://redirect.invalid/moved"
 _OPTION_KEYS = ("status", "retry_after_s", "delay_ms", "token", "interval_ms", "drip_bytes",
-                "size_bytes", "declare_length")
+                "size_bytes", "declare_length", "retry_after")
 _STREAM_PIECE = 64 * 1024
 _NO_BODY = (204, 304)
 
@@ -63,6 +64,8 @@ class Behaviour:
     drip_bytes: int = 300  # the drip mode's body length (60 s at the default interval)
     size_bytes: int = 20 * 1024 * 1024  # the huge mode's body length
     declare_length: bool = False  # huge: send Content-Length instead of chunks
+    retry_after: str | None = None  # 429: this Retry-After text as is (an HTTP date, a huge
+    #                                  number) instead of retry_after_s
 
 
 class FaultServer:
@@ -391,7 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _extra_headers(self, status: int, fault: FaultServer) -> dict[str, str]:
         if status == 429:
-            return {"Retry-After": str(fault._behaviour.retry_after_s)}
+            behaviour = fault._behaviour
+            return {"Retry-After": behaviour.retry_after or str(behaviour.retry_after_s)}
         if status == 401:
             return {"WWW-Authenticate": 'Bearer realm="faultserver"'}
         if 300 <= status < 400:
@@ -487,6 +491,11 @@ def _behaviour(mode: str, options: Mapping[str, Any]) -> Behaviour:
     _check_int("interval_ms", behaviour.interval_ms, 1, 60_000)
     _check_int("drip_bytes", behaviour.drip_bytes, 2, 1_000_000)
     _check_int("size_bytes", behaviour.size_bytes, 2, 1024 ** 3)
+    if behaviour.retry_after is not None and (
+            not isinstance(behaviour.retry_after, str) or not behaviour.retry_after.isprintable()
+            or not behaviour.retry_after.strip()):
+        raise FaultConfigError("'retry_after' must be a non-empty line of text, e.g. "
+                               "'Wed, 21 Oct 2125 07:28:00 GMT'.")
     if not isinstance(behaviour.declare_length, bool):
         raise FaultConfigError("'declare_length' must be true or false.")
     if behaviour.token is not None and (not isinstance(behaviour.token, str)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from recovery.registry import Integration, RetryConfig
 
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
-DelaySource = Literal["backoff", "retry-after", "retry-after-capped", "breaker", "rate-limit",
+DelaySource = Literal["backoff", "retry-after", "retry-after-cap", "breaker", "rate-limit",
                       "retry-budget"]
 BlockSource = Literal["breaker", "rate-limit", "retry-budget"]
 
@@ -78,7 +78,8 @@ def cap_retry_after(c: Classification, cap_s: float, integration_id: str) -> Cla
     A Retry-After pauses the whole integration for every worker, so one answer such as
     `Retry-After: 3153600000` would stop it for a century. The cut is logged, and the returned
     classification remembers what the server asked for (`retry_after_requested_s`), so the
-    attempt row records the delay source as `retry-after-capped`.
+    attempt row records the delay source as `retry-after-cap` (16 characters: the column's
+    width).
     """
     if cap_s < 0:
         raise ValueError(f"The Retry-After cap must not be negative, got {cap_s}.")
@@ -125,7 +126,7 @@ def decide_after_failure(
     source: DelaySource = "backoff"
     if c.retry_after_s is not None:
         delay = max(delay, c.retry_after_s)
-        source = "retry-after" if c.retry_after_requested_s is None else "retry-after-capped"
+        source = "retry-after" if c.retry_after_requested_s is None else "retry-after-cap"
     delay = min(delay, max_countdown_s)
     return Decision(
         action="retry",
