@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -14,6 +16,7 @@ import responses
 from requests.adapters import HTTPAdapter
 
 from recovery import http
+from recovery.errors import ResponseDeadlineError, ResponseTooLargeError
 from recovery.faultserver import FaultServer
 from recovery.registry import (
     BreakerConfig,
@@ -243,3 +246,69 @@ def test_the_environment_is_read_once_per_origin(monkeypatch: pytest.MonkeyPatch
     http.close_sessions()
     monkeypatch.delenv("HTTPS_PROXY")
     assert http.environment_for(shop.base_url)["proxies"].get("https") is None
+
+
+# --- response limits: the overall deadline and the size cap ----------------------------------
+
+
+def test_a_slow_drip_ends_at_the_overall_deadline() -> None:
+    """One byte every 200 ms never trips a per-read timeout; the deadline still ends it."""
+    with FaultServer(mode="drip", interval_ms=200, drip_bytes=100) as upstream:
+        shop = make_integration(upstream.url, timeout_ms=800)
+        started = time.monotonic()
+        with pytest.raises(ResponseDeadlineError,
+                           match=r"integration 'shop' did not finish within its 0\.8 s deadline"):
+            http.send(shop, "GET", "/drip")
+        assert 0.7 < time.monotonic() - started < 1.3
+        upstream.set_mode("ok")  # the aborted connection is not reused half-read
+        assert http.send(shop, "GET", "/next").json()["ok"] is True
+        peers = [r["peer"] for r in upstream.requests()]
+        assert peers[0] != peers[1]
+
+
+def test_deadline_ms_overrides_the_call_timeout() -> None:
+    with FaultServer(mode="drip", interval_ms=100, drip_bytes=100) as upstream:
+        shop = replace(make_integration(upstream.url, timeout_ms=5000), deadline_ms=400)
+        started = time.monotonic()
+        with pytest.raises(ResponseDeadlineError, match=r"within its 0\.4 s deadline"):
+            http.send(shop, "GET", "/drip")
+        assert time.monotonic() - started < 1.0
+
+
+def test_a_drip_that_finishes_in_time_is_read_whole() -> None:
+    with FaultServer(mode="drip", interval_ms=5, drip_bytes=40) as upstream:
+        response = http.send(make_integration(upstream.url, timeout_ms=3000), "GET", "/d")
+        assert response.status_code == 200 and response.json() == {}
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+def test_an_answer_over_the_size_limit_is_refused_while_read(declare_length: bool) -> None:
+    with FaultServer(mode="huge", size_bytes=20 * 1024 * 1024,
+                     declare_length=declare_length) as upstream:
+        shop = make_integration(upstream.url, timeout_ms=10_000)
+        started = time.monotonic()
+        with pytest.raises(ResponseTooLargeError) as caught:
+            http.send(shop, "GET", "/export")
+        assert time.monotonic() - started < 5
+        expected = ("declared 20971520 bytes, more than" if declare_length else "went past")
+        assert str(caught.value) == (
+            f"The answer of integration 'shop' {expected} its max_response_bytes "
+            "(10485760 bytes); reading stopped. Raise max_response_bytes if such answers are "
+            "expected.")
+
+
+def test_the_size_limit_is_per_integration_and_inclusive() -> None:
+    with FaultServer(mode="huge", size_bytes=4096) as upstream:
+        exact = replace(make_integration(upstream.url), max_response_bytes=4096)
+        assert len(http.send(exact, "GET", "/x").content) == 4096
+        with pytest.raises(ResponseTooLargeError, match=r"max_response_bytes \(4095 bytes\)"):
+            http.send(replace(exact, max_response_bytes=4095), "GET", "/x")
+
+
+def test_a_compressed_answer_is_limited_by_its_decoded_size(
+        mocked: responses.RequestsMock) -> None:
+    body = gzip.compress(b"[" + b"0," * 50_000 + b"0]")
+    assert len(body) < 1000
+    mocked.get(f"{BASE}/zip", body=body, headers={"Content-Encoding": "gzip"})
+    with pytest.raises(ResponseTooLargeError):
+        http.send(replace(make_integration(), max_response_bytes=10_000), "GET", "/zip")
