@@ -12,7 +12,9 @@ a fallback's origin, however the two share a process.
 Every answer is read streamed under two limits: an overall deadline for the whole call (connect,
 headers and every body read; a slow drip that never trips a per-read timeout still ends) and a
 maximum size. Either aborts the read and closes the connection (`ResponseDeadlineError`,
-`ResponseTooLargeError`).
+`ResponseTooLargeError`). One gap remains, as in urllib3 itself: the status line and headers
+are read under a socket timeout of the time left when they start, so headers arriving byte by
+byte are bounded per read, not as a whole; the body never is.
 """
 
 from __future__ import annotations
