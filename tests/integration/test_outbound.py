@@ -279,3 +279,17 @@ def test_ratelimit_resume_of_an_unknown_integration_exits_2(
     assert result.exit_code == 2
     assert "Error: Unknown integration 'nope'. Known integrations: shop." in result.output
     assert audit_rows("SELECT kind FROM alerts") == []
+
+
+def test_ratelimit_resume_without_a_pause_says_so(configure, upstream: FaultServer) -> None:
+    configure([integration(upstream.url)])
+    status = json.loads(cli("ratelimit", "status", "--json").output)
+    assert status[0]["paused_for_s"] == 0 and status[0]["pause_reason"] is None
+    assert "not paused" in cli("ratelimit", "status").output
+    result = cli("ratelimit", "resume", "shop")
+    assert result.exit_code == 0
+    assert result.output == "'shop' was not paused; nothing to lift (recorded anyway).\n"
+    alerts = wait_rows("SELECT message, details FROM alerts "
+                       "WHERE kind = 'ratelimit_manual_resume'")
+    assert alerts == [{"message": "operator resume from recovery-cli",
+                       "details": {"pause_left_s": 0.0}}]
