@@ -35,7 +35,15 @@ from recovery.registry import (
     RegistryError,
     RetryConfig,
 )
-from recovery.settings import MAX_BYTES, Settings
+from recovery.settings import MAX_BYTES, Settings, base_url_problem, is_http_url, shown_base_url
+from recovery.urlguard import (
+    MAX_HEADER_BYTES,
+    UnsafeHeaderError,
+    UnsafePathError,
+    is_header_value_text,
+    validate_headers,
+    validate_path,
+)
 from recovery.yamlconfig import Section, read_yaml, show_value
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -109,7 +117,7 @@ def _fallback(s: Section, position: int, settings: Settings,
     return FallbackConfig(
         type=kind,
         priority=s.count("priority", position),
-        base_url=s.url("base_url") if api else None,
+        base_url=_base_url(s, "base_url") if api else None,
         ttl_ms=s.millis("ttl_ms", DEFAULT_CACHE_TTL_MS),
         value=s.get("value"),
         message=s.optional_text("message"),
@@ -168,6 +176,13 @@ def _health(s: Section | None, settings: Settings) -> HealthCheckConfig | None:
     endpoint = s.text("endpoint", "/health")
     if not endpoint.startswith("/"):
         s.fail("endpoint", f"must be a path starting with '/', got {show_value(endpoint)}")
+    if "?" in endpoint or "#" in endpoint:
+        s.fail("endpoint", f"must be a path without a query string or fragment, got "
+                           f"{show_value(endpoint)}; the health check sends a plain GET")
+    try:
+        validate_path(endpoint)
+    except UnsafePathError as exc:
+        s.fail("endpoint", f"must stay below the base URL: {_lower_first(str(exc)).rstrip('.')}")
     return HealthCheckConfig(
         endpoint=endpoint,
         interval_ms=s.millis("interval_ms", settings.health_check_interval_ms),
@@ -191,18 +206,61 @@ def _resolve(s: Section, key: str, template: str, environ: Mapping[str, str]) ->
     return _ENV_REF.sub(lookup, template)
 
 
+def _base_url(s: Section, key: str) -> str:
+    """An http(s) URL without user information, query or fragment: the root of every call.
+    Messages hide the user information and query, which may hold secrets."""
+    url = s.required_text(key).strip()
+    if not is_http_url(url):
+        s.fail(key, "must be an http:// or https:// URL with a host, e.g. "
+                    f"https://api.example.com, got {shown_base_url(url)}")
+    problem = base_url_problem(url)
+    if problem:
+        what, hint = problem
+        s.fail(key, f"{what}, got {shown_base_url(url)}; {hint}")
+    return url
+
+
 def _headers(s: Section, environ: Mapping[str, str]) -> Mapping[str, str]:
+    """The static headers with ${NAME} resolved, held to the rules of a job's headers, so a
+    header that cannot be sent is refused now rather than at every call. Messages never show a
+    value: a resolved ${NAME} is usually a secret."""
     headers: dict[str, str] = {}
     for name, template in s.string_map("headers").items():
         key = f"headers.{name}"
         if not _HEADER_NAME.fullmatch(name):
             s.fail(key, "is not a valid HTTP header name")
+        _check_header(s, key, name)
         value = _resolve(s, key, template, environ)
-        if any(ch in value for ch in "\r\n\0"):
-            s.fail(key, "has a value containing a line break or NUL character, "
-                        "which would let it inject other headers")
+        _check_header_value(s, key, value)
         headers[name] = value
+    try:
+        validate_headers(headers)
+    except UnsafeHeaderError as exc:
+        s.fail("headers", f"is refused: {_lower_first(str(exc)).rstrip('.')}")
     return MappingProxyType(headers)
+
+
+def _check_header(s: Section, key: str, name: str) -> None:
+    try:
+        validate_headers({name: ""})
+    except UnsafeHeaderError as exc:
+        s.fail(key, f"is refused: {_lower_first(str(exc)).rstrip('.')}")
+
+
+def _check_header_value(s: Section, key: str, value: str) -> None:
+    if any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in value):
+        s.fail(key, "has a value containing a line break or control character, which would "
+                    "let it inject other headers")
+    if not is_header_value_text(value):
+        s.fail(key, "has a value with characters outside visible ASCII (not shown: it may be "
+                    "a secret); header values may hold only visible ASCII, spaces and tabs")
+    if len(value) > MAX_HEADER_BYTES:
+        s.fail(key, f"has a value of {len(value)} characters; the limit is "
+                    f"{MAX_HEADER_BYTES} bytes (8 KiB)")
+
+
+def _lower_first(sentence: str) -> str:
+    return sentence[:1].lower() + sentence[1:]
 
 
 def _oauth(s: Section | None, environ: Mapping[str, str]) -> OAuthConfig | None:
@@ -261,7 +319,7 @@ def _integration(
     integration = Integration(
         id=ident,
         name=s.text("name", ident),
-        base_url=s.url("base_url"),
+        base_url=_base_url(s, "base_url"),
         timeout_ms=s.millis("timeout_ms", settings.api_timeout_ms),
         retry=_retry(s.section("retry", _RETRY_KEYS) or s.empty("retry"), settings),
         circuit_breaker=_breaker(

@@ -22,7 +22,7 @@ from recovery.registry import (
     load_registry,
     reset_registry,
 )
-from recovery.settings import load_settings, reset_settings
+from recovery.settings import SettingsError, load_settings, reset_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrations.yaml"
 MINIMAL = "integrations:\n  - id: shop\n    base_url: https://shop.example.com\n"
@@ -439,7 +439,36 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
         ("headers: {X-Key: '${not valid}'}", "key 'headers.X-Key' refers to ${not valid}, which "
          "is not a valid environment variable name."),
         ("headers: {X-Key: '${NEWLINE}'}", "key 'headers.X-Key' has a value containing a line "
-         "break or NUL character, which would let it inject other headers."),
+         "break or control character, which would let it inject other headers."),
+        ("headers: {X-Key: '${UNICODE}'}", "key 'headers.X-Key' has a value with characters "
+         "outside visible ASCII (not shown: it may be a secret); header values may hold only "
+         "visible ASCII, spaces and tabs."),
+        ("headers: {X-Key: '${HUGE}'}", "key 'headers.X-Key' has a value of 8193 characters; "
+         "the limit is 8192 bytes (8 KiB)."),
+        ("headers: {Host: internal.corp}", "key 'headers.Host' is refused: the header 'Host' "
+         "frames the message or steers the connection, which the HTTP client does itself from "
+         "the base URL and the body; remove it."),
+        ("headers: {Proxy-Authorization: x}", "key 'headers.Proxy-Authorization' is refused: "
+         "the header 'Proxy-Authorization' is addressed to a proxy, not to the integration's "
+         "API; remove it."),
+        ("headers: {X-Key: a, x-key: b}", "key 'headers' is refused: the header 'x-key' is "
+         "given twice (also as 'X-Key'); give it once."),
+        ("health_check: {endpoint: '/health?full=1'}", "key 'health_check.endpoint' must be a "
+         "path without a query string or fragment, got '/health?full=1'; the health check sends "
+         "a plain GET."),
+        ("health_check: {endpoint: '/health#top'}", "key 'health_check.endpoint' must be a path "
+         "without a query string or fragment, got '/health#top'; the health check sends a plain "
+         "GET."),
+        ("health_check: {endpoint: '/..;/admin'}", "key 'health_check.endpoint' must stay below "
+         "the base URL: the path '/..;/admin' was refused: it contains a '.' or '..' segment "
+         "behind ';' path parameters (Tomcat, Jetty and Spring drop the parameters and step out "
+         "of the base URL)."),
+        ("fallbacks: [{type: api, base_url: 'https://bob:hunter2@b.example.com'}]",
+         "key 'fallbacks[1].base_url' must not carry user information (user:password@), got "
+         "'https://***@b.example.com'; put credentials in the integration's headers instead."),
+        ("fallbacks: [{type: api, base_url: 'https://b.example.com/?key=s3cret'}]",
+         "key 'fallbacks[1].base_url' must not have a query string ('?'), got "
+         "'https://b.example.com/?...'; pass query parameters with each job (params) instead."),
         ("oauth: {token_url: 'https://a.example.com/t', client_id: c}",
          "key 'oauth.client_secret_env' is missing."),
         ("oauth: {token_url: 'https://a.example.com/t', client_id: c, client_secret_env: UNSET}",
@@ -456,8 +485,10 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
 def test_wrong_values_name_the_integration_and_key(
     tmp_path: Path, extra: str, message: str
 ) -> None:
-    env = {"NEWLINE": "a\r\nX-Evil: 1"}
-    assert error_for(tmp_path, entry(extra), env) == f"integration 'shop': {message}"
+    env = {"NEWLINE": "a\r\nX-Evil: 1", "UNICODE": "s3cr\u00e9t", "HUGE": "k" * 8193}
+    found = error_for(tmp_path, entry(extra), env)
+    assert found == f"integration 'shop': {message}"
+    assert "s3cr" not in found and "hunter2" not in found and "s3cret" not in found
 
 
 @pytest.mark.parametrize("url", ["ftp://shop.example.com", "shop.example.com", "https://"])
@@ -467,6 +498,69 @@ def test_bad_base_url(tmp_path: Path, url: str) -> None:
         "integration 'shop': key 'base_url' must be an http:// or https:// URL with a host, "
         f"e.g. https://api.example.com, got '{url}'."
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://bob:hunter2@shop.example.com/v1",
+         "must not carry user information (user:password@), got 'https://***@shop.example.com/v1'"
+         "; put credentials in the integration's headers instead."),
+        ("https://token@shop.example.com",
+         "must not carry user information (user:password@), got 'https://***@shop.example.com'; "
+         "put credentials in the integration's headers instead."),
+        ("https://shop.example.com/v1?api_key=hunter2",
+         "must not have a query string ('?'), got 'https://shop.example.com/v1?...'; pass query "
+         "parameters with each job (params) instead."),
+        ("https://shop.example.com/v1?",
+         "must not have a query string ('?'), got 'https://shop.example.com/v1?...'; pass query "
+         "parameters with each job (params) instead."),
+        ("https://shop.example.com/v1#frag",
+         "must not have a fragment ('#'), got 'https://shop.example.com/v1#frag'; remove it."),
+    ],
+)
+def test_a_base_url_with_userinfo_query_or_fragment_is_refused_at_load(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    text = f"integrations:\n  - id: shop\n    base_url: '{url}'\n"
+    found = error_for(tmp_path, text)
+    assert found == f"integration 'shop': key 'base_url' {message}"
+    assert "hunter2" not in found
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "message"),
+    [
+        ("PRIMARY_API_URL", "https://bob:hunter2@a.example.com",
+         "PRIMARY_API_URL must not carry user information (user:password@), got "
+         "'https://***@a.example.com'; put credentials in the integration's headers instead."),
+        ("SECONDARY_API_URL", "https://b.example.com/v1?key=hunter2",
+         "SECONDARY_API_URL must not have a query string ('?'), got "
+         "'https://b.example.com/v1?...'; pass query parameters with each job (params) instead."),
+        ("FALLBACK_API_URL", "https://c.example.com/#x",
+         "FALLBACK_API_URL must not have a fragment ('#'), got 'https://c.example.com/#x'; "
+         "remove it."),
+    ],
+)
+def test_the_seed_urls_get_the_same_check_naming_the_variable(
+    name: str, url: str, message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: url})
+    assert str(caught.value) == message
+
+
+def test_the_seed_accepts_a_plain_base_url_with_a_path() -> None:
+    settings = load_settings({"PRIMARY_API_URL": "https://a.example.com:8443/api/v2/"})
+    assert load_registry(settings, {}).get("primary-api").base_url == (
+        "https://a.example.com:8443/api/v2/")
+
+
+def test_a_malformed_base_url_with_a_password_does_not_show_it(tmp_path: Path) -> None:
+    text = "integrations:\n  - id: shop\n    base_url: 'https://bob:hunter2@:99999/'\n"
+    assert error_for(tmp_path, text) == (
+        "integration 'shop': key 'base_url' must be an http:// or https:// URL with a host, "
+        "e.g. https://api.example.com, got 'https://***@:99999/'.")
 
 
 def test_missing_base_url(tmp_path: Path) -> None:
