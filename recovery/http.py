@@ -96,12 +96,13 @@ def send(
     """
     verb = _check_method(method)
     url = join_url(integration.base_url, path)
-    merged = validate_headers({**integration.headers, **(headers or {})})
+    own = validate_headers(integration.headers)
+    extra = validate_headers(headers or {})
     timeout = _timeout(integration, timeout_s)
     deadline_s = _deadline_s(integration, timeout)
     started = time.monotonic()
     session = session_for(integration.base_url)
-    prepared = _prepare(session, verb, url, json, params, merged)
+    prepared = _prepare(session, verb, url, json, params, own, extra)
     if prepared.url is None or not is_inside(integration.base_url, prepared.url):
         raise UnsafePathError(
             f"The request URL for path {path!r} left the base URL of integration "
@@ -204,7 +205,8 @@ def _deadline_error(integration: Integration, deadline_s: float,
 
 
 def _prepare(session: requests.Session, verb: str, url: str, json: Any,
-             params: Mapping[str, Any] | None, headers: Mapping[str, str]) -> PreparedRequest:
+             params: Mapping[str, Any] | None, own: Mapping[str, str],
+             headers: Mapping[str, str]) -> PreparedRequest:
     """The request `Session.prepare_request` would build, without what we never use.
 
     Our sessions hold no auth and trust no environment, and they keep no cookies between jobs:
@@ -213,6 +215,7 @@ def _prepare(session: requests.Session, verb: str, url: str, json: Any,
     and cookie jars the general way cost a tenth to a quarter of the whole call's CPU here.
     """
     merged = CaseInsensitiveDict(session.headers)
+    merged.update(own)  # the integration's (or fallback's) headers, then the job's over them
     merged.update(headers)
     prepared = PreparedRequest()
     prepared.prepare_method(verb)

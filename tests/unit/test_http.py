@@ -312,3 +312,13 @@ def test_a_compressed_answer_is_limited_by_its_decoded_size(
     mocked.get(f"{BASE}/zip", body=body, headers={"Content-Encoding": "gzip"})
     with pytest.raises(ResponseTooLargeError):
         http.send(replace(make_integration(), max_response_bytes=10_000), "GET", "/zip")
+
+
+def test_job_headers_override_the_integrations_in_any_case(
+        mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{BASE}/h")
+    shop = make_integration(headers={"Accept": "application/json", "X-Api-Key": "k"})
+    http.send(shop, "GET", "/h", headers={"accept": "text/csv"})
+    sent = mocked.calls[0].request.headers
+    assert sent["Accept"] == "text/csv" and sent["X-Api-Key"] == "k"
+    assert len([name for name in sent if name.lower() == "accept"]) == 1
