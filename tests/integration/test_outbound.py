@@ -293,3 +293,21 @@ def test_ratelimit_resume_without_a_pause_says_so(configure, upstream: FaultServ
                        "WHERE kind = 'ratelimit_manual_resume'")
     assert alerts == [{"message": "operator resume from recovery-cli",
                        "details": {"pause_left_s": 0.0}}]
+
+
+def test_a_job_cannot_replace_an_api_fallbacks_credential(
+        configure, upstream: FaultServer, backup: FaultServer, redis_client: redis.Redis) -> None:
+    import recovery
+    from recovery.producer import EnqueueError
+    from tests.integration.test_job_flow import queue_depth
+
+    configure([integration(upstream.url, fallbacks=[
+        {"type": "api", "base_url": backup.url, "headers": {"X-Backup-Key": FALLBACK_KEY}}])])
+    before = queue_depth(redis_client)
+    with pytest.raises(EnqueueError) as caught:
+        recovery.enqueue("shop", "GET", "/acct", headers={"x-backup-key": "forged"})
+    assert str(caught.value) == (
+        "The header 'x-backup-key' is set by integration 'shop' itself (for its api fallback); "
+        "a job cannot replace it, so remove it.")
+    assert queue_depth(redis_client) == before
+    assert audit_rows("SELECT id FROM jobs") == []
