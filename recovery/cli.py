@@ -258,6 +258,7 @@ def _register_subcommands() -> None:
     from recovery.cli_demo import demo_command
     from recovery.cli_dlq import dlq_group, replay_dlq_command
     from recovery.cli_ops import monitor_command, report_command, simulate_command
+    from recovery.cli_ratelimit import ratelimit
     from recovery.serve import serve_command
 
     main.add_command(breaker)
@@ -268,6 +269,7 @@ def _register_subcommands() -> None:
     main.add_command(simulate_command)
     main.add_command(monitor_command)
     main.add_command(report_command)
+    main.add_command(ratelimit)
 
 
 _register_subcommands()

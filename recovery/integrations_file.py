@@ -20,6 +20,7 @@ from recovery.budget import (
 )
 from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.registry import (
+    DEFAULT_CACHE_METHODS,
     DEFAULT_CACHE_TTL_MS,
     DEFAULT_JITTER,
     DEFAULT_RESET_BACKOFF_FACTOR,
@@ -35,7 +36,7 @@ from recovery.registry import (
     RegistryError,
     RetryConfig,
 )
-from recovery.settings import Settings, base_url_problem, is_http_url, shown_base_url
+from recovery.settings import MAX_BYTES, Settings, base_url_problem, is_http_url, shown_base_url
 from recovery.urlguard import (
     MAX_HEADER_BYTES,
     UnsafeHeaderError,
@@ -58,14 +59,17 @@ _MISSING_HINT = (
 _INTEGRATION_KEYS = (
     "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
     "health_check", "rate_limit", "headers", "oauth", "retry_budget", "audit",
+    "max_response_bytes", "deadline_ms",
 )
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
     "enabled", "threshold", "reset_timeout_ms", "call_timeout_ms", "half_open_max_calls",
     "failure_rate", "window_ms", "minimum_calls", "reset_backoff_factor", "max_reset_timeout_ms",
 )
-_FALLBACK_EXTRA_KEYS = {"api": "base_url", "cache": "ttl_ms", "default": "value",
-                        "degraded": "message"}
+_FALLBACK_EXTRA_KEYS = {"api": ("base_url", "headers", "oauth"),
+                        "cache": ("ttl_ms", "methods", "vary", "max_body_bytes"),
+                        "default": ("value",), "degraded": ("message",)}
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 _HEALTH_KEYS = ("endpoint", "interval_ms", "timeout_ms", "failure_threshold")
 _RATE_KEYS = ("window_ms", "max_requests")
 _OAUTH_KEYS = ("token_url", "client_id", "client_secret_env", "scope")
@@ -107,22 +111,65 @@ def _breaker(s: Section, settings: Settings) -> BreakerConfig:
     )
 
 
-def _fallback(s: Section, position: int) -> FallbackConfig:
+def _fallback(s: Section, position: int, settings: Settings,
+              environ: Mapping[str, str]) -> FallbackConfig:
     kind = s.choice("type", FALLBACK_TYPES)
-    known = ("type", "priority", _FALLBACK_EXTRA_KEYS[kind])
+    known = ("type", "priority", *_FALLBACK_EXTRA_KEYS[kind])
     s.reject_unknown(known, f"a fallback of type {kind!r}")
+    api, cache = kind == "api", kind == "cache"
     return FallbackConfig(
         type=kind,
         priority=s.count("priority", position),
-        base_url=_base_url(s, "base_url") if kind == "api" else None,
+        base_url=_base_url(s, "base_url") if api else None,
         ttl_ms=s.millis("ttl_ms", DEFAULT_CACHE_TTL_MS),
         value=s.get("value"),
         message=s.optional_text("message"),
+        headers=_headers(s, environ) if api else MappingProxyType({}),
+        oauth=_oauth(s.section("oauth", _OAUTH_KEYS), environ) if api else None,
+        methods=_cache_methods(s) if cache else DEFAULT_CACHE_METHODS,
+        vary=_vary(s) if cache else (),
+        max_body_bytes=s.whole("max_body_bytes", settings.cache_max_body_bytes, 0, MAX_BYTES,
+                               "bytes"),
     )
 
 
-def _fallbacks(s: Section) -> tuple[FallbackConfig, ...]:
-    entries = [_fallback(item, number) for number, item in enumerate(s.sections("fallbacks"), 1)]
+def _names(s: Section, key: str) -> list[str]:
+    value = s.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        s.fail(key, f"must be a list of names, got {show_value(value)}")
+    return list(value)
+
+
+def _cache_methods(s: Section) -> tuple[str, ...]:
+    """The methods whose answers the cache keeps: GET and HEAD unless the entry opts in."""
+    if s.get("methods") is None:
+        return DEFAULT_CACHE_METHODS
+    methods = [name.upper() for name in _names(s, "methods")]
+    for method in methods:
+        if method not in _HTTP_METHODS:
+            s.fail("methods", f"names {method!r}, which is not an HTTP method; use some of "
+                              f"{', '.join(_HTTP_METHODS)}")
+    if not methods:
+        s.fail("methods", "must name at least one method, e.g. [GET, HEAD]; remove the cache "
+                          "fallback to cache nothing")
+    return tuple(dict.fromkeys(methods))
+
+
+def _vary(s: Section) -> tuple[str, ...]:
+    """Job header names whose values tell cached answers apart (compared case-insensitively)."""
+    names = _names(s, "vary")
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name):
+            s.fail("vary", f"names {show_value(name)}, which is not a valid HTTP header name")
+    return tuple(dict.fromkeys(name.lower() for name in names))
+
+
+def _fallbacks(s: Section, settings: Settings,
+               environ: Mapping[str, str]) -> tuple[FallbackConfig, ...]:
+    entries = [_fallback(item, number, settings, environ)
+               for number, item in enumerate(s.sections("fallbacks"), 1)]
     return tuple(sorted(entries, key=lambda f: f.priority))
 
 
@@ -247,7 +294,7 @@ def _retry_budget(s: Section) -> RetryBudgetConfig:
     )
 
 
-def _names(s: Section, key: str, pattern: re.Pattern[str], example: str) -> list[str]:
+def _matching_names(s: Section, key: str, pattern: re.Pattern[str], example: str) -> list[str]:
     """A list of names under `key`, each matching `pattern` (empty when absent)."""
     value = s.get(key)
     if value is None:
@@ -264,9 +311,9 @@ def _audit(s: Section | None) -> AuditPolicy:
     """What displays may show of this integration's requests (nothing but names by default)."""
     if s is None:
         return HIDE_ALL
-    params = _names(s, "show_params", re.compile(r"\S+"), "page")
-    headers = _names(s, "show_headers", _HEADER_NAME, "X-Request-Id")
-    fields = _names(s, "show_body_fields", _BODY_PATH, "order.amount")
+    params = _matching_names(s, "show_params", re.compile(r"\S+"), "page")
+    headers = _matching_names(s, "show_headers", _HEADER_NAME, "X-Request-Id")
+    fields = _matching_names(s, "show_body_fields", _BODY_PATH, "order.amount")
     try:
         return AuditPolicy.of(params, headers, fields)
     except ValueError as exc:
@@ -307,7 +354,7 @@ def _integration(
         circuit_breaker=_breaker(
             s.section("circuit_breaker", _BREAKER_KEYS) or s.empty("circuit_breaker"), settings
         ),
-        fallbacks=_fallbacks(s),
+        fallbacks=_fallbacks(s, settings, environ),
         health_check=_health(s.section("health_check", _HEALTH_KEYS), settings),
         rate_limit=RateLimitConfig(
             window_ms=rate.millis("window_ms", settings.rate_limit_window_ms),
@@ -318,6 +365,9 @@ def _integration(
         retry_budget=_retry_budget(
             s.section("retry_budget", _BUDGET_KEYS) or s.empty("retry_budget")),
         audit=_audit(s.section("audit", _AUDIT_KEYS)),
+        max_response_bytes=s.whole("max_response_bytes", settings.max_response_bytes, 1,
+                                   MAX_BYTES, "bytes"),
+        deadline_ms=None if s.get("deadline_ms") is None else s.millis("deadline_ms", 1),
     )
     _check_countdowns(integration, s, settings)
     return integration

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import requests
 import structlog
 
+from recovery import policy
 from recovery.alerts import alert
 from recovery.audit.writer import AttemptRecord
 from recovery.auth import AuthConfigError, TokenRefreshError
@@ -206,6 +207,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
             result: CallResult) -> Step:
     failure = result.failure
     assert failure is not None
+    failure = policy.cap_retry_after(failure, rt.settings.retry_after_max_ms / 1000, integration.id)
     if failure.retry_after_s:
         rt.limiter.pause(integration.id, failure.retry_after_s, failure.message)
     decision = decide_after_failure(

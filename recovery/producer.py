@@ -79,6 +79,8 @@ def _reserved_headers(integration: Integration) -> dict[str, str]:
     reserved = {name.lower(): "from its configuration" for name in integration.headers}
     if integration.oauth is not None:
         reserved["authorization"] = "from its OAuth token"
+    for fallback in integration.fallbacks:  # an api fallback's own credentials
+        reserved.update({name.lower(): "for its api fallback" for name in fallback.headers})
     return reserved
 
 

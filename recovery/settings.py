@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 MAX_MS = 7 * 24 * 60 * 60 * 1000
 #: Largest count (retries, thresholds, request limits) we accept.
 MAX_COUNT = 1_000_000
+#: Largest byte size (response and cache limits) we accept: 1 GiB.
+MAX_BYTES = 1024 ** 3
 #: Largest exponential-backoff factor we accept.
 MAX_BACKOFF_FACTOR = 100.0
 #: Shortest idempotency TTL: a key must outlive its job's retries (one minute at least).
@@ -87,6 +89,9 @@ class Settings:
     audit_spool_max_entries: int
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     serve_token: str | None = None
+    retry_after_max_ms: int = 600000  # longest pause one Retry-After may set
+    cache_max_body_bytes: int = 256 * 1024  # larger answers are not kept by the cache fallback
+    max_response_bytes: int = 10 * 1024 * 1024  # larger answers are refused while read
 
 
 def show(value: str) -> str:
@@ -316,6 +321,7 @@ def _check_countdowns(settings: Settings) -> None:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting from `environ` (default: the process environment)."""
     r = _Reader(os.environ if environ is None else environ)
+    max_defer_ms = r.millis("MAX_DEFER_WINDOW", 600000)
     settings = Settings(
         log_level=r.log_level("LOG_LEVEL", "info"),
         service_name=r.text("SERVICE_NAME", "api-recovery"),
@@ -350,7 +356,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         enable_auto_recovery=r.flag("ENABLE_AUTO_RECOVERY", True),
         integrations_file=r.optional("RECOVERY_INTEGRATIONS"),
         visibility_timeout_s=r.whole("REDIS_VISIBILITY_TIMEOUT", 3600, 1, MAX_MS // 1000, "s"),
-        max_defer_ms=r.millis("MAX_DEFER_WINDOW", 600000),
+        max_defer_ms=max_defer_ms,
         poison_max_deliveries=r.count("POISON_MAX_DELIVERIES", 3),
         idempotency_ttl_ms=r.whole("IDEMPOTENCY_TTL", 86_400_000, MIN_IDEMPOTENCY_TTL_MS,
                                    MAX_MS, "ms"),
@@ -359,6 +365,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_request_bytes=r.whole("MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES,
                                   *MAX_REQUEST_BYTES_RANGE, "bytes"),
         serve_token=r.token("SERVE_TOKEN"),
+        retry_after_max_ms=r.millis("RETRY_AFTER_MAX", max_defer_ms, minimum=0),
+        cache_max_body_bytes=r.whole("CACHE_MAX_BODY_BYTES", 256 * 1024, 0, MAX_BYTES, "bytes"),
+        max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
+                                   "bytes"),
     )
     _check_countdowns(settings)
     return settings

@@ -205,6 +205,43 @@ def test_headers_resolve_every_reference(tmp_path: Path) -> None:
     }
 
 
+def test_fallback_credentials_and_cache_keys(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("""
+        headers: {X-Api-Key: primary}
+        fallbacks:
+          - type: api
+            base_url: "http://backup.example.com"
+            headers: {X-Backup-Key: "${BACKUP_KEY}"}
+            oauth: {token_url: "https://auth.example.com/t", client_id: b,
+                    client_secret_env: BACKUP_SECRET}
+          - {type: cache, methods: [get, POST, GET], vary: [X-User, x-user, X-Tenant],
+             max_body_bytes: 1000, ttl_ms: 5000}
+          - {type: degraded}
+    """), {"BACKUP_KEY": "bk", "BACKUP_SECRET": "s"})
+    shop = registry.get("shop")
+    api, cache, degraded = shop.fallbacks
+    assert dict(api.headers) == {"X-Backup-Key": "bk"}
+    assert api.oauth == OAuthConfig("https://auth.example.com/t", "b", "BACKUP_SECRET")
+    assert (cache.methods, cache.vary) == (("GET", "POST"), ("x-user", "x-tenant"))
+    assert (cache.max_body_bytes, cache.ttl_ms) == (1000, 5000)
+    assert dict(degraded.headers) == {} and degraded.oauth is None
+    assert (shop.max_response_bytes, shop.deadline_ms) == (10 * 1024 * 1024, None)
+
+
+def test_size_limits_default_to_the_settings(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("""
+        fallbacks: [{type: cache}]
+        deadline_ms: 2500
+    """), CACHE_MAX_BODY_BYTES="100", MAX_RESPONSE_BYTES="5000")
+    shop = registry.get("shop")
+    assert (shop.fallbacks[0].max_body_bytes, shop.fallbacks[0].methods) == (100, ("GET", "HEAD"))
+    assert (shop.max_response_bytes, shop.deadline_ms) == (5000, 2500)
+    seed = load_registry(load_settings({"CACHE_MAX_BODY_BYTES": "7", "MAX_RESPONSE_BYTES": "9"}),
+                         {}).get("primary-api")
+    assert seed.max_response_bytes == 9
+    assert [f.max_body_bytes for f in seed.fallbacks if f.type == "cache"] == [7]
+
+
 def test_retry_budget_defaults_and_overrides(tmp_path: Path) -> None:
     text = MINIMAL + (
         "  - id: crm\n    base_url: https://crm.example.com\n"
@@ -274,8 +311,9 @@ def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
     assert error_for(tmp_path, text) == message
 
 
-INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, fallbacks, headers, health_check, id, name, "
-                    "oauth, rate_limit, retry, retry_budget, timeout_ms")
+INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, deadline_ms, fallbacks, headers, "
+                    "health_check, id, max_response_bytes, name, oauth, rate_limit, retry, "
+                    "retry_budget, timeout_ms")
 
 
 @pytest.mark.parametrize(
@@ -294,10 +332,16 @@ INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, fallbacks, headers, healt
         ("oauth: {url: x}", "unknown key 'oauth.url' (known keys: client_id, client_secret_env, "
          "scope, token_url)."),
         ("fallbacks: [{type: cache, value: 1}]", "unknown key 'fallbacks[1].value' for a fallback "
-         "of type 'cache' (known keys: priority, ttl_ms, type)."),
+         "of type 'cache' (known keys: max_body_bytes, methods, priority, ttl_ms, type, vary)."),
         ("fallbacks: [{type: api, base_url: 'http://b.example.com', ttl_ms: 5}]",
          "unknown key 'fallbacks[1].ttl_ms' for a fallback of type 'api' (known keys: base_url, "
-         "priority, type)."),
+         "headers, oauth, priority, type)."),
+        ("fallbacks: [{type: cache, headers: {X-Key: k}}]", "unknown key 'fallbacks[1].headers' "
+         "for a fallback of type 'cache' (known keys: max_body_bytes, methods, priority, ttl_ms, "
+         "type, vary)."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', oauth: {url: x}}]",
+         "unknown key 'fallbacks[1].oauth.url' (known keys: client_id, client_secret_env, scope, "
+         "token_url)."),
     ],
 )
 def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -> None:
@@ -349,6 +393,31 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
          "key 'fallbacks[1].priority' must be from 1 to 1000000, got 0."),
         ("fallbacks: [{type: degraded, message: ''}]",
          "key 'fallbacks[1].message' must be a non-empty string, got ''."),
+        ("fallbacks: [{type: cache, methods: GET}]",
+         "key 'fallbacks[1].methods' must be a list of names, got 'GET'."),
+        ("fallbacks: [{type: cache, methods: [GET, BREW]}]", "key 'fallbacks[1].methods' names "
+         "'BREW', which is not an HTTP method; use some of DELETE, GET, HEAD, OPTIONS, PATCH, "
+         "POST, PUT."),
+        ("fallbacks: [{type: cache, methods: []}]", "key 'fallbacks[1].methods' must name at "
+         "least one method, e.g. [GET, HEAD]; remove the cache fallback to cache nothing."),
+        ("fallbacks: [{type: cache, vary: [X-User, 'Bad Name']}]", "key 'fallbacks[1].vary' "
+         "names 'Bad Name', which is not a valid HTTP header name."),
+        ("fallbacks: [{type: cache, vary: [1]}]",
+         "key 'fallbacks[1].vary' must be a list of names, got a list."),
+        ("fallbacks: [{type: cache, max_body_bytes: -1}]", "key 'fallbacks[1].max_body_bytes' "
+         "must be from 0 to 1073741824 bytes, got -1."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', headers: {X-K: '${NOPE}'}}]",
+         "key 'fallbacks[1].headers.X-K' refers to ${NOPE}, which is not set in the "
+         "environment; set it before starting or remove the reference."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', oauth: {token_url: "
+         "'https://a.example.com/t', client_id: c, client_secret_env: UNSET}}]",
+         "key 'fallbacks[1].oauth.client_secret_env' names UNSET, which is not set in the "
+         "environment; set it before starting."),
+        ("max_response_bytes: 0", "key 'max_response_bytes' must be from 1 to 1073741824 bytes, "
+         "got 0."),
+        ("max_response_bytes: 1.5", "key 'max_response_bytes' must be a whole number bytes, "
+         "got 1.5."),
+        ("deadline_ms: 0", "key 'deadline_ms' must be from 1 to 604800000 ms, got 0."),
         ("health_check: {endpoint: health}",
          "key 'health_check.endpoint' must be a path starting with '/', got 'health'."),
         ("rate_limit: {max_requests: 0}",
