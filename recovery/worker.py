@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from recovery.jobs import JobSpec, Progress
 from recovery.outcome import Step
+from recovery.producer import bounded_repr
 
 
 def task_reprs(job: JobSpec, progress: Progress) -> dict[str, str]:
-    """Redacted argument reprs: what Flower and the task events show instead of the real ones."""
+    """Redacted argument reprs: what Flower and the task events show instead of the real ones,
+    bounded so that they cannot double the size of a large message."""
     return {"argsrepr": "()",
-            "kwargsrepr": repr({"job": job.redacted(), "progress": progress.to_message()})}
+            "kwargsrepr": bounded_repr({"job": job.redacted(), "progress": progress.to_message()})}
 
 
 def outcome_line(step: Step) -> str:

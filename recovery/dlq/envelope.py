@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from recovery.jobs import JobSpec, MalformedJobError
-from recovery.redact import redact_body, redact_headers, redact_params
+from recovery.redact import policy_for, redact_body, redact_headers, redact_params
 
 ENVELOPE_KIND = "api-recovery.dead-letter/1"
 TASK_NAME = "tasks.integration.call"
@@ -47,18 +47,22 @@ class Envelope:
     def job(self) -> JobSpec:
         """The original job, ready to re-enqueue; credentials come back from the integration."""
         return JobSpec(job_id=self.job_id, integration=self.integration, method=self.method,
-                       path=self.path, json=self.body, params=self.params or None,
-                       headers={k: v for k, v in self.headers.items() if v != "[REDACTED]"},
+                       path=self.path, params=self.params or None,
+                       json=({k: v for k, v in self.body.items() if k != "[REDACTED]"}
+                             if isinstance(self.body, dict) else self.body),
+                       headers={k: v for k, v in self.headers.items() if "[REDACTED]" not in v},
                        idempotency_key=self.idempotency_key, enqueued_at=self.first_enqueued_at,
                        replay_count=self.replay_count)
 
 
 def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None, message: str,
                  attempts: int, dead_at: str) -> Envelope:
+    shown = policy_for(job.integration)
     return Envelope(
         job_id=job.job_id, task_name=TASK_NAME, integration=job.integration, method=job.method,
-        path=job.path, body=redact_body(job.json), params=redact_params(job.params or {}),
-        headers=redact_headers(job.headers), idempotency_key=job.idempotency_key,
+        path=job.path, body=redact_body(job.json, shown),
+        params=redact_params(job.params or {}, shown),
+        headers=redact_headers(job.headers, shown), idempotency_key=job.idempotency_key,
         error_categories=categories, last_status=last_status, message=message,
         attempts=attempts, first_enqueued_at=job.enqueued_at, dead_at=dead_at,
         replay_count=job.replay_count)

@@ -26,7 +26,13 @@ import redis
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, publish_message
 from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
-from recovery.redact import redact_body, redact_headers, redact_params, redact_text
+from recovery.redact import (
+    policy_for,
+    redact_body,
+    redact_headers,
+    redact_params,
+    redact_text,
+)
 from recovery.runtime import Runtime
 
 QUARANTINE_QUEUE = "dlq.quarantine"
@@ -133,8 +139,10 @@ def decode_entry(raw: bytes) -> Entry:
 def envelope_view(envelope: Envelope) -> dict[str, Any]:
     """An envelope as listings show it: redacted once more, in case an old one held a secret."""
     shown = envelope.to_message()
-    shown.update(body=redact_body(envelope.body), params=redact_params(envelope.params or {}),
-                 headers=redact_headers(envelope.headers or {}),
+    policy = policy_for(envelope.integration)
+    shown.update(body=redact_body(envelope.body, policy),
+                 params=redact_params(envelope.params or {}, policy),
+                 headers=redact_headers(envelope.headers or {}, policy),
                  message=redact_text(envelope.message))
     return shown
 
