@@ -163,8 +163,12 @@ def test_a_header_value_outside_latin1_dead_letters_the_job_without_showing_it(
                   enqueued_at=utc_now_iso())
     _publish_raw(job)
     stored = assert_final(redis_client, job.job_id, log, {"dead"})
-    assert stored["last_error"] == ("The job raised an unexpected error (UnicodeEncodeError: a "
-                                    "value could not be encoded as latin-1.).")
+    # The send refuses the value before encoding it (without that check, http.client would
+    # raise UnicodeEncodeError, which `describe` reduces to the encoding's name).
+    assert stored["last_error"] == (
+        "The job raised an unexpected error (UnsafeHeaderError: The value of header 'X-Name' "
+        "contains characters outside visible ASCII ('[REDACTED]'); header values may hold only "
+        "visible ASCII, spaces and tabs, so percent-encode or base64-encode other text.).")
     assert "\u2603" not in log.read_text() and upstream.requests() == []
 
 

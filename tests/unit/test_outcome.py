@@ -75,7 +75,7 @@ def test_other_errors_are_not_infrastructure(exc: BaseException) -> None:
 def test_describe_names_the_type_and_hides_secrets_and_header_values() -> None:
     exc = RuntimeError("sent X-Team: t3am-header-value with Authorization: Bearer abc.def.ghi")
     assert describe(exc, ["t3am-header-value"]) == (
-        "RuntimeError: sent X-Team: [REDACTED] with Authorization: [REDACTED]")
+        "RuntimeError: sent X-Team: [REDACTED] with Authorization: Bearer [REDACTED]")
 
 
 def test_describe_never_shows_the_character_an_encoding_refused() -> None:
