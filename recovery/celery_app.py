@@ -45,6 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         "task_ignore_result": True,
         "task_acks_late": True,
+        # A dead or failed job ends as FAILURE after it is parked: its message is acked then,
+        # never delivered again (Celery's default, relied on by recovery.outcome).
+        "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Off by default: Flower (and `celery control enable_events`) turns them on while
