@@ -113,6 +113,17 @@ def configure_logging(level: str = "info", *, json: bool | None = None,
     logging.captureWarnings(True)
 
 
+def reset_logging() -> None:
+    """Undo `configure_logging`: structlog's defaults, the root logger without our handler and
+    at its default level (WARNING), Python warnings printed again."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _CurrentStderrHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(False)
+
+
 @contextmanager
 def job_context(job: JobSpec, task_id: str | None, attempt: int) -> Iterator[None]:
     """Bind the job's identity to every log line emitted inside the block."""

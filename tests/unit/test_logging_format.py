@@ -9,27 +9,15 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
 
 from recovery.jobs import JobSpec
-from recovery.observability import configure_logging, job_context
+from recovery.observability import configure_logging, job_context, reset_logging
 
 JOB = JobSpec(job_id="job-7", integration="shop", method="GET", path="/x", idempotency_key="k")
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    """configure_logging changes the root logger: put it back for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.captureWarnings(False)
 
 
 def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
@@ -150,3 +138,13 @@ def test_celery_setup_logging_signal_installs_our_format(
     assert (line["event"], line["logger"], line["level"]) == (
         "Task t[1] received", "celery.worker.strategy", "info")
     assert type(sys.stdout).__name__ != "LoggingProxy"
+
+
+def test_reset_logging_removes_our_handler_and_level(capsys: pytest.CaptureFixture[str]) -> None:
+    before = list(logging.getLogger().handlers)
+    configure_logging("debug", json=True)
+    reset_logging()
+    assert logging.getLogger().handlers == before
+    assert logging.getLogger().level == logging.WARNING
+    logging.getLogger("celery.x").info("not shown")
+    assert capsys.readouterr().err == ""
