@@ -25,6 +25,16 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
+#: Every line's fields: run on our events before they reach stdlib logging, and on stdlib
+#: records (Celery, kombu, ...) by the formatter (`foreign_pre_chain`).
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Last line of defence: no field of a log line carries a credential. Free text is
     scrubbed; structured values lose secret-looking keys (the line's own field names are ours
@@ -59,7 +69,8 @@ class _ForeignLevelFilter(logging.Filter):
         self.levelno = levelno
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return isinstance(record.msg, dict) or record.levelno >= self.levelno
+        ours = isinstance(record.msg, dict) and hasattr(record, "_logger")
+        return ours or record.levelno >= self.levelno
 
 
 def _formatter(use_json: bool) -> structlog.stdlib.ProcessorFormatter:
@@ -76,14 +87,6 @@ def _formatter(use_json: bool) -> structlog.stdlib.ProcessorFormatter:
             renderer,
         ],
     )
-
-
-_SHARED: list[Any] = [
-    structlog.contextvars.merge_contextvars,
-    structlog.processors.add_log_level,
-    structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-]
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None,

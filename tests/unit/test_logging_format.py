@@ -148,3 +148,12 @@ def test_reset_logging_removes_our_handler_and_level(capsys: pytest.CaptureFixtu
     assert logging.getLogger().level == logging.WARNING
     logging.getLogger("celery.x").info("not shown")
     assert capsys.readouterr().err == ""
+
+
+def test_a_library_logging_a_dict_is_filtered_as_foreign(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", json=True, foreign_level="warning")
+    logging.getLogger("somelib").info({"detail": "chatty"})
+    logging.getLogger("somelib").warning({"detail": "loud"})
+    (line,) = lines(capsys)
+    assert line["logger"] == "somelib" and "loud" in line["event"]
