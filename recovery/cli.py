@@ -48,6 +48,8 @@ class CliGroup(click.Group):
 
 
 @click.group(cls=CliGroup)
+@click.version_option(package_name="api-recovery", prog_name="recovery-cli",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """Resilient third-party API calls as Celery jobs.
 
