@@ -96,7 +96,9 @@ def _row(mapping: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def timeline(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """A job's attempts as timeline rows: offset from the first, bar widths in percent."""
+    """A job's attempts as timeline rows: offset from the first, bar position and width in
+    percent of the whole span, and the run (1, then 2 after the first replay, ...): attempt
+    numbers start again at 1 when a replayed job runs."""
     attempts = job.get("attempts") or []
     if not attempts:
         return []
@@ -105,10 +107,13 @@ def timeline(job: dict[str, Any]) -> list[dict[str, Any]]:
     ends = [(start - origin).total_seconds() * 1000 + (row["duration_ms"] or 0)
             for start, row in zip(starts, attempts, strict=True)]
     span = max(max(ends), 1.0)
-    rows = []
+    rows, run, previous = [], 1, 0
     for start, row in zip(starts, attempts, strict=True):
+        if row["number"] <= previous:
+            run += 1
+        previous = row["number"]
         offset = (start - origin).total_seconds() * 1000
-        rows.append({**row, "offset_ms": round(offset),
+        rows.append({**row, "run": run, "offset_ms": round(offset),
                      "left_pct": round(offset / span * 100, 2),
                      "width_pct": max(round((row["duration_ms"] or 0) / span * 100, 2), 0.5)})
     return rows
