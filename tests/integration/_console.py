@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ PASSWORDS = {"alice": "alice-pass-1", "bob": "bob-pass-12"}
 _HASHES = {name: hash_password(password) for name, password in PASSWORDS.items()}
 USERS = f"alice:operator:{_HASHES['alice']},bob:viewer:{_HASHES['bob']}"
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 
 
 def free_port() -> int:
@@ -94,6 +96,12 @@ class Browser(requests.Session):
 
     def token(self, path: str = "/login") -> str:
         return csrf_of(self.page(path).text)
+
+    def submit_confirm(self, page: str, path: str) -> requests.Response:
+        """POST the hidden fields of the form after the plan on `page`, as its button does."""
+        fields = [(name, html.unescape(value))
+                  for name, value in _HIDDEN.findall(page.split('id="plan"', 1)[1])]
+        return self.post(self.base + path, data=fields, allow_redirects=False, timeout=60)
 
     def act(self, path: str, data: dict[str, object] | None = None) -> requests.Response:
         """POST a form with the session's CSRF token (taken from the dead-letter page)."""

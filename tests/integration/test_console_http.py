@@ -250,10 +250,10 @@ def test_replay_shows_the_dry_run_first_and_moves_only_what_it_showed(
     assert "Dry run, nothing changed: would replay 2, skip 0" in html.unescape(dry.text)
     assert dlq_ids(redis_client, rt) == [first.job_id, second.job_id, third.job_id]
     assert work_jobs(redis_client, rt) == [] and all_alerts(rt) == []
-    confirm = {"scope": "selected", "confirm": "yes", "job_id": chosen, "limit": "", "rate": ""}
-    done = alice.act("/dlq/replay", confirm)
+    park_all([make_envelope("shop")], rt)  # dead after the dry run: not shown, not replayed
+    done = alice.submit_confirm(dry.text, "/dlq/replay")
     assert done.status_code == 200 and "Replayed 2, skipped 0" in done.text
-    assert dlq_ids(redis_client, rt) == [second.job_id]
+    assert dlq_ids(redis_client, rt)[0] == second.job_id and len(dlq_ids(redis_client, rt)) == 2
     assert sorted(job["job_id"] for job in work_jobs(redis_client, rt)) == sorted(chosen)
     [row] = alerts(rt, "console_dlq_replay")
     assert row["details"]["actor"] == "alice" and sorted(row["details"]["job_ids"]) == \
@@ -272,10 +272,12 @@ def test_replay_all_matching_honours_the_filter_and_the_cap(
     alice = login(console.base, "alice")
     dry = alice.act("/dlq/replay", {"scope": "all", "integration": "shop", "limit": "2"})
     assert "would replay 2" in dry.text and "(cap 2)" in dry.text
-    done = alice.act("/dlq/replay", {"scope": "all", "integration": "shop", "limit": "2",
-                                     "confirm": "yes"})
+    done = alice.submit_confirm(dry.text, "/dlq/replay")
     assert "Replayed 2" in done.text
     assert dlq_ids(redis_client, rt) == [shop[2].job_id, shop[3].job_id]
+    again = alice.act("/dlq/replay", {"scope": "all", "integration": "shop", "limit": "2",
+                                      "confirm": "yes"})
+    assert "Replayed 1" in again.text and dlq_ids(redis_client, rt) == [shop[3].job_id]
 
 
 def test_bad_replay_and_purge_input_is_400_with_a_sentence_and_moves_nothing(
@@ -370,3 +372,30 @@ def test_sigterm_stops_the_console_cleanly(setup) -> None:
     console = start()
     assert console.stop() == 0
     assert "Console on http://127.0.0.1:" in console.log()
+
+
+def test_an_entry_past_the_replay_cap_is_quarantined_and_can_be_released_once(
+        setup, redis_client: redis.Redis) -> None:
+    rt, start = setup
+    [capped] = park_all([make_envelope("shop", replay_count=3)], rt)
+    console = start()
+    alice = login(console.base, "alice")
+    dry = alice.act("/dlq/replay", {"scope": "all"})
+    assert "would replay 0, skip 0, quarantine 1" in dry.text
+    assert "replay cap reached: replayed 3 times, DLQ_MAX_RETRIES is 3" in dry.text
+    assert "Replay 0 and quarantine 1 now" in dry.text
+    done = alice.submit_confirm(dry.text, "/dlq/replay")
+    assert "Replayed 0, skipped 0, quarantined 1, failed 0." in done.text
+    page = alice.page("/dlq/quarantine").text
+    assert capped.job_id in page and f"release-{capped.job_id}" in page
+    assert f"release-{capped.job_id}" not in login(console.base, "bob").page(
+        "/dlq/quarantine").text
+    released = alice.act(f"/dlq/quarantine/{capped.job_id}/release")
+    assert released.status_code == 303
+    [job] = work_jobs(redis_client, rt)
+    assert job["job_id"] == capped.job_id and job["replay_count"] == 4
+    [row] = alerts(rt, "console_dlq_release")
+    assert row["details"]["actor"] == "alice" and row["details"]["job_id"] == capped.job_id
+    again = alice.act(f"/dlq/quarantine/{capped.job_id}/release")
+    assert again.status_code == 409
+    assert f"No quarantined entry has the job id '{capped.job_id}'" in html.unescape(again.text)

@@ -13,8 +13,9 @@ from typing import Any
 
 import structlog
 
-from recovery.dlq.purge import PurgeReport, purge
+from recovery.dlq.purge import PurgeReport, purge, release
 from recovery.dlq.replay import ReplayOptions, ReplayReport, replay_dlq
+from recovery.jobs import JobSpec
 from recovery.ops.console import ratelimits
 from recovery.ops.console.config import User
 from recovery.ops.console.dlqview import ConsoleFilter
@@ -95,3 +96,15 @@ def purge_selected(rt: Runtime, user: User, job_ids: list[str]) -> PurgeReport:
            f"{user.name} purged {report.purged} dead letters.",
            {"job_ids": report.job_ids, "selected": sorted(job_ids)})
     return report
+
+
+def release_quarantined(rt: Runtime, user: User, job_id: str) -> JobSpec:
+    """`dlq quarantine release`: the job goes back to its work queue once more (audited).
+
+    Raises ReleaseError with a sentence when the entry is missing or cannot be replayed.
+    """
+    job = release(rt, job_id, actor=actor(user))
+    record(rt, user, "console_dlq_release", job.integration,
+           f"{user.name} released job {job.job_id} from quarantine.",
+           {"job_id": job.job_id, "replay_count": job.replay_count})
+    return job

@@ -7,14 +7,17 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
 
+from recovery.dlq.purge import ReleaseError
 from recovery.ops.console import actions, dlqview
 from recovery.ops.console.app import runtime
 from recovery.ops.console.security import operator_only
 
 dlq = Blueprint("dlq", __name__, url_prefix="/dlq")
 
-#: A confirm form carries the job ids its dry run planned, up to this many; beyond, the filter.
+#: A confirm form carries the job ids its dry run would move (replay or quarantine), up to this
+#: many, so the replay moves what the operator saw; beyond that it carries only the filter.
 MAX_CONFIRM_IDS = 1000
 MAX_RATE = 1_000_000.0
 FILTER_FIELDS = ("integration", "error_class", "newer_than", "older_than", "min_replays",
@@ -90,14 +93,13 @@ def dlq_replay() -> Any:
     if request.form.get("confirm") != "yes":
         report = actions.replay(rt, g.user, flt, limit=limit, rate=rate, dry_run=True)
         planned = sorted({item.job_id for item in report.items
-                          if item.action == "replay" and item.job_id})
+                          if item.action in ("replay", "quarantine") and item.job_id})
         keep = planned if len(planned) <= MAX_CONFIRM_IDS else None
         return render_template("dlq_replay.html", report=report, form=request.form,
                                planned=keep, limit=limit, rate=rate,
                                fields=FILTER_FIELDS)
     report = actions.replay(rt, g.user, flt, limit=limit, rate=rate, dry_run=False)
-    return render_template("dlq_replay_done.html", report=report), 200 if not (
-        report.exit_code) else 500
+    return render_template("dlq_replay_done.html", report=report)
 
 
 @dlq.route("/purge", methods=["POST"])
@@ -120,3 +122,15 @@ def dlq_purge() -> Any:
 @dlq.route("/quarantine")
 def dlq_quarantine() -> str:
     return render_template("quarantine.html", rows=dlqview.quarantine_rows(runtime()))
+
+
+@dlq.route("/quarantine/<job_id>/release", methods=["POST"])
+@operator_only
+def dlq_release(job_id: str) -> Response:
+    """Send one quarantined job back to its work queue, once past the replay cap."""
+    try:
+        job = actions.release_quarantined(runtime(), g.user, job_id[:64])
+    except ReleaseError as exc:
+        abort(409, str(exc))
+    flash(f"Released job {job.job_id}: queued again as replay {job.replay_count}.")
+    return redirect(url_for("dlq.dlq_quarantine"), code=303)

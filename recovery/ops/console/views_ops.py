@@ -51,9 +51,8 @@ def login() -> Any:
         user = config.check_password(request.form.get("username", "")[:64],
                                      request.form.get("password", "")[:1024])
         if user is not None:
-            token = session.get("csrf")
-            session.clear()  # a fresh session on login: no fixation
-            session.update(user=user.name, role=user.role, csrf=token)
+            session.clear()  # a fresh session (and CSRF token) on login: no fixation
+            session.update(user=user.name, role=user.role)
             session.permanent = True
             current_app.logger.warning("console login: %s (%s)", user.name, user.role)
             return redirect(safe_next(request.args.get("next")), code=303)
