@@ -72,6 +72,18 @@ def alerts(rt: Runtime, kind: str, *, expect: int = 1, timeout: float = 10.0
     return rows
 
 
+def wait_for_log(console: ConsoleProcess, event: str, count: int = 1,
+                 timeout: float = 10.0) -> str:
+    """The console's log once `event` appears in it `count` times."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = console.log_path.read_text(errors="replace")
+        if text.count(event) >= count:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"{event!r} did not reach the console's log {count} times:\n{text}")
+
+
 def all_alerts(rt: Runtime) -> list[str]:
     with rt.engine.connect() as conn:
         return [row.kind for row in conn.execute(select(Alert.__table__))]
@@ -103,6 +115,8 @@ def test_a_wrong_password_or_unknown_user_is_refused_with_one_sentence(setup) ->
         assert response.status_code == 401
         assert "The user name or password is wrong." in response.text
         assert session.page("/").status_code == 303
+    log = wait_for_log(console, "console_login_refused", count=2)
+    assert "not-her-password" not in log and "alice-pass-1" not in log
 
 
 def test_session_cookie_is_httponly_and_samesite_strict_and_secure_only_when_asked(
@@ -153,6 +167,10 @@ def test_cross_site_posts_are_refused_with_403_and_change_nothing(setup) -> None
     [row] = alerts(rt, "breaker_manual_open")
     assert row["integration"] == "shop" and row["details"]["actor"] == "alice"
     assert row["details"]["via"] == "console"
+    log = wait_for_log(console, "console_action")
+    assert log.count("console_csrf_refused") == len(refused)
+    action = json.loads(next(line for line in log.splitlines() if "console_action" in line))
+    assert (action["actor"], action["kind"]) == ("alice", "breaker_manual_open")
 
 
 def test_a_viewer_reads_every_page_but_every_action_is_403_and_changes_nothing(

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+import structlog
 from flask import Flask, render_template
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
@@ -17,6 +18,8 @@ from recovery.redact import redact_text, redact_url
 from recovery.runtime import Runtime
 
 SESSION_HOURS = 8
+
+log = structlog.get_logger(__name__)
 
 
 def create_app(rt: Runtime, config: ConsoleConfig) -> Flask:
@@ -58,7 +61,7 @@ def _error_pages(app: Flask, rt: Runtime) -> None:
 
     @app.errorhandler(SQLAlchemyError)
     def _database(exc: Exception) -> tuple[str, int]:
-        app.logger.error("console database error: %s", redact_text(str(exc))[:500])
+        log.error("console_database_error", error=redact_text(str(exc))[:500])
         return render_template("error.html", title="The audit trail is unreachable",
                                message="Could not read the audit trail; check DATABASE_URL, that "
                                "PostgreSQL is running and that `recovery-cli db upgrade` ran.",
@@ -68,7 +71,7 @@ def _error_pages(app: Flask, rt: Runtime) -> None:
     def _redis(exc: Exception) -> tuple[str, int]:
         message = (f"Could not reach Redis at {redact_url(rt.settings.redis_url)}; check "
                    "REDIS_URL and that Redis is running.")
-        app.logger.error("console Redis error: %s", exc)
+        log.error("console_redis_error", error=redact_text(str(exc))[:500])
         return render_template("error.html", title="Redis is unreachable", message=message,
                                code=503), 503
 

@@ -14,6 +14,7 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
 from flask import Flask, abort, g, redirect, request, session, url_for
 from werkzeug.wrappers import Response
 
@@ -22,6 +23,8 @@ from recovery.ops.console.config import ConsoleConfig, User
 F = TypeVar("F", bound=Callable[..., Any])
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+log = structlog.get_logger(__name__)
 
 
 def csrf_token() -> str:
@@ -71,7 +74,7 @@ def install(app: Flask, config: ConsoleConfig) -> None:
         if request.method in UNSAFE_METHODS:
             problem = csrf_problem()
             if problem is not None:
-                app.logger.warning("console CSRF refusal: %s", problem)
+                log.warning("console_csrf_refused", path=request.path, reason=problem)
                 abort(403, problem)
         g.user = current_user(config)
         if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:

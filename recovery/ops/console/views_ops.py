@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+import structlog
 from flask import (
     Blueprint,
     abort,
@@ -35,6 +36,8 @@ jobs = Blueprint("jobs", __name__, url_prefix="/jobs")
 
 REASON_CHARS = 200
 
+log = structlog.get_logger(__name__)
+
 
 def _config() -> ConsoleConfig:
     found: ConsoleConfig = current_app.extensions["recovery"]["config"]
@@ -54,10 +57,10 @@ def login() -> Any:
             session.clear()  # a fresh session (and CSRF token) on login: no fixation
             session.update(user=user.name, role=user.role)
             session.permanent = True
-            current_app.logger.warning("console login: %s (%s)", user.name, user.role)
+            log.warning("console_login", user=user.name, role=user.role)
             return redirect(safe_next(request.args.get("next")), code=303)
         error = "The user name or password is wrong."
-        current_app.logger.warning("console login refused for a user name")
+        log.warning("console_login_refused", remote=request.remote_addr)
     return render_template("login.html", error=error), 401 if error else 200
 
 
