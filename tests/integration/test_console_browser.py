@@ -134,7 +134,12 @@ def _overview_refreshes(browser: WebDriver, base: str, shots: Callable[..., Path
     calls = browser.find_element(By.CSS_SELECTOR, "#chart-calls svg title").get_attribute(
         "textContent")
     assert calls == "calls: 8 in the last hour", calls
-    assert browser.find_elements(By.CSS_SELECTOR, "#chart-failures svg rect")
+    for name, title in (("retries", "retries: 4"), ("dead_letters", "dead letters: 4"),
+                        ("fallbacks", "fallbacks: 0"), ("failures", "failures by class: 8")):
+        shown = browser.find_element(By.CSS_SELECTOR, f"#chart-{name} svg title")
+        assert shown.get_attribute("textContent") == f"{title} in the last hour", name
+    legend = browser.find_element(By.CSS_SELECTOR, "#chart-failures svg").text
+    assert "server_error 8" in legend, legend
     browser.execute_script("window.consoleMarker = 'same page';")
     first = text_of(browser, "overview-at")
     wait(browser, lambda b: text_of(b, "overview-at") != first, timeout=30)
