@@ -119,6 +119,24 @@ def test_a_wrong_password_or_unknown_user_is_refused_with_one_sentence(setup) ->
     assert "not-her-password" not in log and "alice-pass-1" not in log
 
 
+def test_five_failed_logins_pause_that_user_name_even_for_the_right_password(setup) -> None:
+    _, start = setup
+    console = start()
+    session = Browser(console.base)
+
+    def attempt(password: str) -> requests.Response:
+        return session.post(f"{console.base}/login", allow_redirects=False, timeout=30,
+                            data={"username": "alice", "password": password,
+                                  "csrf_token": session.token()})
+
+    assert [attempt(f"guess-{n}").status_code for n in range(5)] == [401] * 5
+    paused = attempt("alice-pass-1")
+    assert paused.status_code == 429
+    assert "Too many failed logins; try again in 5 minutes." in paused.text
+    assert session.page("/").status_code == 303
+    login(console.base, "bob")  # another user name is not paused
+
+
 def test_session_cookie_is_httponly_and_samesite_strict_and_secure_only_when_asked(
         setup) -> None:
     _, start = setup

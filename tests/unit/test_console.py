@@ -20,6 +20,7 @@ from recovery.ops.console.config import hash_password
 from recovery.ops.console.dlqview import ConsoleFilter, FilterError, parse_filter
 from recovery.ops.console.jobsearch import SearchError, parse_query, timeline
 from recovery.ops.console.security import safe_next, same_site
+from recovery.ops.console.throttle import LoginThrottle, minutes
 from recovery.settings import SettingsError, load_settings
 
 HASH = hash_password("a-good-password")
@@ -259,3 +260,31 @@ def test_cli_hash_password_prints_a_verifiable_hash_and_refuses_short_ones() -> 
     short = CliRunner().invoke(main, ["console", "hash-password", "--password", "short"])
     assert short.exit_code == 2
     assert short.output.strip() == "Error: The password must be at least 8 characters long."
+
+
+def test_login_throttle_pauses_a_client_and_name_after_five_failures_for_the_window() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    for _ in range(4):
+        throttle.failed("10.0.0.1", "alice")
+    assert throttle.wait_s("10.0.0.1", "alice") == 0
+    throttle.failed("10.0.0.1", "alice")
+    assert throttle.wait_s("10.0.0.1", "alice") == 300
+    assert throttle.wait_s("10.0.0.2", "alice") == 0 and throttle.wait_s("10.0.0.1", "bob") == 0
+    now[0] += 299
+    assert throttle.wait_s("10.0.0.1", "alice") == 1 and minutes(1) == 1
+    now[0] += 2
+    assert throttle.wait_s("10.0.0.1", "alice") == 0
+    throttle.failed("10.0.0.1", "alice")
+    throttle.succeeded("10.0.0.1", "alice")
+    assert throttle.wait_s("10.0.0.1", "alice") == 0
+
+
+def test_login_throttle_holds_a_bounded_number_of_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recovery.ops.console.throttle as module
+
+    monkeypatch.setattr(module, "MAX_KEYS", 3)
+    throttle = LoginThrottle()
+    for n in range(10):
+        throttle.failed("10.0.0.1", f"user{n}")
+    assert len(throttle._failures) == 3

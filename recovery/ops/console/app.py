@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from recovery.dlq.store import DlqBusyError, DlqUnavailableError
 from recovery.ops.console import security
 from recovery.ops.console.config import ConsoleConfig
+from recovery.ops.console.throttle import LoginThrottle
 from recovery.redact import redact_text, redact_url
 from recovery.runtime import Runtime
 
@@ -38,7 +39,7 @@ def create_app(rt: Runtime, config: ConsoleConfig) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
         MAX_FORM_PARTS=20_000,
     )
-    app.extensions["recovery"] = {"runtime": rt, "config": config}
+    app.extensions["recovery"] = {"runtime": rt, "config": config, "throttle": LoginThrottle()}
     security.install(app, config)
     app.jinja_env.globals["config_header_mode"] = config.auth_header is not None
     for blueprint in (auth, overview, dlq, breakers, jobs):

@@ -27,6 +27,7 @@ from recovery.ops.console import overview as overview_data
 from recovery.ops.console.app import runtime
 from recovery.ops.console.config import ConsoleConfig
 from recovery.ops.console.security import operator_only, safe_next
+from recovery.ops.console.throttle import LoginThrottle, minutes
 from recovery.registry import UnknownIntegrationError
 
 auth = Blueprint("auth", __name__)
@@ -49,19 +50,28 @@ def login() -> Any:
     config = _config()
     if config.auth_header is not None:
         abort(404, "Users are named by the reverse proxy; there is no login page.")
-    error = None
-    if request.method == "POST":
-        user = config.check_password(request.form.get("username", "")[:64],
-                                     request.form.get("password", "")[:1024])
-        if user is not None:
-            session.clear()  # a fresh session (and CSRF token) on login: no fixation
-            session.update(user=user.name, role=user.role)
-            session.permanent = True
-            log.warning("console_login", user=user.name, role=user.role)
-            return redirect(safe_next(request.args.get("next")), code=303)
-        error = "The user name or password is wrong."
-        log.warning("console_login_refused", remote=request.remote_addr)
-    return render_template("login.html", error=error), 401 if error else 200
+    if request.method == "GET":
+        return render_template("login.html", error=None)
+    name = request.form.get("username", "")[:64]
+    client = request.remote_addr or "-"
+    throttle: LoginThrottle = current_app.extensions["recovery"]["throttle"]
+    wait_s = throttle.wait_s(client, name)
+    if wait_s > 0:
+        log.warning("console_login_throttled", remote=client)
+        error = (f"Too many failed logins; try again in {minutes(wait_s)} minute"
+                 f"{'' if minutes(wait_s) == 1 else 's'}.")
+        return render_template("login.html", error=error), 429
+    user = config.check_password(name, request.form.get("password", "")[:1024])
+    if user is None:
+        throttle.failed(client, name)
+        log.warning("console_login_refused", remote=client)
+        return render_template("login.html", error="The user name or password is wrong."), 401
+    throttle.succeeded(client, name)
+    session.clear()  # a fresh session (and CSRF token) on login: no fixation
+    session.update(user=user.name, role=user.role)
+    session.permanent = True
+    log.warning("console_login", user=user.name, role=user.role)
+    return redirect(safe_next(request.args.get("next")), code=303)
 
 
 @auth.route("/logout", methods=["POST"])
