@@ -30,6 +30,7 @@ import structlog
 from redis.commands.core import Script
 
 from recovery.scripts import ScriptCall
+from recovery.state.client import integration_tag
 
 log = structlog.get_logger(__name__)
 
@@ -260,7 +261,7 @@ class RetryBudget:
 
     def _call(self, integration_id: str, op: Op, config: RetryBudgetConfig,
               now_ms: float | None = None) -> ScriptCall:
-        base = f"{self._prefix}budget:{integration_id}"
+        base = f"{self._prefix}budget:{integration_tag(self._redis, integration_id)}"
         at = "" if now_ms is None else repr(now_ms)
         return ScriptCall(self._source, [f"{base}:first", f"{base}:retry"],
                           [op, at, config.window_ms, config.slot_ms, repr(config.ratio),

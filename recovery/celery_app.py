@@ -11,8 +11,8 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
 from celery.worker.request import Request
-from kombu import Queue
 
+from recovery.config.broker import celery_broker_config
 from recovery.settings import Settings, get_settings
 
 WORK_QUEUE = "integrations"
@@ -32,11 +32,8 @@ TASK_ROUTES = {
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting we rely on, in one place, derived from validated settings."""
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout_s,
-            "global_keyprefix": settings.redis_key_prefix,
-        },
+        # broker_url, broker_transport_options, task_queues: per broker (RabbitMQ or Redis)
+        **celery_broker_config(settings, (WORK_QUEUE, MAINTENANCE_QUEUE)),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -55,7 +52,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": (Queue(WORK_QUEUE), Queue(MAINTENANCE_QUEUE)),
         "task_default_queue": WORK_QUEUE,
         "task_routes": TASK_ROUTES,
         "timezone": "UTC",

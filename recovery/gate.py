@@ -26,6 +26,7 @@ from recovery.policy import BlockSource
 from recovery.ratelimit import ClusterRateLimiter, RedisOutage
 from recovery.registry import Integration
 from recovery.scripts import ScriptArg, ScriptCache, ScriptCall, combine
+from recovery.state.client import is_cluster
 
 RATE_LIMITED = "the integration's rate limit is full or paused"
 BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
@@ -94,6 +95,9 @@ class Gate:
                  limiter: ClusterRateLimiter, budget: RetryBudget,
                  breaker_for: Callable[[Integration], ClusterBreaker]) -> None:
         self._scripts = ScriptCache(client) if client is not None else None
+        # The audit spool is one stream for every integration: on a Redis Cluster it lives in
+        # another slot than an integration's keys, so it is appended on its own there.
+        self._fold_audit = not is_cluster(client)
         self._outage = RedisOutage("gate")
         self._idempotency = idempotency
         self._limiter = limiter
@@ -140,6 +144,8 @@ class Gate:
         steps: dict[str, ScriptCall] = {} if record is None else {"breaker_record": record}
         steps["idempotency_release"] = self._idempotency.release_call(
             integration.id, key, holder, job_id, succeeded=success)
+        if audit is not None and not self._fold_audit:
+            audit = None
         if audit is not None:
             steps["audit_spool"] = audit
         header: list[ScriptArg] = ["1" if record is not None else "0",

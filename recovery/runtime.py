@@ -13,8 +13,6 @@ from datetime import datetime
 
 import redis
 import structlog
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from sqlalchemy.engine import Engine
 
 from recovery.audit.writer import AuditWriter, make_audit_writer
@@ -27,21 +25,15 @@ from recovery.idempotency import IdempotencyStore
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.registry import Integration, Registry, get_registry
 from recovery.settings import Settings, get_settings
+from recovery.state.client import state_client
 
 log = structlog.get_logger(__name__)
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client that fails fast: a stalled Redis must not stall a job for long.
-
-    Every component has an in-process fallback, so one quick retry is enough; redis-py's own
-    default (ten retries with growing backoff) would hold each call for seconds while Redis is
-    down.
-    """
-    return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-    )
+    """The state store's client: one Redis, a Redis Cluster or a Sentinel master, failing fast
+    (`recovery.state.client`)."""
+    return state_client(url)
 
 
 @dataclass

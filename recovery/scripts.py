@@ -21,6 +21,8 @@ from hiredis import pack_command
 from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
+from recovery.state.client import is_cluster
+
 ScriptArg = str | int | float
 
 
@@ -65,6 +67,11 @@ class ScriptCache:
     """
 
     def __init__(self, client: redis.Redis) -> None:
+        # A Redis Cluster client routes each script to the node of its keys' slot (and refuses
+        # keys of several slots); it has no single pool to take connections from.
+        self._cluster = client if is_cluster(client) else None
+        if self._cluster is not None:
+            return
         pool = client.connection_pool
         self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
         self._scripts: dict[str, tuple[str, bytes]] = {}  # name -> (sha1, source)
@@ -79,6 +86,8 @@ class ScriptCache:
         if script is None:
             text = source().encode()
             script = self._scripts[name] = (hashlib.sha1(text).hexdigest(), text)
+        if self._cluster is not None:
+            return _run_on_cluster(self._cluster, script, keys, args)
         command = ("EVALSHA", script[0], len(keys), *keys, *args)
         try:
             return self._send(command)
@@ -88,6 +97,8 @@ class ScriptCache:
 
     def close(self) -> None:
         """Close every connection this cache opened (each thread's)."""
+        if self._cluster is not None:
+            return
         with self._lock:
             opened, self._opened = self._opened, []
         for connection in opened:
@@ -113,3 +124,14 @@ class ScriptCache:
             with self._lock:
                 self._opened.append(connection)
         return connection
+
+
+def _run_on_cluster(client: redis.Redis, script: tuple[str, bytes], keys: list[str],
+                    args: list[ScriptArg]) -> Any:
+    """EVALSHA through the cluster client (which checks that the keys share a slot); a script
+    the node does not know is loaded on every primary and run again."""
+    try:
+        return client.evalsha(script[0], len(keys), *keys, *args)
+    except NoScriptError:
+        client.script_load(script[1])
+        return client.evalsha(script[0], len(keys), *keys, *args)

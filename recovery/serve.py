@@ -33,11 +33,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 
 from recovery import metrics
+from recovery.config.broker import queue_depths
 from recovery.db import make_engine, normalise_url
 from recovery.redact import redact_text
 from recovery.registry import load_registry
 from recovery.runtime import Runtime, build_runtime, redis_client
-from recovery.settings import Settings
+from recovery.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
@@ -205,26 +206,12 @@ def metrics_source(settings: Settings, rt: Runtime) -> Callable[[], bytes] | Non
 
 
 def broker_queue_depths() -> dict[str, int]:
-    """Messages waiting in each of our broker queues.
+    """Messages waiting in each of our queues (work queues on the broker, DLQ-side lists in
+    the state store: `recovery.config.broker`)."""
+    from recovery.celery_app import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
 
-    A plain declare, not a passive one: on Redis it writes nothing, and kombu's passive check
-    looks for unprefixed keys, so with `global_keyprefix` it calls every queue missing.
-    """
-    from recovery.celery_app import (
-        DLQ_QUEUE,
-        MAINTENANCE_QUEUE,
-        QUARANTINE_QUEUE,
-        WORK_QUEUE,
-        app,
-    )
-
-    depths: dict[str, int] = {}
-    with app.connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1)
-        channel = conn.default_channel
-        for name in (WORK_QUEUE, MAINTENANCE_QUEUE, DLQ_QUEUE, QUARANTINE_QUEUE):
-            depths[name] = channel.queue_declare(queue=name).message_count
-    return depths
+    return queue_depths(get_settings(), (WORK_QUEUE, MAINTENANCE_QUEUE),
+                        (DLQ_QUEUE, QUARANTINE_QUEUE))
 
 
 def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer, list[Engine]]:

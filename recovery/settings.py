@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from recovery.config import redis_urls
+
 #: Longest duration any millisecond setting may have; anything above is treated as a typo.
 MAX_MS = 7 * 24 * 60 * 60 * 1000
 #: Largest count (retries, thresholds, request limits) we accept.
@@ -104,6 +106,7 @@ class Settings:
     console_auth_header: str | None = None
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
+    broker_url: str | None = None  # None: REDIS_URL is the broker too (recovery.config.broker)
 
 
 def show(value: str) -> str:
@@ -287,6 +290,8 @@ class _Reader:
 
     def redis_url(self, name: str, default: str) -> str:
         text = self.raw(name, default).strip(_SPACE)
+        if redis_urls.kind_of(text) in ("cluster", "sentinel"):
+            return _state_store_url(name, text)
         try:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -294,7 +299,8 @@ class _Reader:
             parts = urlsplit("")
         if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
             raise SettingsError(
-                f"{name} must be a redis://host:port/db, rediss:// or unix:// URL, "
+                f"{name} must be a redis://host:port/db, rediss://, unix://, redis+cluster:// "
+                f"or redis+sentinel:// URL, "
                 f"got {show(_hide_password(text))}."
             )
         return text
@@ -307,6 +313,32 @@ class _Reader:
                 f"got {show(text)}."
             )
         return text
+
+
+def _state_store_url(name: str, text: str) -> str:
+    """A Redis Cluster or Sentinel URL (recovery.config.redis_urls), checked without sockets."""
+    try:
+        redis_urls.parse(text)
+    except redis_urls.RedisUrlError as exc:
+        raise SettingsError(f"{name} {exc}, got {show(_hide_password(text))}; see the README "
+                            "(Running in production) for the URL forms.") from None
+    return text
+
+
+def _broker_url(r: _Reader, redis_url: str) -> str | None:
+    """BROKER_URL: RabbitMQ (amqp://) or a Redis of its own; unset, REDIS_URL is the broker."""
+    text = r.optional("BROKER_URL")
+    if text is None:
+        if redis_urls.kind_of(redis_url) != "single":
+            raise SettingsError("REDIS_URL names a Redis Cluster or Sentinel, which Celery "
+                                "cannot use as its broker; set BROKER_URL to RabbitMQ "
+                                "(amqp://user:password@host:5672/vhost) or a plain redis:// URL.")
+        return None
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme not in ("amqp", "amqps", "pyamqp", "redis", "rediss", "unix"):
+        raise SettingsError(f"BROKER_URL must be an amqp://, amqps:// (RabbitMQ) or redis:// "
+                            f"URL, got {show(_hide_password(text))}.")
+    return text
 
 
 _CONSOLE_NAME = re.compile(r"[A-Za-z0-9._@*-]{1,64}")
@@ -430,6 +462,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
                                    "bytes"),
         **_console_settings(r),
+        broker_url=_broker_url(r, r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")),
     )
     _check_countdowns(settings)
     return settings

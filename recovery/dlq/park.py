@@ -11,9 +11,11 @@ from kombu import Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.config.broker import dlq_producer
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.jobs import JobSpec, parse_time, utc_now_iso
 from recovery.runtime import Runtime
+from recovery.settings import get_settings
 
 if TYPE_CHECKING:
     from recovery.pipeline import Step
@@ -26,11 +28,10 @@ PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step"
 
 def publish_message(message: dict[str, Any], queue_name: str) -> None:
     """Publish one JSON message to a DLQ-side queue (the DLQ itself, the quarantine);
-    raises when the broker does not take it."""
-    from recovery.celery_app import app
-
+    raises when Redis does not take it. These are lists in the state store's Redis on any
+    broker (`recovery.config.broker`)."""
     queue = Queue(queue_name, routing_key=queue_name)
-    with app.producer_or_acquire() as producer:
+    with dlq_producer(get_settings()) as producer:
         producer.publish(message, exchange="", routing_key=queue_name, serializer="json",
                          declare=[queue], retry=True, retry_policy=PUBLISH_RETRY_POLICY,
                          delivery_mode=2)

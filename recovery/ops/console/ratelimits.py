@@ -11,6 +11,7 @@ from typing import Any
 
 from recovery.ratelimit import RateLimitUsage
 from recovery.runtime import Runtime
+from recovery.state.client import integration_tag
 
 
 def usage(rt: Runtime, integration: Any) -> RateLimitUsage:
@@ -25,7 +26,8 @@ def resume(rt: Runtime, integration_id: str) -> float:
         return float(limiter.resume(integration_id))
     left = float(limiter.paused_for(integration_id))
     if rt.redis is not None:
-        rt.redis.delete(f"{rt.settings.redis_key_prefix}ratelimit:{integration_id}:not_before")
+        tag = integration_tag(rt.redis, integration_id)
+        rt.redis.delete(f"{rt.settings.redis_key_prefix}ratelimit:{tag}:not_before")
     local = getattr(limiter, "_local", None)
     if local is not None:
         local._not_before.pop(integration_id, None)

@@ -1,0 +1,1 @@
+"""Configuration: settings, and what the URLs in them name (brokers, state stores)."""

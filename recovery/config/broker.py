@@ -1,0 +1,144 @@
+"""Everything that differs between the brokers we run on (Redis and RabbitMQ), in one place.
+
+What the rest of the code asks of a broker goes through here: which broker a URL names, the
+Celery settings that go with it (transport options, queue declarations), how deep our queues
+are, and where dead letters are written.
+
+* **Redis** (`redis://`, `rediss://`, `unix://`): queues are Redis lists under the key prefix
+  (`global_keyprefix`). A message not acknowledged within `visibility_timeout` is delivered
+  again, so every countdown stays below it (the settings check refuses anything else).
+* **RabbitMQ** (`amqp://`, `amqps://`, `pyamqp://`): the work queues are *quorum* queues
+  (replicated, `x-queue-type: quorum`) on topic exchanges, publishes wait for the broker's
+  confirm (`confirm_publish`), acks are late as on Redis. Quorum queues support neither message
+  priorities (we use none) nor global QoS: Celery detects quorum queues
+  (`worker_detect_quorum_queues`) and uses a per-consumer prefetch instead. There is no
+  visibility timeout; RabbitMQ instead closes a channel whose delivery stays unacknowledged
+  longer than its `consumer_timeout` (30 min by default), so a countdown must never be held by
+  a worker: Celery's native delayed delivery (declared by the worker at start, on quorum
+  queues bound to topic exchanges) parks a countdown in the broker's `celery_delayed_*`
+  queues and routes it back when it is due. A job itself still holds its message while it
+  runs (late ack): every job must end well within `consumer_timeout`.
+* **The dead-letter queue stays in Redis (the state store) whatever the broker**: it is a list
+  that operators and the capped replay read in place (`recovery.dlq.store`), and it must not
+  be consumed like a work queue. On a Redis broker it is the broker's own `dlq` list, as
+  before; on RabbitMQ it is written to the same list in the state store through kombu's Redis
+  transport, so listing, replay, caps and purge work unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from kombu import Connection, Exchange, Producer, Queue, pools
+
+from recovery.settings import Settings
+
+BrokerKind = Literal["redis", "amqp"]
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: RabbitMQ's default consumer_timeout: a delivery held longer closes the channel.
+RABBITMQ_CONSUMER_TIMEOUT_S = 30 * 60
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def kind_of(url: str) -> BrokerKind | None:
+    """`redis` or `amqp` by the URL's scheme; None for a scheme we do not run on."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in AMQP_SCHEMES:
+        return "amqp"
+    return "redis" if scheme in REDIS_SCHEMES else None
+
+
+def broker_url(settings: Settings) -> str:
+    """BROKER_URL, or REDIS_URL when it is not set (one Redis for queues and state)."""
+    return settings.broker_url or settings.redis_url
+
+
+def broker_kind(settings: Settings) -> BrokerKind:
+    kind = kind_of(broker_url(settings))
+    assert kind is not None, "settings validate the broker URL"
+    return kind
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu transport options for the broker."""
+    if broker_kind(settings) == "amqp":
+        return {"confirm_publish": True}
+    return {"visibility_timeout": settings.visibility_timeout_s,
+            "global_keyprefix": settings.redis_key_prefix}
+
+
+def declare_queue(settings: Settings, name: str) -> Queue:
+    """A work queue as the broker wants it: on RabbitMQ a durable quorum queue on a topic
+    exchange of its own name (native delayed delivery needs a non-direct exchange)."""
+    if broker_kind(settings) == "amqp":
+        return Queue(name, Exchange(name, type="topic", durable=True), routing_key=name,
+                     durable=True, queue_arguments=dict(QUORUM))
+    return Queue(name)
+
+
+def celery_broker_config(settings: Settings, queues: Sequence[str]) -> dict[str, Any]:
+    """The Celery settings that depend on the broker."""
+    config: dict[str, Any] = {
+        "broker_url": broker_url(settings),
+        "broker_transport_options": transport_options(settings),
+        "task_queues": tuple(declare_queue(settings, name) for name in queues),
+    }
+    if broker_kind(settings) == "amqp":
+        config.update({
+            "worker_detect_quorum_queues": True,
+            "broker_native_delayed_delivery_queue_type": "quorum",
+            "task_default_queue_type": "quorum",
+            "task_create_missing_queue_type": "quorum",
+        })
+    return config
+
+
+def broker_connection(settings: Settings) -> Connection:
+    """A new kombu connection to the broker (the caller closes it)."""
+    return Connection(broker_url(settings), transport_options=transport_options(settings),
+                      connect_timeout=5)
+
+
+def dlq_connection(settings: Settings) -> Connection:
+    """A kombu connection to where dead letters live: the state store's Redis."""
+    return Connection(settings.redis_url, connect_timeout=5, transport_options={
+        "visibility_timeout": settings.visibility_timeout_s,
+        "global_keyprefix": settings.redis_key_prefix})
+
+
+@contextmanager
+def dlq_producer(settings: Settings) -> Iterator[Producer]:
+    """A producer that writes to the Redis lists of the DLQ (pooled per process)."""
+    with pools.producers[dlq_connection(settings)].acquire(block=True, timeout=10) as producer:
+        yield producer
+
+
+def queue_depths(settings: Settings, work_queues: Sequence[str],
+                 dlq_queues: Sequence[str]) -> dict[str, int]:
+    """Messages waiting in each work queue (asked of the broker) and each DLQ-side queue (the
+    state store's Redis lists), by name. A work queue nobody declared yet counts 0."""
+    depths = _depths(broker_connection(settings), work_queues,
+                     passive=broker_kind(settings) == "amqp")
+    depths.update(_depths(dlq_connection(settings), dlq_queues, passive=False))
+    return depths
+
+
+def _depths(connection: Connection, names: Sequence[str], *, passive: bool) -> dict[str, int]:
+    """On Redis a plain declare writes nothing (and kombu's passive check looks for unprefixed
+    keys, so with `global_keyprefix` it calls every queue missing); on RabbitMQ a passive
+    declare never creates a queue, and a missing one closes the channel."""
+    depths: dict[str, int] = {}
+    with connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.channel()
+        for name in names:
+            try:
+                depths[name] = int(channel.queue_declare(queue=name, passive=passive)
+                                   .message_count)
+            except connection.channel_errors:
+                depths[name] = 0
+                channel = connection.channel()
+    return depths

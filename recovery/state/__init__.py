@@ -1,0 +1,1 @@
+"""Shared state in Redis: the clients and the key layout every component builds on."""
