@@ -17,7 +17,9 @@ are, and where dead letters are written.
   a worker: Celery's native delayed delivery (declared by the worker at start, on quorum
   queues bound to topic exchanges) parks a countdown in the broker's `celery_delayed_*`
   queues and routes it back when it is due. A job itself still holds its message while it
-  runs (late ack): every job must end well within `consumer_timeout`.
+  runs (late ack): every job must end well within `consumer_timeout`. Native delayed
+  delivery counts whole seconds: a retry delay under one second waits one second
+  (`delivery_countdown`).
 * **The dead-letter queue stays in Redis (the state store) whatever the broker**: it is a list
   that operators and the capped replay read in place (`recovery.dlq.store`), and it must not
   be consumed like a work queue. On a Redis broker it is the broker's own `dlq` list, as
@@ -94,6 +96,17 @@ def celery_broker_config(settings: Settings, queues: Sequence[str]) -> dict[str,
             "task_create_missing_queue_type": "quorum",
         })
     return config
+
+
+def delivery_countdown(settings: Settings, countdown_s: float) -> float:
+    """The countdown to publish a retry with. Native delayed delivery on RabbitMQ counts whole
+    seconds and refuses a countdown under one second (kombu's `calculate_routing_key` gets
+    `int(countdown)`, which is 0), so a positive delay below a second waits one second there;
+    longer delays are exact (the broker holds the whole seconds, the worker the fraction, by
+    the message's ETA). On Redis every countdown is kept as it is."""
+    if broker_kind(settings) == "amqp" and 0 < countdown_s < 1:
+        return 1.0
+    return countdown_s
 
 
 def broker_connection(settings: Settings) -> Connection:
