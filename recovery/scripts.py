@@ -70,14 +70,13 @@ class ScriptCache:
         # A Redis Cluster client routes each script to the node of its keys' slot (and refuses
         # keys of several slots); it has no single pool to take connections from.
         self._cluster = client if is_cluster(client) else None
-        if self._cluster is not None:
-            return
-        pool = client.connection_pool
-        self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
         self._scripts: dict[str, tuple[str, bytes]] = {}  # name -> (sha1, source)
         self._local = threading.local()
         self._opened: list[AbstractConnection] = []
         self._lock = threading.Lock()
+        if self._cluster is None:
+            pool = client.connection_pool
+            self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
 
     def run(self, name: str, source: Callable[[], str], keys: list[str],
             args: list[ScriptArg]) -> Any:
@@ -97,8 +96,6 @@ class ScriptCache:
 
     def close(self) -> None:
         """Close every connection this cache opened (each thread's)."""
-        if self._cluster is not None:
-            return
         with self._lock:
             opened, self._opened = self._opened, []
         for connection in opened:
