@@ -98,13 +98,13 @@ def celery_broker_config(settings: Settings, queues: Sequence[str]) -> dict[str,
     return config
 
 
-def delivery_countdown(settings: Settings, countdown_s: float) -> float:
+def delivery_countdown(settings: Settings, countdown_s: float | None) -> float | None:
     """The countdown to publish a retry with. Native delayed delivery on RabbitMQ counts whole
     seconds and refuses a countdown under one second (kombu's `calculate_routing_key` gets
     `int(countdown)`, which is 0), so a positive delay below a second waits one second there;
     longer delays are exact (the broker holds the whole seconds, the worker the fraction, by
     the message's ETA). On Redis every countdown is kept as it is."""
-    if broker_kind(settings) == "amqp" and 0 < countdown_s < 1:
+    if countdown_s is not None and broker_kind(settings) == "amqp" and 0 < countdown_s < 1:
         return 1.0
     return countdown_s
 

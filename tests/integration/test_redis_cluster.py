@@ -141,12 +141,12 @@ class Rig:
         key = f"{self.prefix}breaker:{integration_tag(self.client, integration_id)}"
         return str(self.cluster.get_node_from_key(key).name)
 
-    def keys(self) -> list[str]:
+    def stored_keys(self) -> list[str]:
         found = self.cluster.keys(f"{self.prefix}*", target_nodes=RedisCluster.ALL_NODES)
         return sorted(key.decode() for key in found)
 
     def close(self) -> None:
-        keys = self.keys()
+        keys = self.stored_keys()
         for key in keys:
             self.client.delete(key)
         self.gate.close()
@@ -208,7 +208,7 @@ def test_the_gate_runs_one_script_per_side_of_a_call_on_the_integrations_node(
             assert {rig.slot(key) for key in keys} == {rig.slot(tag)}
         assert rig.limiter.usage(integration.id, integration.rate_limit)["used"] == 1
         assert rig.breaker(integration).snapshot().state == "closed"
-    assert all("{shop}" in key or "{crm-" in key for key in rig.keys()), rig.keys()
+    assert all("{shop}" in key or "{crm-" in key for key in rig.stored_keys()), rig.stored_keys()
 
 
 def test_refusals_come_from_the_cluster_as_from_one_redis(rig: Rig) -> None:
