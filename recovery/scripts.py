@@ -106,10 +106,12 @@ class ScriptCache:
         packed = [pack_command(command)]  # type: ignore[arg-type]
         connection = self._connection()
         try:
+            _connect(connection)
             connection.send_packed_command(packed, check_health=False)
             return connection.read_response()
         except redis.ConnectionError:
             connection.disconnect()
+        _connect(connection)
         connection.send_packed_command(packed, check_health=False)
         return connection.read_response()
 
@@ -121,6 +123,14 @@ class ScriptCache:
             with self._lock:
                 self._opened.append(connection)
         return connection
+
+
+def _connect(connection: AbstractConnection) -> None:
+    """Open the connection through its own `connect`, as the client's pool does: a Sentinel
+    connection asks the Sentinels for the master there (a bare send would open a socket to the
+    connection's default address, localhost:6379, instead)."""
+    if not connection.is_connected:
+        connection.connect()
 
 
 def _run_on_cluster(client: redis.Redis, script: tuple[str, bytes], keys: list[str],

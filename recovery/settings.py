@@ -320,8 +320,9 @@ def _state_store_url(name: str, text: str) -> str:
     try:
         redis_urls.parse(text)
     except redis_urls.RedisUrlError as exc:
-        raise SettingsError(f"{name} {exc}, got {show(_hide_password(text))}; see the README "
-                            "(Running in production) for the URL forms.") from None
+        raise SettingsError(f"{name} is not a usable Redis Cluster or Sentinel URL: {exc}. "
+                            f"It was {show(_hide_password(text))}; the README (Running in "
+                            "production) shows the forms.") from None
     return text
 
 

@@ -68,7 +68,7 @@ def parse(url: str) -> RedisTarget:
     credentials, _, location = rest.rpartition("@")
     hosts, _, path = location.partition("/")
     if "?" in path or "#" in path or "?" in hosts:
-        raise RedisUrlError("must not carry a query string or fragment")
+        raise RedisUrlError("it must not carry a query string or fragment")
     username, password = _credentials(credentials)
     nodes = tuple(_node(item) for item in hosts.split(","))
     service, db = _sentinel_path(path) if kind == "sentinel" else (None, 0)
