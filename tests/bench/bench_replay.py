@@ -59,7 +59,7 @@ def park(envelopes: list[Envelope]) -> None:
 
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for envelope in envelopes:
-            producer.publish(envelope.to_message(), exchange="", routing_key=DLQ_QUEUE,
+            producer.publish(envelope.sealed_message(), exchange="", routing_key=DLQ_QUEUE,
                              serializer="json", delivery_mode=2)
     rt = get_runtime()
     jobs = [{"id": e.job_id, "integration": e.integration, "method": e.method, "path": e.path,
