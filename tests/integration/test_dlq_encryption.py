@@ -9,6 +9,7 @@ and never replayed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -84,10 +85,8 @@ def all_redis_bytes(client: redis.Redis, prefix: str) -> bytes:
     decoded = []
     for chunk in chunks:
         decoded.append(chunk)
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
             decoded.append(payload(chunk)[1])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
     return b"\n".join(decoded)
 
 
