@@ -136,7 +136,8 @@ def test_the_original_never_shows_in_reprs_or_views() -> None:
 
 @given(st.integers(min_value=0, max_value=20), st.integers(min_value=1, max_value=20))
 def test_replayed_iff_under_the_cap(replay_count: int, max_replays: int) -> None:
-    item = plan(kombu(envelope(replay_count=replay_count).sealed_message()), max_replays=max_replays)
+    item = plan(kombu(envelope(replay_count=replay_count).sealed_message()),
+                max_replays=max_replays)
     assert item is not None
     assert (item.action == "replay") == (replay_count < max_replays)
 
