@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -26,6 +26,7 @@ import structlog
 
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, publish_message
+from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
 from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
 from recovery.redact import redact_body, redact_headers, redact_params, redact_text
 from recovery.runtime import Runtime
@@ -36,7 +37,6 @@ QUARANTINE_QUEUE = "dlq.quarantine"
 QUARANTINE_KIND = "api-recovery.quarantine/1"
 READ_CHUNK = 500
 LOCK_TTL_MS = 60_000
-MAX_AGE_S = 100 * 366 * 86400
 #: How `recovery.pipeline` starts the message of a job dead-lettered as a poison message.
 POISON_PREFIX = "poison:"
 
@@ -402,32 +402,3 @@ class DlqLock:
 
     def __exit__(self, *_: object) -> None:
         self._client.eval(_UNLOCK, 1, self.key, self._token)
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGE_HINT = "use a whole number and a unit, such as 90s, 30m, 2h, 7d or 1w"
-
-
-def parse_age(text: str) -> timedelta:
-    """A duration such as 90s, 30m, 2h, 7d or 1w; ValueError with a sentence otherwise."""
-    cleaned = text.strip().lower()
-    number, unit = cleaned[:-1], cleaned[-1:]
-    if unit not in _UNITS or not number.isascii() or not number.isdigit():
-        raise ValueError(f"{text!r} is not a duration; {_AGE_HINT}.")
-    if len(number) > 7 or int(number) * _UNITS[unit] > MAX_AGE_S:
-        raise ValueError(f"{text!r} is longer than 100 years; {_AGE_HINT}.")
-    return timedelta(seconds=int(number) * _UNITS[unit])
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """A point in time: an age before `now` (2h, 7d) or an ISO 8601 time (UTC if no zone)."""
-    cleaned = text.strip()
-    if cleaned[-1:].lower() in _UNITS and cleaned[:-1].isdigit():
-        return (now or datetime.now(UTC)) - parse_age(cleaned)
-    try:
-        if cleaned:
-            return parse_time(cleaned)
-    except ValueError:
-        pass
-    raise ValueError(f"{text!r} is neither a duration (2h, 7d) nor an ISO 8601 time "
-                     "(2024-05-01T12:00:00Z).")
