@@ -27,9 +27,11 @@ from recovery.crypto import CONTENT_TYPE, Cipher
 from recovery.dlq.envelope import LEGACY_KIND, envelope_for
 from recovery.dlq.park import publish, publish_message
 from recovery.dlq.replay import ReplayOptions, replay_dlq
+from recovery.faultserver import FaultServer
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
 from recovery.producer import EnqueueError, build_job
 from recovery.runtime import Runtime, get_runtime
+from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_replay import dead_letter_state
 from tests.integration.test_dlq_support import (
     bodies,
@@ -39,6 +41,7 @@ from tests.integration.test_dlq_support import (
     raw_list,
     record_dead,
 )
+from tests.integration.test_job_flow import integration
 
 SECRETS = ("hunter2-b0dy", "K1-p4ram", "t0k-h3ader")
 KEY_A, KEY_B = Fernet.generate_key().decode(), Fernet.generate_key().decode()
@@ -68,8 +71,18 @@ def payload(raw: bytes) -> tuple[str, bytes]:
     return message["content-type"], body
 
 
+def _bodies_in(value: Any) -> list[bytes]:
+    """Every kombu message body inside a decoded JSON value (a message, or the unacked hash's
+    [message, exchange, routing key]), base64 undone."""
+    if isinstance(value, list):
+        return [body for item in value for body in _bodies_in(item)]
+    if isinstance(value, dict) and isinstance(value.get("body"), str):
+        return [payload(json.dumps(value).encode())[1]]
+    return []
+
+
 def all_redis_bytes(client: redis.Redis, prefix: str) -> bytes:
-    """Every value under the prefix (lists, strings, hashes, streams), base64 bodies undone."""
+    """Every value under the prefix (lists, strings, hashes, streams), message bodies decoded."""
     chunks: list[bytes] = []
     for name in client.scan_iter(match=f"{prefix}*", count=1000):
         kind = client.type(name)
@@ -78,7 +91,8 @@ def all_redis_bytes(client: redis.Redis, prefix: str) -> bytes:
         elif kind == b"string":
             chunks.append(client.get(name) or b"")
         elif kind == b"hash":
-            chunks += [k + v for k, v in client.hgetall(name).items()]
+            chunks += [k + b" " + v for k, v in client.hgetall(name).items()]
+            chunks += list(client.hvals(name))
         elif kind == b"stream":
             chunks += [json.dumps(fields, default=repr).encode()
                        for _, fields in client.xrange(name)]
@@ -86,7 +100,7 @@ def all_redis_bytes(client: redis.Redis, prefix: str) -> bytes:
     for chunk in chunks:
         decoded.append(chunk)
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-            decoded.append(payload(chunk)[1])
+            decoded += _bodies_in(json.loads(chunk))
     return b"\n".join(decoded)
 
 
@@ -232,3 +246,26 @@ def test_a_work_message_no_key_opens_is_quarantined_not_dropped(
     assert Cipher([KEY_A]).open_json(record["original"]["token"])[1]["job"]["json"] == {
         "password": "hunter2-b0dy"}
     assert raw_list(redis_client, rt, "integrations") == []
+
+
+def test_an_encrypted_job_retries_and_succeeds_with_no_plaintext_in_redis_meanwhile(
+        configure: Callable[..., dict[str, str]], upstream: FaultServer, start_worker,
+        redis_client: redis.Redis) -> None:
+    retry = {"max_attempts": 2, "initial_delay_ms": 2000, "backoff_factor": 2,
+             "max_delay_ms": 5000, "jitter": 0}
+    env = configure([integration(upstream.url, retry=retry)], RECOVERY_ENCRYPTION_KEYS=KEY_A)
+    rt = get_runtime()
+    upstream.set_script([500, 200])
+    start_worker(env, concurrency=1)
+    job_id = recovery.enqueue("shop", "POST", "/completions", json={"password": "hunter2-b0dy"},
+                              params={"api_key": "K1-p4ram"},
+                              headers={"X-Auth-Token": "t0k-h3ader"})
+    wait_for_status(rt.engine, job_id, {"retrying"}, timeout=30)
+    assert len(upstream.requests()) == 1  # the retry waits out its countdown, held in Redis
+    stored = all_redis_bytes(redis_client, rt.settings.redis_key_prefix)
+    assert b"/completions" in stored  # the scan sees the job's redacted reprs and audit rows
+    assert [s for s in SECRETS if s.encode() in stored] == []
+    assert wait_for_status(rt.engine, job_id, {"succeeded", "dead"})["status"] == "succeeded"
+    last = upstream.requests()[-1]
+    assert json.loads(last["body"]) == {"password": "hunter2-b0dy"}
+    assert "api_key=K1-p4ram" in last["path"] and last["headers"]["X-Auth-Token"] == "t0k-h3ader"
