@@ -56,7 +56,9 @@ def test_keys_are_read_in_order_and_never_shown_in_the_settings_repr() -> None:
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"DLQ_MAX_ENTRIES": "0"}, "DLQ_MAX_ENTRIES must be at least 1, got '0'."),
-    ({"DLQ_MAX_AGE_DAYS": "0"}, "DLQ_MAX_AGE_DAYS must be at least 1 days, got '0'."),
+    ({"DLQ_MAX_AGE_DAYS": "0"}, "DLQ_MAX_AGE_DAYS must be at least 1, got '0'."),
+    ({"DLQ_MAX_AGE_DAYS": "36501"}, "DLQ_MAX_AGE_DAYS must be at most 36500, got '36501'; "
+                                   "a value this large is almost certainly a mistake."),
     ({"DLQ_MAX_AGE_DAYS": "six months"},
      "DLQ_MAX_AGE_DAYS must be a whole number, got 'six months'."),
     ({"DLQ_AUTO_REPLAY_POISON": "maybe"},
