@@ -269,3 +269,24 @@ def test_an_encrypted_job_retries_and_succeeds_with_no_plaintext_in_redis_meanwh
     last = upstream.requests()[-1]
     assert json.loads(last["body"]) == {"password": "hunter2-b0dy"}
     assert "api_key=K1-p4ram" in last["path"] and last["headers"]["X-Auth-Token"] == "t0k-h3ader"
+
+
+def test_an_entry_quarantined_for_a_missing_key_is_released_once_the_key_is_back(
+        shop: Callable[..., Runtime], redis_client: redis.Redis) -> None:
+    from recovery.dlq.purge import ReleaseError, release
+
+    rt = shop(RECOVERY_ENCRYPTION_KEYS=KEY_A)
+    job = secret_job()
+    park_job(rt, job, Cipher([KEY_A]))
+    rt = shop(RECOVERY_ENCRYPTION_KEYS=KEY_B)
+    assert replay_dlq(rt, ReplayOptions()).summary()["quarantined"] == 1
+    with pytest.raises(ReleaseError) as refused:
+        release(rt, job.job_id)
+    assert str(refused.value) == (f"The quarantined entry {job.job_id!r} cannot be released: "
+                                  f"{UNDECRYPTABLE}.")
+    assert raw_list(redis_client, rt, "integrations") == []
+    rt = shop(RECOVERY_ENCRYPTION_KEYS=f"{KEY_B},{KEY_A}")
+    released = release(rt, job.job_id)
+    assert released.replay_count == 1 and raw_list(redis_client, rt, "dlq.quarantine") == []
+    [(_, token)] = work_messages(redis_client, rt)
+    assert Cipher([KEY_B]).open_json(token)[1]["job"]["json"] == job.json
