@@ -4,7 +4,8 @@ Like Sidekiq's dead set (10,000 jobs or 6 months), but nothing is dropped silent
 entries over the bound are written to the PostgreSQL table `dead_letter_archive` first (the
 redacted view, and the original request only as a Fernet token when encryption is on), then
 removed from Redis, and an alert says how many went. If PostgreSQL does not take them, they
-stay in the DLQ and an alert says so.
+stay in the DLQ, an alert says so, and the next attempt waits a minute (no alert per park
+during an outage).
 
 `over_cap` costs one Redis round trip (LLEN and the oldest entry, pipelined); it runs after
 every park and on Beat's replay schedule. The trim itself holds the DLQ lock; when a replay or
@@ -40,6 +41,8 @@ from recovery.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 TRIM_BATCH = 500
+#: After PostgreSQL refused an archive, parks do not try (and alert) again for this long.
+RETRY_AFTER_FAILURE_S = 60
 _ARCHIVE: Table = DeadLetterArchive.__table__  # type: ignore[assignment]
 
 
@@ -144,8 +147,14 @@ def trim(rt: Runtime, dlq: QueueList, actor: str) -> TrimReport:
             if not _archive(rt, dlq, chosen[start:start + TRIM_BATCH], report):
                 break
             lock.extend()
+    if report.errors:
+        dlq.client.set(_backoff_key(rt), actor, ex=RETRY_AFTER_FAILURE_S)
     _alert(rt, report, actor)
     return report
+
+
+def _backoff_key(rt: Runtime) -> str:
+    return f"{rt.settings.redis_key_prefix}dlq:trim-failed"
 
 
 def _alert(rt: Runtime, report: TrimReport, actor: str) -> None:
@@ -172,7 +181,7 @@ def enforce_cap(rt: Runtime, actor: str) -> TrimReport | None:
         return None
     dlq = QueueList(rt.redis, rt.settings.redis_key_prefix)
     try:
-        if not over_cap(rt, dlq):
+        if not over_cap(rt, dlq) or dlq.client.exists(_backoff_key(rt)):
             return None
         return trim(rt, dlq, actor)
     except DlqBusyError:

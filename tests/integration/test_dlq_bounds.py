@@ -180,4 +180,5 @@ def test_when_postgresql_refuses_the_archive_nothing_leaves_redis_and_an_alert_s
         ids = park_jobs(rt, 3)
     assert dlq_ids(redis_client, rt) == ids
     failed = [e for e in logs if e["event"] == "alert_dlq_trim_failed"]
-    assert failed and "stay in Redis" in failed[0]["alert_message"]
+    assert len(failed) == 1 and "stay in Redis" in failed[0]["alert_message"]  # not one a park
+    assert 0 < redis_client.ttl(f"{rt.settings.redis_key_prefix}dlq:trim-failed") <= 60
