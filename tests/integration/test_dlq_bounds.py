@@ -137,7 +137,8 @@ def test_cap_5_park_8_keeps_5_archives_3_and_alerts(
     assert "hunter2" not in str(rows)
     alerts = [e for e in logs if e["event"] == "alert_dlq_trimmed"]
     assert sum(e["archived"] for e in alerts) == 3 and alerts[0]["log_level"] == "error"
-    assert "moved from the DLQ to the dead_letter_archive table" in alerts[0]["alert_message"]
+    assert "moved from the 'dlq' queue to the dead_letter_archive table" in \
+        alerts[0]["alert_message"]
     with rt.engine.connect() as conn:
         states = dict(conn.execute(text("SELECT job_id, state FROM dead_letters")).all())
     assert [states[i] for i in ids] == ["purged"] * 3 + ["parked"] * 5
@@ -182,3 +183,36 @@ def test_when_postgresql_refuses_the_archive_nothing_leaves_redis_and_an_alert_s
     failed = [e for e in logs if e["event"] == "alert_dlq_trim_failed"]
     assert len(failed) == 1 and "stay in Redis" in failed[0]["alert_message"]  # not one a park
     assert 0 < redis_client.ttl(f"{rt.settings.redis_key_prefix}dlq:trim-failed") <= 60
+
+
+def test_the_quarantine_is_capped_too_and_keeps_its_reasons_in_the_archive(
+        shop: Callable[..., Runtime], redis_client: redis.Redis) -> None:
+    from cryptography.fernet import Fernet
+
+    from recovery.dlq.store import QUARANTINE_QUEUE, QuarantineRecord, decode_entry, publish_record
+
+    key = Fernet.generate_key().decode()
+    rt = shop(DLQ_MAX_ENTRIES="2", RECOVERY_ENCRYPTION_KEYS=key)
+    envelopes = [dead(cipher=Cipher([key])) for _ in range(4)]
+    for envelope in envelopes:
+        entry = decode_entry(json_message(envelope.sealed_message()))
+        publish_record(QuarantineRecord.of(entry, "replay cap reached"))
+    report = enforce_cap(rt, "test")
+    assert report is not None and (report.archived, report.by_count) == (2, 2)
+    assert report.queue == QUARANTINE_QUEUE
+    rows = archive_rows(rt)
+    assert [r["job_id"] for r in rows] == [e.job_id for e in envelopes[:2]]
+    assert rows[0]["envelope"]["kind"] == "quarantined"
+    assert rows[0]["envelope"]["reason"] == "replay cap reached"
+    assert "hunter2" not in str(rows)
+    assert Cipher([key]).open_json(rows[0]["original"])["json"]["password"] == "hunter2-b0dy"
+    left = [b["job_id"] for b in bodies(redis_client, rt, QUARANTINE_QUEUE)]
+    assert left == [e.job_id for e in envelopes[2:]]
+
+
+def json_message(body: dict[str, Any]) -> bytes:
+    """`body` as kombu would store it in a Redis list."""
+    import json
+
+    return json.dumps({"body": json.dumps(body), "content-type": "application/json",
+                       "content-encoding": "utf-8", "properties": {}}).encode()
