@@ -28,7 +28,7 @@ import structlog
 
 from recovery.audit.writer import AuditWriter
 from recovery.opsenv import env_int, env_url
-from recovery.redact import redact_body, redact_text, redact_url
+from recovery.redact import redact_text, redact_url, scrub_data
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +135,7 @@ class Alerter:
               **details: Any) -> None:
         name = _kind(kind)
         text = redact_text(message)
-        clean = _json_safe(redact_body(details))
+        clean = _json_safe(scrub_data(details))
         logged = {k if k not in _RESERVED_LOG_KEYS else f"detail_{k}": v for k, v in clean.items()}
         log.error(f"alert_{name}", integration=integration, alert_message=text, **logged)
         self._each_channel(name, text, integration, clean)

@@ -110,9 +110,10 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
                         params=_parse_pairs(params, "=", "parameter") or None,
                         headers=_parse_pairs(headers, ":", "header"),
                         idempotency_key=idempotency_key)
+        job_id = submit(runtime, job)  # refuses a key reused with another request
     except EnqueueError as exc:
         fail(str(exc))
-    click.echo(submit(runtime, job))
+    click.echo(job_id)
 
 
 @main.command("test")
@@ -257,6 +258,7 @@ def _register_subcommands() -> None:
     from recovery.cli_demo import demo_command
     from recovery.cli_dlq import dlq_group, replay_dlq_command
     from recovery.cli_ops import monitor_command, report_command, simulate_command
+    from recovery.cli_ratelimit import ratelimit
     from recovery.serve import serve_command
 
     main.add_command(breaker)
@@ -267,6 +269,7 @@ def _register_subcommands() -> None:
     main.add_command(simulate_command)
     main.add_command(monitor_command)
     main.add_command(report_command)
+    main.add_command(ratelimit)
 
 
 _register_subcommands()

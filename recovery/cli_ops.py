@@ -29,6 +29,7 @@ Scenarios:
   client_error    400: not retried, dead-lettered
   transient       408, 503, then 200
   unknown         a status no taxonomy knows: not retried, dead-lettered
+  response_too_large  a 20 MiB answer: reading stops at 10 MiB, dead-lettered
 
 \b
 Example:

@@ -38,6 +38,7 @@ class ErrorCategory(StrEnum):
     RATE_LIMIT = "rate_limit"
     SERVER_ERROR = "server_error"
     CLIENT_ERROR = "client_error"
+    RESPONSE_TOO_LARGE = "response_too_large"
     TRANSIENT = "transient"
     UNKNOWN = "unknown"
 
@@ -63,6 +64,7 @@ STRATEGY_BY_CATEGORY: dict[ErrorCategory, str] = {
     ErrorCategory.SERVER_ERROR: "server-error-circuit",
     ErrorCategory.AUTHENTICATION: "auth-token-refresh",
     ErrorCategory.CLIENT_ERROR: "dead-letter-queue",
+    ErrorCategory.RESPONSE_TOO_LARGE: "response-size-limit",
     ErrorCategory.TRANSIENT: "network-retry",
     ErrorCategory.UNKNOWN: "dead-letter-queue",
 }
@@ -77,6 +79,28 @@ _CLIENT = frozenset({ErrorCategory.CLIENT_ERROR})
 _TRANSIENT = frozenset({ErrorCategory.TRANSIENT})
 _AUTH = frozenset({ErrorCategory.AUTHENTICATION})
 _RATE = frozenset({ErrorCategory.RATE_LIMIT})
+_TOO_LARGE = frozenset({ErrorCategory.RESPONSE_TOO_LARGE})
+
+#: Failures no fallback may paper over: the request (or what it asks for) is the problem, and a
+#: secondary API, a cached answer or a default value would hide it instead of reporting it.
+UNREPAIRABLE_CATEGORIES: frozenset[ErrorCategory] = frozenset(
+    {ErrorCategory.CLIENT_ERROR, ErrorCategory.RESPONSE_TOO_LARGE}
+)
+
+
+class ResponseTooLargeError(requests.RequestException):
+    """The upstream's answer exceeded the integration's `max_response_bytes`; reading stopped.
+
+    Not retryable (the same request brings the same answer) and no evidence that the upstream
+    is unhealthy, so it never counts against the breaker.
+    """
+
+
+class ResponseDeadlineError(requests.Timeout):
+    """The whole call (connect, headers and every body read) outlasted its overall deadline.
+
+    A slow-drip answer never trips a per-read timeout; this does. Transient: retryable.
+    """
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,8 @@ class Classification:
     retry_after_s: float | None
     message: str
     strategy: str
+    #: What the server asked for when `retry_after_s` was capped (policy.cap_retry_after).
+    retry_after_requested_s: float | None = None
 
     def counts_against_breaker(self) -> bool:
         """Whether this failure is evidence that the upstream is unhealthy.
@@ -107,6 +133,8 @@ class Classification:
 # (urllib3's NewConnectionError is a ConnectTimeoutError, requests' ConnectTimeout a
 # ConnectionError, requests' JSONDecodeError an InvalidJSONError).
 _TYPE_RULES: tuple[tuple[tuple[type[BaseException], ...], frozenset[ErrorCategory]], ...] = (
+    ((ResponseTooLargeError,), _TOO_LARGE),
+    ((ResponseDeadlineError,), _TRANSIENT),
     ((u3.NewConnectionError,), _NET),
     ((requests.Timeout, u3.TimeoutError, TimeoutError), _NET_TRANSIENT),
     ((requests.exceptions.ChunkedEncodingError, u3.ProtocolError), _NET_TRANSIENT),

@@ -1,7 +1,9 @@
 """A local HTTP upstream that misbehaves on demand, for tests, the demo and `recovery-cli simulate`.
 
 Modes: ok (200 JSON echo), 5xx (default 503), 429 (with Retry-After), slow (delay, then 200),
-reset (connection reset by RST), auth (401 unless a configured or issued bearer token is sent);
+reset (connection reset by RST), auth (401 unless a configured or issued bearer token is sent),
+drip (200 whose body arrives one byte every `interval_ms`, `drip_bytes` in all), huge (200 with
+a JSON string body of `size_bytes`, chunked, or with its Content-Length when `declare_length`);
 `down()` closes the listener so connections are refused and `up()` reopens the same port. A
 script of statuses (e.g. [503, 503, 200]; also "ok", "slow", "reset") is consumed one per request
 before the mode applies again. `/health` follows the mode (auth excepted), not the script;
@@ -30,12 +32,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-MODES = ("ok", "5xx", "429", "slow", "reset", "auth", "down")
+MODES = ("ok", "5xx", "429", "slow", "reset", "auth", "drip", "huge", "down")
+STREAMING_MODES = ("drip", "huge")
 SCRIPT_WORDS = ("ok", "slow", "reset")
 CONTROL_KEYS = ("mode", "status", "retry_after_s", "delay_ms", "token", "for_ms", "script",
-                "revoke_tokens")
+                "revoke_tokens", "interval_ms", "drip_bytes", "size_bytes", "declare_length",
+                "retry_after")
 REDIRECT_TARGET = "http://redirect.invalid/moved"
-_OPTION_KEYS = ("status", "retry_after_s", "delay_ms", "token")
+_OPTION_KEYS = ("status", "retry_after_s", "delay_ms", "token", "interval_ms", "drip_bytes",
+                "size_bytes", "declare_length", "retry_after")
+_STREAM_PIECE = 64 * 1024
 _NO_BODY = (204, 304)
 
 ScriptItem = int | str
@@ -54,6 +60,12 @@ class Behaviour:
     retry_after_s: int = 1  # the Retry-After of every 429
     delay_ms: int = 1000  # the slow mode's delay
     token: str | None = None  # the auth mode's accepted bearer token
+    interval_ms: int = 200  # the drip mode's pause between bytes
+    drip_bytes: int = 300  # the drip mode's body length (60 s at the default interval)
+    size_bytes: int = 20 * 1024 * 1024  # the huge mode's body length
+    declare_length: bool = False  # huge: send Content-Length instead of chunks
+    retry_after: str | None = None  # 429: this Retry-After text as is (an HTTP date, a huge
+    #                                  number) instead of retry_after_s
 
 
 class FaultServer:
@@ -131,7 +143,8 @@ class FaultServer:
                 self._timer.start()
 
     def set_mode(self, mode: str, *, for_ms: int | None = None, **options: Any) -> None:
-        """Switch mode; options (status, retry_after_s, delay_ms, token) reset to defaults.
+        """Switch mode; options (status, retry_after_s, delay_ms, token, interval_ms, drip_bytes,
+        size_bytes, declare_length) reset to defaults.
 
         "down" calls `down(for_ms)`; any other mode brings a stopped listener back up.
         """
@@ -227,6 +240,12 @@ class FaultServer:
             self._records.append(record)
         return record
 
+    def _streaming(self, route: str) -> Behaviour | None:
+        """The behaviour when the answer to `route` is a drip or huge body, else None."""
+        with self._lock:
+            behaviour = self._behaviour
+        return behaviour if behaviour.mode in STREAMING_MODES and route != "/health" else None
+
     def _decide(self, route: str, authorization: str | None) -> tuple[int | None, float]:
         """(status or None for a reset, delay in seconds) for one API or health request."""
         health = route == "/health"
@@ -242,7 +261,7 @@ class FaultServer:
             return None, 0.0
         if item == "slow":
             return 200, behaviour.delay_ms / 1000
-        return (200 if item in ("ok", "auth") else int(item)), 0.0
+        return (200 if item in ("ok", "auth", *STREAMING_MODES) else int(item)), 0.0
 
     def _authorised(self, behaviour: Behaviour, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
@@ -331,8 +350,11 @@ class _Handler(BaseHTTPRequestHandler):
         if delay_s and fault._stopped.wait(delay_s):
             status = None
         fault._finish(record, status, counted=route != "/health")
+        streaming = fault._streaming(route) if status == 200 else None
         if status is None:
             self._reset_connection()
+        elif streaming is not None and self.command != "HEAD":
+            self._stream(fault, streaming)
         else:
             self._reply(status, self._payload(status, route, record, body),
                         self._extra_headers(status, fault))
@@ -372,7 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _extra_headers(self, status: int, fault: FaultServer) -> dict[str, str]:
         if status == 429:
-            return {"Retry-After": str(fault._behaviour.retry_after_s)}
+            behaviour = fault._behaviour
+            return {"Retry-After": behaviour.retry_after or str(behaviour.retry_after_s)}
         if status == 401:
             return {"WWW-Authenticate": 'Bearer realm="faultserver"'}
         if 300 <= status < 400:
@@ -392,6 +415,52 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _stream(self, fault: FaultServer, behaviour: Behaviour) -> None:
+        """A drip or huge 200; a client that hangs up ends it (and the connection) quietly."""
+        self.close_connection = True
+        try:
+            if behaviour.mode == "drip":
+                self._drip(fault, behaviour)
+            else:
+                self._huge(fault, behaviour)
+        except OSError:  # the client gave up: exactly what these modes provoke
+            return
+
+    def _drip(self, fault: FaultServer, behaviour: Behaviour) -> None:
+        total = max(behaviour.drip_bytes, 2)
+        body = b" " * (total - 2) + b"{}"  # leading spaces keep the finished body valid JSON
+        self._stream_headers({"Content-Length": str(total)})
+        for index in range(total):
+            if fault._stopped.wait(behaviour.interval_ms / 1000):
+                return
+            self.wfile.write(body[index:index + 1])
+            self.wfile.flush()
+
+    def _huge(self, fault: FaultServer, behaviour: Behaviour) -> None:
+        size = max(behaviour.size_bytes, 2)
+        declared = behaviour.declare_length
+        self._stream_headers({"Content-Length": str(size)} if declared
+                             else {"Transfer-Encoding": "chunked"})
+        sent = 0
+        while sent < size and not fault._stopped.is_set():
+            piece = min(_STREAM_PIECE, size - sent)
+            data = (b'"' + b"x" * (piece - 1)) if sent == 0 else b"x" * piece
+            if sent + piece == size:
+                data = data[:-1] + b'"'  # the whole body is one JSON string
+            self.wfile.write(data if declared else b"%x\r\n%s\r\n" % (len(data), data))
+            sent += piece
+        if not declared:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _stream_headers(self, headers: Mapping[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
 
     def _reset_connection(self) -> None:
         """Close with SO_LINGER 0, so the client sees a reset rather than an orderly close."""
@@ -419,6 +488,16 @@ def _behaviour(mode: str, options: Mapping[str, Any]) -> Behaviour:
     _check_int("status", behaviour.status, 400, 599)
     _check_int("retry_after_s", behaviour.retry_after_s, 0, 86_400)
     _check_int("delay_ms", behaviour.delay_ms, 0, 600_000)
+    _check_int("interval_ms", behaviour.interval_ms, 1, 60_000)
+    _check_int("drip_bytes", behaviour.drip_bytes, 2, 1_000_000)
+    _check_int("size_bytes", behaviour.size_bytes, 2, 1024 ** 3)
+    if behaviour.retry_after is not None and (
+            not isinstance(behaviour.retry_after, str) or not behaviour.retry_after.isprintable()
+            or not behaviour.retry_after.strip()):
+        raise FaultConfigError("'retry_after' must be a non-empty line of text, e.g. "
+                               "'Wed, 21 Oct 2125 07:28:00 GMT'.")
+    if not isinstance(behaviour.declare_length, bool):
+        raise FaultConfigError("'declare_length' must be true or false.")
     if behaviour.token is not None and (not isinstance(behaviour.token, str)
                                         or not behaviour.token.strip()):
         raise FaultConfigError("'token' must be a non-empty string.")

@@ -39,10 +39,10 @@ end
 """
 
 # ARGV[1] max deliveries, ARGV[2] '1' with a breaker step, ARGV[3] '1' with a budget step; then
-# each step's ARGV, and KEYS likewise: claim (3 keys, 3 args), rate limit (2, 4), breaker
+# each step's ARGV, and KEYS likewise: claim (4 keys, 3 args), rate limit (2, 4), breaker
 # acquire (1, 5), budget note (2, 6). Returns the replies so far: { claim, wait, grant }.
 _ENTER = _TAKE.format(first_arg=4) + """
-local claim = idempotency_claim(take(3, 3))
+local claim = idempotency_claim(take(4, 3))
 if claim[1] ~= 'claimed' or claim[2] > tonumber(ARGV[1]) then return { claim } end
 local wait = rate_limit(take(2, 4))
 if wait ~= '0' then return { claim, wait } end
@@ -56,13 +56,14 @@ return { claim, wait, grant }
 """
 
 # ARGV[1] '1' with a breaker record step (1 key, 12 args), ARGV[2] '1' with an audit spool
-# append (1, 1) at the end; the claim release (2, 4) between them.
+# append (2, 2) at the end; the claim release (2, 4) between them.
 _SETTLE = _TAKE.format(first_arg=3) + """
 local recorded = 0
 if ARGV[1] == '1' then recorded = breaker_record(take(1, 12)) end
 idempotency_release(take(2, 4))
-if ARGV[2] == '1' then audit_spool(take(1, 1)) end
-return { recorded }
+local spooled = 0
+if ARGV[2] == '1' then spooled = audit_spool(take(2, 2)) end
+return { recorded, spooled }
 """
 
 
@@ -127,7 +128,7 @@ class Gate:
         def one_by_one() -> bool:
             if permit is not None:
                 breaker.record(permit, success=success, counts=counts)
-            self._idempotency.release(key, holder, job_id, succeeded=success)
+            self._idempotency.release(integration.id, key, holder, job_id, succeeded=success)
             return False
 
         if not self._combinable():
@@ -137,8 +138,8 @@ class Gate:
         if record is None and permit is not None:
             breaker.record(permit, success=success, counts=counts)  # breaker off, or local
         steps: dict[str, ScriptCall] = {} if record is None else {"breaker_record": record}
-        steps["idempotency_release"] = self._idempotency.release_call(key, holder, job_id,
-                                                                      succeeded=success)
+        steps["idempotency_release"] = self._idempotency.release_call(
+            integration.id, key, holder, job_id, succeeded=success)
         if audit is not None:
             steps["audit_spool"] = audit
         header: list[ScriptArg] = ["1" if record is not None else "0",
@@ -148,6 +149,8 @@ class Gate:
             reply = self._run("settle", _SETTLE, steps, header)
             if record is not None:
                 breaker.recorded(reply[0])
+            if audit is not None and audit.on_reply is not None:
+                audit.on_reply(reply[1])
             return audit is not None
 
         return self._outage.run(combined, one_by_one)
@@ -171,8 +174,8 @@ class Gate:
         note = self._budget.note_call(integration.id, integration.retry_budget) if (
             first_attempt and not decides_here) else None
         steps: dict[str, ScriptCall] = {
-            "idempotency_claim": self._idempotency.claim_call(key, holder, claim_ttl_ms,
-                                                              delivery),
+            "idempotency_claim": self._idempotency.claim_call(integration.id, key, holder,
+                                                              claim_ttl_ms, delivery),
             "rate_limit": self._limiter.acquire_call(integration.id, integration.rate_limit),
         }
         if acquire is not None:
@@ -199,7 +202,7 @@ class Gate:
     def _enter_one_by_one(self, integration: Integration, key: str, holder: str,
                           claim_ttl_ms: int, delivery: str, first_attempt: bool,
                           budget_pending: bool, max_deliveries: int) -> Passage:
-        claim = self._idempotency.claim(key, holder, claim_ttl_ms, delivery)
+        claim = self._idempotency.claim(integration.id, key, holder, claim_ttl_ms, delivery)
         if claim.claim is not Claim.CLAIMED or claim.deliveries > max_deliveries:
             return Passage(claim)
         if budget_pending:

@@ -18,7 +18,9 @@ from recovery.budget import (
     MIN_WINDOW_MS,
     RetryBudgetConfig,
 )
+from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.registry import (
+    DEFAULT_CACHE_METHODS,
     DEFAULT_CACHE_TTL_MS,
     DEFAULT_JITTER,
     DEFAULT_RESET_BACKOFF_FACTOR,
@@ -34,7 +36,15 @@ from recovery.registry import (
     RegistryError,
     RetryConfig,
 )
-from recovery.settings import Settings
+from recovery.settings import MAX_BYTES, Settings, base_url_problem, is_http_url, shown_base_url
+from recovery.urlguard import (
+    MAX_HEADER_BYTES,
+    UnsafeHeaderError,
+    UnsafePathError,
+    is_header_value_text,
+    validate_headers,
+    validate_path,
+)
 from recovery.yamlconfig import Section, read_yaml, show_value
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -48,19 +58,24 @@ _MISSING_HINT = (
 )
 _INTEGRATION_KEYS = (
     "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
-    "health_check", "rate_limit", "headers", "oauth", "retry_budget",
+    "health_check", "rate_limit", "headers", "oauth", "retry_budget", "audit",
+    "max_response_bytes", "deadline_ms",
 )
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
     "enabled", "threshold", "reset_timeout_ms", "call_timeout_ms", "half_open_max_calls",
     "failure_rate", "window_ms", "minimum_calls", "reset_backoff_factor", "max_reset_timeout_ms",
 )
-_FALLBACK_EXTRA_KEYS = {"api": "base_url", "cache": "ttl_ms", "default": "value",
-                        "degraded": "message"}
+_FALLBACK_EXTRA_KEYS = {"api": ("base_url", "headers", "oauth"),
+                        "cache": ("ttl_ms", "methods", "vary", "max_body_bytes"),
+                        "default": ("value",), "degraded": ("message",)}
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 _HEALTH_KEYS = ("endpoint", "interval_ms", "timeout_ms", "failure_threshold")
 _RATE_KEYS = ("window_ms", "max_requests")
 _OAUTH_KEYS = ("token_url", "client_id", "client_secret_env", "scope")
 _BUDGET_KEYS = ("enabled", "ratio", "floor", "window_ms")
+_AUDIT_KEYS = ("show_params", "show_headers", "show_body_fields")
+_BODY_PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")
 
 
 def _retry(s: Section, settings: Settings) -> RetryConfig:
@@ -96,22 +111,65 @@ def _breaker(s: Section, settings: Settings) -> BreakerConfig:
     )
 
 
-def _fallback(s: Section, position: int) -> FallbackConfig:
+def _fallback(s: Section, position: int, settings: Settings,
+              environ: Mapping[str, str]) -> FallbackConfig:
     kind = s.choice("type", FALLBACK_TYPES)
-    known = ("type", "priority", _FALLBACK_EXTRA_KEYS[kind])
+    known = ("type", "priority", *_FALLBACK_EXTRA_KEYS[kind])
     s.reject_unknown(known, f"a fallback of type {kind!r}")
+    api, cache = kind == "api", kind == "cache"
     return FallbackConfig(
         type=kind,
         priority=s.count("priority", position),
-        base_url=s.url("base_url") if kind == "api" else None,
+        base_url=_base_url(s, "base_url") if api else None,
         ttl_ms=s.millis("ttl_ms", DEFAULT_CACHE_TTL_MS),
         value=s.get("value"),
         message=s.optional_text("message"),
+        headers=_headers(s, environ) if api else MappingProxyType({}),
+        oauth=_oauth(s.section("oauth", _OAUTH_KEYS), environ) if api else None,
+        methods=_cache_methods(s) if cache else DEFAULT_CACHE_METHODS,
+        vary=_vary(s) if cache else (),
+        max_body_bytes=s.whole("max_body_bytes", settings.cache_max_body_bytes, 0, MAX_BYTES,
+                               "bytes"),
     )
 
 
-def _fallbacks(s: Section) -> tuple[FallbackConfig, ...]:
-    entries = [_fallback(item, number) for number, item in enumerate(s.sections("fallbacks"), 1)]
+def _names(s: Section, key: str) -> list[str]:
+    value = s.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        s.fail(key, f"must be a list of names, got {show_value(value)}")
+    return list(value)
+
+
+def _cache_methods(s: Section) -> tuple[str, ...]:
+    """The methods whose answers the cache keeps: GET and HEAD unless the entry opts in."""
+    if s.get("methods") is None:
+        return DEFAULT_CACHE_METHODS
+    methods = [name.upper() for name in _names(s, "methods")]
+    for method in methods:
+        if method not in _HTTP_METHODS:
+            s.fail("methods", f"names {method!r}, which is not an HTTP method; use some of "
+                              f"{', '.join(_HTTP_METHODS)}")
+    if not methods:
+        s.fail("methods", "must name at least one method, e.g. [GET, HEAD]; remove the cache "
+                          "fallback to cache nothing")
+    return tuple(dict.fromkeys(methods))
+
+
+def _vary(s: Section) -> tuple[str, ...]:
+    """Job header names whose values tell cached answers apart (compared case-insensitively)."""
+    names = _names(s, "vary")
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name):
+            s.fail("vary", f"names {show_value(name)}, which is not a valid HTTP header name")
+    return tuple(dict.fromkeys(name.lower() for name in names))
+
+
+def _fallbacks(s: Section, settings: Settings,
+               environ: Mapping[str, str]) -> tuple[FallbackConfig, ...]:
+    entries = [_fallback(item, number, settings, environ)
+               for number, item in enumerate(s.sections("fallbacks"), 1)]
     return tuple(sorted(entries, key=lambda f: f.priority))
 
 
@@ -121,6 +179,13 @@ def _health(s: Section | None, settings: Settings) -> HealthCheckConfig | None:
     endpoint = s.text("endpoint", "/health")
     if not endpoint.startswith("/"):
         s.fail("endpoint", f"must be a path starting with '/', got {show_value(endpoint)}")
+    if "?" in endpoint or "#" in endpoint:
+        s.fail("endpoint", f"must be a path without a query string or fragment, got "
+                           f"{show_value(endpoint)}; the health check sends a plain GET")
+    try:
+        validate_path(endpoint)
+    except UnsafePathError as exc:
+        s.fail("endpoint", f"must stay below the base URL: {_lower_first(str(exc)).rstrip('.')}")
     return HealthCheckConfig(
         endpoint=endpoint,
         interval_ms=s.millis("interval_ms", settings.health_check_interval_ms),
@@ -144,18 +209,61 @@ def _resolve(s: Section, key: str, template: str, environ: Mapping[str, str]) ->
     return _ENV_REF.sub(lookup, template)
 
 
+def _base_url(s: Section, key: str) -> str:
+    """An http(s) URL without user information, query or fragment: the root of every call.
+    Messages hide the user information and query, which may hold secrets."""
+    url = s.required_text(key).strip()
+    if not is_http_url(url):
+        s.fail(key, "must be an http:// or https:// URL with a host, e.g. "
+                    f"https://api.example.com, got {shown_base_url(url)}")
+    problem = base_url_problem(url)
+    if problem:
+        what, hint = problem
+        s.fail(key, f"{what}, got {shown_base_url(url)}; {hint}")
+    return url
+
+
 def _headers(s: Section, environ: Mapping[str, str]) -> Mapping[str, str]:
+    """The static headers with ${NAME} resolved, held to the rules of a job's headers, so a
+    header that cannot be sent is refused now rather than at every call. Messages never show a
+    value: a resolved ${NAME} is usually a secret."""
     headers: dict[str, str] = {}
     for name, template in s.string_map("headers").items():
         key = f"headers.{name}"
         if not _HEADER_NAME.fullmatch(name):
             s.fail(key, "is not a valid HTTP header name")
+        _check_header(s, key, name)
         value = _resolve(s, key, template, environ)
-        if any(ch in value for ch in "\r\n\0"):
-            s.fail(key, "has a value containing a line break or NUL character, "
-                        "which would let it inject other headers")
+        _check_header_value(s, key, value)
         headers[name] = value
+    try:
+        validate_headers(headers)
+    except UnsafeHeaderError as exc:
+        s.fail("headers", f"is refused: {_lower_first(str(exc)).rstrip('.')}")
     return MappingProxyType(headers)
+
+
+def _check_header(s: Section, key: str, name: str) -> None:
+    try:
+        validate_headers({name: ""})
+    except UnsafeHeaderError as exc:
+        s.fail(key, f"is refused: {_lower_first(str(exc)).rstrip('.')}")
+
+
+def _check_header_value(s: Section, key: str, value: str) -> None:
+    if any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in value):
+        s.fail(key, "has a value containing a line break or control character, which would "
+                    "let it inject other headers")
+    if not is_header_value_text(value):
+        s.fail(key, "has a value with characters outside visible ASCII (not shown: it may be "
+                    "a secret); header values may hold only visible ASCII, spaces and tabs")
+    if len(value) > MAX_HEADER_BYTES:
+        s.fail(key, f"has a value of {len(value)} characters; the limit is "
+                    f"{MAX_HEADER_BYTES} bytes (8 KiB)")
+
+
+def _lower_first(sentence: str) -> str:
+    return sentence[:1].lower() + sentence[1:]
 
 
 def _oauth(s: Section | None, environ: Mapping[str, str]) -> OAuthConfig | None:
@@ -186,6 +294,32 @@ def _retry_budget(s: Section) -> RetryBudgetConfig:
     )
 
 
+def _matching_names(s: Section, key: str, pattern: re.Pattern[str], example: str) -> list[str]:
+    """A list of names under `key`, each matching `pattern` (empty when absent)."""
+    value = s.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        s.fail(key, f"must be a list of names such as [{example}], got {show_value(value)}")
+    for item in value:
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            s.fail(key, f"must list names such as {example}, got {show_value(item)}")
+    return value
+
+
+def _audit(s: Section | None) -> AuditPolicy:
+    """What displays may show of this integration's requests (nothing but names by default)."""
+    if s is None:
+        return HIDE_ALL
+    params = _matching_names(s, "show_params", re.compile(r"\S+"), "page")
+    headers = _matching_names(s, "show_headers", _HEADER_NAME, "X-Request-Id")
+    fields = _matching_names(s, "show_body_fields", _BODY_PATH, "order.amount")
+    try:
+        return AuditPolicy.of(params, headers, fields)
+    except ValueError as exc:
+        s.fail("show_headers", str(exc))
+
+
 def _check_countdowns(integration: Integration, s: Section, settings: Settings) -> None:
     """Every countdown must stay below the broker visibility timeout, or Redis redelivers."""
     limit_s = settings.visibility_timeout_s
@@ -214,13 +348,13 @@ def _integration(
     integration = Integration(
         id=ident,
         name=s.text("name", ident),
-        base_url=s.url("base_url"),
+        base_url=_base_url(s, "base_url"),
         timeout_ms=s.millis("timeout_ms", settings.api_timeout_ms),
         retry=_retry(s.section("retry", _RETRY_KEYS) or s.empty("retry"), settings),
         circuit_breaker=_breaker(
             s.section("circuit_breaker", _BREAKER_KEYS) or s.empty("circuit_breaker"), settings
         ),
-        fallbacks=_fallbacks(s),
+        fallbacks=_fallbacks(s, settings, environ),
         health_check=_health(s.section("health_check", _HEALTH_KEYS), settings),
         rate_limit=RateLimitConfig(
             window_ms=rate.millis("window_ms", settings.rate_limit_window_ms),
@@ -230,6 +364,10 @@ def _integration(
         oauth=_oauth(s.section("oauth", _OAUTH_KEYS), environ),
         retry_budget=_retry_budget(
             s.section("retry_budget", _BUDGET_KEYS) or s.empty("retry_budget")),
+        audit=_audit(s.section("audit", _AUDIT_KEYS)),
+        max_response_bytes=s.whole("max_response_bytes", settings.max_response_bytes, 1,
+                                   MAX_BYTES, "bytes"),
+        deadline_ms=None if s.get("deadline_ms") is None else s.millis("deadline_ms", 1),
     )
     _check_countdowns(integration, s, settings)
     return integration

@@ -7,11 +7,12 @@ A job message is two JSON objects: the immutable `JobSpec` (what the producer as
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from recovery.redact import redact_body, redact_headers, redact_params
+from recovery.redact import REDACTED, AuditPolicy, policy_for, redacted_request
 
 
 class MalformedJobError(ValueError):
@@ -35,9 +36,13 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class JobSpec:
-    """What a producer asked for; replays and redeliveries reuse it (only replay_count grows)."""
+    """What a producer asked for; replays and redeliveries reuse it (only replay_count grows).
+
+    Its repr is the redacted view, so a job that lands in a log line, an exception message or
+    a Sentry frame never shows the values it carries for the upstream.
+    """
 
     job_id: str
     integration: str
@@ -64,22 +69,35 @@ class JobSpec:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         return cls(**known)
 
-    def redacted(self) -> dict[str, Any]:
-        """The job without secrets: what logs, Flower and the DLQ listing may show."""
-        return {
-            "job_id": self.job_id,
-            "integration": self.integration,
-            "method": self.method,
-            "path": self.path,
-            "json": redact_body(self.json),
-            "params": redact_params(self.params or {}),
-            "headers": redact_headers(self.headers),
-            "idempotency_key": self.idempotency_key,
-            "replay_count": self.replay_count,
-        }
+    def redacted(self, policy: AuditPolicy | None = None) -> dict[str, Any]:
+        """The job as logs, Flower, Sentry and the DLQ listing show it: header and parameter
+        names, no body but its summary, and only the values the integration's `audit:` block
+        (`policy`, by default looked up in the registry) allows."""
+        shown = redacted_request(self.method, self.path, self.params, self.headers, self.json,
+                                 policy_for(self.integration) if policy is None else policy)
+        return {"job_id": self.job_id, "integration": self.integration, **shown,
+                "idempotency_key": self.idempotency_key, "replay_count": self.replay_count}
+
+    def __repr__(self) -> str:
+        return f"JobSpec({self.redacted()!r})"
 
     def replayed(self) -> JobSpec:
         return replace(self, replay_count=self.replay_count + 1)
+
+
+_JOB_KEYS = frozenset({"job_id", "integration", "method", "path"})
+
+
+def job_message_view(data: Mapping[Any, Any]) -> Any:
+    """A job message met in free-form data (a task's arguments in a Sentry event, a log
+    field) as its redacted display; "[REDACTED]" if it is malformed; None if `data` does not
+    carry a job's identity. Used as the `view` of `recovery.redact.scrub_data`."""
+    if not data.keys() >= _JOB_KEYS:
+        return None
+    try:
+        return JobSpec.from_message(dict(data)).redacted()
+    except (MalformedJobError, TypeError, ValueError):
+        return REDACTED
 
 
 @dataclass(frozen=True)

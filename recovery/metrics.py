@@ -19,7 +19,6 @@ import atexit
 import functools
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +35,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+
+from recovery.metric_labels import MAX_SEGMENT_CHARS as MAX_SEGMENT_CHARS  # re-exported
+from recovery.metric_labels import MAX_SEGMENTS as MAX_SEGMENTS  # re-exported
+from recovery.metric_labels import EndpointBound, local_admit, redis_admit
+from recovery.metric_labels import endpoint_label as endpoint_label  # re-exported
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +78,10 @@ SPECS = {
 
 
 class MetricStore(Protocol):
-    """Where observations accumulate: one hash of float fields per metric."""
+    """Where observations accumulate: one hash of float fields per metric; `endpoints`
+    bounds the endpoint labels (`recovery.metric_labels`)."""
+
+    endpoints: EndpointBound
 
     def add(self, updates: Sequence[Update]) -> None: ...
 
@@ -87,6 +94,7 @@ class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
+        self.endpoints = EndpointBound(redis_admit(client, prefix))
 
     def key(self, metric: str) -> str:
         return f"{self._prefix}metrics:{metric}"
@@ -152,6 +160,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, float]] = {}
+        self.endpoints = EndpointBound(local_admit())
 
     def add(self, updates: Sequence[Update]) -> None:
         with self._lock:
@@ -223,36 +232,6 @@ atexit.register(flush)
 
 # --- observations (called by the pipeline, the health checks and the task adapter) -----------
 
-_ID_SEGMENT = re.compile(
-    r"[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
-MAX_SEGMENTS = 6
-MAX_SEGMENT_CHARS = 32
-
-
-def endpoint_label(path: str) -> str:
-    """A low-cardinality endpoint for labels: ids become `:id`, long paths are cut.
-
-    `/users/42/orders/9f1c...` -> `/users/:id/orders/:id`. The query string is dropped.
-    """
-    route = path.split("?", 1)[0].split("#", 1)[0]
-    segments = [s for s in route.split("/") if s]
-    shown = [_segment_label(s) for s in segments[:MAX_SEGMENTS]]
-    if len(segments) > MAX_SEGMENTS:
-        shown.append("*")
-    return "/" + "/".join(shown)
-
-
-def _segment_label(segment: str) -> str:
-    looks_like_id = (
-        _ID_SEGMENT.fullmatch(segment) is not None
-        or segment.isdigit()
-        or "@" in segment
-        or (len(segment) >= 16 and any(ch.isdigit() for ch in segment))
-    )
-    return ":id" if looks_like_id else segment[:MAX_SEGMENT_CHARS]
-
-
 def status_label(status: int | str | None) -> str:
     """An HTTP status as text, or the error category when no response came (e.g. `network`)."""
     if status is None:
@@ -264,11 +243,18 @@ def observe_call(
     integration: str, method: str, path: str, status: int | str | None, duration_s: float
 ) -> None:
     """One outbound call: counted by status and timed into the duration histogram."""
-    endpoint = endpoint_label(path)
-    verb = method.upper()
-    updates = [_counter("api_calls_total", integration, endpoint, verb, status_label(status))]
-    updates += _histogram("api_call_duration_seconds", (integration, endpoint, verb), duration_s)
-    _record(updates)
+    try:
+        store = current_store()
+        if store is None:
+            return
+        endpoint = store.endpoints.label(integration, endpoint_label(path))
+        verb = method.upper()
+        updates = [_counter("api_calls_total", integration, endpoint, verb, status_label(status))]
+        updates += _histogram("api_call_duration_seconds", (integration, endpoint, verb),
+                              duration_s)
+        store.add(updates)
+    except Exception as exc:
+        _warn(exc)
 
 
 def observe_recovery(strategy: str, success: bool) -> None:

@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
 
-from recovery.jobs import JobSpec
-from recovery.redact import redact_text
+from recovery.jobs import JobSpec, job_message_view
+from recovery.redact import scrub_data
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
-    """Last line of defence: free text in a log line never carries a credential."""
-    return {k: redact_text(v) if isinstance(v, str) else v for k, v in event.items()}
+    """Last line of defence: no field of a log line carries a credential. Free text is
+    scrubbed; structured values lose secret-looking keys (the line's own field names are ours
+    and kept); a job message, like a `JobSpec` (whose repr is redacted), shows only what its
+    integration's `audit:` block allows."""
+    return {key: scrub_data(value, job_message_view) if isinstance(value, str | Mapping | list)
+            else value for key, value in event.items()}
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:

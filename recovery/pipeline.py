@@ -18,6 +18,7 @@ from typing import Any, Literal
 import requests
 import structlog
 
+from recovery import policy
 from recovery.alerts import alert
 from recovery.audit.writer import AttemptRecord
 from recovery.auth import AuthConfigError, TokenRefreshError
@@ -96,8 +97,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         if claimed.deliveries > rt.settings.poison_max_deliveries:
             return _poison(job, progress, rt, claimed.deliveries)
         rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
-                             redact_params(job.params or {}), job.idempotency_key,
-                             progress.attempt)
+                             redact_params(job.params or {}, integration.audit),
+                             job.idempotency_key, progress.attempt)
         block = passage.block
         if block is not None:
             return _blocked(job, progress, rt, integration, block.wait_s, block.source, block.why)
@@ -113,7 +114,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         return _failed(job, progress, rt, integration, result)
     finally:
         if not released:
-            rt.idempotency.release(job.idempotency_key, job.job_id, job.job_id, succeeded=False)
+            rt.idempotency.release(job.integration, job.idempotency_key, job.job_id, job.job_id,
+                                   succeeded=False)
 
 
 def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit | None,
@@ -205,6 +207,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
             result: CallResult) -> Step:
     failure = result.failure
     assert failure is not None
+    failure = policy.cap_retry_after(failure, rt.settings.retry_after_max_ms / 1000, integration.id)
     if failure.retry_after_s:
         rt.limiter.pause(integration.id, failure.retry_after_s, failure.message)
     decision = decide_after_failure(

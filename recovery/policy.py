@@ -1,23 +1,29 @@
 """The retry policy: what a job does next after a failure or while it is blocked.
 
 Pure functions of (classification, attempt, integration, limits). They never sleep, never
-touch Redis and never look at the clock, so every decision can be tested as a table.
+touch Redis and never look at the clock, so every decision can be tested as a table (the only
+side effect is the log line `cap_retry_after` writes when it cuts a server's wish short).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from recovery.errors import Classification, ErrorCategory
+import structlog
+
+from recovery.errors import UNREPAIRABLE_CATEGORIES, Classification
 
 if TYPE_CHECKING:
     from recovery.registry import Integration, RetryConfig
 
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
-DelaySource = Literal["backoff", "retry-after", "breaker", "rate-limit", "retry-budget"]
+DelaySource = Literal["backoff", "retry-after", "retry-after-cap", "breaker", "rate-limit",
+                      "retry-budget"]
 BlockSource = Literal["breaker", "rate-limit", "retry-budget"]
+
+log = structlog.get_logger(__name__)
 
 DEAD_LETTER_STRATEGY = "dead-letter-queue"
 _BLOCK_STRATEGY: dict[str, str] = {
@@ -66,6 +72,26 @@ def backoff_delay(retry: RetryConfig, attempt: int, rng: random.Random | None = 
     return min(delay_ms, cap_ms) / 1000.0
 
 
+def cap_retry_after(c: Classification, cap_s: float, integration_id: str) -> Classification:
+    """`c` with its Retry-After cut to `cap_s` seconds when the server asked for longer.
+
+    A Retry-After pauses the whole integration for every worker, so one answer such as
+    `Retry-After: 3153600000` would stop it for a century. The cut is logged, and the returned
+    classification remembers what the server asked for (`retry_after_requested_s`), so the
+    attempt row records the delay source as `retry-after-cap` (16 characters: the column's
+    width).
+    """
+    if cap_s < 0:
+        raise ValueError(f"The Retry-After cap must not be negative, got {cap_s}.")
+    if c.retry_after_s is None or c.retry_after_s <= cap_s:
+        return c
+    log.warning("retry_after_capped", integration=integration_id,
+                requested_s=c.retry_after_s, cap_s=cap_s,
+                detail="The server asked for a longer pause than RETRY_AFTER_MAX allows; "
+                       "the integration pauses for the cap instead.")
+    return replace(c, retry_after_s=cap_s, retry_after_requested_s=c.retry_after_s)
+
+
 def decide_after_failure(
     c: Classification,
     attempt: int,
@@ -100,7 +126,7 @@ def decide_after_failure(
     source: DelaySource = "backoff"
     if c.retry_after_s is not None:
         delay = max(delay, c.retry_after_s)
-        source = "retry-after"
+        source = "retry-after" if c.retry_after_requested_s is None else "retry-after-cap"
     delay = min(delay, max_countdown_s)
     return Decision(
         action="retry",
@@ -156,13 +182,17 @@ def _give_up(c: Classification, reason: str, has_fallback: bool, dlq_enabled: bo
 
     A client error (a 4xx other than authentication, rate limiting and the transient ones)
     skips the fallbacks: the request itself is wrong, and a secondary API, a cached answer or
-    a default value would hide the caller's mistake instead of reporting it. It is
-    dead-lettered so that it can be fixed and replayed.
+    a default value would hide the caller's mistake instead of reporting it. An answer over
+    the integration's `max_response_bytes` skips them too: the limit is the operator's to
+    raise, and a stand-in answer would hide that the real one was refused. Both are
+    dead-lettered so that they can be fixed and replayed.
     """
-    if has_fallback and ErrorCategory.CLIENT_ERROR not in c.categories:
+    unrepairable = c.categories & UNREPAIRABLE_CATEGORIES
+    if has_fallback and not unrepairable:
         return Decision("fallback", None, None, c.strategy, f"{reason}; using the fallbacks.")
     if has_fallback:
-        reason = f"{reason}; fallbacks cannot repair a client error"
+        what = min(unrepairable, key=lambda category: category.value)
+        reason = f"{reason}; fallbacks cannot repair a {what.value.replace('_', ' ')}"
     return _park_or_fail(c.strategy, reason, dlq_enabled)
 
 

@@ -3,7 +3,9 @@
 Every worker process on every host asks the same Redis keys before calling an integration, so
 `RateLimitConfig.max_requests` per `window_ms` holds for the whole cluster. A 429 with
 Retry-After pauses the integration for everyone: `pause` moves a shared "not before" time that
-`acquire` honours before it looks at the window. All decisions run in one Lua script
+`acquire` honours before it looks at the window, and remembers why. An operator sees it with
+`recovery-cli ratelimit status` and lifts it with `recovery-cli ratelimit resume` (`resume`).
+All decisions run in one Lua script
 (`ratelimit.lua`) on the Redis server's clock, so hosts with skewed clocks still agree.
 
 Without Redis (the demo, or while Redis is unreachable) the same semantics hold in-process only.
@@ -34,6 +36,10 @@ T = TypeVar("T")
 #: How long to stay on the in-process limiter after Redis failed before trying Redis again.
 #: Keeps a dead Redis from costing every job a connect timeout.
 REDIS_RETRY_AFTER_S = 5.0
+#: The longest pause anything may set, whatever it asks for: 7 days (the longest duration any
+#: setting accepts). The pipeline caps Retry-After far below this (RETRY_AFTER_MAX); this
+#: bound only keeps a runaway value out of Redis.
+MAX_PAUSE_S = 7 * 24 * 3600.0
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -43,6 +49,7 @@ class RateLimitUsage(TypedDict):
     limit: int
     window_ms: int
     paused_for_s: float
+    pause_reason: str  # "" when not paused
 
 
 def _check_config(integration_id: str, config: RateLimitConfig) -> None:
@@ -54,12 +61,18 @@ def _check_config(integration_id: str, config: RateLimitConfig) -> None:
         )
 
 
-def _check_pause(integration_id: str, seconds: float) -> None:
-    if not math.isfinite(seconds):
+def _check_pause(integration_id: str, seconds: float) -> float:
+    """`seconds` bounded by MAX_PAUSE_S; ValueError for a value that is not a number."""
+    if math.isnan(seconds):
         raise ValueError(
-            f"A pause for integration '{integration_id}' must be a finite number of seconds, "
+            f"A pause for integration '{integration_id}' must be a number of seconds, "
             f"got {seconds!r}."
         )
+    if seconds > MAX_PAUSE_S:
+        log.warning("rate_limit_pause_capped", integration=integration_id, requested_s=seconds,
+                    cap_s=MAX_PAUSE_S)
+        return MAX_PAUSE_S
+    return seconds
 
 
 class RedisOutage:
@@ -105,6 +118,7 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._grants: dict[str, deque[float]] = {}
         self._not_before: dict[str, float] = {}
+        self._reasons: dict[str, str] = {}
 
     def acquire(self, integration_id: str, config: RateLimitConfig) -> float:
         _check_config(integration_id, config)
@@ -124,13 +138,22 @@ class LocalRateLimiter:
             return max(freeing + window - now, 0.001)
 
     def pause(self, integration_id: str, seconds: float, reason: str) -> None:
-        _check_pause(integration_id, seconds)
+        seconds = _check_pause(integration_id, seconds)
         if seconds <= 0:
             return
         with self._lock:
             wanted = self._clock() + seconds
             if wanted > self._not_before.get(integration_id, -math.inf):
                 self._not_before[integration_id] = wanted
+                self._reasons[integration_id] = reason
+
+    def resume(self, integration_id: str) -> float:
+        """Lift the pause; the seconds it had left (0.0 when there was none)."""
+        with self._lock:
+            left = self._paused(integration_id, self._clock())
+            self._not_before.pop(integration_id, None)
+            self._reasons.pop(integration_id, None)
+        return left
 
     def paused_for(self, integration_id: str) -> float:
         with self._lock:
@@ -142,9 +165,9 @@ class LocalRateLimiter:
             now = self._clock()
             used = sum(1 for t in self._grants.get(integration_id, ()) if t > now - window)
             paused = self._paused(integration_id, now)
-        return RateLimitUsage(
-            used=used, limit=config.max_requests, window_ms=config.window_ms, paused_for_s=paused
-        )
+            reason = self._reasons.get(integration_id, "") if paused > 0 else ""
+        return RateLimitUsage(used=used, limit=config.max_requests, window_ms=config.window_ms,
+                              paused_for_s=paused, pause_reason=reason)
 
     def _paused(self, integration_id: str, now: float) -> float:
         return max(self._not_before.get(integration_id, now) - now, 0.0)
@@ -198,12 +221,16 @@ class ClusterRateLimiter:
         )
 
     def pause(self, integration_id: str, seconds: float, reason: str) -> None:
-        """Let nobody call the integration for `seconds`; an existing longer pause is kept."""
-        _check_pause(integration_id, seconds)
+        """Let nobody call the integration for `seconds`; an existing longer pause is kept.
+
+        `reason` is kept beside the pause for `recovery-cli ratelimit status`.
+        """
+        seconds = _check_pause(integration_id, seconds)
         if seconds <= 0:
             return
         paused = self._with_redis(
-            lambda: float(self._run(integration_id, "pause", round(seconds * 1000, 3))) / 1000,
+            lambda: float(self._run(integration_id, "pause", round(seconds * 1000, 3),
+                                    reason)) / 1000,
             lambda: self._local_pause(integration_id, seconds, reason),
         )
         log.info(
@@ -213,6 +240,19 @@ class ClusterRateLimiter:
             paused_for_s=round(paused, 3),
             reason=reason,
         )
+
+    def resume(self, integration_id: str) -> float:
+        """Lift the integration's pause for every worker; the seconds it had left.
+
+        The local twin is cleared too, so a process that fell back to it while Redis was
+        unreachable does not keep honouring a pause the operator lifted.
+        """
+        left = self._with_redis(
+            lambda: float(self._run(integration_id, "resume")) / 1000,
+            lambda: self._local.resume(integration_id),
+        )
+        self._local.resume(integration_id)
+        return left
 
     def paused_for(self, integration_id: str) -> float:
         """Seconds left on the integration's shared pause (0.0 when it is not paused)."""
@@ -225,12 +265,13 @@ class ClusterRateLimiter:
         """What the window holds right now, for the CLI; records nothing."""
 
         def from_redis() -> RateLimitUsage:
-            used, paused_ms = self._run(integration_id, "usage", config.window_ms)
+            used, paused_ms, reason = self._run(integration_id, "usage", config.window_ms)
             return RateLimitUsage(
                 used=int(used),
                 limit=config.max_requests,
                 window_ms=config.window_ms,
                 paused_for_s=float(paused_ms) / 1000,
+                pause_reason=reason.decode() if isinstance(reason, bytes) else str(reason),
             )
 
         return self._with_redis(from_redis, lambda: self._local.usage(integration_id, config))
@@ -244,7 +285,9 @@ class ClusterRateLimiter:
         return [f"{base}:log", f"{base}:not_before"]
 
     def _run(self, integration_id: str, op: ScriptArg, *args: ScriptArg) -> Any:
-        return self._run_call(ScriptCall(self._source, self._keys(integration_id), [op, *args]))
+        """An operation with the pause-reason key too (acquire, in the gate, never needs it)."""
+        keys = [*self._keys(integration_id), f"{self._prefix}ratelimit:{integration_id}:reason"]
+        return self._run_call(ScriptCall(self._source, keys, [op, *args]))
 
     def _run_call(self, call: ScriptCall) -> Any:
         assert self._script is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +19,7 @@ from recovery.budget import (
     DEFAULT_RETRY_BUDGET,
     RetryBudgetConfig,
 )
+from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.settings import Settings, get_settings
 
 PRIMARY_ID = "primary-api"
@@ -28,6 +29,10 @@ DEFAULT_RESET_BACKOFF_FACTOR = 2.0
 #: Without `max_reset_timeout_ms`, the open time grows to at most this many reset timeouts.
 DEFAULT_RESET_CAP_MULTIPLE = 4
 FALLBACK_TYPES = ("api", "cache", "default", "degraded")
+#: What the cache fallback keeps unless it lists `methods`: only safe, repeatable reads.
+DEFAULT_CACHE_METHODS = ("GET", "HEAD")
+DEFAULT_CACHE_MAX_BODY_BYTES = 256 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 
 class RegistryError(ValueError):
     """The integrations file is missing, malformed or describes an invalid integration."""
@@ -81,6 +86,14 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class OAuthConfig:
+    token_url: str
+    client_id: str
+    client_secret_env: str  # name of the variable holding the secret, read at call time
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
 class FallbackConfig:
     type: str  # api | cache | default | degraded
     priority: int
@@ -88,6 +101,13 @@ class FallbackConfig:
     ttl_ms: int = DEFAULT_CACHE_TTL_MS
     value: Any = None
     message: str | None = None
+    # api: the fallback origin's own credentials; the primary's are never sent to it.
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    oauth: OAuthConfig | None = None
+    # cache: which requests are kept and told apart, and how large an answer may be kept.
+    methods: tuple[str, ...] = DEFAULT_CACHE_METHODS
+    vary: tuple[str, ...] = ()  # job header names (lower case) that enter the cache key
+    max_body_bytes: int = DEFAULT_CACHE_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
@@ -105,14 +125,6 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
-class OAuthConfig:
-    token_url: str
-    client_id: str
-    client_secret_env: str  # name of the variable holding the secret, read at call time
-    scope: str | None = None
-
-
-@dataclass(frozen=True)
 class Integration:
     id: str
     name: str
@@ -126,6 +138,9 @@ class Integration:
     headers: Mapping[str, str]  # ${NAME} references already resolved
     oauth: OAuthConfig | None
     retry_budget: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
+    audit: AuditPolicy = HIDE_ALL  # what displays may show of its jobs' requests
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # larger answers are refused
+    deadline_ms: int | None = None  # whole call (connect + every read); None: the call timeout
 
 
 class Registry:
@@ -160,7 +175,9 @@ class Registry:
 
 def primary_integration(settings: Settings) -> Integration:
     """The `primary-api` integration built from the environment, as the original design had it."""
-    fallbacks = [FallbackConfig(type="cache", priority=2), FallbackConfig("degraded", 4)]
+    fallbacks = [FallbackConfig(type="cache", priority=2,
+                                max_body_bytes=settings.cache_max_body_bytes),
+                 FallbackConfig("degraded", 4)]
     if settings.secondary_api_url:
         fallbacks.append(FallbackConfig("api", 1, base_url=settings.secondary_api_url))
     if settings.fallback_api_url:
@@ -195,6 +212,7 @@ def primary_integration(settings: Settings) -> Integration:
         ),
         headers=MappingProxyType({}),
         oauth=None,
+        max_response_bytes=settings.max_response_bytes,
     )
 
 

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from recovery.audit.models import Attempt, DeadLetter, Job
 from recovery.dlq.store import parse_since
 from recovery.errors import ErrorCategory
+from recovery.redact import redact_text, redact_url
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
@@ -230,7 +231,7 @@ def slowest_endpoints(engine: Engine, window: Window, limit: int = 10) -> list[d
              .order_by(p95.desc(), func.max(ranked.c.duration_ms).desc(), ranked.c.path)
              .limit(limit))
     with engine.connect() as conn:
-        return [{"integration": r.integration, "method": r.method, "path": r.path,
+        return [{"integration": r.integration, "method": r.method, "path": redact_url(r.path),
                  "calls": int(r.calls), "p95_ms": int(r.p95), "max_ms": int(r.max)}
                 for r in conn.execute(query)]
 
@@ -268,8 +269,15 @@ def recent_failures(engine: Engine, window: Window, limit: int = 10) -> list[dic
              .limit(limit))
     with engine.connect() as conn:
         return [{"at": iso(r.started_at), "integration": r.integration, "method": r.method,
-                 "path": r.path, "http_status": r.http_status, "decision": r.decision,
-                 "error": r.error_message} for r in conn.execute(query)]
+                 "path": redact_url(r.path), "http_status": r.http_status,
+                 "decision": r.decision, "error": _text(r.error_message)}
+                for r in conn.execute(query)]
+
+
+def _text(value: str | None) -> str | None:
+    """Free text from the audit trail, scrubbed again: the writer redacts on the way in, but a
+    report may be mailed around, and rows written by an older version may hold more."""
+    return None if value is None else redact_text(value)
 
 
 def build_report(engine: Engine, window: Window) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -26,11 +26,13 @@ ScriptArg = str | int | float
 
 @dataclass(frozen=True)
 class ScriptCall:
-    """One run of a component's script: its source, keys and arguments."""
+    """One run of a component's script: its source, keys and arguments, and what to do with
+    its reply when it ran as a step of a combined script (`on_reply`, optional)."""
 
     source: str
     keys: list[str]
     args: list[ScriptArg]
+    on_reply: Callable[[Any], None] | None = field(default=None, compare=False)
 
 
 def combine(steps: Mapping[str, str], driver: str) -> str:

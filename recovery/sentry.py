@@ -2,9 +2,12 @@
 
 `init_sentry(settings)` does nothing without `SENTRY_DSN`. With one, it enables the Celery
 integration (task failures become events) and routes every event and breadcrumb through
-`scrub_event` before it leaves the process: secret-looking keys anywhere in the event are
-replaced, free text is passed through `recovery.redact.redact_text` (exception messages, log
-lines, local variables, source lines, task arguments), and request headers and cookies go.
+`scrub_event` before it leaves the process. A job message anywhere in an event (the Celery
+task's arguments) is replaced by its redacted view (`JobSpec.redacted`: names, no body, only
+what the integration's `audit:` block shows); every other secret-looking key is replaced
+(`recovery.redact.scrub_data`), free text goes through `recovery.redact.redact_text`, and
+request headers and cookies go. Local variables are not sent at all: a frame holds request
+bodies and headers under any name, which no allowlist can reach.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 import sentry_sdk
 from sentry_sdk.integrations.celery import CeleryIntegration
 
-from recovery.redact import REDACTED, redact_body, redact_headers
+from recovery.jobs import job_message_view
+from recovery.redact import REDACTED, redact_headers, scrub_data
 from recovery.settings import Settings
 
 RELEASE = "api-recovery@0.1.0"
@@ -24,7 +28,7 @@ RELEASE = "api-recovery@0.1.0"
 
 def scrub_event(event: Any, _hint: Any = None) -> Any:
     """A copy of a Sentry event (or breadcrumb) with every secret we can recognise removed."""
-    clean: dict[str, Any] = redact_body(event)
+    clean: dict[str, Any] = scrub_data(event, job_message_view)
     request = clean.get("request")
     if isinstance(request, dict):
         headers = request.get("headers")
@@ -50,6 +54,8 @@ def init_sentry(settings: Settings) -> bool:
         integrations=[CeleryIntegration(monitor_beat_tasks=False, propagate_traces=False)],
         before_send=scrub_event,
         before_breadcrumb=scrub_event,
+        include_local_variables=False,
+        max_request_body_size="never",
         traces_sample_rate=None,
     )
     return sentry_sdk.get_client().is_active()

@@ -1,16 +1,21 @@
 """`recovery-cli serve`: the health and metrics endpoint for load balancers and Prometheus.
 
     GET /health   200 {"status": "ok", ...} when Redis and the database answer, else 503 with
-                  `failed` naming which did not and each check's error
+                  `failed` naming which did not; the errors themselves go to the log only
+                  (they can carry host names, user names and library internals)
     GET /metrics  Prometheus text: what every worker recorded (kept in Redis) plus breaker
                   states and queue depths read at scrape time; 404 when METRICS_ENABLED=false,
                   503 when the stored metrics cannot be read
+
+With SERVE_TOKEN set, every request must carry `Authorization: Bearer <token>` (compared in
+constant time) or gets 401.
 
 SIGTERM or SIGINT stops accepting connections, lets requests in flight finish, and exits 0.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import signal
 import threading
@@ -38,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT_S = 3
 DEFAULT_PORT = 9808
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 Check = tuple[str, Callable[[], None]]
 
@@ -68,7 +74,7 @@ def database_check(url: str) -> tuple[Check, Engine]:
 
 
 def run_checks(checks: Sequence[Check]) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of the health endpoint."""
+    """(HTTP status, body) of the health endpoint. A failed check is named, its error logged."""
     results: dict[str, dict[str, Any]] = {}
     for name, check in checks:
         clock = time.perf_counter()
@@ -76,23 +82,35 @@ def run_checks(checks: Sequence[Check]) -> tuple[int, dict[str, Any]]:
             check()
             results[name] = {"ok": True}
         except Exception as exc:
-            results[name] = {"ok": False, "error": redact_text(str(exc).strip())[:300]
-                             or type(exc).__name__}
+            log.warning("serve_health_check_failed", check=name, error_type=type(exc).__name__,
+                        error=redact_text(str(exc).strip())[:300])
+            results[name] = {"ok": False}
         results[name]["latency_ms"] = int((time.perf_counter() - clock) * 1000)
     failed = [name for name, result in results.items() if not result["ok"]]
     body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": results}
     if failed:
         body["failed"] = failed
-        body["message"] = f"{' and '.join(failed)} did not answer; see checks for the errors."
+        body["message"] = (f"{' and '.join(failed)} did not answer; the error is in the log of "
+                           "recovery-cli serve.")
     return (503 if failed else 200), body
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """True when an Authorization header carries `Bearer <token>` (compared in constant time)."""
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 @dataclass
 class Service:
-    """What the handler needs; `metrics` is None when metrics are turned off."""
+    """What the handler needs; `metrics` is None when metrics are turned off, `token` when
+    SERVE_TOKEN is not set."""
 
     checks: Sequence[Check]
     metrics: Callable[[], bytes] | None
+    token: str | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -108,6 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         route = self.path.split("?", 1)[0]
         service = self.server.service
+        if not self._authorised():
+            return
         if route == "/health":
             status, body = run_checks(service.checks)
             self._send(status, json.dumps(body).encode(), "application/json")
@@ -123,22 +143,37 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = render()
         except Exception as exc:
-            log.warning("metrics_render_failed", error=redact_text(str(exc)))
-            self._json(503, "The metrics could not be read from Redis "
-                            f"({redact_text(str(exc))[:200]}); check /health.")
+            log.warning("metrics_render_failed", error_type=type(exc).__name__,
+                        error=redact_text(str(exc))[:300])
+            self._json(503, "The metrics could not be read from Redis; the error is in the log "
+                            "of recovery-cli serve, and /health says which dependency is down.")
             return
         self._send(200, body, CONTENT_TYPE_LATEST)
 
     def do_POST(self) -> None:
-        self._json(405, "Only GET is supported; use GET /health or GET /metrics.")
+        if self._authorised():
+            self._json(405, "Only GET is supported; use GET /health or GET /metrics.")
+
+    def _authorised(self) -> bool:
+        """Answer 401 and return False when a token is set and the request lacks it."""
+        token = self.server.service.token
+        if token is None or bearer_matches(self.headers.get("Authorization"), token):
+            return True
+        self._json(401, "This endpoint needs the header 'Authorization: Bearer <token>' with the "
+                        "token set in SERVE_TOKEN; send it with the request.",
+                   {"WWW-Authenticate": 'Bearer realm="api-recovery"'})
+        return False
 
     do_PUT = do_PATCH = do_DELETE = do_POST
 
-    def _json(self, status: int, message: str) -> None:
-        self._send(status, json.dumps({"error": message}).encode(), "application/json")
+    def _json(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps({"error": message}).encode(), "application/json", headers)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -197,7 +232,7 @@ def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer,
     (db_name, db_probe), engine = database_check(settings.database_url)
     rt = build_runtime(settings, load_registry(settings), redis_client(settings.redis_url))
     service = Service(checks=[redis_check(settings.redis_url), (db_name, db_probe)],
-                      metrics=metrics_source(settings, rt))
+                      metrics=metrics_source(settings, rt), token=settings.serve_token)
     return ServeServer((host, port), service), [engine, rt.engine]
 
 
@@ -216,7 +251,10 @@ def serve(settings: Settings, host: str, port: int,
                             name="serve", daemon=True)
     loop.start()
     address = f"http://{host}:{server.server_address[1]}"
-    log.info("serve_started", address=address)
+    log.info("serve_started", address=address, token_required=settings.serve_token is not None)
+    if settings.serve_token is None and host not in _LOOPBACK:
+        log.warning("serve_unauthenticated", address=address,
+                    advice="set SERVE_TOKEN, or publish the port on 127.0.0.1 only")
     if on_ready is not None:
         on_ready(address)
     try:
@@ -240,10 +278,13 @@ def serve(settings: Settings, host: str, port: int,
 def serve_command(host: str, port: int) -> None:
     """Serve /health (Redis and database) and /metrics (Prometheus) until SIGTERM/SIGINT.
 
+    With SERVE_TOKEN set, both require 'Authorization: Bearer <token>'; set it whenever the
+    port is reachable from other hosts.
+
     \b
     Example:
-      recovery-cli serve --host 0.0.0.0 --port 9808
-      curl -s localhost:9808/health; curl -s localhost:9808/metrics
+      SERVE_TOKEN=$(openssl rand -hex 32) recovery-cli serve --host 0.0.0.0 --port 9808
+      curl -s -H "Authorization: Bearer $SERVE_TOKEN" localhost:9808/health
     """
     from recovery.sentry import init_sentry
     from recovery.settings import get_settings

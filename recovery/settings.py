@@ -18,9 +18,21 @@ from urllib.parse import urlsplit
 MAX_MS = 7 * 24 * 60 * 60 * 1000
 #: Largest count (retries, thresholds, request limits) we accept.
 MAX_COUNT = 1_000_000
+#: Largest byte size (response and cache limits) we accept: 1 GiB.
+MAX_BYTES = 1024 ** 3
 #: Largest exponential-backoff factor we accept.
 MAX_BACKOFF_FACTOR = 100.0
+#: Shortest idempotency TTL: a key must outlive its job's retries (one minute at least).
+MIN_IDEMPOTENCY_TTL_MS = 60_000
+#: Largest audit spool cap: 100 million entries is far beyond any Redis's memory.
+MAX_SPOOL_ENTRIES = 100_000_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Default cap on one request at enqueue: body, query parameters and headers together.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+#: Bounds of MAX_REQUEST_BYTES: every message is kept in Redis, the DLQ and the audit spool.
+MAX_REQUEST_BYTES_RANGE = (1024, 16 * 1024 * 1024)
+#: SERVE_TOKEN length bounds: long enough not to be guessed, short enough for one header.
+SERVE_TOKEN_LENGTH = (16, 256)
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -29,6 +41,7 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750 b64token
 
 
 class SettingsError(ValueError):
@@ -77,6 +90,13 @@ class Settings:
     visibility_timeout_s: int
     max_defer_ms: int
     poison_max_deliveries: int
+    idempotency_ttl_ms: int
+    audit_spool_max_entries: int
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    serve_token: str | None = None
+    retry_after_max_ms: int = 600000  # longest pause one Retry-After may set
+    cache_max_body_bytes: int = 256 * 1024  # larger answers are not kept by the cache fallback
+    max_response_bytes: int = 10 * 1024 * 1024  # larger answers are refused while read
 
 
 def show(value: str) -> str:
@@ -94,6 +114,33 @@ def is_http_url(value: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def base_url_problem(url: str) -> tuple[str, str] | None:
+    """Why an http(s) URL cannot root an integration's requests, or None: (what is wrong, what
+    to do), both phrases.
+
+    User information would be sent as credentials with every call (and shown wherever the URL
+    is); a query string or fragment would end up in the middle of every joined URL.
+    """
+    if "@" in urlsplit(url).netloc:
+        return ("must not carry user information (user:password@)",
+                "put credentials in the integration's headers instead")
+    if "?" in url:
+        return ("must not have a query string ('?')",
+                "pass query parameters with each job (params) instead")
+    if "#" in url:
+        return "must not have a fragment ('#')", "remove it"
+    return None
+
+
+def shown_base_url(url: str) -> str:
+    """A URL for an error message with its user information and query hidden (they may hold
+    secrets)."""
+    hidden = re.sub(r"(://)[^/?#]*@", r"\1***@", url)
+    if "?" in hidden:
+        hidden = hidden.split("?", 1)[0] + "?..."
+    return show(hidden)
 
 
 def _hide_password(url: str) -> str:
@@ -206,6 +253,34 @@ class _Reader:
         except ValueError as exc:
             raise SettingsError(f"{name} must be comma-separated Fernet keys; {exc}.") from None
 
+    def base_url(self, name: str, default: str) -> str:
+        """An http(s) URL that can root an integration's requests (`base_url_problem`)."""
+        text = self.http_url(name, default)
+        problem = base_url_problem(text)
+        if problem:
+            what, hint = problem
+            raise SettingsError(f"{name} {what}, got {shown_base_url(text)}; {hint}.")
+        return text
+
+    def optional_base_url(self, name: str) -> str | None:
+        """Like `base_url`, but unset or empty means None."""
+        return None if self.optional(name) is None else self.base_url(name, "")
+
+    def token(self, name: str) -> str | None:
+        """An optional bearer token; errors never show its value."""
+        value = self.optional(name)
+        if value is None:
+            return None
+        low, high = SERVE_TOKEN_LENGTH
+        hint = "(not shown: it is a secret); generate one with `openssl rand -hex 32`"
+        if not low <= len(value) <= high:
+            raise SettingsError(f"{name} must be {low} to {high} characters long, got one of "
+                                f"{len(value)} characters {hint}.")
+        if not _TOKEN.fullmatch(value):
+            raise SettingsError(f"{name} may hold only letters, digits and -._~+/=, got other "
+                                f"characters {hint}.")
+        return value
+
     def database_url(self, name: str, default: str) -> str:
         text = self.raw(name, default).strip(_SPACE)
         if not text.startswith(_DATABASE_PREFIXES) or text in _DATABASE_PREFIXES:
@@ -263,6 +338,7 @@ def _check_countdowns(settings: Settings) -> None:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting from `environ` (default: the process environment)."""
     r = _Reader(os.environ if environ is None else environ)
+    max_defer_ms = r.millis("MAX_DEFER_WINDOW", 600000)
     settings = Settings(
         log_level=r.log_level("LOG_LEVEL", "info"),
         service_name=r.text("SERVICE_NAME", "api-recovery"),
@@ -271,9 +347,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         redis_url=r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0"),
         redis_key_prefix=r.key_prefix("RECOVERY_REDIS_PREFIX", "recovery:"),
-        primary_api_url=r.http_url("PRIMARY_API_URL", "http://127.0.0.1:8080"),
-        secondary_api_url=r.optional_http_url("SECONDARY_API_URL"),
-        fallback_api_url=r.optional_http_url("FALLBACK_API_URL"),
+        primary_api_url=r.base_url("PRIMARY_API_URL", "http://127.0.0.1:8080"),
+        secondary_api_url=r.optional_base_url("SECONDARY_API_URL"),
+        fallback_api_url=r.optional_base_url("FALLBACK_API_URL"),
         api_timeout_ms=r.millis("API_TIMEOUT", 30000),
         circuit_breaker_threshold=r.count("CIRCUIT_BREAKER_THRESHOLD", 5),
         circuit_breaker_timeout_ms=r.millis("CIRCUIT_BREAKER_TIMEOUT", 60000),
@@ -302,8 +378,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         enable_auto_recovery=r.flag("ENABLE_AUTO_RECOVERY", True),
         integrations_file=r.optional("RECOVERY_INTEGRATIONS"),
         visibility_timeout_s=r.whole("REDIS_VISIBILITY_TIMEOUT", 3600, 1, MAX_MS // 1000, "s"),
-        max_defer_ms=r.millis("MAX_DEFER_WINDOW", 600000),
+        max_defer_ms=max_defer_ms,
         poison_max_deliveries=r.count("POISON_MAX_DELIVERIES", 3),
+        idempotency_ttl_ms=r.whole("IDEMPOTENCY_TTL", 86_400_000, MIN_IDEMPOTENCY_TTL_MS,
+                                   MAX_MS, "ms"),
+        audit_spool_max_entries=r.whole("AUDIT_SPOOL_MAX_ENTRIES", 1_000_000, 1000,
+                                        MAX_SPOOL_ENTRIES),
+        max_request_bytes=r.whole("MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES,
+                                  *MAX_REQUEST_BYTES_RANGE, "bytes"),
+        serve_token=r.token("SERVE_TOKEN"),
+        retry_after_max_ms=r.millis("RETRY_AFTER_MAX", max_defer_ms, minimum=0),
+        cache_max_body_bytes=r.whole("CACHE_MAX_BODY_BYTES", 256 * 1024, 0, MAX_BYTES, "bytes"),
+        max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
+                                   "bytes"),
     )
     _check_countdowns(settings)
     return settings

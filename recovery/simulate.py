@@ -51,7 +51,7 @@ from recovery.synchronous import run_synchronously
 
 #: Every error category of `recovery.errors.ErrorCategory`, in the original command's order.
 ERROR_TYPES = ("network", "rate_limit", "server_error", "authentication", "client_error",
-               "transient", "unknown")
+               "transient", "unknown", "response_too_large")
 ODD_STATUS = 799
 BREAKER_RESET_MS = 30_000
 MAX_DEFER_MS = 2_000
@@ -134,6 +134,9 @@ SCENARIOS: dict[str, Scenario] = {s.error_type: s for s in (
     Scenario("unknown", f"The upstream answers a status no taxonomy knows ({ODD_STATUS}); it is "
              "not retried and, with no fallback configured, it is dead-lettered.",
              fallbacks=()),
+    Scenario("response_too_large", "The upstream answers 20 MiB, over the 10 MiB "
+             "max_response_bytes; reading stops, it is not retried, no fallback hides it, and "
+             "it is dead-lettered.", prepare=lambda ctx: ctx.fault.set_mode("huge")),
 )}
 
 

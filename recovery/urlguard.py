@@ -2,8 +2,11 @@
 
 A job names an integration and a path; the worker joins them. `validate_path` refuses every
 form that could move the request elsewhere: absolute or scheme-relative URLs, dot segments,
-backslashes, control characters, query strings and fragments, in raw form and behind any
-number of percent-encoding layers (servers and proxies often decode more than once).
+backslashes, control characters, query strings and fragments (also percent-encoded), in raw
+form and behind any number of percent-encoding layers (servers and proxies often decode more
+than once). Each segment is checked with its `;` path parameters removed, the way Tomcat, Jetty
+and Spring read it, so `/..;/admin` is a dot segment there and refused here; the path that is
+sent keeps its parameters (matrix parameters are data to the APIs that use them).
 `join_url` then glues the validated path under the base URL without any URL-resolution
 algorithm, so the result always starts with the base URL's scheme, host, port and prefix.
 """
@@ -18,6 +21,8 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 MAX_PATH_LENGTH = 2048
 MAX_ENCODING_LAYERS = 4
+MAX_HEADERS = 64
+MAX_HEADER_BYTES = 8 * 1024
 _SHOWN_CHARS = 200
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -26,7 +31,13 @@ _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
-_UNRESERVED_ESCAPE = re.compile(r"%(2[DEde]|5[Ff]|7[Ee]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa])")
+_HEADER_VALUE_ALLOWED = re.compile(r"[\x20-\x7e\t]*")  # visible ASCII, space and tab
+#: Framing and hop-by-hop headers: the HTTP client derives them from the request (Host from the
+#: base URL, Content-Length from the body) or they steer the connection, not the call.
+FRAMING_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+    "upgrade",
+})
 # Characters allowed unescaped in a joined path: RFC 3986 pchar plus "/" and existing escapes.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
@@ -89,7 +100,8 @@ def join_url(base_url: str, path: str) -> str:
 def is_inside(base_url: str, url: str) -> bool:
     """True when `url` has the base URL's scheme, host and port and lies under its prefix.
 
-    Dot segments (also percent-encoded) and user information in `url` make it not inside.
+    Dot segments (also percent-encoded, and also with `;` parameters), an encoded '?' or '#'
+    and user information in `url` make it not inside.
     """
     try:
         base_scheme, base_host, base_port, base_path = _origin_and_prefix(base_url)
@@ -103,34 +115,96 @@ def is_inside(base_url: str, url: str) -> bool:
         return False
     if not target.path.startswith(base_path + "/"):
         return False
-    segments = _UNRESERVED_ESCAPE.sub(_decode_escape, target.path).split("/")
-    return not any(segment in (".", "..") for segment in segments)
+    try:
+        layers = _decoded_layers(target.path)
+    except UnsafePathError:
+        return False
+    for layer in layers:
+        folded = unicodedata.normalize("NFKC", layer)
+        if any(_bare(segment) in (".", "..") for segment in folded.split("/")):
+            return False
+    return not any("?" in layer or "#" in layer for layer in layers[1:])
 
 
 def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Return a copy of `headers` with outer whitespace trimmed from values.
 
-    Names must be RFC 7230 tokens and values free of CR, LF, NUL and other control
-    characters (tab excepted); otherwise UnsafeHeaderError names the offending header.
+    Refused with UnsafeHeaderError naming the header: more than 64 headers; a name that is not
+    an RFC 9110 token, a framing or hop-by-hop name (`FRAMING_HEADERS`, `Proxy-*`), or the same
+    name twice in different case; a name or value over 8 KiB; a value holding anything but
+    visible ASCII, space and tab (line breaks would split the request, and other text is
+    encoded differently by every client and server on the way).
     """
+    if not isinstance(headers, Mapping):
+        raise UnsafeHeaderError("The headers must be a mapping of header names to text values.")
+    if len(headers) > MAX_HEADERS:
+        raise UnsafeHeaderError(
+            f"There are {len(headers)} headers; the limit is {MAX_HEADERS}. Send fewer headers."
+        )
     checked: dict[str, str] = {}
+    seen: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        _check_header_name(name)
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
             raise UnsafeHeaderError(
-                f"The header name {show(str(name))} is not a valid HTTP token; use letters, "
-                "digits and -!#$%&'*+.^_`|~ only."
+                f"The header {name!r} is given twice (also as {first!r}); give it once."
             )
-        if not isinstance(value, str):
-            raise UnsafeHeaderError(
-                f"The value of header {name!r} must be text, got {type(value).__name__}."
-            )
-        if _HEADER_VALUE_FORBIDDEN.search(value):
-            raise UnsafeHeaderError(
-                f"The value of header {name!r} contains a line break or control character "
-                f"({show(value)}); remove it."
-            )
-        checked[name] = value.strip(" \t")
+        checked[name] = _checked_header_value(name, value)
     return checked
+
+
+def _check_header_name(name: object) -> None:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        raise UnsafeHeaderError(
+            f"The header name {show(str(name))} is not a valid HTTP token; use letters, "
+            "digits and -!#$%&'*+.^_`|~ only."
+        )
+    if len(name) > MAX_HEADER_BYTES:
+        raise UnsafeHeaderError(
+            f"The header name {show(name)} is {len(name)} bytes long; the limit is "
+            f"{MAX_HEADER_BYTES} bytes (8 KiB)."
+        )
+    folded = name.lower()
+    if folded in FRAMING_HEADERS:
+        raise UnsafeHeaderError(
+            f"The header {name!r} frames the message or steers the connection, which the HTTP "
+            "client does itself from the base URL and the body; remove it."
+        )
+    if folded.startswith("proxy-"):
+        raise UnsafeHeaderError(
+            f"The header {name!r} is addressed to a proxy, not to the integration's API; "
+            "remove it."
+        )
+
+
+def _checked_header_value(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise UnsafeHeaderError(
+            f"The value of header {name!r} must be text, got {type(value).__name__}."
+        )
+    if len(value) > MAX_HEADER_BYTES:
+        raise UnsafeHeaderError(
+            f"The value of header {name!r} is {len(value)} characters long; the limit is "
+            f"{MAX_HEADER_BYTES} bytes (8 KiB). Send large data in the body."
+        )
+    if _HEADER_VALUE_FORBIDDEN.search(value):
+        raise UnsafeHeaderError(
+            f"The value of header {name!r} contains a line break or control character "
+            f"({show(value)}); remove it."
+        )
+    if not _HEADER_VALUE_ALLOWED.fullmatch(value):
+        raise UnsafeHeaderError(
+            f"The value of header {name!r} contains characters outside visible ASCII "
+            f"({show(value)}); header values may hold only visible ASCII, spaces and tabs, so "
+            "percent-encode or base64-encode other text."
+        )
+    return value.strip(" \t")
+
+
+def is_header_value_text(value: str) -> bool:
+    """True when `value` holds only visible ASCII, space and tab (what a header may carry)."""
+    return bool(_HEADER_VALUE_ALLOWED.fullmatch(value))
 
 
 @functools.lru_cache(maxsize=256)
@@ -192,17 +266,38 @@ def _layer_problem(layer: str) -> str | None:
     folded = unicodedata.normalize("NFKC", layer)
     if "\\" in folded:
         return "contains a backslash"
+    if "?" in folded:
+        return ("hides a '?' (as %3F or a look-alike), which a server that decodes the path "
+                "reads as the start of a query string; pass query parameters in `params` instead")
+    if "#" in folded:
+        return ("hides a '#' (as %23 or a look-alike), which a server that decodes the path "
+                "reads as the start of a fragment; remove it")
+    return _segment_problem(folded, layer.startswith("/"))
+
+
+def _segment_problem(folded: str, rooted: bool) -> str | None:
+    """Why the segments of one (NFKC-folded) layer are unsafe, or None.
+
+    Each segment is judged without its `;` parameters, as Tomcat, Jetty and Spring read it.
+    """
     segments = folded.split("/")
+    bare = [_bare(segment) for segment in segments]
     if any(segment in (".", "..") for segment in segments):
         return "contains a '.' or '..' segment"
-    inner = segments[1:-1] if layer.startswith("/") else segments[:-1]
-    if any(not segment for segment in inner):
+    if any(segment in (".", "..") for segment in bare):
+        return ("contains a '.' or '..' segment behind ';' path parameters (Tomcat, Jetty and "
+                "Spring drop the parameters and step out of the base URL)")
+    inner = slice(1, -1) if rooted else slice(0, -1)
+    if any(not segment for segment in segments[inner]):
         return "contains an empty segment ('//')"
-    first = segments[1] if layer.startswith("/") and len(segments) > 1 else segments[0]
+    if any(not segment for segment in bare[inner]):
+        return "contains a segment that is empty without its ';' path parameters ('/;x/')"
+    first = segments[1] if rooted and len(segments) > 1 else segments[0]
     if "@" in first:
         return "has '@' in its first segment, which reads like user information (user@host)"
     return None
 
 
-def _decode_escape(match: re.Match[str]) -> str:
-    return chr(int(match.group(1), 16))
+def _bare(segment: str) -> str:
+    """A path segment without its `;` parameters (`..;x=1` -> `..`)."""
+    return segment.split(";", 1)[0]

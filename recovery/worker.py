@@ -8,6 +8,7 @@ from recovery.dlq.park import park
 from recovery.jobs import JobSpec, Progress
 from recovery.metrics import observe_recovery
 from recovery.pipeline import Step
+from recovery.producer import bounded_repr
 from recovery.runtime import Runtime
 from recovery.sentry import capture_job_failure
 
@@ -15,9 +16,10 @@ log = structlog.get_logger(__name__)
 
 
 def task_reprs(job: JobSpec, progress: Progress) -> dict[str, str]:
-    """Redacted argument reprs: what Flower and the task events show instead of the real ones."""
+    """Redacted argument reprs: what Flower and the task events show instead of the real ones,
+    bounded so that they cannot double the size of a large message."""
     return {"argsrepr": "()",
-            "kwargsrepr": repr({"job": job.redacted(), "progress": progress.to_message()})}
+            "kwargsrepr": bounded_repr({"job": job.redacted(), "progress": progress.to_message()})}
 
 
 def outcome_line(step: Step) -> str:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +29,16 @@ from typing import Any
 import psycopg
 import structlog
 from sqlalchemy import Connection, Engine, Executable, Table, and_, case, select, update
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
+from recovery.audit.failures import (
+    DatabaseUnavailable,
+    describe,
+    is_kept,
+    is_unavailable,
+    sqlstate,
+)
 from recovery.audit.models import TERMINAL_STATUSES, Attempt, Job
-from recovery.redact import redact_text
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +55,16 @@ ATTEMPT_COLUMNS = ("job_id", "number", "kind", "started_at", "duration_ms", "htt
 _TERMINAL_SQL = ", ".join(f"'{status.value}'" for status in sorted(TERMINAL_STATUSES))
 
 
-class DatabaseUnavailable(RuntimeError):
-    """The database did not answer (down, restarting, unreachable); nothing was written."""
+@dataclass(frozen=True)
+class Rejected:
+    """An op the database can never take (its data is invalid for the schema), and why."""
+
+    op: Op
+    error: str
+    sqlstate: str | None
+
+
+Reject = Callable[[list[Rejected]], None]
 
 
 @dataclass(frozen=True)
@@ -134,14 +147,6 @@ def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC; a naive datetime is taken to be UTC already."""
     aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return aware.isoformat()
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` means the database could not be reached, not that the data was bad."""
-    if isinstance(exc, DatabaseUnavailable | psycopg.OperationalError | psycopg.InterfaceError
-                  | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-        return True
-    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
 
 def _when(value: str) -> datetime:
@@ -399,19 +404,28 @@ def _write(engine: Engine, ops: Sequence[Op]) -> list[Op]:
                 for op in ready:
                     execute_op_portable(conn, op)
     except Exception as exc:
-        if is_unavailable(exc):
-            raise DatabaseUnavailable(describe(exc)) from exc
+        if is_kept(exc):
+            raise DatabaseUnavailable(describe(exc), sqlstate=sqlstate(exc),
+                                      refused=not is_unavailable(exc)) from exc
         raise
     return orphans
 
 
-def write_batch(engine: Engine, ops: Sequence[Op]) -> list[Op]:
+def log_rejected(rejected: list[Rejected]) -> None:
+    """The default `Reject`: log each op the database can never take."""
+    for item in rejected:
+        log.error("audit_op_rejected", kind=item.op.kind, job_id=item.op.job_id,
+                  error=item.error, sqlstate=item.sqlstate)
+
+
+def write_batch(engine: Engine, ops: Sequence[Op], reject: Reject = log_rejected) -> list[Op]:
     """Write ``ops`` in one transaction; returns the orphans (see `split_orphans`).
 
-    Raises DatabaseUnavailable when the database cannot be reached; writing the same ops again
-    later is safe. An op the database refuses (a value too long for its column, say) must not
-    hold back the rest, so a refused batch is written again one op at a time and each refused op
-    is logged (``audit_op_rejected``) and dropped.
+    Raises DatabaseUnavailable when the database cannot take them now (`is_kept`): writing
+    the same ops again later is safe, and nothing is dropped. An op whose data the database
+    refuses (a value too long for its column, say) must not hold back the rest, so a refused
+    batch is written again one op at a time; each op that can never be written is handed to
+    `reject` (by default logged as ``audit_op_rejected``) and dropped from the batch.
     """
     if not ops:
         return []
@@ -421,19 +435,9 @@ def write_batch(engine: Engine, ops: Sequence[Op]) -> list[Op]:
         raise
     except Exception as exc:
         if len(ops) == 1:
-            log.error("audit_op_rejected", kind=ops[0].kind, job_id=ops[0].job_id,
-                      error=describe(exc), error_type=type(exc).__name__)
+            reject([Rejected(ops[0], describe(exc), sqlstate(exc))])
             return []
     orphans: list[Op] = []
     for op in ops:
-        orphans.extend(write_batch(engine, [op]))
+        orphans.extend(write_batch(engine, [op], reject))
     return orphans
-
-
-def describe(exc: BaseException) -> str:
-    """A short, secret-free description: the driver's message, without SQL or bound values."""
-    cause = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig is not None else exc
-    try:
-        return redact_text(str(cause).strip())[:500]
-    except Exception:
-        return type(cause).__name__

@@ -8,8 +8,12 @@ oldest entry first, up to 2,000 ops per transaction, one process at a time (a Re
 rows reach PostgreSQL about a second after their job ended. It deletes
 entries only after their transaction has committed. So the audit trail is as durable as the
 broker (Redis too): a SIGKILLed worker loses only the writes of the delivery it was running,
-whose message the broker delivers again. While PostgreSQL is away the stream grows and jobs
-keep running; the drain resumes, in order, when it answers.
+whose message the broker delivers again. While PostgreSQL is away, or refuses writes for a
+reason that passes (read-only during a failover, a revoked privilege: see
+`recovery.audit.failures`), the stream grows and jobs keep running; the drain resumes, in
+order, when it takes writes again. The stream is capped, with alerts before anything is
+trimmed, and rows whose data can never be written go to a capped stream of their own
+(`recovery.audit.bounds`).
 
 Without Redis (no client, or Redis failing) the buffer is written straight to PostgreSQL in
 batches; with both away it stays in a bounded memory buffer, and that is logged as an error.
@@ -32,7 +36,15 @@ import redis
 import structlog
 from sqlalchemy import Engine
 
-from recovery.audit.batch import DatabaseUnavailable, Op, decode_ops, encode_ops, write_batch
+from recovery.audit.batch import (
+    DatabaseUnavailable,
+    Op,
+    Rejected,
+    decode_ops,
+    encode_ops,
+    write_batch,
+)
+from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
 from recovery.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -42,7 +54,6 @@ MAX_ENTRIES_PER_READ = 1000
 LOCK_TTL_MS = 5_000
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end " \
            "return 0"
-_APPEND = "return redis.call('XADD', KEYS[1], '*', 'ops', ARGV[1])"
 
 
 class SpoolUnavailable(RuntimeError):
@@ -59,29 +70,38 @@ class Drained:
 
 
 class RedisSpool:
-    """The Redis stream that holds audit ops while the database is away."""
+    """The Redis stream that holds audit ops while the database is away, capped at
+    `max_entries` (`recovery.audit.bounds`), and the stream of rows it could never write."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str, *,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._client = client
         self.key = f"{key_prefix}audit:spool"
         self.lock_key = f"{key_prefix}audit:spool:lock"
+        self.alarm_key = f"{key_prefix}audit:spool:alarm"
+        self.max_entries = max_entries
+        self.alarm = SpoolAlarm(self.key, max_entries)
+        self.rejected = RejectedRows(client, key_prefix)
+        self._append = client.register_script(APPEND)
         self._ops_per_entry = 100  # a guess until the first read
 
     def append(self, ops: Sequence[Op]) -> None:
         """Add ops at the tail, in order (one entry per 500 ops); raises SpoolUnavailable."""
         if not ops:
             return
+        payloads = [encode_ops(ops[start:start + OPS_PER_ENTRY])
+                    for start in range(0, len(ops), OPS_PER_ENTRY)]
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for start in range(0, len(ops), OPS_PER_ENTRY):
-                pipe.xadd(self.key, {"ops": encode_ops(ops[start:start + OPS_PER_ENTRY])})
-            pipe.execute()
+            reply = self._append(keys=[self.key, self.alarm_key],
+                                 args=[self.max_entries, *payloads])
         except redis.RedisError as exc:
             raise SpoolUnavailable(f"Redis refused {len(ops)} audit ops: {exc}") from exc
+        self.alarm.on_reply(reply)
 
     def append_call(self, ops: Sequence[Op]) -> ScriptCall:
         """`append` as a script step, to ride on another round trip (`recovery.gate`)."""
-        return ScriptCall(_APPEND, [self.key], [encode_ops(ops)])
+        return ScriptCall(APPEND, [self.key, self.alarm_key],
+                          [self.max_entries, encode_ops(ops)], on_reply=self.alarm.on_reply)
 
     def length(self) -> int:
         """Entries waiting in the stream; raises SpoolUnavailable."""
@@ -168,9 +188,12 @@ class AuditBatcher:
 
     def __init__(self, engine: Engine, spool: RedisSpool | None = None, *, max_rows: int = 500,
                  interval_s: float = 1.0, max_buffer: int = 100_000,
-                 orphan_max_age_s: float = 120.0, max_backoff_s: float = 1.0) -> None:
+                 orphan_max_age_s: float = 120.0, max_backoff_s: float = 1.0,
+                 refused_backoff_s: float = 5.0) -> None:
         self._engine = engine
         self._spool = spool
+        self._rejected = spool.rejected if spool is not None else RejectedRows(None, "")
+        self.refused_backoff_s = refused_backoff_s
         self.max_rows = max_rows
         self.interval_s = interval_s
         self.max_buffer = max_buffer
@@ -191,7 +214,7 @@ class AuditBatcher:
         self._retry_at = 0.0
         self._backoff_s = 0.0
         self._logged_at: dict[str, float] = {}
-        self.counts = {"written": 0, "spooled": 0, "drained": 0, "dropped": 0}
+        self.counts = {"written": 0, "spooled": 0, "drained": 0, "dropped": 0, "rejected": 0}
 
     def submit(self, op: Op) -> bool:
         """Buffer one op; False only if something unexpected went wrong (it is logged)."""
@@ -328,7 +351,8 @@ class AuditBatcher:
             return False
         for start in range(0, len(ops), self.max_rows):
             try:
-                orphans = write_batch(self._engine, ops[start:start + self.max_rows])
+                orphans = write_batch(self._engine, ops[start:start + self.max_rows],
+                                      self._reject)
             except DatabaseUnavailable as exc:
                 self._failed(exc)
                 self._keep(ops[start:])
@@ -364,7 +388,12 @@ class AuditBatcher:
         buffer (and lose ops) while nothing else empties it."""
         with self._move_lock:
             self._move(force=False)
-        return write_batch(self._engine, ops)
+        return write_batch(self._engine, ops, self._reject)
+
+    def _reject(self, rejected: list[Rejected]) -> None:
+        """Ops the database can never take: kept in the rejected stream, alerted."""
+        self.counts["rejected"] += len(rejected)
+        self._rejected.put(rejected)
 
     def _keep(self, ops: list[Op]) -> None:
         """Put ops back at the head of the buffer: neither Redis nor the database took them."""
@@ -404,10 +433,18 @@ class AuditBatcher:
             log.error(event, **details)
 
     def _failed(self, exc: DatabaseUnavailable) -> None:
-        if self._backoff_s == 0.0:
-            log.error("audit_database_unavailable", error=str(exc),
-                      spool="redis" if self._spool is not None else "memory")
-        self._backoff_s = min(self.max_backoff_s, max(self.interval_s, self._backoff_s * 2))
+        """Wait before the next try, doubling the wait. A database that answers but refuses
+        (read-only, a missing privilege or table) needs a person or a failover, so it is tried
+        less often than one that is restarting."""
+        kept = "redis" if self._spool is not None else "memory"
+        if self._backoff_s == 0.0 and exc.refused:
+            log.error("audit_database_refused", error=str(exc), sqlstate=exc.sqlstate,
+                      spool=kept, why="PostgreSQL refuses audit writes for a reason that "
+                      "passes; the rows are kept and written once it takes them again.")
+        elif self._backoff_s == 0.0:
+            log.error("audit_database_unavailable", error=str(exc), spool=kept)
+        cap = self.refused_backoff_s if exc.refused else self.max_backoff_s
+        self._backoff_s = min(cap, max(self.interval_s, self._backoff_s * 2))
         self._retry_at = time.monotonic() + self._backoff_s
 
     def _recovered(self) -> None:

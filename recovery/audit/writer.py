@@ -22,14 +22,18 @@ from sqlalchemy import Connection, Engine, Table, update
 
 from recovery.audit.batch import (
     Op,
+    Rejected,
     describe,
     dialect_insert,
     execute_op,
-    is_unavailable,
+    is_kept,
     new_dedupe_key,
     next_seq,
+    sqlstate,
     utc_iso,
 )
+from recovery.audit.bounds import DEFAULT_MAX_ENTRIES
+from recovery.audit.failures import is_data_error
 from recovery.audit.models import (
     Alert,
     AttemptDecision,
@@ -43,7 +47,7 @@ from recovery.audit.models import (
     JobStatus,
 )
 from recovery.audit.spool import AuditBatcher, RedisSpool, SpoolUnavailable, batching_enabled
-from recovery.redact import redact_params, redact_text, redact_url
+from recovery.redact import policy_for, redact_params, redact_text, redact_url
 
 __all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord", "make_audit_writer"]
 
@@ -331,8 +335,11 @@ class AuditWriter:
             with self._engine.begin() as conn:
                 written = execute_op(conn, op)
         except Exception as exc:
-            if self._spool is not None and is_unavailable(exc) and self._spool_op(op):
+            if self._spool is not None and is_kept(exc) and self._spool_op(op):
                 return True
+            if self._spool is not None and is_data_error(exc):
+                self._spool.rejected.put([Rejected(op, describe(exc), sqlstate(exc))])
+                return False
             log.warning("audit_write_failed", table=table, error=describe(exc),
                         error_type=type(exc).__name__, job_id=op.job_id)
             return False
@@ -383,19 +390,21 @@ def _job_values(
         "integration": integration,
         "method": method.upper(),
         "path": redact_url(path),
-        "params": redact_params(params or {}),
+        "params": redact_params(params or {}, policy_for(integration)),
         "idempotency_key": idempotency_key,
         "now": now,
     }
 
 
-def make_audit_writer(engine: Engine, client: redis.Redis | None, key_prefix: str) -> AuditWriter:
+def make_audit_writer(engine: Engine, client: redis.Redis | None, key_prefix: str, *,
+                      spool_max_entries: int = DEFAULT_MAX_ENTRIES) -> AuditWriter:
     """The writer a runtime uses: batched in processes that called
     `recovery.audit.spool.enable_batching` (Celery workers), written at once elsewhere (the
     producer, the CLI: they read their own writes); both spool to Redis while the database is
     away, when there is a Redis client.
     """
-    spool = RedisSpool(client, key_prefix) if client is not None else None
+    spool = (RedisSpool(client, key_prefix, max_entries=spool_max_entries)
+             if client is not None else None)
     if batching_enabled():
         return AuditWriter(engine, batcher=AuditBatcher(engine, spool))
     return AuditWriter(engine, spool=spool)

@@ -21,7 +21,7 @@ from typing import Any
 
 from recovery.crypto import Cipher, UndecryptableError, current_cipher
 from recovery.jobs import JobSpec, MalformedJobError
-from recovery.redact import redact_body, redact_headers, redact_params
+from recovery.redact import policy_for, redact_body, redact_headers, redact_params
 
 ENVELOPE_KIND = "api-recovery.dead-letter/2"
 LEGACY_KIND = "api-recovery.dead-letter/1"
@@ -163,10 +163,12 @@ def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None
                  attempts: int, dead_at: str, cipher: Cipher | None = None) -> Envelope:
     """The envelope of a dead job: redacted display fields, and the job sealed with `cipher`
     (default: this process's, so encrypted exactly when RECOVERY_ENCRYPTION_KEYS is set)."""
+    shown = policy_for(job.integration)
     return Envelope(
         job_id=job.job_id, task_name=TASK_NAME, integration=job.integration, method=job.method,
-        path=job.path, body=redact_body(job.json), params=redact_params(job.params or {}),
-        headers=redact_headers(job.headers), idempotency_key=job.idempotency_key,
+        path=job.path, body=redact_body(job.json, shown),
+        params=redact_params(job.params or {}, shown),
+        headers=redact_headers(job.headers, shown), idempotency_key=job.idempotency_key,
         error_categories=categories, last_status=last_status, message=message,
         attempts=attempts, first_enqueued_at=job.enqueued_at, dead_at=dead_at,
         replay_count=job.replay_count,

@@ -28,7 +28,13 @@ from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, publish_message
 from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
 from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
-from recovery.redact import redact_body, redact_headers, redact_params, redact_text
+from recovery.redact import (
+    policy_for,
+    redact_body,
+    redact_headers,
+    redact_params,
+    redact_text,
+)
 from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -136,11 +142,13 @@ def decode_entry(raw: bytes) -> Entry:
 
 
 def envelope_view(envelope: Envelope) -> dict[str, Any]:
-    """An envelope as listings show it: its view (never the original), redacted once more in
-    case an old one held a secret."""
+    """An envelope as listings show it: its view (never the original), redacted once more
+    with the integration's display policy, in case an old one held a secret."""
     shown = envelope.view()
-    shown.update(body=redact_body(envelope.body), params=redact_params(envelope.params or {}),
-                 headers=redact_headers(envelope.headers or {}),
+    policy = policy_for(envelope.integration)
+    shown.update(body=redact_body(envelope.body, policy),
+                 params=redact_params(envelope.params or {}, policy),
+                 headers=redact_headers(envelope.headers or {}, policy),
                  message=redact_text(envelope.message))
     return shown
 

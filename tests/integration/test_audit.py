@@ -25,7 +25,7 @@ from recovery.audit import (
     list_transitions,
 )
 from recovery.audit.models import Alert, DeadLetter, HealthCheck
-from recovery.redact import redact_text
+from recovery.redact import AuditPolicy, redact_text
 from tests.integration._db import database
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,7 @@ def test_queued_job_round_trips_with_secrets_redacted(writer: AuditWriter, engin
     assert found["finished_at"] is None
     assert found["first_seen_at"] == T0.isoformat()
     assert SECRET not in repr(found)
-    assert found["params"]["currency"] == "eur"
+    assert found["params"] == {"token": "[REDACTED]", "currency": "[REDACTED]"}  # names only
     assert "page=2" in found["path"]
 
 
@@ -440,13 +440,15 @@ def test_dead_letter_state_refuses_unknown_states_and_jobs(
 @given(text=st.text(max_size=200), value=st.text(max_size=50))
 @example(text="boom\x00after NUL, token=abc123", value="nul\x00inside")
 def test_any_text_is_stored_rather_than_losing_the_write(
-    writer: AuditWriter, engine: Engine, text: str, value: str
+    writer: AuditWriter, engine: Engine, text: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    shows_q = AuditPolicy.of(show_params=["q"])  # the integration's audit block shows q
+    monkeypatch.setattr("recovery.audit.writer.policy_for", lambda _: shows_q)
     job_id = new_id()
     assert queue(writer, job_id, params={"q": value})
     assert writer.job_status(job_id, "failed", last_error=text, outcome=text)
     found = job(engine, job_id)
-    assert found["params"] == {"q": value}
+    assert found["params"] == {"q": redact_text(value)}  # a shown value is still scrubbed
     assert found["last_error"] == redact_text(text).replace("\x00", "\ufffd")
 
 

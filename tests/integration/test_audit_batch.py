@@ -41,6 +41,7 @@ from recovery.audit.batch import (
 from recovery.audit.models import Attempt, Job
 from recovery.audit.spool import AuditBatcher, RedisSpool, enable_batching
 from recovery.audit.writer import make_audit_writer
+from recovery.redact import AuditPolicy
 from tests.integration._db import PG_ADMIN_URL, database
 
 pytestmark = pytest.mark.integration
@@ -180,7 +181,10 @@ def test_a_single_write_stores_what_the_portable_statements_store(engine: Engine
         assert not execute_op(conn, missing) and not execute_op_portable(conn, missing)
 
 
-def test_params_holding_a_nul_are_stored_by_a_batch_too(engine: Engine) -> None:
+def test_params_holding_a_nul_are_stored_by_a_batch_too(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    shows_q = AuditPolicy.of(show_params=["q"])  # the integration's audit block shows q
+    monkeypatch.setattr("recovery.audit.writer.policy_for", lambda _: shows_q)
     job_id = new_id()
     batched = AuditWriter(engine, batcher=AuditBatcher(engine, interval_s=60))
     with capture_logs() as logs:
@@ -404,11 +408,11 @@ def test_a_drain_through_a_backlog_keeps_the_buffer_moving(
     real_write = spool_module.write_batch
     bursts = [new_id() for _ in range(80)]
 
-    def write_while_a_burst_arrives(target: Engine, ops: list[Op]) -> list[Op]:
+    def write_while_a_burst_arrives(target: Engine, ops: list[Op], *more: Any) -> list[Op]:
         for job_id in bursts[:40]:  # 40 writes during each of the first two batches
             started(writer, job_id)
         del bursts[:40]
-        return real_write(target, ops)
+        return real_write(target, ops, *more)
 
     monkeypatch.setattr(spool_module, "write_batch", write_while_a_burst_arrives)
     with capture_logs() as logs:

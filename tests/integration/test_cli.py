@@ -97,3 +97,19 @@ def test_bad_setting_is_one_sentence_exit_2(configure, upstream: FaultServer) ->
     assert result.exit_code == 2
     assert "MAX_RETRIES must be a whole number, got 'abc'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_enqueue_with_a_key_reused_for_another_request_exits_2_and_enqueues_nothing(
+        configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
+    configure([integration(upstream.url)])
+    first = run("enqueue", "shop", "POST", "/orders", "--json", '{"id": 3}',
+                "--idempotency-key", "order-3")
+    assert first.exit_code == 0, first.output
+    before = queue_depth(redis_client)
+    reused = CliRunner().invoke(main, ["enqueue", "shop", "POST", "/orders", "--json",
+                                       '{"id": 4}', "--idempotency-key", "order-3"])
+    assert reused.exit_code == 2, reused.output
+    assert ("Idempotency key 'order-3' was already used with a different request on "
+            "integration 'shop'; use a new key or resend the same request.") in reused.output
+    assert queue_depth(redis_client) == before
+    assert len(json.loads(run("jobs", "list", "--json").output)) == 1

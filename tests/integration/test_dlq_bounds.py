@@ -133,7 +133,7 @@ def test_cap_5_park_8_keeps_5_archives_3_and_alerts(
     rows = archive_rows(rt)
     assert [(row["job_id"], row["cause"]) for row in rows] == [(i, "count") for i in ids[:3]]
     assert all(row["original"] is None for row in rows)  # no key: the redacted copy only
-    assert all(row["envelope"]["body"]["password"] == "[REDACTED]" for row in rows)
+    assert all("[REDACTED]" in str(row["envelope"]["body"]) for row in rows)
     assert "hunter2" not in str(rows)
     alerts = [e for e in logs if e["event"] == "alert_dlq_trimmed"]
     assert sum(e["archived"] for e in alerts) == 3 and alerts[0]["log_level"] == "error"

@@ -63,7 +63,7 @@ def test_show_and_quarantine_list_never_print_the_original(
     for output in (shown, listed):
         assert "hunter2-b0dy" not in output and "K1-p4ram" not in output
         assert "original" not in output
-    assert json.loads(shown)["body"] == {"password": "[REDACTED]"}
+    assert "[REDACTED]" in json.dumps(json.loads(shown)["body"])
     replay_dlq(dlq_runtime, ReplayOptions())  # DLQ_MAX_RETRIES is 3: quarantined
     quarantined = run(quarantine_group, "list", "--json").output
     assert job.job_id in quarantined and "hunter2-b0dy" not in quarantined

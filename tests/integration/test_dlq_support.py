@@ -23,7 +23,10 @@ UNREACHABLE = "http://127.0.0.1:9"
 def integration_entry(integration_id: str) -> dict[str, Any]:
     return {"id": integration_id, "base_url": UNREACHABLE, "timeout_ms": 2000,
             "circuit_breaker": {"threshold": 5, "reset_timeout_ms": 60000}, "fallbacks": [],
-            "rate_limit": {"window_ms": 1000, "max_requests": 1000}}
+            "rate_limit": {"window_ms": 1000, "max_requests": 1000},
+            # The envelope's copy of a job shows only what this allows (make_envelope's fields)
+            "audit": {"show_body_fields": ["n"], "show_params": ["page"],
+                      "show_headers": ["X-Team"]}}
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ def test_exhausted_and_non_retryable_jobs_reach_the_dlq_complete_and_without_sec
     monkeypatch.setenv("SHOP_API_KEY", "int3g-s3cret")
     retry = {"max_attempts": 2, "initial_delay_ms": 100, "backoff_factor": 2,
              "max_delay_ms": 1000, "jitter": 0}
-    env = configure([integration(upstream.url, retry=retry,
+    audit = {"show_params": ["page"], "show_headers": ["X-Trace"], "show_body_fields": ["n"]}
+    env = configure([integration(upstream.url, retry=retry, audit=audit,
                                  headers={"X-Api-Key": "${SHOP_API_KEY}"})])
     upstream.set_mode("5xx", status=500)
     start_worker(env)
@@ -53,9 +54,9 @@ def test_exhausted_and_non_retryable_jobs_reach_the_dlq_complete_and_without_sec
     assert (first["job_id"], second["job_id"]) == (exhausted, refused)
     assert first["task_name"] == "tasks.integration.call" and first["integration"] == "shop"
     assert (first["method"], first["path"]) == ("POST", "/orders")
-    assert first["body"]["n"] == 1 and first["body"]["password"] == "[REDACTED]"
+    assert first["body"] == {"n": 1, "[REDACTED]": "object of 2 keys, 32 bytes"}
     assert first["params"] == {"api_key": "[REDACTED]", "page": "2"}
-    assert first["headers"] == {"Authorization": "[REDACTED]", "X-Trace": "t-1"}
+    assert first["headers"] == {"Authorization": "Bearer [REDACTED]", "X-Trace": "t-1"}
     assert first["idempotency_key"] == "order-77" and first["replay_count"] == 0
     assert (first["error_categories"], first["last_status"], first["attempts"]) == (
         ["server_error"], 500, 2)

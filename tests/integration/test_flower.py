@@ -186,7 +186,7 @@ def _wait_for_flower_tasks(run: FlowerRun, timeout: float = 30.0) -> dict[str, A
 def _start_services(
     mp: pytest.MonkeyPatch, tmp: Path, database_url: str, upstream: FaultServer
 ) -> dict[str, str]:
-    entry = integration(upstream.url)
+    entry = integration(upstream.url, audit={"show_body_fields": ["item"]})  # shown in Flower
     entry["retry"] = dict(entry["retry"], initial_delay_ms=RETRY_DELAY_MS)
     integrations = tmp / "integrations.yaml"
     integrations.write_text(yaml.safe_dump({"integrations": [entry]}))

@@ -137,18 +137,30 @@ def test_a_granted_delivery_costs_one_round_trip_before_and_one_after(
 
 
 def _scenario_duplicate(rig: Rig, shop: Integration) -> Passage:
-    rig.idempotency.release("k1", "job-0", "job-0", succeeded=True)
+    rig.idempotency.release(shop.id, "k1", "job-0", "job-0", succeeded=True)
+    return rig.enter(shop)
+
+
+def _scenario_legacy_duplicate(rig: Rig, shop: Integration) -> Passage:
+    """A success recorded before keys were scoped per integration still counts."""
+    rig.client.set(rig.idempotency.legacy_success_key("k1"), "job-0", ex=60)
+    return rig.enter(shop)
+
+
+def _scenario_other_integration(rig: Rig, shop: Integration) -> Passage:
+    """A success of the same key on another integration does not."""
+    rig.idempotency.release("another", "k1", "job-0", "job-0", succeeded=True)
     return rig.enter(shop)
 
 
 def _scenario_busy(rig: Rig, shop: Integration) -> Passage:
-    rig.idempotency.claim("k1", "job-0", 10_000, "job-0:0:1:0")
+    rig.idempotency.claim(shop.id, "k1", "job-0", 10_000, "job-0:0:1:0")
     return rig.enter(shop)
 
 
 def _scenario_poison(rig: Rig, shop: Integration) -> Passage:
     for _ in range(3):
-        rig.idempotency.claim("k1", "job-1", 10_000, "job-1:0:1:0")
+        rig.idempotency.claim(shop.id, "k1", "job-1", 10_000, "job-1:0:1:0")
     return rig.enter(shop)
 
 
@@ -176,6 +188,8 @@ def _scenario_retry(rig: Rig, shop: Integration) -> Passage:
 
 SCENARIOS = {
     "duplicate": (_scenario_duplicate, make_integration()),
+    "legacy-duplicate": (_scenario_legacy_duplicate, make_integration()),
+    "other-integration": (_scenario_other_integration, make_integration()),
     "busy": (_scenario_busy, make_integration()),
     "poison": (_scenario_poison, make_integration()),
     "rate-limited": (_scenario_rate_limited, make_integration(max_requests=1)),
@@ -210,8 +224,11 @@ def test_the_combined_gate_decides_as_the_components_one_by_one(
                       "probe-taken": "breaker"}.get(name)
     block = outcomes[0]["block"]
     assert (block[0] if block else None) == expected_block
-    if name in ("duplicate", "busy", "poison"):
+    if name in ("duplicate", "legacy-duplicate", "busy", "poison"):
         assert outcomes[0]["rate used"] == 0 and outcomes[0]["first attempts"] == 0
+    expected_claim = {"duplicate": Claim.SUCCEEDED, "legacy-duplicate": Claim.SUCCEEDED,
+                      "busy": Claim.BUSY}.get(name, Claim.CLAIMED)
+    assert outcomes[0]["claim"][0] is expected_claim
 
 
 def test_failures_recorded_by_settle_open_the_breaker_once(rig_for: Callable[..., Rig]) -> None:

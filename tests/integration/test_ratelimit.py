@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from structlog.testing import capture_logs
 
-from recovery.ratelimit import ClusterRateLimiter, LocalRateLimiter, RedisOutage
+from recovery.ratelimit import MAX_PAUSE_S, ClusterRateLimiter, LocalRateLimiter, RedisOutage
 from recovery.registry import RateLimitConfig
 
 pytestmark = pytest.mark.integration
@@ -52,6 +52,7 @@ def test_grants_up_to_the_limit_then_asks_to_wait(
         "limit": 5,
         "window_ms": 60_000,
         "paused_for_s": 0.0,
+        "pause_reason": "",
     }
 
 
@@ -148,8 +149,50 @@ def test_a_zero_or_negative_pause_changes_nothing(limiter: ClusterRateLimiter) -
 def test_bad_config_and_pause_are_refused_with_a_sentence(limiter: ClusterRateLimiter) -> None:
     with pytest.raises(ValueError, match="rate limit of integration 'api' must allow"):
         limiter.acquire("api", RateLimitConfig(window_ms=1000, max_requests=0))
-    with pytest.raises(ValueError, match="finite number of seconds"):
-        limiter.pause("api", float("inf"), "bad header")
+    with pytest.raises(ValueError, match="must be a number of seconds, got nan"):
+        limiter.pause("api", float("nan"), "bad header")
+    assert limiter.paused_for("api") == 0.0
+
+
+@pytest.mark.parametrize("seconds", [3_153_600_000.0, 1e300, float("inf")])
+def test_a_runaway_pause_is_bounded_in_redis(limiter: ClusterRateLimiter, client: redis.Redis,
+                                             prefix: str, seconds: float) -> None:
+    """Whatever a caller asks, nothing longer than MAX_PAUSE_S (7 days) reaches Redis."""
+    with capture_logs() as logs:
+        limiter.pause("api", seconds, "HTTP 429")
+    assert MAX_PAUSE_S - 5 < limiter.paused_for("api") <= MAX_PAUSE_S
+    assert 0 < client.pttl(f"{prefix}ratelimit:api:not_before") <= MAX_PAUSE_S * 1000
+    assert [e["cap_s"] for e in logs if e["event"] == "rate_limit_pause_capped"] == [MAX_PAUSE_S]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_resume_lifts_the_pause_and_its_reason(client: redis.Redis, prefix: str,
+                                               shared: bool) -> None:
+    limiter = ClusterRateLimiter(client if shared else None, key_prefix=prefix)
+    config = RateLimitConfig(window_ms=60_000, max_requests=5)
+    limiter.pause("api", 600, "HTTP 429 Too Many Requests")
+    usage = limiter.usage("api", config)
+    assert usage["pause_reason"] == "HTTP 429 Too Many Requests"
+    assert 599 < usage["paused_for_s"] <= 600
+    assert 599 < limiter.resume("api") <= 600
+    assert limiter.usage("api", config)["pause_reason"] == ""
+    assert limiter.paused_for("api") == 0.0
+    assert limiter.acquire("api", config) == 0.0
+    assert limiter.resume("api") == 0.0  # nothing left to lift
+    if shared:
+        assert not client.exists(f"{prefix}ratelimit:api:not_before",
+                                 f"{prefix}ratelimit:api:reason")
+
+
+def test_the_reason_lives_exactly_as_long_as_the_pause(limiter: ClusterRateLimiter,
+                                                       client: redis.Redis, prefix: str) -> None:
+    limiter.pause("api", 30, "first")
+    limiter.pause("api", 5, "shorter: ignored")
+    assert client.get(f"{prefix}ratelimit:api:reason") == b"first"
+    limiter.pause("api", 60, "longer")
+    assert client.get(f"{prefix}ratelimit:api:reason") == b"longer"
+    ttl = client.pttl(f"{prefix}ratelimit:api:reason")
+    assert abs(ttl - client.pttl(f"{prefix}ratelimit:api:not_before")) < 50
 
 
 def test_falls_back_to_the_process_when_redis_is_unreachable() -> None:

@@ -9,6 +9,10 @@ any row of any audit table, the worker's log, the producer's logs, `recovery-cli
 `dlq show`, any Redis key of the run (DLQ entries included, message bodies decoded), the broker
 messages' argsrepr/kwargsrepr (read before a worker took them), the task events that Flower
 shows, or the Sentry envelopes.
+
+The second test carries every header, parameter and body key a denylist used to miss (issue 12)
+through a dead letter and a replay, and also checks /metrics and the HTML report; the fields its
+integration's `audit:` block lists (`max_tokens`, `order.amount`, `page`) are shown.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -254,3 +259,155 @@ def test_no_secret_leaves_the_call(
     finally:
         rejecting.stop()
         gone.stop()
+
+
+# --- every name a denylist missed (issue 12), through a dead letter and a replay ---------------
+
+MISSED_HEADERS = ("Ocp-Apim-Subscription-Key", "X-Authorization", "Authentication",
+                  "X-Access-Key", "Signature", "X-Hub-Signature-256")
+MISSED_PARAMS = ("access_key", "sid", "session_id", "jwt", "pwd", "private_key")
+MISSED_BODY_KEYS = ("pass", "passphrase", "auth", "credentials", "cvv2", "iban",
+                    "client_assertion")
+#: Keys that hold the job itself, legitimately: the work queue, the DLQ (the original request
+#: for the worker and for replay) and kombu's hash of messages a worker holds unacknowledged.
+#: Everything else under the prefix must hold no secret.
+PAYLOAD_KEYS = ("integrations", "dlq", "unacked")
+AUDIT = {"show_params": ["page"], "show_body_fields": ["max_tokens", "order.amount"]}
+
+
+class EveryName:
+    """A job carrying every missed name, each with its own unique secret value."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        self.headers = {name: self._secret(name) for name in MISSED_HEADERS}
+        self.headers["Authorization"] = f"Token {self._secret('authorization')}"
+        self.headers["X-Request-Id"] = "req-77"
+        self.params = {name: self._secret(name) for name in MISSED_PARAMS} | {"page": "3"}
+        self.body: dict[str, Any] = {key: self._secret(key) for key in MISSED_BODY_KEYS}
+        self.body |= {"card": {"number": self._secret("card.number"), "exp": "12/30"},
+                      "max_tokens": 7, "order": {"amount": 1250, "note": "gift"}}
+
+    def _secret(self, name: str) -> str:
+        self.values[name] = f"v-{secrets.token_hex(10)}"
+        return self.values[name]
+
+    def leaks(self, places: dict[str, str]) -> dict[str, list[str]]:
+        found = {place: [name for name, value in self.values.items() if value in text]
+                 for place, text in places.items()}
+        return {place: names for place, names in found.items() if names}
+
+
+def outside_the_payload(client: redis.Redis, prefix: str) -> dict[str, str]:
+    return {f"redis key {name}": text for name, text in redis_dump(client, prefix).items()
+            if name.removeprefix(prefix) not in PAYLOAD_KEYS}
+
+
+def metrics_text(settings_env: dict[str, str]) -> str:
+    """GET /metrics from the server `recovery-cli serve` runs."""
+    import requests
+
+    from recovery.serve import build_server
+    from recovery.settings import load_settings
+
+    server, _ = build_server(load_settings(settings_env), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        answer = requests.get(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(recovery.cli.main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_names_and_allowed_values_only(kwargsrepr: str) -> None:
+    """Names, a known Authorization scheme and the values the audit block lists; no others."""
+    assert "'max_tokens': 7" in kwargsrepr and "'amount': 1250" in kwargsrepr
+    assert "'page': '3'" in kwargsrepr and "gift" not in kwargsrepr
+    assert "'Authorization': 'Token [REDACTED]'" in kwargsrepr
+    assert all(f"'{name}': '[REDACTED]'" in kwargsrepr
+               for name in (*MISSED_HEADERS, *MISSED_PARAMS, "X-Request-Id"))
+
+
+def assert_travelled(sent: list[dict[str, Any]], job: EveryName) -> None:
+    """The secrets really reached the upstream, in both calls before the dead letter."""
+    assert [r["status"] for r in sent] == [500, 500, 200]
+    for request in sent[:2]:
+        for name in (*MISSED_HEADERS, "Authorization"):
+            assert request["headers"][name] == job.headers[name]
+        for name in MISSED_PARAMS:
+            assert f"{name}={job.params[name]}" in request["path"]
+
+
+def test_every_missed_name_stays_hidden_through_a_dead_letter_and_a_replay(
+        configure, upstream: FaultServer, start_worker, redis_client: redis.Redis,
+        database_url: str, sentry_collector: Collector, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, restore_structlog: None, tmp_path: Path) -> None:
+    from recovery.dlq.replay import ReplayOptions, replay_dlq
+    from recovery.dlq.store import EntryFilter
+    from tests.integration.conftest import wait_for_status
+
+    job = EveryName()
+    retry = {"max_attempts": 2, "initial_delay_ms": 100, "backoff_factor": 2,
+             "max_delay_ms": 1000, "jitter": 0}
+    env = configure([integration(upstream.url, retry=retry, audit=AUDIT)],
+                    SENTRY_DSN=f"http://publickey@127.0.0.1:{sentry_collector.port}/42",
+                    LOG_LEVEL="debug", TASK_EVENTS="true")
+    prefix = env["RECOVERY_REDIS_PREFIX"]
+    upstream.set_mode("5xx", status=500)
+    caplog.set_level(logging.DEBUG)
+    configure_logging("debug", json=True)
+
+    job_id = recovery.enqueue("shop", "POST", "/orders/1", json=job.body, params=job.params,
+                              headers=job.headers, idempotency_key="order-1")
+    (queued,) = redis_client.lrange(f"{prefix}integrations", 0, -1)
+    kwargsrepr = json.loads(queued)["headers"]["kwargsrepr"]  # what Flower shows
+    assert_names_and_allowed_values_only(kwargsrepr)
+    tap = EventTap()
+    try:
+        worker = start_worker(env, loglevel="debug")
+        engine = get_runtime().engine
+        dead = wait_for_status(engine, job_id, {"dead"})
+        assert dead["params"] == {**dict.fromkeys(MISSED_PARAMS, "[REDACTED]"), "page": "3"}
+        wait_until(lambda: redis_client.llen(f"{prefix}dlq") == 1, "the dead letter")
+        listed = cli("dlq", "list", "--json")
+        shown = cli("dlq", "show", job_id, "--json")
+        at_rest = outside_the_payload(redis_client, prefix)
+
+        upstream.set_mode("ok")
+        report = replay_dlq(get_runtime(), ReplayOptions(filter=EntryFilter(job_id=job_id)))
+        assert report.summary()["replayed"] == 1
+        assert wait_for_status(engine, job_id, {"succeeded"})["replay_count"] == 1
+    finally:
+        events = tap.stop()
+    assert job_id in listed and '"max_tokens": 7' in shown and '"amount": 1250' in shown
+    assert_travelled(upstream.requests(), job)
+    wait_until(lambda: job_id in "".join(sentry_collector.bodies), "the dead job's Sentry event")
+    html = tmp_path / "report.html"
+    cli("report", "--since", "1h", "--html", str(html))
+    worker.stop()
+    places = {
+        "worker log": worker.log_path.read_text(errors="replace"),
+        "producer logs": capsys.readouterr().err + caplog.text,
+        "dlq list": listed, "dlq show": shown, "flower kwargsrepr": kwargsrepr,
+        "task events": json.dumps(events, default=str),
+        "sentry": "\n".join(sentry_collector.bodies),
+        "metrics": metrics_text(env), "html report": html.read_text(),
+        **{f"audit table {name}": text for name, text in audit_dump(database_url).items()},
+        **{f"{name} (at the dead letter)": text for name, text in at_rest.items()},
+        **outside_the_payload(redis_client, prefix),
+    }
+    leaks = job.leaks(places)
+    if leaks:
+        raise SecretLeaked(f"Secrets leaked into: {leaks}")
+    assert "shop" in places["html report"] and "/orders/1" in places["html report"]
+    assert any(event["type"] == "task-received" for event in events)
+    assert "audit table dead_letters" in places and "audit table attempts" in places

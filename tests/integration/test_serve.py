@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import redis
 import requests
+import yaml
 from kombu import Queue
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from recovery.runtime import get_runtime
 from recovery.serve import ServeServer, Service, build_server
@@ -110,22 +112,29 @@ def _park_one_dead_letter() -> None:
                          declare=[Queue(DLQ_QUEUE, routing_key=DLQ_QUEUE)], serializer="json")
 
 
-def test_health_is_503_naming_redis_when_redis_does_not_answer(
+def test_health_is_503_naming_redis_without_its_error_text(
     running: Callable[..., str],
 ) -> None:
     base = running(REDIS_URL="redis://127.0.0.1:1/0")
 
-    response = requests.get(f"{base}/health", timeout=20)
+    with capture_logs() as logs:
+        response = requests.get(f"{base}/health", timeout=20)
 
     body = response.json()
     assert response.status_code == 503
     assert body["failed"] == ["redis"]
+    assert body["status"] == "unavailable"
     assert body["checks"]["postgresql"]["ok"] is True
-    assert body["checks"]["redis"]["error"]
-    assert body["message"] == "redis did not answer; see checks for the errors."
+    assert set(body["checks"]["redis"]) == {"ok", "latency_ms"}
+    assert body["message"] == "redis did not answer; the error is in the log of recovery-cli serve."
+    for leak in ("Error", "refused", "127.0.0.1", "Connect", "errno"):
+        assert leak not in response.text
+    [logged] = [e for e in logs if e["event"] == "serve_health_check_failed"]
+    assert logged["check"] == "redis" and logged["error_type"] == "ConnectionError"
+    assert "127.0.0.1:1" in logged["error"]
 
 
-def test_health_is_503_naming_postgresql_without_leaking_its_password(
+def test_health_is_503_naming_postgresql_without_its_error_or_password(
     running: Callable[..., str],
 ) -> None:
     base = running(DATABASE_URL="postgresql://postgres:hunter2secret@127.0.0.1:1/nothing")
@@ -135,7 +144,9 @@ def test_health_is_503_naming_postgresql_without_leaking_its_password(
     assert response.status_code == 503
     assert response.json()["failed"] == ["postgresql"]
     assert response.json()["checks"]["redis"]["ok"] is True
-    assert "hunter2secret" not in response.text
+    assert set(response.json()["checks"]["postgresql"]) == {"ok", "latency_ms"}
+    for leak in ("hunter2secret", "psycopg", "OperationalError", "127.0.0.1", "connection"):
+        assert leak not in response.text
 
 
 def test_metrics_can_be_turned_off(running: Callable[..., str]) -> None:
@@ -211,7 +222,76 @@ def test_metrics_are_503_with_a_sentence_when_redis_does_not_answer(
     response = requests.get(f"{base}/metrics", timeout=30)
 
     assert response.status_code == 503
-    assert response.json()["error"].startswith("The metrics could not be read from Redis")
+    assert response.json()["error"] == (
+        "The metrics could not be read from Redis; the error is in the log of recovery-cli "
+        "serve, and /health says which dependency is down.")
+
+
+TOKEN = "t0k3n-0123456789abcdef"
+NEEDS_TOKEN = ("This endpoint needs the header 'Authorization: Bearer <token>' with the token set "
+               "in SERVE_TOKEN; send it with the request.")
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}",
+     f"Token {TOKEN}", TOKEN, "Bearer " + "A" * len(TOKEN)],
+)
+def test_with_serve_token_every_request_without_it_gets_401(
+    running: Callable[..., str], authorization: str | None,
+) -> None:
+    base = running(SERVE_TOKEN=TOKEN)
+    headers = {} if authorization is None else {"Authorization": authorization}
+
+    answers = [requests.get(f"{base}/health", headers=headers, timeout=10),
+               requests.get(f"{base}/metrics", headers=headers, timeout=10),
+               requests.get(f"{base}/elsewhere", headers=headers, timeout=10),
+               requests.post(f"{base}/health", headers=headers, timeout=10)]
+
+    for response in answers:
+        assert response.status_code == 401
+        assert response.json() == {"error": NEEDS_TOKEN}
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="api-recovery"'
+        assert "checks" not in response.text and "api_calls" not in response.text
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_with_serve_token_the_bearer_token_opens_health_and_metrics(
+    running: Callable[..., str], scheme: str,
+) -> None:
+    base = running(SERVE_TOKEN=TOKEN)
+    headers = {"Authorization": f"{scheme} {TOKEN}"}
+
+    health = requests.get(f"{base}/health", headers=headers, timeout=10)
+    scraped = requests.get(f"{base}/metrics", headers=headers, timeout=10)
+    posted = requests.post(f"{base}/health", headers=headers, timeout=10)
+
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert scraped.status_code == 200
+    assert scraped.headers["Content-Type"].startswith("text/plain")
+    assert posted.status_code == 405
+
+
+def test_the_compose_healthcheck_sends_the_token_when_one_is_set(
+    running: Callable[..., str],
+) -> None:
+    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+    command = compose["services"]["serve"]["healthcheck"]["test"]
+    assert command[:3] == ["CMD", "python", "-c"]
+    base = running(SERVE_TOKEN=TOKEN)
+    snippet = command[3].replace("http://127.0.0.1:9808", base)
+    assert snippet != command[3]
+    clean = {k: v for k, v in os.environ.items() if k != "SERVE_TOKEN"}
+
+    with_token = subprocess.run([sys.executable, "-c", snippet],
+                                env={**clean, "SERVE_TOKEN": TOKEN}, capture_output=True,
+                                timeout=30)
+    without = subprocess.run([sys.executable, "-c", snippet], env=clean, capture_output=True,
+                             timeout=30)
+
+    assert with_token.returncode == 0, with_token.stderr
+    assert without.returncode != 0
+    assert b"401" in without.stderr
 
 
 def test_metrics_reflect_what_a_real_worker_did(
@@ -243,3 +323,43 @@ def test_metrics_reflect_what_a_real_worker_did(
                    (("strategy", "server-error-circuit"), ("success", "true")))] == 1
     assert values[("api_call_duration_seconds_count",
                    (("endpoint", "/orders/:id"), ("integration", "shop"), ("method", "GET")))] == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("short-secret", "SERVE_TOKEN must be 16 to 256 characters long, got one of 12 characters "
+         "(not shown: it is a secret); generate one with `openssl rand -hex 32`."),
+        ("secret with spaces in it", "SERVE_TOKEN may hold only letters, digits and -._~+/=, got "
+         "other characters (not shown: it is a secret); generate one with `openssl rand -hex 32`."),
+        ("secret-\u00e9-0123456789", "SERVE_TOKEN may hold only letters, digits and -._~+/=, got "
+         "other characters (not shown: it is a secret); generate one with `openssl rand -hex 32`."),
+    ],
+)
+def test_a_bad_serve_token_is_refused_at_start_without_showing_it(value: str, message: str) -> None:
+    from recovery.settings import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"SERVE_TOKEN": value})
+    assert str(caught.value) == message
+    assert load_settings({"SERVE_TOKEN": "  "}).serve_token is None
+    assert load_settings({"SERVE_TOKEN": TOKEN}).serve_token == TOKEN
+
+
+def test_serve_warns_when_it_listens_beyond_loopback_without_a_token(
+    configure: Callable[..., dict[str, str]], tmp_path: Path,
+) -> None:
+    env = configure([{"id": "crm", "base_url": "http://127.0.0.1:9"}])
+    stderr_path = tmp_path / "serve.err"
+    with stderr_path.open("wb") as stderr:
+        serve = subprocess.Popen([*SERVE, "--host", "0.0.0.0", "--port", "0"], env=env, cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            assert serve.stdout is not None
+            assert serve.stdout.readline().startswith(b"Serving /health and /metrics on ")
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=30)
+    logged = stderr_path.read_text()
+    assert "serve_unauthenticated" in logged
+    assert "set SERVE_TOKEN, or publish the port on 127.0.0.1 only" in logged

@@ -30,6 +30,7 @@ EXPECTED: dict[str, tuple[str, str, int, int, str | None, bool, bool]] = {
     "client_error": ("dead", "dead-letter-queue", 1, 1, None, False, True),
     "transient": ("succeeded", "network-retry", 3, 3, None, False, False),
     "unknown": ("dead", "dead-letter-queue", 1, 1, None, False, True),
+    "response_too_large": ("dead", "dead-letter-queue", 1, 1, None, False, True),
 }
 
 

@@ -179,6 +179,41 @@ def test_flower_never_runs_open() -> None:
     assert "--basic-auth=${FLOWER_BASIC_AUTH}" in unit
 
 
+def test_compose_publishes_every_port_on_loopback_only() -> None:
+    services = compose()["services"]
+    published = {name: service["ports"] for name, service in services.items()
+                 if service.get("ports")}
+    assert published == {"flower": ["127.0.0.1:5555:5555"], "serve": ["127.0.0.1:9808:9808"]}
+    assert "expose" not in services["redis"] and "expose" not in services["postgres"]
+
+
+def test_compose_passes_serve_token_and_its_healthcheck_sends_it() -> None:
+    services = compose()["services"]
+    assert services["serve"]["environment"]["SERVE_TOKEN"] == "${SERVE_TOKEN:-}"
+    snippet = services["serve"]["healthcheck"]["test"][3]
+    assert "os.environ.get('SERVE_TOKEN')" in snippet
+    assert "'Authorization': 'Bearer ' + t" in snippet
+
+
+def test_flower_and_serve_listen_on_loopback_outside_containers() -> None:
+    assert "--address=127.0.0.1" in procfile()["flower"]
+    assert "--host" not in procfile()["serve"]  # its default is 127.0.0.1
+    flower_unit = (UNITS / "api-recovery-flower.service").read_text()
+    assert "flower --address=127.0.0.1 --port=5555" in flower_unit
+    serve_unit = (UNITS / "api-recovery-serve.service").read_text()
+    assert "0.0.0.0" not in serve_unit.split("ExecStart=", 1)[1]
+    assert "SERVE_TOKEN" in serve_unit
+
+
+def test_the_readme_tells_operators_to_put_flower_behind_tls_and_set_serve_token() -> None:
+    readme = (REPO / "README.md").read_text()
+    production = readme.split("### Running in production", 1)[1].split("\n## ", 1)[0]
+    assert "TLS" in production and "Flower" in production and "basic auth" in production
+    assert "SERVE_TOKEN" in production and "127.0.0.1" in production
+    assert "| `SERVE_TOKEN` |" in readme and "| `MAX_REQUEST_BYTES` |" in readme
+    assert "\n## Security\n" in readme
+
+
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "by", "without", "rate", "increase", "histogram_quantile",
     "topk", "le", "and", "or", "unless", "on", "ignoring",

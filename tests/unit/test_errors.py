@@ -19,6 +19,8 @@ from recovery.errors import (
     STRATEGY_BY_CATEGORY,
     Classification,
     ErrorCategory,
+    ResponseDeadlineError,
+    ResponseTooLargeError,
     classify,
     parse_retry_after,
 )
@@ -473,3 +475,32 @@ def test_parse_retry_after_never_raises_and_is_never_negative(value: str) -> Non
 @given(seconds=st.integers(min_value=0, max_value=10**9))
 def test_parse_retry_after_round_trips_whole_seconds(seconds: int) -> None:
     assert parse_retry_after(str(seconds), now=NOW) == float(seconds)
+
+
+# --- response limits --------------------------------------------------------------------------
+
+
+def test_a_response_over_the_size_limit_is_its_own_non_retryable_category() -> None:
+    c = classify(ResponseTooLargeError("The answer of integration 'shop' went past its "
+                                       "max_response_bytes (10 bytes); reading stopped."))
+    assert c.categories == frozenset({ErrorCategory.RESPONSE_TOO_LARGE})
+    assert c.primary is ErrorCategory.RESPONSE_TOO_LARGE
+    assert c.retryable is False
+    assert c.counts_against_breaker() is False
+    assert c.strategy == "response-size-limit"
+    assert c.message.startswith("ResponseTooLargeError: The answer of integration 'shop'")
+    assert ErrorCategory.RESPONSE_TOO_LARGE not in RETRYABLE_CATEGORIES
+
+
+def test_a_missed_overall_deadline_is_transient_and_retryable() -> None:
+    c = classify(ResponseDeadlineError("did not finish within its 1 s deadline"))
+    assert c.categories == frozenset({TRANSIENT})
+    assert c.retryable is True
+    assert c.counts_against_breaker() is True  # a dripping upstream is not a healthy one
+    assert c.strategy == "network-retry"
+
+
+def test_the_limit_errors_are_requests_exceptions() -> None:
+    """The pipeline catches requests.RequestException: both limits must be among them."""
+    assert issubclass(ResponseTooLargeError, requests.RequestException)
+    assert issubclass(ResponseDeadlineError, requests.Timeout)

@@ -186,6 +186,11 @@ def test_control_endpoint(fault: FaultServer, client: requests.Session) -> None:
         ({"script": [503, "explode"]}, "Script entry 'explode'"),
         ({"script": "503"}, "must be a list"),
         ({"volume": 11}, "Unknown control keys"),
+        ({"mode": "drip", "interval_ms": 0}, "interval_ms must be a whole number 1-60000"),
+        ({"mode": "drip", "drip_bytes": 1}, "drip_bytes must be a whole number 2-1000000"),
+        ({"mode": "huge", "size_bytes": -5}, "size_bytes must be a whole number"),
+        ({"mode": "huge", "declare_length": "yes"}, "declare_length' must be true or false"),
+        ({"mode": "429", "retry_after": "1\r\nX: y"}, "retry_after' must be a non-empty line"),
     ],
 )
 def test_control_refuses_bad_payloads(
@@ -250,3 +255,40 @@ def test_control_is_all_or_nothing(fault: FaultServer) -> None:
     with pytest.raises(FaultConfigError):
         fault.configure({"script": [200], "revoke_tokens": True, "mode": "sideways"})
     assert fault.stats()["script_left"] == 0 and fault.stats()["mode"] == "ok"
+
+
+def test_drip_sends_one_byte_per_interval_and_stays_valid_json(fault: FaultServer) -> None:
+    fault.set_mode("drip", interval_ms=50, drip_bytes=6)
+    started = time.monotonic()
+    with requests.get(f"{fault.url}/slow", stream=True, timeout=TIMEOUT) as response:
+        assert response.headers["Content-Length"] == "6"
+        pieces = list(response.iter_content(chunk_size=1))
+    assert 0.25 < time.monotonic() - started < 1.5
+    assert b"".join(pieces) == b"    {}"
+    assert fault.requests()[0]["status"] == 200
+    assert requests.get(f"{fault.url}/health", timeout=TIMEOUT).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+def test_huge_sends_the_size_asked_for(fault: FaultServer, declare_length: bool) -> None:
+    fault.set_mode("huge", size_bytes=200_000, declare_length=declare_length)
+    response = requests.get(f"{fault.url}/big", timeout=TIMEOUT)
+    assert len(response.content) == 200_000
+    assert response.json() == "x" * 199_998
+    assert ("Content-Length" in response.headers) is declare_length
+    assert requests.head(f"{fault.url}/big", timeout=TIMEOUT).content == b""
+
+
+def test_a_client_that_hangs_up_on_huge_does_not_break_the_server(fault: FaultServer) -> None:
+    fault.set_mode("huge")  # 20 MiB
+    with requests.get(f"{fault.url}/big", stream=True, timeout=TIMEOUT) as response:
+        assert len(next(response.iter_content(chunk_size=1024))) == 1024
+    fault.set_mode("ok")
+    assert requests.get(f"{fault.url}/after", timeout=TIMEOUT).json()["ok"] is True
+
+
+@pytest.mark.parametrize("text", ["3153600000", "Fri, 31 Dec 2125 23:59:59 GMT"])
+def test_429_can_send_any_retry_after_text(fault: FaultServer, text: str) -> None:
+    fault.set_mode("429", retry_after=text)
+    response = requests.get(f"{fault.url}/q", timeout=TIMEOUT)
+    assert (response.status_code, response.headers["Retry-After"]) == (429, text)

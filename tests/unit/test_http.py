@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -14,6 +16,7 @@ import responses
 from requests.adapters import HTTPAdapter
 
 from recovery import http
+from recovery.errors import ResponseDeadlineError, ResponseTooLargeError
 from recovery.faultserver import FaultServer
 from recovery.registry import (
     BreakerConfig,
@@ -55,11 +58,12 @@ def mocked() -> Iterator[responses.RequestsMock]:
         yield rsps
 
 
-def test_session_is_pooled_and_reused() -> None:
-    shop = make_integration()
-    session = http.session_for(shop)
-    assert http.session_for(shop) is session
-    assert http.session_for(make_integration(id="crm")) is not session
+def test_session_is_pooled_per_origin_and_reused() -> None:
+    session = http.session_for(BASE)
+    assert http.session_for(BASE) is session
+    assert http.session_for("HTTPS://API.example.test/other") is session
+    assert http.session_for("https://api.example.test:8443/v1") is not session
+    assert http.session_for("http://api.example.test/v1") is not session
     adapter = session.get_adapter("https://api.example.test/")
     assert isinstance(adapter, HTTPAdapter)
     assert adapter.poolmanager.connection_pool_kw["maxsize"] == http.POOL_SIZE
@@ -68,15 +72,21 @@ def test_session_is_pooled_and_reused() -> None:
     assert adapter.max_retries.raise_on_redirect is False
 
 
-def test_session_is_rebuilt_when_headers_change() -> None:
-    first = http.session_for(make_integration(headers={"Authorization": "Bearer one"}))
-    second = http.session_for(make_integration(headers={"Authorization": "Bearer two"}))
-    assert second is not first
-    assert second.headers["Authorization"] == "Bearer two"
+def test_sessions_hold_no_credentials(mocked: responses.RequestsMock) -> None:
+    """Two integrations on one origin share the pool, never each other's headers."""
+    mocked.get(f"{BASE}/a")
+    first = make_integration(headers={"Authorization": "Bearer one"})
+    second = make_integration(id="crm", headers={"X-Api-Key": "two"})
+    http.send(first, "GET", "/a")
+    http.send(second, "GET", "/a")
+    assert "Authorization" not in http.session_for(BASE).headers
+    one, two = (call.request.headers for call in mocked.calls)
+    assert one["Authorization"] == "Bearer one" and "X-Api-Key" not in one
+    assert two["X-Api-Key"] == "two" and "Authorization" not in two
 
 
 def test_session_is_rebuilt_after_fork() -> None:
-    shop = make_integration()
+    shop = BASE
     parent_session = http.session_for(shop)
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -122,7 +132,7 @@ def test_no_cookie_is_carried_from_one_job_to_the_next(mocked: responses.Request
     http.send(shop, "GET", "/login")
     http.send(shop, "GET", "/items")
     assert "Cookie" not in mocked.calls[1].request.headers
-    assert not http.session_for(shop).cookies
+    assert not http.session_for(shop.base_url).cookies
 
 
 def test_params_become_the_query_and_no_params_none(mocked: responses.RequestsMock) -> None:
@@ -134,16 +144,20 @@ def test_params_become_the_query_and_no_params_none(mocked: responses.RequestsMo
 
 
 @pytest.mark.parametrize(
-    ("timeout_ms", "timeout_s", "expected"),
-    [(2500, None, (2.5, 2.5)), (60_000, None, (10.0, 60.0)), (2500, 0.5, (0.5, 0.5))],
+    ("timeout_ms", "timeout_s", "deadline_ms", "expected"),
+    [(2500, None, None, (2.5, 2.5, 2.5)), (60_000, None, None, (10.0, 60.0, 60.0)),
+     (2500, 0.5, None, (0.5, 0.5, 0.5)), (2500, None, 1000, (1.0, 1.0, 1.0)),
+     (2500, None, 9000, (2.5, 2.5, 9.0))],
 )
-def test_timeout_is_connect_and_read(
+def test_timeout_is_connect_read_and_overall_deadline(
     mocked: responses.RequestsMock, timeout_ms: int, timeout_s: float | None,
-    expected: tuple[float, float],
+    deadline_ms: int | None, expected: tuple[float, float, float],
 ) -> None:
     mocked.get(f"{BASE}/t")
-    http.send(make_integration(timeout_ms=timeout_ms), "GET", "/t", timeout_s=timeout_s)
-    assert getattr(mocked.calls[0].request, "req_kwargs")["timeout"] == expected  # noqa: B009
+    shop = replace(make_integration(timeout_ms=timeout_ms), deadline_ms=deadline_ms)
+    http.send(shop, "GET", "/t", timeout_s=timeout_s)
+    sent = getattr(mocked.calls[0].request, "req_kwargs")["timeout"]  # noqa: B009
+    assert (sent.connect_timeout, sent.read_timeout, sent.total) == expected
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1.0, float("nan")])
@@ -195,12 +209,12 @@ def test_pooled_connection_is_reused_on_a_real_socket() -> None:
         assert len({r["peer"] for r in upstream.requests()}) == 1
 
 
-def test_secondary_base_url_shares_the_session(mocked: responses.RequestsMock) -> None:
+def test_another_origin_gets_its_own_session(mocked: responses.RequestsMock) -> None:
     mocked.get("https://backup.example.test/v2/a")
     shop = make_integration()
     http.send(replace(shop, base_url="https://backup.example.test/v2"), "GET", "/a")
     assert mocked.calls[0].request.url == "https://backup.example.test/v2/a"
-    assert http.session_for(shop) is http.session_for(replace(shop, base_url="https://x.test"))
+    assert http.session_for(shop.base_url) is not http.session_for("https://x.test")
 
 
 PROXY_AND_CA = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
@@ -215,7 +229,7 @@ def test_the_environment_is_read_once_per_origin(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("NO_PROXY", "backup.example.test")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     shop = make_integration()
-    assert http.session_for(shop).trust_env is False
+    assert http.session_for(shop.base_url).trust_env is False
     settings = http.environment_for(f"{shop.base_url}/orders?id=1")
     assert settings["proxies"].get("https") == "http://proxy.internal:3128"
     assert settings["verify"] == "/etc/ssl/certs/ca-certificates.crt"
@@ -232,3 +246,79 @@ def test_the_environment_is_read_once_per_origin(monkeypatch: pytest.MonkeyPatch
     http.close_sessions()
     monkeypatch.delenv("HTTPS_PROXY")
     assert http.environment_for(shop.base_url)["proxies"].get("https") is None
+
+
+# --- response limits: the overall deadline and the size cap ----------------------------------
+
+
+def test_a_slow_drip_ends_at_the_overall_deadline() -> None:
+    """One byte every 200 ms never trips a per-read timeout; the deadline still ends it."""
+    with FaultServer(mode="drip", interval_ms=200, drip_bytes=100) as upstream:
+        shop = make_integration(upstream.url, timeout_ms=800)
+        started = time.monotonic()
+        with pytest.raises(ResponseDeadlineError,
+                           match=r"integration 'shop' did not finish within its 0\.8 s deadline"):
+            http.send(shop, "GET", "/drip")
+        assert 0.7 < time.monotonic() - started < 1.3
+        upstream.set_mode("ok")  # the aborted connection is not reused half-read
+        assert http.send(shop, "GET", "/next").json()["ok"] is True
+        peers = [r["peer"] for r in upstream.requests()]
+        assert peers[0] != peers[1]
+
+
+def test_deadline_ms_overrides_the_call_timeout() -> None:
+    with FaultServer(mode="drip", interval_ms=100, drip_bytes=100) as upstream:
+        shop = replace(make_integration(upstream.url, timeout_ms=5000), deadline_ms=400)
+        started = time.monotonic()
+        with pytest.raises(ResponseDeadlineError, match=r"within its 0\.4 s deadline"):
+            http.send(shop, "GET", "/drip")
+        assert time.monotonic() - started < 1.0
+
+
+def test_a_drip_that_finishes_in_time_is_read_whole() -> None:
+    with FaultServer(mode="drip", interval_ms=5, drip_bytes=40) as upstream:
+        response = http.send(make_integration(upstream.url, timeout_ms=3000), "GET", "/d")
+        assert response.status_code == 200 and response.json() == {}
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+def test_an_answer_over_the_size_limit_is_refused_while_read(declare_length: bool) -> None:
+    with FaultServer(mode="huge", size_bytes=20 * 1024 * 1024,
+                     declare_length=declare_length) as upstream:
+        shop = make_integration(upstream.url, timeout_ms=10_000)
+        started = time.monotonic()
+        with pytest.raises(ResponseTooLargeError) as caught:
+            http.send(shop, "GET", "/export")
+        assert time.monotonic() - started < 5
+        expected = ("declared 20971520 bytes, more than" if declare_length else "went past")
+        assert str(caught.value) == (
+            f"The answer of integration 'shop' {expected} its max_response_bytes "
+            "(10485760 bytes); reading stopped. Raise max_response_bytes if such answers are "
+            "expected.")
+
+
+def test_the_size_limit_is_per_integration_and_inclusive() -> None:
+    with FaultServer(mode="huge", size_bytes=4096) as upstream:
+        exact = replace(make_integration(upstream.url), max_response_bytes=4096)
+        assert len(http.send(exact, "GET", "/x").content) == 4096
+        with pytest.raises(ResponseTooLargeError, match=r"max_response_bytes \(4095 bytes\)"):
+            http.send(replace(exact, max_response_bytes=4095), "GET", "/x")
+
+
+def test_a_compressed_answer_is_limited_by_its_decoded_size(
+        mocked: responses.RequestsMock) -> None:
+    body = gzip.compress(b"[" + b"0," * 50_000 + b"0]")
+    assert len(body) < 1000
+    mocked.get(f"{BASE}/zip", body=body, headers={"Content-Encoding": "gzip"})
+    with pytest.raises(ResponseTooLargeError):
+        http.send(replace(make_integration(), max_response_bytes=10_000), "GET", "/zip")
+
+
+def test_job_headers_override_the_integrations_in_any_case(
+        mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{BASE}/h")
+    shop = make_integration(headers={"Accept": "application/json", "X-Api-Key": "k"})
+    http.send(shop, "GET", "/h", headers={"accept": "text/csv"})
+    sent = mocked.calls[0].request.headers
+    assert sent["Accept"] == "text/csv" and sent["X-Api-Key"] == "k"
+    assert len([name for name in sent if name.lower() == "accept"]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from recovery import metrics
+from recovery import metric_labels, metrics
 from recovery.settings import reset_settings
 
 
@@ -169,3 +170,50 @@ def test_endpoint_labels_stay_small_and_stable_for_any_path(path: str) -> None:
     assert "?" not in label
     assert all(not segment.isdigit() for segment in label.split("/"))
     assert metrics.endpoint_label(label) == label
+
+
+@pytest.mark.parametrize(("path", "label"), [
+    ("/users/alice-smith", "/users/alice-smith"),
+    ("/files/report%20final.pdf", "/files/:id"),
+    ("/search/caf\u00e9", "/search/:id"),
+    ("/orders/ord_20240611", "/orders/:id"),
+    ("/blobs/deadbeefcafe01", "/blobs/:id"),
+    ("/v2/oauth2/token", "/v2/oauth2/token"),
+    ("/" + "x" * 40, "/:id"),
+])
+def test_endpoint_templates_replace_encoded_long_and_numbered_segments(
+        path: str, label: str) -> None:
+    assert metrics.endpoint_label(path) == label
+
+
+def label_sets(store: metrics.MemoryStore) -> set[tuple[str, ...]]:
+    return {tuple(json.loads(field)) for field in store.read("api_calls_total")}
+
+
+def test_ten_thousand_distinct_paths_make_a_small_bounded_number_of_label_sets(
+        store: metrics.MemoryStore) -> None:
+    for n in range(10_000):
+        # ids, slugs, words: every path is distinct, and most slugs survive templating
+        metrics.observe_call("crm", "GET", f"/contacts/{n}", 200, 0.1)
+        metrics.observe_call("crm", "GET", f"/users/user-{chr(97 + n % 26)}{n}/profile", 200, 0.1)
+        metrics.observe_call("crm", "POST", f"/tags/tag{'abcdefghij'[n % 10] * (1 + n % 7)}",
+                             201, 0.1)
+        metrics.observe_call("crm", "GET", f"/w{n:x}z/{'q' * (n % 30)}", 404, 0.1)
+    found = label_sets(store)
+    endpoints = {labels[1] for labels in found}
+    assert len(endpoints) <= metric_labels.MAX_ENDPOINTS_PER_INTEGRATION + 1
+    assert metric_labels.OVERFLOW in endpoints
+    assert "/contacts/:id" in endpoints
+    assert len(found) <= (metric_labels.MAX_ENDPOINTS_PER_INTEGRATION + 1) * 3
+    total = sum(v for k, v in store.read("api_calls_total").items())
+    assert total == 40_000  # every call is still counted, under its template or the overflow
+
+
+def test_each_integration_has_its_own_endpoint_bound(store: metrics.MemoryStore) -> None:
+    for n in range(200):
+        metrics.observe_call("a", "GET", f"/x{chr(97 + n % 26)}{chr(97 + n // 26)}", 200, 0.1)
+    metrics.observe_call("b", "GET", "/fresh", 200, 0.1)
+    endpoints = {(labels[0], labels[1]) for labels in label_sets(store)}
+    assert ("b", "/fresh") in endpoints
+    on_a = {endpoint for integration, endpoint in endpoints if integration == "a"}
+    assert len(on_a) == metric_labels.MAX_ENDPOINTS_PER_INTEGRATION + 1

@@ -11,8 +11,14 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.errors import Classification, classify
-from recovery.policy import Decision, backoff_delay, decide_after_failure, decide_when_blocked
+from recovery.errors import Classification, ResponseTooLargeError, classify
+from recovery.policy import (
+    Decision,
+    backoff_delay,
+    cap_retry_after,
+    decide_after_failure,
+    decide_when_blocked,
+)
 from recovery.registry import (
     BreakerConfig,
     Integration,
@@ -373,3 +379,47 @@ def test_negative_remaining_time_defers_for_zero_seconds() -> None:
     decision = blocked(-3.0, 10.0)
     assert decision.action == "defer"
     assert decision.delay_s == 0.0
+
+
+# --- Retry-After cap --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["3153600000", "Fri, 31 Dec 2125 23:59:59 GMT"])
+def test_a_huge_retry_after_is_capped_and_recorded_as_capped(header: str) -> None:
+    from structlog.testing import capture_logs
+
+    c = status(429, {"Retry-After": header})
+    assert c.retry_after_s is not None and c.retry_after_s > 3e9
+    with capture_logs() as logs:
+        capped = cap_retry_after(c, 600.0, "payments")
+    assert capped.retry_after_s == 600.0
+    assert capped.retry_after_requested_s == c.retry_after_s
+    assert [e["event"] for e in logs] == ["retry_after_capped"]
+    assert logs[0]["integration"] == "payments" and logs[0]["cap_s"] == 600.0
+    d = decide(capped, 1)
+    assert (d.action, d.delay_s, d.delay_source) == ("retry", 600.0, "retry-after-cap")
+    assert decide(capped, 1, max_countdown_s=30).delay_s == 30  # the countdown cap still holds
+
+
+def test_a_retry_after_within_the_cap_is_left_alone() -> None:
+    from structlog.testing import capture_logs
+
+    c = status(429, {"Retry-After": "120"})
+    with capture_logs() as logs:
+        assert cap_retry_after(c, 120.0, "payments") is c
+        assert cap_retry_after(status(503), 1.0, "payments").retry_after_s is None
+    assert logs == []
+    assert decide(c, 1).delay_source == "retry-after"
+
+
+def test_a_negative_cap_is_refused() -> None:
+    with pytest.raises(ValueError, match="The Retry-After cap must not be negative, got -1"):
+        cap_retry_after(status(429, {"Retry-After": "5"}), -1, "payments")
+
+
+def test_an_answer_too_large_is_dead_lettered_without_fallbacks() -> None:
+    c = classify(ResponseTooLargeError("went past its max_response_bytes"))
+    d = decide(c, 1, has_fallback=True)
+    assert d.action == "dead_letter"
+    assert "is not retryable (response_too_large)" in d.reason
+    assert "fallbacks cannot repair a response too large" in d.reason

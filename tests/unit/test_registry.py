@@ -22,7 +22,7 @@ from recovery.registry import (
     load_registry,
     reset_registry,
 )
-from recovery.settings import load_settings, reset_settings
+from recovery.settings import SettingsError, load_settings, reset_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrations.yaml"
 MINIMAL = "integrations:\n  - id: shop\n    base_url: https://shop.example.com\n"
@@ -205,6 +205,43 @@ def test_headers_resolve_every_reference(tmp_path: Path) -> None:
     }
 
 
+def test_fallback_credentials_and_cache_keys(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("""
+        headers: {X-Api-Key: primary}
+        fallbacks:
+          - type: api
+            base_url: "http://backup.example.com"
+            headers: {X-Backup-Key: "${BACKUP_KEY}"}
+            oauth: {token_url: "https://auth.example.com/t", client_id: b,
+                    client_secret_env: BACKUP_SECRET}
+          - {type: cache, methods: [get, POST, GET], vary: [X-User, x-user, X-Tenant],
+             max_body_bytes: 1000, ttl_ms: 5000}
+          - {type: degraded}
+    """), {"BACKUP_KEY": "bk", "BACKUP_SECRET": "s"})
+    shop = registry.get("shop")
+    api, cache, degraded = shop.fallbacks
+    assert dict(api.headers) == {"X-Backup-Key": "bk"}
+    assert api.oauth == OAuthConfig("https://auth.example.com/t", "b", "BACKUP_SECRET")
+    assert (cache.methods, cache.vary) == (("GET", "POST"), ("x-user", "x-tenant"))
+    assert (cache.max_body_bytes, cache.ttl_ms) == (1000, 5000)
+    assert dict(degraded.headers) == {} and degraded.oauth is None
+    assert (shop.max_response_bytes, shop.deadline_ms) == (10 * 1024 * 1024, None)
+
+
+def test_size_limits_default_to_the_settings(tmp_path: Path) -> None:
+    registry = load(tmp_path, entry("""
+        fallbacks: [{type: cache}]
+        deadline_ms: 2500
+    """), CACHE_MAX_BODY_BYTES="100", MAX_RESPONSE_BYTES="5000")
+    shop = registry.get("shop")
+    assert (shop.fallbacks[0].max_body_bytes, shop.fallbacks[0].methods) == (100, ("GET", "HEAD"))
+    assert (shop.max_response_bytes, shop.deadline_ms) == (5000, 2500)
+    seed = load_registry(load_settings({"CACHE_MAX_BODY_BYTES": "7", "MAX_RESPONSE_BYTES": "9"}),
+                         {}).get("primary-api")
+    assert seed.max_response_bytes == 9
+    assert [f.max_body_bytes for f in seed.fallbacks if f.type == "cache"] == [7]
+
+
 def test_retry_budget_defaults_and_overrides(tmp_path: Path) -> None:
     text = MINIMAL + (
         "  - id: crm\n    base_url: https://crm.example.com\n"
@@ -274,8 +311,9 @@ def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
     assert error_for(tmp_path, text) == message
 
 
-INTEGRATION_KEYS = ("base_url, circuit_breaker, fallbacks, headers, health_check, id, name, "
-                    "oauth, rate_limit, retry, retry_budget, timeout_ms")
+INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, deadline_ms, fallbacks, headers, "
+                    "health_check, id, max_response_bytes, name, oauth, rate_limit, retry, "
+                    "retry_budget, timeout_ms")
 
 
 @pytest.mark.parametrize(
@@ -294,10 +332,16 @@ INTEGRATION_KEYS = ("base_url, circuit_breaker, fallbacks, headers, health_check
         ("oauth: {url: x}", "unknown key 'oauth.url' (known keys: client_id, client_secret_env, "
          "scope, token_url)."),
         ("fallbacks: [{type: cache, value: 1}]", "unknown key 'fallbacks[1].value' for a fallback "
-         "of type 'cache' (known keys: priority, ttl_ms, type)."),
+         "of type 'cache' (known keys: max_body_bytes, methods, priority, ttl_ms, type, vary)."),
         ("fallbacks: [{type: api, base_url: 'http://b.example.com', ttl_ms: 5}]",
          "unknown key 'fallbacks[1].ttl_ms' for a fallback of type 'api' (known keys: base_url, "
-         "priority, type)."),
+         "headers, oauth, priority, type)."),
+        ("fallbacks: [{type: cache, headers: {X-Key: k}}]", "unknown key 'fallbacks[1].headers' "
+         "for a fallback of type 'cache' (known keys: max_body_bytes, methods, priority, ttl_ms, "
+         "type, vary)."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', oauth: {url: x}}]",
+         "unknown key 'fallbacks[1].oauth.url' (known keys: client_id, client_secret_env, scope, "
+         "token_url)."),
     ],
 )
 def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -> None:
@@ -349,6 +393,31 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
          "key 'fallbacks[1].priority' must be from 1 to 1000000, got 0."),
         ("fallbacks: [{type: degraded, message: ''}]",
          "key 'fallbacks[1].message' must be a non-empty string, got ''."),
+        ("fallbacks: [{type: cache, methods: GET}]",
+         "key 'fallbacks[1].methods' must be a list of names, got 'GET'."),
+        ("fallbacks: [{type: cache, methods: [GET, BREW]}]", "key 'fallbacks[1].methods' names "
+         "'BREW', which is not an HTTP method; use some of DELETE, GET, HEAD, OPTIONS, PATCH, "
+         "POST, PUT."),
+        ("fallbacks: [{type: cache, methods: []}]", "key 'fallbacks[1].methods' must name at "
+         "least one method, e.g. [GET, HEAD]; remove the cache fallback to cache nothing."),
+        ("fallbacks: [{type: cache, vary: [X-User, 'Bad Name']}]", "key 'fallbacks[1].vary' "
+         "names 'Bad Name', which is not a valid HTTP header name."),
+        ("fallbacks: [{type: cache, vary: [1]}]",
+         "key 'fallbacks[1].vary' must be a list of names, got a list."),
+        ("fallbacks: [{type: cache, max_body_bytes: -1}]", "key 'fallbacks[1].max_body_bytes' "
+         "must be from 0 to 1073741824 bytes, got -1."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', headers: {X-K: '${NOPE}'}}]",
+         "key 'fallbacks[1].headers.X-K' refers to ${NOPE}, which is not set in the "
+         "environment; set it before starting or remove the reference."),
+        ("fallbacks: [{type: api, base_url: 'http://b.example.com', oauth: {token_url: "
+         "'https://a.example.com/t', client_id: c, client_secret_env: UNSET}}]",
+         "key 'fallbacks[1].oauth.client_secret_env' names UNSET, which is not set in the "
+         "environment; set it before starting."),
+        ("max_response_bytes: 0", "key 'max_response_bytes' must be from 1 to 1073741824 bytes, "
+         "got 0."),
+        ("max_response_bytes: 1.5", "key 'max_response_bytes' must be a whole number bytes, "
+         "got 1.5."),
+        ("deadline_ms: 0", "key 'deadline_ms' must be from 1 to 604800000 ms, got 0."),
         ("health_check: {endpoint: health}",
          "key 'health_check.endpoint' must be a path starting with '/', got 'health'."),
         ("rate_limit: {max_requests: 0}",
@@ -370,7 +439,36 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
         ("headers: {X-Key: '${not valid}'}", "key 'headers.X-Key' refers to ${not valid}, which "
          "is not a valid environment variable name."),
         ("headers: {X-Key: '${NEWLINE}'}", "key 'headers.X-Key' has a value containing a line "
-         "break or NUL character, which would let it inject other headers."),
+         "break or control character, which would let it inject other headers."),
+        ("headers: {X-Key: '${UNICODE}'}", "key 'headers.X-Key' has a value with characters "
+         "outside visible ASCII (not shown: it may be a secret); header values may hold only "
+         "visible ASCII, spaces and tabs."),
+        ("headers: {X-Key: '${HUGE}'}", "key 'headers.X-Key' has a value of 8193 characters; "
+         "the limit is 8192 bytes (8 KiB)."),
+        ("headers: {Host: internal.corp}", "key 'headers.Host' is refused: the header 'Host' "
+         "frames the message or steers the connection, which the HTTP client does itself from "
+         "the base URL and the body; remove it."),
+        ("headers: {Proxy-Authorization: x}", "key 'headers.Proxy-Authorization' is refused: "
+         "the header 'Proxy-Authorization' is addressed to a proxy, not to the integration's "
+         "API; remove it."),
+        ("headers: {X-Key: a, x-key: b}", "key 'headers' is refused: the header 'x-key' is "
+         "given twice (also as 'X-Key'); give it once."),
+        ("health_check: {endpoint: '/health?full=1'}", "key 'health_check.endpoint' must be a "
+         "path without a query string or fragment, got '/health?full=1'; the health check sends "
+         "a plain GET."),
+        ("health_check: {endpoint: '/health#top'}", "key 'health_check.endpoint' must be a path "
+         "without a query string or fragment, got '/health#top'; the health check sends a plain "
+         "GET."),
+        ("health_check: {endpoint: '/..;/admin'}", "key 'health_check.endpoint' must stay below "
+         "the base URL: the path '/..;/admin' was refused: it contains a '.' or '..' segment "
+         "behind ';' path parameters (Tomcat, Jetty and Spring drop the parameters and step out "
+         "of the base URL)."),
+        ("fallbacks: [{type: api, base_url: 'https://bob:hunter2@b.example.com'}]",
+         "key 'fallbacks[1].base_url' must not carry user information (user:password@), got "
+         "'https://***@b.example.com'; put credentials in the integration's headers instead."),
+        ("fallbacks: [{type: api, base_url: 'https://b.example.com/?key=s3cret'}]",
+         "key 'fallbacks[1].base_url' must not have a query string ('?'), got "
+         "'https://b.example.com/?...'; pass query parameters with each job (params) instead."),
         ("oauth: {token_url: 'https://a.example.com/t', client_id: c}",
          "key 'oauth.client_secret_env' is missing."),
         ("oauth: {token_url: 'https://a.example.com/t', client_id: c, client_secret_env: UNSET}",
@@ -387,8 +485,10 @@ def test_unknown_keys_at_every_level(tmp_path: Path, extra: str, message: str) -
 def test_wrong_values_name_the_integration_and_key(
     tmp_path: Path, extra: str, message: str
 ) -> None:
-    env = {"NEWLINE": "a\r\nX-Evil: 1"}
-    assert error_for(tmp_path, entry(extra), env) == f"integration 'shop': {message}"
+    env = {"NEWLINE": "a\r\nX-Evil: 1", "UNICODE": "s3cr\u00e9t", "HUGE": "k" * 8193}
+    found = error_for(tmp_path, entry(extra), env)
+    assert found == f"integration 'shop': {message}"
+    assert "s3cr" not in found and "hunter2" not in found and "s3cret" not in found
 
 
 @pytest.mark.parametrize("url", ["ftp://shop.example.com", "shop.example.com", "https://"])
@@ -398,6 +498,69 @@ def test_bad_base_url(tmp_path: Path, url: str) -> None:
         "integration 'shop': key 'base_url' must be an http:// or https:// URL with a host, "
         f"e.g. https://api.example.com, got '{url}'."
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://bob:hunter2@shop.example.com/v1",
+         "must not carry user information (user:password@), got 'https://***@shop.example.com/v1'"
+         "; put credentials in the integration's headers instead."),
+        ("https://token@shop.example.com",
+         "must not carry user information (user:password@), got 'https://***@shop.example.com'; "
+         "put credentials in the integration's headers instead."),
+        ("https://shop.example.com/v1?api_key=hunter2",
+         "must not have a query string ('?'), got 'https://shop.example.com/v1?...'; pass query "
+         "parameters with each job (params) instead."),
+        ("https://shop.example.com/v1?",
+         "must not have a query string ('?'), got 'https://shop.example.com/v1?...'; pass query "
+         "parameters with each job (params) instead."),
+        ("https://shop.example.com/v1#frag",
+         "must not have a fragment ('#'), got 'https://shop.example.com/v1#frag'; remove it."),
+    ],
+)
+def test_a_base_url_with_userinfo_query_or_fragment_is_refused_at_load(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    text = f"integrations:\n  - id: shop\n    base_url: '{url}'\n"
+    found = error_for(tmp_path, text)
+    assert found == f"integration 'shop': key 'base_url' {message}"
+    assert "hunter2" not in found
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "message"),
+    [
+        ("PRIMARY_API_URL", "https://bob:hunter2@a.example.com",
+         "PRIMARY_API_URL must not carry user information (user:password@), got "
+         "'https://***@a.example.com'; put credentials in the integration's headers instead."),
+        ("SECONDARY_API_URL", "https://b.example.com/v1?key=hunter2",
+         "SECONDARY_API_URL must not have a query string ('?'), got "
+         "'https://b.example.com/v1?...'; pass query parameters with each job (params) instead."),
+        ("FALLBACK_API_URL", "https://c.example.com/#x",
+         "FALLBACK_API_URL must not have a fragment ('#'), got 'https://c.example.com/#x'; "
+         "remove it."),
+    ],
+)
+def test_the_seed_urls_get_the_same_check_naming_the_variable(
+    name: str, url: str, message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: url})
+    assert str(caught.value) == message
+
+
+def test_the_seed_accepts_a_plain_base_url_with_a_path() -> None:
+    settings = load_settings({"PRIMARY_API_URL": "https://a.example.com:8443/api/v2/"})
+    assert load_registry(settings, {}).get("primary-api").base_url == (
+        "https://a.example.com:8443/api/v2/")
+
+
+def test_a_malformed_base_url_with_a_password_does_not_show_it(tmp_path: Path) -> None:
+    text = "integrations:\n  - id: shop\n    base_url: 'https://bob:hunter2@:99999/'\n"
+    assert error_for(tmp_path, text) == (
+        "integration 'shop': key 'base_url' must be an http:// or https:// URL with a host, "
+        "e.g. https://api.example.com, got 'https://***@:99999/'.")
 
 
 def test_missing_base_url(tmp_path: Path) -> None:

@@ -59,6 +59,11 @@ def test_defaults_match_the_documented_values() -> None:
         visibility_timeout_s=3600,
         max_defer_ms=600000,
         poison_max_deliveries=3,
+        idempotency_ttl_ms=86_400_000,
+        audit_spool_max_entries=1_000_000,
+        retry_after_max_ms=600000,
+        cache_max_body_bytes=262144,
+        max_response_bytes=10485760,
     )
 
 
@@ -96,6 +101,8 @@ def test_every_variable_is_read_from_the_environment() -> None:
         "REDIS_VISIBILITY_TIMEOUT": "120",
         "MAX_DEFER_WINDOW": "60000",
         "POISON_MAX_DELIVERIES": "4",
+        "IDEMPOTENCY_TTL": "3600000",
+        "AUDIT_SPOOL_MAX_ENTRIES": "5000",
     }
     s = load_settings(env)
     assert (s.log_level, s.service_name, s.redis_key_prefix) == ("debug", "billing", "bill:")
@@ -118,6 +125,7 @@ def test_every_variable_is_read_from_the_environment() -> None:
     assert s.integrations_file == "/etc/recovery/integrations.yaml"
     assert (s.visibility_timeout_s, s.max_defer_ms) == (120, 60000)
     assert s.poison_max_deliveries == 4
+    assert (s.idempotency_ttl_ms, s.audit_spool_max_entries) == (3_600_000, 5000)
 
 
 @pytest.mark.parametrize(
@@ -142,6 +150,16 @@ def test_every_variable_is_read_from_the_environment() -> None:
          "a value this large is almost certainly a mistake."),
         ({"REDIS_VISIBILITY_TIMEOUT": "0"},
          "REDIS_VISIBILITY_TIMEOUT must be at least 1 s, got '0'."),
+        ({"IDEMPOTENCY_TTL": "1000"}, "IDEMPOTENCY_TTL must be at least 60000 ms, got '1000'."),
+        ({"IDEMPOTENCY_TTL": "604800001"},
+         "IDEMPOTENCY_TTL must be at most 604800000 ms (7 days), got '604800001'; "
+         "a value this large is almost certainly a mistake."),
+        ({"IDEMPOTENCY_TTL": "1d"}, "IDEMPOTENCY_TTL must be a whole number, got '1d'."),
+        ({"AUDIT_SPOOL_MAX_ENTRIES": "10"},
+         "AUDIT_SPOOL_MAX_ENTRIES must be at least 1000, got '10'."),
+        ({"AUDIT_SPOOL_MAX_ENTRIES": "100000001"},
+         "AUDIT_SPOOL_MAX_ENTRIES must be at most 100000000, got '100000001'; "
+         "a value this large is almost certainly a mistake."),
         ({"RETRY_BACKOFF_FACTOR": "fast"},
          "RETRY_BACKOFF_FACTOR must be a number such as 2 or 1.5, got 'fast'."),
         ({"RETRY_BACKOFF_FACTOR": "nan"},
@@ -185,6 +203,35 @@ def test_every_variable_is_read_from_the_environment() -> None:
 )
 def test_bad_values_are_refused_with_a_sentence(env: dict[str, str], message: str) -> None:
     assert error_for(**env) == message
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RETRY_AFTER_MAX": "soon"}, "RETRY_AFTER_MAX must be a whole number, got 'soon'."),
+        ({"RETRY_AFTER_MAX": "-1"}, "RETRY_AFTER_MAX must be at least 0 ms, got '-1'."),
+        ({"RETRY_AFTER_MAX": "604800001"}, "RETRY_AFTER_MAX must be at most 604800000 ms "
+         "(7 days), got '604800001'; a value this large is almost certainly a mistake."),
+        ({"CACHE_MAX_BODY_BYTES": "1.5"}, "CACHE_MAX_BODY_BYTES must be a whole number, "
+         "got '1.5'."),
+        ({"CACHE_MAX_BODY_BYTES": "-1"}, "CACHE_MAX_BODY_BYTES must be at least 0 bytes, "
+         "got '-1'."),
+        ({"MAX_RESPONSE_BYTES": "0"}, "MAX_RESPONSE_BYTES must be at least 1 bytes, got '0'."),
+        ({"MAX_RESPONSE_BYTES": "2000000000"}, "MAX_RESPONSE_BYTES must be at most 1073741824 "
+         "bytes, got '2000000000'; a value this large is almost certainly a mistake."),
+    ],
+)
+def test_outbound_limits_are_validated(env: dict[str, str], message: str) -> None:
+    assert error_for(**env) == message
+
+
+def test_retry_after_max_follows_the_defer_window_unless_set() -> None:
+    assert load_settings({"MAX_DEFER_WINDOW": "90000"}).retry_after_max_ms == 90000
+    assert load_settings({"MAX_DEFER_WINDOW": "90000",
+                          "RETRY_AFTER_MAX": "5000"}).retry_after_max_ms == 5000
+    assert load_settings({"RETRY_AFTER_MAX": "0"}).retry_after_max_ms == 0
+    limits = load_settings({"CACHE_MAX_BODY_BYTES": "0", "MAX_RESPONSE_BYTES": "4096"})
+    assert (limits.cache_max_body_bytes, limits.max_response_bytes) == (0, 4096)
 
 
 def test_settings_error_is_a_value_error() -> None:

@@ -1,0 +1,136 @@
+"""Idempotency keys per integration (issue 12 item 6) and the bounds of their Redis keys
+(issue 11 item 4): a key reused with a different request is refused at enqueue; the same key
+on another integration is a different key; every record expires."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+import recovery
+from recovery.audit.models import Job
+from recovery.faultserver import FaultServer
+from recovery.producer import EnqueueError
+from recovery.runtime import get_runtime
+from tests.integration.conftest import wait_for_status
+from tests.integration.test_job_flow import integration, queue_depth
+
+pytestmark = pytest.mark.integration
+
+FINAL = {"succeeded", "failed", "dead", "duplicate"}
+TTL_MS = 3_600_000
+VISIBILITY_S = 120
+
+
+def two_integrations(url: str) -> list[dict[str, Any]]:
+    return [integration(url, id="alpha"), integration(url, id="beta")]
+
+
+def job_rows() -> int:
+    with get_runtime().engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(Job.__table__)) or 0)
+
+
+def idem_key(integration_id: str, key: str, part: str) -> str:
+    return get_runtime().idempotency.key_name(integration_id, key, part)
+
+
+def test_a_key_reused_with_a_different_request_is_refused_and_nothing_is_enqueued(
+        configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
+    configure(two_integrations(upstream.url))
+    recovery.enqueue("alpha", "POST", "/orders", json={"sku": "a", "qty": 1},
+                     idempotency_key="order-7")
+    depth, rows = queue_depth(redis_client), job_rows()
+    changed = [
+        ("POST", "/orders", {"sku": "a", "qty": 2}, None),  # body
+        ("PUT", "/orders", {"sku": "a", "qty": 1}, None),  # method
+        ("POST", "/orders/7", {"sku": "a", "qty": 1}, None),  # path
+        ("POST", "/orders", {"sku": "a", "qty": 1}, {"dry_run": "1"}),  # query parameters
+    ]
+    for method, path, body, params in changed:
+        with pytest.raises(EnqueueError) as refused:
+            recovery.enqueue("alpha", method, path, json=body, params=params,
+                             idempotency_key="order-7")
+        assert str(refused.value) == (
+            "Idempotency key 'order-7' was already used with a different request on "
+            "integration 'alpha'; use a new key or resend the same request.")
+    assert queue_depth(redis_client) == depth
+    assert job_rows() == rows
+
+
+def test_the_same_request_with_the_same_key_is_accepted(
+        configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
+    configure(two_integrations(upstream.url))
+    body = {"sku": "a", "qty": 1, "meta": {"x": 1, "y": 2}}
+    first = recovery.enqueue("alpha", "POST", "/orders", json=body, idempotency_key="order-8")
+    reordered = {"meta": {"y": 2, "x": 1}, "qty": 1, "sku": "a"}  # same JSON, other key order
+    second = recovery.enqueue("alpha", "post", "/orders", json=reordered,
+                              headers={"X-Trace": "other"}, idempotency_key="order-8")
+    assert first != second
+    assert queue_depth(redis_client) == 2
+
+
+def test_keys_are_scoped_per_integration_through_real_workers(
+        configure, upstream: FaultServer, start_worker, redis_client: redis.Redis) -> None:
+    env = configure(two_integrations(upstream.url), IDEMPOTENCY_TTL=str(TTL_MS),
+                    REDIS_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
+    start_worker(env, concurrency=1)
+    engine = get_runtime().engine
+    on_alpha = recovery.enqueue("alpha", "POST", "/orders", json={"n": 1}, idempotency_key="k")
+    assert wait_for_status(engine, on_alpha, FINAL)["status"] == "succeeded"
+    # Another integration, another request: not a reuse, and not a duplicate either.
+    on_beta = recovery.enqueue("beta", "POST", "/refunds", json={"n": 2}, idempotency_key="k")
+    assert wait_for_status(engine, on_beta, FINAL)["status"] == "succeeded"
+    again = recovery.enqueue("alpha", "POST", "/orders", json={"n": 1}, idempotency_key="k")
+    assert wait_for_status(engine, again, FINAL)["status"] == "duplicate"
+
+    sent = [(r["method"], r["path"], r["idempotency_key"]) for r in upstream.requests()]
+    assert sent == [("POST", "/orders", "k"), ("POST", "/refunds", "k")]
+    for integration_id in ("alpha", "beta"):
+        assert redis_client.get(idem_key(integration_id, "k", "ok")) is not None
+        for part in ("ok", "req"):
+            ttl_ms = redis_client.pttl(idem_key(integration_id, "k", part))
+            assert TTL_MS - 60_000 < ttl_ms <= TTL_MS
+
+
+def test_a_generated_key_keeps_its_success_for_the_redelivery_window_only(
+        configure, upstream: FaultServer, start_worker, redis_client: redis.Redis) -> None:
+    env = configure(two_integrations(upstream.url), IDEMPOTENCY_TTL=str(TTL_MS),
+                    REDIS_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
+    start_worker(env, concurrency=1)
+    job_id = recovery.enqueue("alpha", "GET", "/orders")
+    job = wait_for_status(get_runtime().engine, job_id, FINAL)
+    assert (job["status"], job["idempotency_key"]) == ("succeeded", job_id)
+    window_s = 2 * VISIBILITY_S
+    assert 0 < redis_client.ttl(idem_key("alpha", job_id, "ok")) <= window_s
+    assert not redis_client.exists(idem_key("alpha", job_id, "req"))  # unique: nothing to check
+    counters = list(redis_client.scan_iter(
+        match=f"{os.environ['RECOVERY_REDIS_PREFIX']}idem:deliveries:{job_id}:*"))
+    assert counters and all(0 < redis_client.ttl(key) <= window_s for key in counters)
+
+
+def test_every_idempotency_and_audit_key_has_a_bound(
+        configure, upstream: FaultServer, start_worker, redis_client: redis.Redis) -> None:
+    """After real jobs (given keys, generated keys, a duplicate), each key of these families
+    either expires or is a stream with a cap."""
+    env = configure(two_integrations(upstream.url), AUDIT_SPOOL_MAX_ENTRIES="5000")
+    start_worker(env, concurrency=1)
+    engine = get_runtime().engine
+    ids = [recovery.enqueue("alpha", "POST", "/orders", json={"n": n}, idempotency_key=f"b{n}")
+           for n in range(3)]
+    ids += [recovery.enqueue("beta", "GET", "/orders"),
+            recovery.enqueue("alpha", "POST", "/orders", json={"n": 0}, idempotency_key="b0")]
+    for job_id in ids:
+        wait_for_status(engine, job_id, FINAL)
+    prefix = os.environ["RECOVERY_REDIS_PREFIX"]
+    keys = [key.decode() for key in redis_client.scan_iter(match=f"{prefix}idem:*")]
+    keys += [key.decode() for key in redis_client.scan_iter(match=f"{prefix}audit:*")]
+    assert any(":ok" in key for key in keys) and any("deliveries" in key for key in keys)
+    for key in keys:
+        if redis_client.type(key) == b"stream":
+            continue  # the spool and the rejected rows: capped streams (test_audit_spool_bounds)
+        assert redis_client.ttl(key) > 0, f"{key} never expires"
