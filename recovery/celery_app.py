@@ -47,6 +47,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         "task_ignore_result": True,
         "task_acks_late": True,
+        # A dead or failed job ends as FAILURE after it is parked: its message is acked then,
+        # never delivered again (Celery's default, relied on by recovery.outcome).
+        "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Off by default: Flower (and `celery control enable_events`) turns them on while
@@ -98,12 +101,10 @@ app = make_celery(get_settings())
 @signals.celeryd_init.connect
 @signals.beat_init.connect
 def _start_reporting(**_: Any) -> None:
-    """Logging, Sentry (when SENTRY_DSN is set) and breaker alerts, in workers and in beat."""
+    """Sentry (when SENTRY_DSN is set) and breaker alerts, in workers and in beat."""
     from recovery.alerts import install_breaker_alerts
-    from recovery.observability import configure_logging
     from recovery.sentry import init_sentry
 
-    configure_logging(get_settings().log_level)
     init_sentry(get_settings())
     install_breaker_alerts()
 
@@ -153,25 +154,15 @@ def _reset_runtime_after_fork(**_: Any) -> None:
     reset_runtime()
 
 
-class _RedactRecords(logging.Filter):
-    """Third-party log records (urllib3 logs request lines with their query string at DEBUG)
-    pass through the same redaction as our own events."""
+@signals.setup_logging.connect
+def _one_log_format(loglevel: int | str | None = None, **_: Any) -> None:
+    """Workers and beat log through our formatter: Celery's own lines ("Task ... received",
+    "succeeded", errors, kombu warnings) become the same redacted JSON as our events, and
+    Celery installs no formatter or stdout redirect of its own. LOG_LEVEL filters our events;
+    `--loglevel` filters Celery's and the other libraries' lines."""
+    from recovery.observability import configure_logging
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        from recovery.redact import redact_text
-
-        message = record.getMessage()
-        cleaned = redact_text(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
-
-
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def _redact_stdlib_logs(logger: logging.Logger, **_: Any) -> None:
-    for handler in logger.handlers:
-        handler.addFilter(_RedactRecords())
+    configure_logging(get_settings().log_level, foreign_level=loglevel or logging.WARNING)
 
 
 class RequeueHeldOnReconnect(bootsteps.StartStopStep):

@@ -48,6 +48,8 @@ class CliGroup(click.Group):
 
 
 @click.group(cls=CliGroup)
+@click.version_option(package_name="api-recovery", prog_name="recovery-cli",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """Resilient third-party API calls as Celery jobs.
 
@@ -255,6 +257,7 @@ def db_downgrade(revision: str, yes: bool) -> None:
 
 def _register_subcommands() -> None:
     from recovery.cli_breaker import breaker
+    from recovery.cli_console import console_group
     from recovery.cli_demo import demo_command
     from recovery.cli_dlq import dlq_group, replay_dlq_command
     from recovery.cli_ops import monitor_command, report_command, simulate_command
@@ -270,6 +273,7 @@ def _register_subcommands() -> None:
     main.add_command(monitor_command)
     main.add_command(report_command)
     main.add_command(ratelimit)
+    main.add_command(console_group)
 
 
 _register_subcommands()

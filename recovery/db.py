@@ -6,6 +6,7 @@ demo, so everything here accepts either URL and hides the driver details from ca
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-ALEMBIC_INI = MIGRATIONS_DIR / "alembic.ini"
+#: The package the wheel installs the top-level migrations/ folder as (see setup.cfg).
+MIGRATIONS_PACKAGE = "recovery_migrations"
+_CHECKOUT_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 #: Seconds psycopg waits for a TCP connection, so an unreachable database cannot hang a job.
 CONNECT_TIMEOUT_S = 10
@@ -79,6 +81,25 @@ def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def migrations_dir() -> Path:
+    """The Alembic script directory, wherever the process runs from.
+
+    Installed (wheel or editable), it is the `recovery_migrations` package. Without it (an
+    editable install made before migrations were packaged, or a bare `PYTHONPATH=.`), the
+    checkout's own migrations/ folder next to the `recovery` package is used.
+    """
+    try:
+        location = Path(str(resources.files(MIGRATIONS_PACKAGE)))
+    except ModuleNotFoundError:
+        location = _CHECKOUT_MIGRATIONS
+    if not (location / "env.py").is_file():
+        raise RuntimeError(
+            f"The audit-trail migrations are missing (no env.py in {location}). Reinstall "
+            "api-recovery (pip install .) so that its recovery_migrations package is present."
+        )
+    return location
+
+
 def migrations_config(database_url: str | None = None) -> Config:
     """Alembic configuration for ``migrations/``.
 
@@ -86,8 +107,9 @@ def migrations_config(database_url: str | None = None) -> Config:
     falls back to ``DATABASE_URL`` from the settings. Logging configuration from alembic.ini
     is skipped so that running migrations from code leaves the application's logging alone.
     """
-    config = Config(str(ALEMBIC_INI))
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    location = migrations_dir()
+    config = Config(str(location / "alembic.ini"))
+    config.set_main_option("script_location", str(location))
     if database_url is not None:
         rendered = normalise_url(database_url).render_as_string(hide_password=False)
         # ConfigParser interpolates '%', which can appear in URL-encoded passwords.

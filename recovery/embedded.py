@@ -19,12 +19,12 @@ import structlog
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
 from recovery.jobs import JobSpec, Progress
+from recovery.outcome import after_exception, conclude
 from recovery.pipeline import Step, run_job
 from recovery.redact import redact_params
 from recovery.registry import Registry
 from recovery.runtime import Runtime, build_runtime
 from recovery.settings import Settings
-from recovery.worker import finish_unsuccessful
 
 log = structlog.get_logger(__name__)
 
@@ -119,13 +119,16 @@ class EmbeddedBroker:
                                          outcome=f"The job crashed: {exc}")
 
     def _deliver(self, delivery: _Delivery) -> None:
-        step = run_job(delivery.job, delivery.progress, self.rt)
-        if step.status in ("retry", "defer"):
+        try:
+            step = run_job(delivery.job, delivery.progress, self.rt)
+        except Exception as exc:  # the same requeue-or-dead-letter decision as a worker's
+            step = after_exception(delivery.job, delivery.progress, self.rt, exc)
+        if step.status in ("retry", "defer", "requeue"):
             self._push(delivery.job, step.progress, step.countdown_s or 0.0)
         elif step.status == "dead":
             self._park(delivery.job, step)
         else:
-            finish_unsuccessful(delivery.job, step, self.rt)
+            conclude(delivery.job, step, self.rt)
 
     def _park(self, job: JobSpec, step: Step) -> None:
         """Dead-letter a job into the in-memory list, recorded as `recovery.dlq.park` does."""

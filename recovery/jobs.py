@@ -108,6 +108,8 @@ class Progress:
     `blocked_s` is the total time the job has spent deferred by a breaker, limiter or budget.
     `budget_pending` marks a retry the retry budget has not charged yet: it is charged before
     the call, and deferred again while the budget has no room.
+    `requeues` counts this delivery's returns to the queue after infrastructure errors
+    (`recovery.outcome`); the next attempt or deferral starts again from zero.
     """
 
     attempt: int = 1
@@ -116,6 +118,7 @@ class Progress:
     auth_refreshed: bool = False
     recovered_by: str | None = None
     budget_pending: bool = False
+    requeues: int = 0
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,10 +136,12 @@ class Progress:
             auth_refreshed=bool(data.get("auth_refreshed", False)),
             recovered_by=data.get("recovered_by"),
             budget_pending=bool(data.get("budget_pending", False)),
+            requeues=int(data.get("requeues", 0)),
         )
 
     def next_attempt(self) -> Progress:
-        return replace(self, attempt=self.attempt + 1, auth_refreshed=False)
+        return replace(self, attempt=self.attempt + 1, auth_refreshed=False, requeues=0)
 
     def deferred(self, seconds: float) -> Progress:
-        return replace(self, deferrals=self.deferrals + 1, blocked_s=self.blocked_s + seconds)
+        return replace(self, deferrals=self.deferrals + 1, blocked_s=self.blocked_s + seconds,
+                       requeues=0)

@@ -3,7 +3,8 @@
     idempotency claim -> rate limit gate -> breaker permit -> http call -> classify
     -> breaker record -> audit attempt -> policy: done | retry | defer | fallback | dead-letter
 
-The task adapter turns the returned `Step` into a Celery retry, a dead letter, or a result.
+The task adapter turns the returned `Step` into a Celery retry, a dead letter, or a result;
+`recovery.outcome` writes every final state and decides what an exception raised here becomes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
 
 import requests
 import structlog
@@ -31,6 +31,7 @@ from recovery.http import send
 from recovery.idempotency import Claim
 from recovery.jobs import JobSpec, Progress
 from recovery.metrics import observe_call, observe_recovery, observe_retry_scheduled
+from recovery.outcome import Step, StepStatus, degraded, duplicate, succeeded
 from recovery.policy import BlockSource, Decision, decide_after_failure, decide_when_blocked
 from recovery.redact import redact_params
 from recovery.registry import Integration
@@ -38,25 +39,7 @@ from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-StepStatus = Literal["succeeded", "degraded", "retry", "defer", "dead", "failed", "duplicate"]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class Step:
-    """What one delivery decided. `countdown_s` is set for retry and defer; `progress` is what
-    the next delivery starts from."""
-
-    status: StepStatus
-    progress: Progress
-    attempts: int  # real calls made so far; deferrals and duplicates make none
-    countdown_s: float | None = None
-    http_status: int | None = None
-    body: Any = None
-    strategy: str | None = None
-    fallback: str | None = None
-    failure: Classification | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,8 +58,10 @@ def max_countdown_s(rt: Runtime) -> float:
 
 def delivery_id(job: JobSpec, progress: Progress) -> str:
     """Names one message: a job at one replay, attempt and deferral. Redelivered, it is the
-    same message again; the count of its deliveries tells a poison job apart."""
-    return f"{job.job_id}:{job.replay_count}:{progress.attempt}:{progress.deferrals}"
+    same message again; the count of its deliveries tells a poison job apart. A requeue after
+    an infrastructure error is a message of its own (it is counted in the message instead)."""
+    name = f"{job.job_id}:{job.replay_count}:{progress.attempt}:{progress.deferrals}"
+    return f"{name}:r{progress.requeues}" if progress.requeues else name
 
 
 def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
@@ -104,15 +89,16 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
             return _blocked(job, progress, rt, integration, block.wait_s, block.source, block.why)
         progress = replace(progress, budget_pending=False)
         result = _call_with_auth(job, integration, rt, progress)
-        released = True
         if result.failure is None:
             try:
                 return _succeeded(job, progress, rt, integration, result)
             finally:
                 _settle(job, integration, rt, passage.permit, None)
+                released = True
         _settle(job, integration, rt, passage.permit, result.failure)
+        released = True
         return _failed(job, progress, rt, integration, result)
-    finally:
+    finally:  # also when anything above raised: the next delivery must find the key free
         if not released:
             rt.idempotency.release(job.integration, job.idempotency_key, job.job_id, job.job_id,
                                    succeeded=False)
@@ -124,12 +110,15 @@ def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit 
     audit rows ride along to the spool (the task's end-of-run commit then has nothing left)."""
     batcher = rt.audit.batcher
     taken = batcher.take_for_spool() if batcher is not None and failure is None else None
-    spooled = rt.gate.settle(integration, permit, job.idempotency_key, job.job_id, job.job_id,
-                             success=failure is None,
-                             counts=failure is None or failure.counts_against_breaker(),
-                             audit=taken[1] if taken is not None else None)
-    if taken is not None and not spooled and batcher is not None:
-        batcher.restore(taken[0])
+    spooled = False
+    try:
+        spooled = rt.gate.settle(integration, permit, job.idempotency_key, job.job_id,
+                                 job.job_id, success=failure is None,
+                                 counts=failure is None or failure.counts_against_breaker(),
+                                 audit=taken[1] if taken is not None else None)
+    finally:  # rows that did not ride along stay buffered, also when settle raised
+        if taken is not None and not spooled and batcher is not None:
+            batcher.restore(taken[0])
 
 
 def _token_failure(exc: Exception) -> Classification:
@@ -190,10 +179,7 @@ def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integ
     strategy = progress_strategy(progress)
     if strategy is not None:
         observe_recovery(strategy, True)
-    rt.audit.job_status(job.job_id, "succeeded", attempts=progress.attempt,
-                        deferrals=progress.deferrals, outcome=f"HTTP {result.response.status_code}",
-                        strategy=strategy, last_status=result.response.status_code,
-                        finished=True)
+    succeeded(rt, job, progress, result.response.status_code, strategy)
     return Step("succeeded", progress, progress.attempt,
                 http_status=result.response.status_code, body=body, strategy=strategy,
                 reason="The upstream answered successfully.")
@@ -259,10 +245,7 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
         served = run_fallbacks(rt, integration, job)
         observe_recovery("graceful-degradation", served is not None)
         if served is not None:
-            rt.audit.job_status(job.job_id, "degraded", attempts=spent,
-                                outcome=f"served by {served.kind} fallback",
-                                strategy="graceful-degradation", fallback_used=served.kind,
-                                last_status=status, last_error=message, finished=True)
+            degraded(rt, job, spent, served.kind, status, message)
             return Step("degraded", progress, spent, http_status=served.http_status,
                         body=served.body, strategy="graceful-degradation",
                         fallback=served.kind, failure=failure,
@@ -295,8 +278,7 @@ def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         job_id=job.job_id, number=progress.attempt, kind="duplicate",
         started_at=datetime.now(UTC), duration_ms=0, decision="duplicate", worker=WORKER,
         error_message="This idempotency key already succeeded; the call was not repeated."))
-    rt.audit.job_status(job.job_id, "duplicate", outcome="idempotency key already succeeded",
-                        finished=True)
+    duplicate(rt, job)
     return Step("duplicate", progress, progress.attempt - 1,
                 reason="The idempotency key already succeeded.")
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 #: Longest duration any millisecond setting may have; anything above is treated as a typo.
@@ -33,6 +34,10 @@ DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 MAX_REQUEST_BYTES_RANGE = (1024, 16 * 1024 * 1024)
 #: SERVE_TOKEN length bounds: long enough not to be guessed, short enough for one header.
 SERVE_TOKEN_LENGTH = (16, 256)
+#: Roles of the operator console: viewer reads, operator also acts.
+CONSOLE_ROLES = ("viewer", "operator")
+#: Shortest CONSOLE_SECRET_KEY: it signs the session cookie.
+CONSOLE_SECRET_MIN = 32
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -97,6 +102,13 @@ class Settings:
     retry_after_max_ms: int = 600000  # longest pause one Retry-After may set
     cache_max_body_bytes: int = 256 * 1024  # larger answers are not kept by the cache fallback
     max_response_bytes: int = 10 * 1024 * 1024  # larger answers are refused while read
+    console_host: str = "127.0.0.1"
+    console_port: int = 9809
+    console_users: tuple[tuple[str, str, str], ...] = ()  # (name, role, password hash)
+    console_secret_key: str | None = None
+    console_auth_header: str | None = None
+    console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
+    console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
 
 
 def show(value: str) -> str:
@@ -314,6 +326,54 @@ class _Reader:
         return text
 
 
+_CONSOLE_NAME = re.compile(r"[A-Za-z0-9._@*-]{1,64}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def _console_pairs(r: _Reader, name: str, parts: int, hint: str) -> list[list[str]]:
+    """`a:b[:c],...` entries whose first part is a name and second a console role."""
+    found: list[list[str]] = []
+    for index, item in enumerate((r.optional(name) or "").split(","), 1):
+        if not item.strip():
+            continue
+        fields = [part.strip() for part in item.split(":", parts - 1)]
+        if len(fields) != parts or not _CONSOLE_NAME.fullmatch(fields[0]) or not all(fields):
+            raise SettingsError(f"{name} entry {index} must look like {hint}.")
+        if fields[1] not in CONSOLE_ROLES:
+            raise SettingsError(f"{name} entry {index} has the role {show(fields[1])}; use "
+                                f"{' or '.join(CONSOLE_ROLES)}.")
+        found.append(fields)
+    return found
+
+
+def _console_settings(r: _Reader) -> dict[str, Any]:
+    """The operator console's settings (whether it may start is decided by the console)."""
+    users = _console_pairs(r, "CONSOLE_USERS", 3, "name:role:hash, the hash made by "
+                           "`recovery-cli console hash-password` (not shown: it is a secret)")
+    if any("$" not in fields[2] for fields in users):
+        raise SettingsError("CONSOLE_USERS holds a password that is not a hash; make one with "
+                            "`recovery-cli console hash-password` (the value is not shown).")
+    secret = r.optional("CONSOLE_SECRET_KEY")
+    if secret is not None and len(secret) < CONSOLE_SECRET_MIN:
+        raise SettingsError(f"CONSOLE_SECRET_KEY must be at least {CONSOLE_SECRET_MIN} "
+                            f"characters, got {len(secret)} (not shown: it is a secret); "
+                            "generate one with `openssl rand -hex 32`.")
+    header = r.optional("CONSOLE_AUTH_HEADER")
+    if header is not None and not _HEADER_NAME.fullmatch(header):
+        raise SettingsError(f"CONSOLE_AUTH_HEADER must be a header name such as "
+                            f"X-Forwarded-User, got {show(header)}.")
+    roles = _console_pairs(r, "CONSOLE_HEADER_ROLES", 2, "user:role (or *:role for everyone "
+                           "else)")
+    secure = None if r.optional("CONSOLE_SECURE_COOKIES") is None else r.flag(
+        "CONSOLE_SECURE_COOKIES", True)
+    return {"console_host": r.text("CONSOLE_HOST", "127.0.0.1"),
+            "console_port": r.whole("CONSOLE_PORT", 9809, 1, 65535),
+            "console_users": tuple(tuple(fields) for fields in users),
+            "console_secret_key": secret, "console_auth_header": header,
+            "console_header_roles": tuple(tuple(fields) for fields in roles),
+            "console_secure_cookies": secure}
+
+
 def _check_countdowns(settings: Settings) -> None:
     """Refuse settings whose longest countdown could outlast the broker's visibility timeout.
 
@@ -391,6 +451,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cache_max_body_bytes=r.whole("CACHE_MAX_BODY_BYTES", 256 * 1024, 0, MAX_BYTES, "bytes"),
         max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
                                    "bytes"),
+        **_console_settings(r),
     )
     _check_countdowns(settings)
     return settings

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import structlog
 from hypothesis import settings
 
 SESSION_PREFIX = f"test-{uuid.uuid4().hex[:10]}:"
@@ -30,6 +29,9 @@ settings.load_profile("shared-machine")
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
-    """A command that configured logging (level, renderer) must not filter the next test's logs."""
+    """A command that configured logging (level, renderer, the root logger's handler) must not
+    filter or reformat the next test's logs."""
     yield
-    structlog.reset_defaults()
+    from recovery.observability import reset_logging  # not at the top: env first, then imports
+
+    reset_logging()

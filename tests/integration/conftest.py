@@ -120,7 +120,7 @@ class WorkerProcess:
 
     def __init__(
         self, env: dict[str, str], concurrency: int, log_path: Path, queues: str | None,
-        loglevel: str = "info", heartbeat: bool = False,
+        loglevel: str = "info", heartbeat: bool = False, include: str | None = None,
     ) -> None:
         """`heartbeat`: run as deployed, with heartbeats (and so an event dispatcher that
         `enable_events`, sent by Flower, can switch on); off, the worker starts faster."""
@@ -145,6 +145,8 @@ class WorkerProcess:
         ]
         if queues:
             command += ["-Q", queues]
+        if include:  # test-only modules, e.g. tests.integration.faults
+            command += ["--include", include]
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -193,10 +195,10 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
     def start(
         env: dict[str, str], concurrency: int = 2, queues: str | None = None,
-        loglevel: str = "info",
+        loglevel: str = "info", include: str | None = None,
     ) -> WorkerProcess:
         worker = WorkerProcess(env, concurrency, tmp_path / f"worker{len(workers)}.log", queues,
-                               loglevel)
+                               loglevel, include=include)
         workers.append(worker)
         return worker
 

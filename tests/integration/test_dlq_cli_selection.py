@@ -68,3 +68,7 @@ def test_show_and_quarantine_list_never_print_the_original(
     quarantined = run(quarantine_group, "list", "--json").output
     assert job.job_id in quarantined and "hunter2-b0dy" not in quarantined
     assert "original" not in quarantined
+    from recovery.ops.console.dlqview import quarantine_rows
+
+    console = json.dumps(quarantine_rows(dlq_runtime))
+    assert job.job_id in console and "hunter2-b0dy" not in console and "original" not in console

@@ -2,8 +2,9 @@
 
 One module-wide run: a worker, Flower behind basic auth, and jobs carrying secrets (a bearer
 token, an API key, a `token` query parameter, a `password` body field) that fail once with 503
-and succeed on their Celery retry. Flower's API, its pages and headless Chromium must show the
-tasks and never a secret, including while the retries wait in the worker's ETA schedule.
+and succeed on their Celery retry, then one more that the upstream refuses with 400 and that is
+dead-lettered. Flower's API, its pages and headless Chromium must show the tasks (the dead one
+as FAILURE) and never a secret, including while the retries wait in the worker's ETA schedule.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class FlowerRun:
     worker_name: str
     job_ids: list[str]
     secret_values: list[str]
+    dead_job_id: str = ""
     seen: dict[str, str] = field(default_factory=dict)  # "GET path" -> body, while retrying
     scheduled_seen: int = 0
 
@@ -183,6 +185,29 @@ def _wait_for_flower_tasks(run: FlowerRun, timeout: float = 30.0) -> dict[str, A
     raise AssertionError(f"Flower did not show every job as SUCCESS in {timeout} s: {tasks}")
 
 
+def _wait_for_flower_state(run: FlowerRun, job_id: str, state: str,
+                           timeout: float = 30.0) -> dict[str, Any]:
+    """Flower's /api/tasks?state=... once it lists the job (its events can lag the audit)."""
+    deadline = time.monotonic() + timeout
+    tasks: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        tasks = run.flower.get("/api/tasks", taskname=TASK_NAME, state=state).json()
+        if job_id in tasks:
+            return tasks
+        time.sleep(0.3)
+    raise AssertionError(f"Flower did not list job {job_id} as {state} in {timeout} s: {tasks}")
+
+
+def _dead_letter_one(run: FlowerRun) -> None:
+    """One more job, carrying secrets too, that the upstream refuses with 400: dead-lettered."""
+    arguments, values = _job_arguments(JOBS)
+    run.upstream.set_script([400])
+    run.dead_job_id = recovery.enqueue("shop", "POST", f"/refunds/{JOBS}", **arguments)
+    run.secret_values += values
+    job = wait_for_status(get_runtime().engine, run.dead_job_id, {"succeeded", "failed", "dead"})
+    assert job["status"] == "dead", job
+
+
 def _start_services(
     mp: pytest.MonkeyPatch, tmp: Path, database_url: str, upstream: FaultServer
 ) -> dict[str, str]:
@@ -216,6 +241,7 @@ def _run_jobs(flower: FlowerProcess, upstream: FaultServer, worker_log: Path) ->
     for job_id in job_ids:
         job = wait_for_status(engine, job_id, {"succeeded", "failed", "dead"})
         assert job["status"] == "succeeded", job
+    _dead_letter_one(run)
     return run
 
 
@@ -263,7 +289,7 @@ def test_secrets_really_reached_the_upstream(flower_run: FlowerRun) -> None:
     """
     sent = repr(flower_run.upstream.requests())
     carried = [s for s in flower_run.secret_values if not s.startswith("SECRET-password-")]
-    assert len(carried) == 3 * JOBS
+    assert len(carried) == 3 * (JOBS + 1)
     assert all(secret in sent for secret in carried)
     orders = [r for r in flower_run.upstream.requests() if r["path"].startswith("/orders/")]
     assert sorted(r["status"] for r in orders) == [200] * JOBS + [503] * JOBS
@@ -291,7 +317,7 @@ def test_no_secret_in_any_flower_api_response(flower_run: FlowerRun) -> None:
               "GET /api/workers?refresh=1": flower.get("/api/workers", refresh=1).text,
               "GET /api/workers (one worker, refreshed)": flower.get(
                   "/api/workers", refresh=1, workername=flower_run.worker_name).text}
-    for job_id in flower_run.job_ids:
+    for job_id in [*flower_run.job_ids, flower_run.dead_job_id]:
         bodies[f"GET /api/task/info/{job_id}"] = flower.get(f"/api/task/info/{job_id}").text
         bodies[f"GET /task/{job_id}"] = flower.get(f"/task/{job_id}").text
     assert flower_run.worker_name in bodies["GET /api/workers?refresh=1"]
@@ -312,6 +338,22 @@ def test_no_secret_in_worker_or_flower_logs(flower_run: FlowerRun) -> None:
     assert all(job_id in logs["the worker log"] for job_id in flower_run.job_ids)
     leaks = _leaks(flower_run, logs)
     assert not leaks, "\n".join(leaks)
+
+
+def test_flower_shows_the_dead_lettered_job_as_failure(flower_run: FlowerRun) -> None:
+    """Dead jobs end as Celery FAILURE (after they are parked); Flower learns it from the
+    task-failed event, as results are not stored. The exception shows the redacted outcome."""
+    failed = _wait_for_flower_state(flower_run, flower_run.dead_job_id, "FAILURE")
+    assert list(failed) == [flower_run.dead_job_id]
+    task = failed[flower_run.dead_job_id]
+    assert task["exception"].startswith(
+        "JobDeadLettered('dead, HTTP 400, dead-letter-queue: "), task["exception"]
+    assert task["retries"] == 0
+    succeeded = flower_run.flower.get("/api/tasks", taskname=TASK_NAME, state="SUCCESS").json()
+    assert set(flower_run.job_ids) <= set(succeeded)
+    assert flower_run.dead_job_id not in succeeded
+    refunds = [r for r in flower_run.upstream.requests() if r["path"].startswith("/refunds/")]
+    assert [r["status"] for r in refunds] == [400], "the failed task was delivered again"
 
 
 def test_task_page_html_names_the_task(flower_run: FlowerRun) -> None:

@@ -1,0 +1,110 @@
+"""What an operator can do from the console, each written to the audit trail with who and what.
+
+The work itself is done by the functions the CLI calls (the breaker's force_open/force_close,
+`replay_dlq`, `purge`); the breaker and rate-limit actions write the same `alerts` rows as
+`recovery-cli breaker open|close` and `ratelimit resume`, with the operator in the details.
+Replay and purge also record their outcome as a `console_dlq_replay` / `console_dlq_purge`
+alert, besides the `replayed by` / `purged by` reason they leave on each dead letter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from recovery.dlq.purge import PurgeReport, purge, release
+from recovery.dlq.replay import ReplayOptions, ReplayReport, replay_dlq
+from recovery.jobs import JobSpec
+from recovery.ops.console import ratelimits
+from recovery.ops.console.config import User
+from recovery.ops.console.dlqview import ConsoleFilter
+from recovery.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+BREAKER_ACTIONS = ("open", "close")
+
+
+def actor(user: User) -> str:
+    """How the console names an operator in the audit trail and DLQ lock."""
+    return f"console:{user.name}"
+
+
+def record(rt: Runtime, user: User, kind: str, integration: str | None, message: str,
+           details: dict[str, Any] | None = None) -> None:
+    """One `alerts` row and one log line for an operator action."""
+    shown = {"actor": user.name, "role": user.role, "via": "console", **(details or {})}
+    rt.audit.alert(kind, integration, message, shown)
+    log.warning("console_action", kind=kind, integration=integration, actor=user.name,
+                message=message)
+
+
+def steer_breaker(rt: Runtime, user: User, integration_id: str, action: str,
+                  reason: str | None) -> str:
+    """Open or close a breaker by hand; returns its state afterwards.
+
+    Raises UnknownIntegrationError (from the registry) or ValueError for a bad action.
+    """
+    if action not in BREAKER_ACTIONS:
+        raise ValueError(f"Unknown breaker action {action!r}; use open or close.")
+    integration = rt.registry.get(integration_id)
+    why = reason or f"operator {action} from the console by {user.name}"
+    target = rt.breaker(integration)
+    if action == "open":
+        target.force_open(why)
+    else:
+        target.force_close(why)
+    record(rt, user, f"breaker_manual_{action}", integration_id, why)
+    return target.snapshot().state
+
+
+def resume_rate_limit(rt: Runtime, user: User, integration_id: str,
+                      reason: str | None) -> float:
+    """Lift an integration's rate-limit pause; returns the seconds that were left."""
+    rt.registry.get(integration_id)
+    why = reason or f"operator resume from the console by {user.name}"
+    left = ratelimits.resume(rt, integration_id)
+    record(rt, user, "ratelimit_manual_resume", integration_id, why,
+           {"paused_for_s": round(left, 3)})
+    return left
+
+
+def replay(rt: Runtime, user: User, flt: ConsoleFilter, *, limit: int | None,
+           rate: float | None, dry_run: bool) -> ReplayReport:
+    """`replay-dlq` with these filters; a real run is audited with its counts."""
+    options = ReplayOptions(filter=flt, limit=limit, rate=rate, dry_run=dry_run,
+                            actor=actor(user))
+    report = replay_dlq(rt, options)
+    if not dry_run:
+        summary = report.summary()
+        record(rt, user, "console_dlq_replay", flt.integration,
+               f"{user.name} replayed {summary['replayed']} dead letters, quarantined "
+               f"{summary['quarantined']}, skipped {summary['skipped']}, failed "
+               f"{summary['failed']}.",
+               {"filter": flt.describe(), "limit": limit, "rate": rate,
+                "job_ids": [item.job_id for item in report.items if item.action == "replay"]})
+    return report
+
+
+def purge_selected(rt: Runtime, user: User, job_ids: list[str]) -> PurgeReport:
+    """Delete the selected dead letters for good (never an entry that was not selected)."""
+    if not job_ids:
+        raise ValueError("Select at least one dead letter to purge.")
+    report = purge(rt, ConsoleFilter(job_ids=frozenset(job_ids)), actor=actor(user))
+    record(rt, user, "console_dlq_purge", None,
+           f"{user.name} purged {report.purged} dead letters.",
+           {"job_ids": report.job_ids, "selected": sorted(job_ids)})
+    return report
+
+
+def release_quarantined(rt: Runtime, user: User, job_id: str) -> JobSpec:
+    """`dlq quarantine release`: the job goes back to its work queue once more (audited).
+
+    Raises ReleaseError with a sentence when the entry is missing or cannot be replayed.
+    """
+    job = release(rt, job_id, actor=actor(user))
+    record(rt, user, "console_dlq_release", job.integration,
+           f"{user.name} released job {job.job_id} from quarantine.",
+           {"job_id": job.job_id, "replay_count": job.replay_count})
+    return job
