@@ -72,7 +72,7 @@ def _read_queues(rt: Runtime, frame: Frame) -> None:
         frame.queues_error = "no Redis client in this process (embedded mode)"
         return
     try:
-        depths = queue_depths(rt.settings, QUEUES[:2], QUEUES[2:])
+        depths = queue_depths(rt.settings, rt.redis, QUEUES[:2], QUEUES[2:])
     except (redis.RedisError, KombuOperationalError, OSError) as exc:
         frame.queues_error = _short(exc)
         return

@@ -33,12 +33,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 
 from recovery import metrics
+from recovery.config import redis_urls
 from recovery.config.broker import queue_depths
 from recovery.db import make_engine, normalise_url
 from recovery.redact import redact_text
 from recovery.registry import load_registry
 from recovery.runtime import Runtime, build_runtime, redis_client
-from recovery.settings import Settings, get_settings
+from recovery.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,8 @@ Check = tuple[str, Callable[[], None]]
 
 def redis_check(url: str) -> Check:
     client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S,
-                                  socket_timeout=CHECK_TIMEOUT_S)
+                                  socket_timeout=CHECK_TIMEOUT_S) if (
+        redis_urls.kind_of(url) == "single") else redis_client(url)  # Cluster, Sentinel
     return "redis", lambda: _ping(client)
 
 
@@ -201,16 +203,16 @@ def metrics_source(settings: Settings, rt: Runtime) -> Callable[[], bytes] | Non
     def breaker_states() -> dict[str, str]:
         return {i.id: rt.breaker(i).snapshot().state for i in rt.registry}
 
-    live = metrics.LiveStateCollector(breaker_states, broker_queue_depths)
+    live = metrics.LiveStateCollector(breaker_states, lambda: broker_queue_depths(rt))
     return lambda: metrics.render(store, live)
 
 
-def broker_queue_depths() -> dict[str, int]:
+def broker_queue_depths(rt: Runtime) -> dict[str, int]:
     """Messages waiting in each of our queues (work queues on the broker, DLQ-side lists in
     the state store: `recovery.config.broker`)."""
     from recovery.celery_app import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
 
-    return queue_depths(get_settings(), (WORK_QUEUE, MAINTENANCE_QUEUE),
+    return queue_depths(rt.settings, rt.redis, (WORK_QUEUE, MAINTENANCE_QUEUE),
                         (DLQ_QUEUE, QUARANTINE_QUEUE))
 
 

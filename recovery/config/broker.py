@@ -23,17 +23,20 @@ are, and where dead letters are written.
 * **The dead-letter queue stays in Redis (the state store) whatever the broker**: it is a list
   that operators and the capped replay read in place (`recovery.dlq.store`), and it must not
   be consumed like a work queue. On a Redis broker it is the broker's own `dlq` list, as
-  before; on RabbitMQ it is written to the same list in the state store through kombu's Redis
-  transport, so listing, replay, caps and purge work unchanged.
+  before; on RabbitMQ it is the same list in the state store. Entries are written by the
+  state client in kombu's Redis message format (`push_dead_letter`), so listing, replay, caps
+  and purge work unchanged, also on a Redis Cluster or a Sentinel master.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import base64
+import json
+import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from kombu import Connection, Exchange, Producer, Queue, pools
+from kombu import Connection, Exchange, Queue
 
 from recovery.settings import Settings
 
@@ -115,27 +118,37 @@ def broker_connection(settings: Settings) -> Connection:
                       connect_timeout=5)
 
 
-def dlq_connection(settings: Settings) -> Connection:
-    """A kombu connection to where dead letters live: the state store's Redis."""
-    return Connection(settings.redis_url, connect_timeout=5, transport_options={
-        "visibility_timeout": settings.visibility_timeout_s,
-        "global_keyprefix": settings.redis_key_prefix})
+def dlq_entry(queue: str, message: dict[str, Any]) -> bytes:
+    """One entry of a DLQ-side list, in the format kombu's Redis transport writes (and
+    `recovery.dlq.store` reads): a JSON envelope around the base64 JSON body."""
+    body = base64.b64encode(json.dumps(message).encode()).decode()
+    return json.dumps({
+        "body": body, "content-encoding": "utf-8", "content-type": "application/json",
+        "headers": {},
+        "properties": {"delivery_mode": 2, "priority": 0, "body_encoding": "base64",
+                       "delivery_info": {"exchange": "", "routing_key": queue},
+                       "delivery_tag": str(uuid.uuid4())},
+    }).encode()
 
 
-@contextmanager
-def dlq_producer(settings: Settings) -> Iterator[Producer]:
-    """A producer that writes to the Redis lists of the DLQ (pooled per process)."""
-    with pools.producers[dlq_connection(settings)].acquire(block=True, timeout=10) as producer:
-        yield producer
+def push_dead_letter(client: Any, settings: Settings, queue: str,
+                     message: dict[str, Any]) -> None:
+    """Append `message` to a DLQ-side list (`dlq`, `dlq.quarantine`) in the state store, the
+    newest at the head as kombu would. Written by the state client itself rather than through
+    kombu, so it works on every state store: one Redis, a Sentinel master, or a Redis Cluster
+    (one key, one slot), whatever the broker."""
+    client.lpush(f"{settings.redis_key_prefix}{queue}", dlq_entry(queue, message))
 
 
-def queue_depths(settings: Settings, work_queues: Sequence[str],
+def queue_depths(settings: Settings, state: Any, work_queues: Sequence[str],
                  dlq_queues: Sequence[str]) -> dict[str, int]:
     """Messages waiting in each work queue (asked of the broker) and each DLQ-side queue (the
-    state store's Redis lists), by name. A work queue nobody declared yet counts 0."""
+    lists in the state store, read with the client `state`), by name. A work queue nobody
+    declared yet counts 0."""
     depths = _depths(broker_connection(settings), work_queues,
                      passive=broker_kind(settings) == "amqp")
-    depths.update(_depths(dlq_connection(settings), dlq_queues, passive=False))
+    depths.update({name: int(state.llen(f"{settings.redis_key_prefix}{name}"))
+                   for name in dlq_queues})
     return depths
 
 

@@ -7,15 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
-from kombu import Queue
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
-from recovery.config.broker import dlq_producer
+from recovery.config.broker import push_dead_letter
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.jobs import JobSpec, parse_time, utc_now_iso
-from recovery.runtime import Runtime
-from recovery.settings import get_settings
+from recovery.runtime import Runtime, get_runtime
 
 if TYPE_CHECKING:
     from recovery.pipeline import Step
@@ -23,18 +20,17 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DLQ_QUEUE = "dlq"
-PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 
 
 def publish_message(message: dict[str, Any], queue_name: str) -> None:
     """Publish one JSON message to a DLQ-side queue (the DLQ itself, the quarantine);
     raises when Redis does not take it. These are lists in the state store's Redis on any
     broker (`recovery.config.broker`)."""
-    queue = Queue(queue_name, routing_key=queue_name)
-    with dlq_producer(get_settings()) as producer:
-        producer.publish(message, exchange="", routing_key=queue_name, serializer="json",
-                         declare=[queue], retry=True, retry_policy=PUBLISH_RETRY_POLICY,
-                         delivery_mode=2)
+    rt = get_runtime()
+    if rt.redis is None:
+        raise redis.ConnectionError("this process has no Redis client for the dead-letter "
+                                    "queue; set REDIS_URL")
+    push_dead_letter(rt.redis, rt.settings, queue_name, message)
 
 
 def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
@@ -60,7 +56,7 @@ def park(rt: Runtime, job: JobSpec, step: Step,
         attempts=step.attempts, dead_at=utc_now_iso())
     try:
         (sink or publish)(envelope)
-    except (KombuOperationalError, redis.RedisError, OSError) as exc:
+    except (redis.RedisError, OSError) as exc:
         raise DeadLetterPublishError(
             f"Could not publish job {job.job_id} to the dead-letter queue ({exc}); "
             "the broker will deliver the job again.") from exc

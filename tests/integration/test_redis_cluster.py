@@ -24,11 +24,14 @@ from redis.exceptions import RedisClusterException
 
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
+from recovery.config.broker import push_dead_letter
+from recovery.dlq.store import QueueList
 from recovery.gate import Gate
 from recovery.idempotency import Claim, IdempotencyStore
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.registry import Integration
 from recovery.scripts import ScriptCache, ScriptCall
+from recovery.settings import load_settings
 from recovery.state.client import integration_tag, is_cluster, state_client
 from tests.integration.test_gate import make_integration
 
@@ -233,3 +236,15 @@ def test_a_script_over_two_slots_is_refused_never_split(rig: Rig) -> None:
     assert rig.slot(keys[0]) != rig.slot(keys[1])
     with pytest.raises(RedisClusterException, match="all keys must map to the same key slot"):
         cache.run("two-slots", lambda: "return 1", keys, [])
+
+
+def test_the_dead_letter_queue_lives_on_the_cluster_too(rig: Rig) -> None:
+    settings = load_settings({"RECOVERY_REDIS_PREFIX": rig.prefix})
+    for n in range(3):
+        push_dead_letter(rig.client, settings, "dlq", {"job_id": f"dead-{n}"})
+    queue = QueueList(rig.client, rig.prefix)
+    assert len(queue) == 3
+    oldest = next(iter(queue.entries()))
+    assert oldest.data == {"job_id": "dead-0"}
+    assert queue.remove(oldest.raw)
+    assert [entry.data["job_id"] for entry in queue.entries()] == ["dead-1", "dead-2"]
