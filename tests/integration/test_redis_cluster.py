@@ -22,6 +22,8 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from recovery.audit.batch import Op
+from recovery.audit.spool import RedisSpool
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
 from recovery.config.broker import push_dead_letter
@@ -248,3 +250,23 @@ def test_the_dead_letter_queue_lives_on_the_cluster_too(rig: Rig) -> None:
     assert oldest.data == {"job_id": "dead-0"}
     assert queue.remove(oldest.raw)
     assert [entry.data["job_id"] for entry in queue.entries()] == ["dead-1", "dead-2"]
+
+
+def test_the_audit_spool_appends_and_drains_on_the_cluster(rig: Rig) -> None:
+    spool = RedisSpool(rig.client, rig.prefix, max_entries=1000)
+    assert {rig.slot(spool.key), rig.slot(spool.alarm_key), rig.slot(spool.lock_key)} == {
+        rig.slot("{spool}")}
+    ops = [Op("job_status", f"job-{n}", n, {"status": "succeeded"}) for n in range(3)]
+    spool.append(ops)
+    assert spool.length() == 1
+    written: list[Op] = []
+
+    def write(batch: list[Op]) -> list[Op]:
+        written.extend(batch)
+        return []
+
+    drained = spool.drain(write)
+    assert drained.error is None
+    assert [(op.job_id, op.values["status"]) for op in written] == [
+        (f"job-{n}", "succeeded") for n in range(3)]
+    assert spool.length() == 0
