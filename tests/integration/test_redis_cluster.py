@@ -7,6 +7,7 @@ call (idempotency claim, rate limit, breaker permit, retry budget) and the one a
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -22,22 +23,28 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+import recovery
 from recovery.audit.batch import Op
 from recovery.audit.spool import RedisSpool
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
 from recovery.config.broker import push_dead_letter
 from recovery.dlq.store import QueueList
+from recovery.faultserver import FaultServer
 from recovery.gate import Gate
 from recovery.idempotency import Claim, IdempotencyStore
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.registry import Integration
+from recovery.runtime import get_runtime
 from recovery.scripts import ScriptCache, ScriptCall
 from recovery.settings import load_settings
 from recovery.state.client import integration_tag, is_cluster, state_client
+from tests.integration.conftest import reconfigure_celery_app, wait_for_status
 from tests.integration.test_gate import make_integration
+from tests.integration.test_job_flow import integration as integration_entry
 
 NODES = 3
+FINAL = {"succeeded", "duplicate", "failed", "dead", "degraded"}
 
 
 def _free_port_pair() -> int:
@@ -270,3 +277,46 @@ def test_the_audit_spool_appends_and_drains_on_the_cluster(rig: Rig) -> None:
     assert [(op.job_id, op.values["status"]) for op in written] == [
         (f"job-{n}", "succeeded") for n in range(3)]
     assert spool.length() == 0
+
+
+def test_a_worker_runs_jobs_with_its_state_on_the_cluster(
+        broker: str, cluster_url: str, configure, upstream: FaultServer, start_worker,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path on a Cluster state store: claim, gate, breaker, audit spool, dead letter;
+    the broker is RabbitMQ or (a Cluster cannot be Celery's broker) the test Redis."""
+    test_redis = os.environ["REDIS_URL"]
+    if broker == "redis":
+        monkeypatch.setenv("BROKER_URL", test_redis)
+    env = configure([integration_entry(upstream.url, retry={
+        "max_attempts": 2, "initial_delay_ms": 100, "backoff_factor": 2, "max_delay_ms": 1000,
+        "jitter": 0})], REDIS_URL=cluster_url)
+    reconfigure_celery_app()
+    rt = get_runtime()
+    try:
+        _run_jobs_on_the_cluster(rt, upstream, start_worker, env)
+    finally:
+        cluster = rt.redis
+        assert isinstance(cluster, RedisCluster)
+        for name in cluster.keys(f"{rt.settings.redis_key_prefix}*",
+                                 target_nodes=RedisCluster.ALL_NODES):
+            cluster.delete(name)
+        monkeypatch.setenv("REDIS_URL", test_redis)  # before the broker fixture reconfigures
+        reconfigure_celery_app()
+
+
+def _run_jobs_on_the_cluster(rt: Any, upstream: FaultServer, start_worker: Any,
+                             env: dict[str, str]) -> None:
+    assert is_cluster(rt.redis)
+    start_worker(env, concurrency=2)
+    key = f"o-{uuid.uuid4().hex[:8]}"
+    done = recovery.enqueue("shop", "POST", "/orders", json={"n": 1}, idempotency_key=key)
+    assert wait_for_status(rt.engine, done, FINAL)["status"] == "succeeded"
+    again = recovery.enqueue("shop", "POST", "/orders", json={"n": 1}, idempotency_key=key)
+    assert wait_for_status(rt.engine, again, FINAL)["status"] == "duplicate"
+    upstream.set_mode("5xx", status=503)
+    dead = recovery.enqueue("shop", "GET", "/down")
+    assert wait_for_status(rt.engine, dead, FINAL)["status"] == "dead"
+    assert [entry.job_id for entry in QueueList(rt.redis, rt.settings.redis_key_prefix)
+            .entries()] == [dead]
+    assert upstream.successes_by_key() == {key: 1}
+    assert rt.redis.exists(f"{rt.settings.redis_key_prefix}idem:{{shop}}:{key}:ok")
