@@ -43,8 +43,6 @@ from recovery.settings import Settings
 BrokerKind = Literal["redis", "amqp"]
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-#: RabbitMQ's default consumer_timeout: a delivery held longer closes the channel.
-RABBITMQ_CONSUMER_TIMEOUT_S = 30 * 60
 QUORUM = {"x-queue-type": "quorum"}
 
 
