@@ -26,13 +26,16 @@ from redis.exceptions import RedisClusterException
 import recovery
 from recovery.audit.batch import Op
 from recovery.audit.spool import RedisSpool
+from recovery.beatlock import BeatLock
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
 from recovery.config.broker import push_dead_letter
 from recovery.dlq.store import QueueList
 from recovery.faultserver import FaultServer
 from recovery.gate import Gate
+from recovery.health import FailureStreak
 from recovery.idempotency import Claim, IdempotencyStore
+from recovery.metrics import RedisStore
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.registry import Integration
 from recovery.runtime import get_runtime
@@ -320,3 +323,19 @@ def _run_jobs_on_the_cluster(rt: Any, upstream: FaultServer, start_worker: Any,
             .entries()] == [dead]
     assert upstream.successes_by_key() == {key: 1}
     assert rt.redis.exists(f"{rt.settings.redis_key_prefix}idem:{{shop}}:{key}:ok")
+
+
+def test_the_beat_lock_health_streaks_and_metrics_work_on_the_cluster(rig: Rig) -> None:
+    first = BeatLock(rig.client, f"{rig.prefix}beat:lock", ttl_s=30)
+    second = BeatLock(rig.client, f"{rig.prefix}beat:lock", ttl_s=30)
+    assert first.acquire() and not second.acquire()
+    owner, left = second.holder()
+    assert owner == first.token and left is not None and 0 < left <= 30
+    assert first.release() and second.acquire()
+    streak = FailureStreak(rig.client, rig.prefix)
+    assert [streak.failed("shop", 60) for _ in range(3)] == [1, 2, 3]
+    store = RedisStore(rig.client, rig.prefix)
+    store.add([("api_calls_total", "shop|/orders|GET|200", 1.0),
+               ("health_checks_total", "shop|true", 2.0)])  # two keys, two slots: one pipeline
+    assert store.read("api_calls_total") == {"shop|/orders|GET|200": 1.0}
+    assert store.read("health_checks_total") == {"shop|true": 2.0}
