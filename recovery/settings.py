@@ -48,6 +48,7 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")  # RabbitMQ, as recovery.config.broker reads them
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750 b64token
 
 
@@ -112,6 +113,7 @@ class Settings:
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
     broker_url: str | None = None  # None: REDIS_URL is the broker too (recovery.config.broker)
+    rabbitmq_consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, mirrored
 
 
 def show(value: str) -> str:
@@ -353,7 +355,7 @@ def _broker_url(r: _Reader, redis_url: str) -> str | None:
                                 "(amqp://user:password@host:5672/vhost) or a plain redis:// URL.")
         return None
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme not in ("amqp", "amqps", "pyamqp", "redis", "rediss", "unix"):
+    if scheme not in _AMQP_SCHEMES + _REDIS_SCHEMES:
         raise SettingsError(f"BROKER_URL must be an amqp://, amqps:// (RabbitMQ) or redis:// "
                             f"URL, got {show(_hide_password(text))}.")
     return text
@@ -428,6 +430,19 @@ def _check_countdowns(settings: Settings) -> None:
             )
 
 
+def _check_consumer_timeout(settings: Settings) -> None:
+    """On RabbitMQ a job holds its message while it runs (late ack), and RabbitMQ closes the
+    channel of a delivery held longer than its consumer_timeout: the job would run again."""
+    scheme = (settings.broker_url or "").split("://", 1)[0].lower()
+    limit_s = settings.rabbitmq_consumer_timeout_s
+    if scheme in _AMQP_SCHEMES and settings.api_timeout_ms / 1000 >= limit_s / 2:
+        raise SettingsError(
+            f"API_TIMEOUT is {settings.api_timeout_ms} ms, which is not below half of "
+            f"RABBITMQ_CONSUMER_TIMEOUT ({limit_s} s): RabbitMQ closes the channel of a job "
+            "that holds its message that long, and the job runs again. Lower API_TIMEOUT, or "
+            "raise consumer_timeout in RabbitMQ and RABBITMQ_CONSUMER_TIMEOUT with it.")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting from `environ` (default: the process environment)."""
     r = _Reader(os.environ if environ is None else environ)
@@ -486,8 +501,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                    "bytes"),
         **_console_settings(r),
         broker_url=_broker_url(r, r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")),
+        rabbitmq_consumer_timeout_s=r.whole("RABBITMQ_CONSUMER_TIMEOUT", 1800, 60,
+                                            MAX_MS // 1000, "s"),
     )
     _check_countdowns(settings)
+    _check_consumer_timeout(settings)
     return settings
 
 

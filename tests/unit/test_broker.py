@@ -121,3 +121,20 @@ def test_the_urls_parse_into_nodes_credentials_and_service() -> None:
     assert redis_urls.parse("redis+sentinel://s1:26379/main").db == 0
     single = redis_urls.parse("redis://h:6379/1")
     assert (single.kind, single.url) == ("single", "redis://h:6379/1")
+
+
+def test_on_rabbitmq_a_call_must_end_well_within_the_consumer_timeout() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"BROKER_URL": AMQP, "API_TIMEOUT": "900000"})
+    assert str(caught.value) == (
+        "API_TIMEOUT is 900000 ms, which is not below half of RABBITMQ_CONSUMER_TIMEOUT "
+        "(1800 s): RabbitMQ closes the channel of a job that holds its message that long, and "
+        "the job runs again. Lower API_TIMEOUT, or raise consumer_timeout in RabbitMQ and "
+        "RABBITMQ_CONSUMER_TIMEOUT with it.")
+    assert load_settings({"BROKER_URL": AMQP, "API_TIMEOUT": "899999"}).api_timeout_ms == 899999
+    raised = load_settings({"BROKER_URL": AMQP, "API_TIMEOUT": "900000",
+                            "RABBITMQ_CONSUMER_TIMEOUT": "3600"})
+    assert raised.rabbitmq_consumer_timeout_s == 3600
+    assert load_settings({"API_TIMEOUT": "900000"}).api_timeout_ms == 900000  # Redis broker
+    with pytest.raises(SettingsError, match="RABBITMQ_CONSUMER_TIMEOUT must be at least 60 s"):
+        load_settings({"RABBITMQ_CONSUMER_TIMEOUT": "59"})
