@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from recovery.audit.batch import Rejected
+from recovery.audit.sql import Rejected
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +92,7 @@ class SpoolAlarm:
             log.error("audit_spool_alarm_failed", error=str(exc), error_type=type(exc).__name__)
 
     def report(self, appended: Appended) -> None:
-        from recovery.alerts import alert  # the alerter writes through the audit writer
+        from recovery.telemetry.alerts import alert  # the alerter writes through the audit writer
 
         if appended.crossed:
             alert("audit_spool_filling",
@@ -127,7 +127,7 @@ class RejectedRows:
 
     def put(self, rejected: list[Rejected]) -> None:
         """Keep `rejected` (in Redis when there is one, else in the log) and raise one alert."""
-        from recovery.alerts import alert
+        from recovery.telemetry.alerts import alert
 
         if not rejected:
             return

@@ -1,6 +1,6 @@
 """Where audit writes wait between a worker and PostgreSQL.
 
-`AuditBatcher` buffers job and attempt writes (`recovery.audit.batch.Op`) in memory. At every
+`AuditBatcher` buffers job and attempt writes (`recovery.audit.sql.Op`) in memory. At every
 commit point (`commit`: a Celery task ends, before its message is acknowledged), every second,
 and whenever 500 ops are waiting, the buffer moves to the Redis stream ``{prefix}audit:spool``
 in one XADD. A background thread per process drains the stream into PostgreSQL every second,
@@ -36,7 +36,8 @@ import redis
 import structlog
 from sqlalchemy import Engine
 
-from recovery.audit.batch import (
+from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
+from recovery.audit.sql import (
     DatabaseUnavailable,
     Op,
     Rejected,
@@ -44,8 +45,7 @@ from recovery.audit.batch import (
     encode_ops,
     write_batch,
 )
-from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
-from recovery.scripts import ScriptCall
+from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ class RedisSpool:
         self.alarm.on_reply(reply)
 
     def append_call(self, ops: Sequence[Op]) -> ScriptCall:
-        """`append` as a script step, to ride on another round trip (`recovery.gate`)."""
+        """`append` as a script step, to ride on another round trip (`recovery.engine.gate`)."""
         return ScriptCall(APPEND, [self.key, self.alarm_key],
                           [self.max_entries, encode_ops(ops)], on_reply=self.alarm.on_reply)
 
@@ -182,7 +182,7 @@ class AuditBatcher:
 
     `submit` never blocks on I/O and never raises. `commit` is the durability point: call it
     before acknowledging the work the ops describe. Orphans (ops whose job row is not written
-    yet, see `recovery.audit.batch.split_orphans`) go round again for ``orphan_max_age_s``, then
+    yet, see `recovery.audit.sql.split_orphans`) go round again for ``orphan_max_age_s``, then
     are logged (``audit_orphan_dropped``) and dropped.
     """
 

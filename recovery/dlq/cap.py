@@ -23,8 +23,9 @@ import redis
 import structlog
 from sqlalchemy import Table, insert
 
-from recovery.alerts import alert
 from recovery.audit.models import DeadLetterArchive
+from recovery.core.message import MalformedJobError, parse_time
+from recovery.core.redact import redact_text
 from recovery.dlq.envelope import FERNET
 from recovery.dlq.marks import mark_dead_letters
 from recovery.dlq.park import DLQ_QUEUE
@@ -39,9 +40,8 @@ from recovery.dlq.store import (
     envelope_view,
     shown_raw,
 )
-from recovery.jobs import MalformedJobError, parse_time
-from recovery.redact import redact_text
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
+from recovery.telemetry.alerts import alert
 
 log = structlog.get_logger(__name__)
 

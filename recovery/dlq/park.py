@@ -11,12 +11,12 @@ from kombu import Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.core.message import JobSpec, parse_time, utc_now_iso
 from recovery.dlq.envelope import Envelope, envelope_for
-from recovery.jobs import JobSpec, parse_time, utc_now_iso
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
 
 if TYPE_CHECKING:
-    from recovery.pipeline import Step
+    from recovery.engine.pipeline import Step
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from recovery.crypto import cipher_for
+from recovery.core.crypto import cipher_for
+from recovery.core.message import JobSpec, MalformedJobError
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
@@ -26,8 +27,7 @@ from recovery.dlq.store import (
     wrong_field,
 )
 from recovery.dlq.validate import UnreplayableError, replayable_job
-from recovery.jobs import JobSpec, MalformedJobError
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

@@ -32,8 +32,8 @@ from typing import Any, Literal
 import redis
 import structlog
 
-from recovery.alerts import alert
-from recovery.crypto import cipher_for
+from recovery.core.crypto import cipher_for
+from recovery.core.message import JobSpec
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
@@ -49,8 +49,8 @@ from recovery.dlq.store import (
     publish_record,
 )
 from recovery.dlq.validate import UnreplayableError, replayable_job
-from recovery.jobs import JobSpec
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
+from recovery.telemetry.alerts import alert
 
 __all__ = ["ReplayOptions", "ReplayReport", "Replayer", "decide", "mark_dead_letters",
            "mark_requeued", "replay_dlq", "revert_requeued"]

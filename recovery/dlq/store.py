@@ -24,18 +24,18 @@ from typing import Any
 import redis
 import structlog
 
-from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import DLQ_QUEUE, publish_message
-from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
-from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
-from recovery.redact import (
+from recovery.core.message import JobSpec, MalformedJobError, Progress, parse_time
+from recovery.core.redact import (
     policy_for,
     redact_body,
     redact_headers,
     redact_params,
     redact_text,
 )
-from recovery.runtime import Runtime
+from recovery.dlq.envelope import Envelope
+from recovery.dlq.park import DLQ_QUEUE, publish_message
+from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
+from recovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +43,7 @@ QUARANTINE_QUEUE = "dlq.quarantine"
 QUARANTINE_KIND = "api-recovery.quarantine/1"
 READ_CHUNK = 500
 LOCK_TTL_MS = 60_000
-#: How `recovery.pipeline` starts the message of a job dead-lettered as a poison message.
+#: How `recovery.engine.pipeline` starts the message of a job dead-lettered as a poison message.
 POISON_PREFIX = "poison:"
 
 # Delete the lock only if we still hold it; extend it only if we still hold it.
@@ -363,9 +363,9 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
     an older kombu publishes them one by one.
     """
     from recovery.celery_app import app
-    from recovery.crypto import task_serializer
-    from recovery.producer import TASK_NAME
-    from recovery.worker import task_reprs
+    from recovery.core.crypto import task_serializer
+    from recovery.engine.producer import TASK_NAME
+    from recovery.engine.taskinfo import task_reprs
 
     with app.producer_or_acquire() as producer:
         batch: AbstractContextManager[Any] = (

@@ -1,4 +1,4 @@
-"""`recovery.outcome`: what an exception raised by the engine makes of a delivery."""
+"""`recovery.engine.outcome`: what an exception raised by the engine makes of a delivery."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import redis
 import sqlalchemy.exc
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from recovery.jobs import JobSpec, Progress
-from recovery.outcome import (
+from recovery.config.registry import UnknownIntegrationError
+from recovery.core.message import JobSpec, Progress
+from recovery.engine.outcome import (
     JobDeadLettered,
     JobFailed,
     Step,
@@ -20,7 +21,6 @@ from recovery.outcome import (
     describe,
     is_infrastructure,
 )
-from recovery.registry import UnknownIntegrationError
 
 
 class _Audit:

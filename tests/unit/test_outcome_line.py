@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recovery.jobs import Progress
-from recovery.pipeline import Step
-from recovery.worker import outcome_line
+from recovery.core.message import Progress
+from recovery.engine.pipeline import Step
+from recovery.engine.taskinfo import outcome_line
 
 
 @pytest.mark.parametrize(("step", "line"), [

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recovery.budget import RetryBudgetConfig
-from recovery.registry import (
+from recovery.config.registry import (
     BreakerConfig,
     FallbackConfig,
     HealthCheckConfig,
@@ -22,7 +21,8 @@ from recovery.registry import (
     load_registry,
     reset_registry,
 )
-from recovery.settings import SettingsError, load_settings, reset_settings
+from recovery.config.settings import SettingsError, load_settings, reset_settings
+from recovery.state.budget import RetryBudgetConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrations.yaml"
 MINIMAL = "integrations:\n  - id: shop\n    base_url: https://shop.example.com\n"
