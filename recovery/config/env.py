@@ -16,8 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from recovery.config.settings import SettingsError, is_http_url, show
-from recovery.core.redact import redact_text
+from recovery.config.settings import SettingsError, is_http_url, show, shown_base_url
 
 _WHOLE = re.compile(r"\s*[+-]?[0-9]{1,12}\s*")
 
@@ -48,6 +47,6 @@ def env_url(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     if not is_http_url(text):
         raise SettingsError(
             f"{name} must be an http:// or https:// URL with a host, such as "
-            f"https://hooks.example.com/alerts, got {show(redact_text(text))}."
+            f"https://hooks.example.com/alerts, got {shown_base_url(text)}."
         )
     return text

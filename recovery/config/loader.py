@@ -11,6 +11,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from recovery.config.audit_policy import HIDE_ALL, AuditPolicy
+from recovery.config.budget import (
+    DEFAULT_RETRY_BUDGET,
+    MAX_RATIO,
+    MAX_WINDOW_MS,
+    MIN_WINDOW_MS,
+    RetryBudgetConfig,
+)
 from recovery.config.registry import (
     DEFAULT_CACHE_METHODS,
     DEFAULT_CACHE_TTL_MS,
@@ -35,9 +43,7 @@ from recovery.config.settings import (
     is_http_url,
     shown_base_url,
 )
-from recovery.config.yamlconfig import Section, read_yaml, show_value
-from recovery.core.redact import HIDE_ALL, AuditPolicy
-from recovery.core.urlguard import (
+from recovery.config.urlguard import (
     MAX_HEADER_BYTES,
     UnsafeHeaderError,
     UnsafePathError,
@@ -45,13 +51,7 @@ from recovery.core.urlguard import (
     validate_headers,
     validate_path,
 )
-from recovery.state.budget import (
-    DEFAULT_RETRY_BUDGET,
-    MAX_RATIO,
-    MAX_WINDOW_MS,
-    MIN_WINDOW_MS,
-    RetryBudgetConfig,
-)
+from recovery.config.yamlconfig import Section, read_yaml, show_value
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

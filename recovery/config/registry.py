@@ -15,12 +15,12 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-from recovery.config.settings import Settings, get_settings
-from recovery.core.redact import HIDE_ALL, AuditPolicy
-from recovery.state.budget import (
+from recovery.config.audit_policy import HIDE_ALL, AuditPolicy
+from recovery.config.budget import (
     DEFAULT_RETRY_BUDGET,
     RetryBudgetConfig,
 )
+from recovery.config.settings import Settings, get_settings
 
 PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2

@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from recovery.config.keys import check_keys
+
 #: Longest duration any millisecond setting may have; anything above is treated as a typo.
 MAX_MS = 7 * 24 * 60 * 60 * 1000
 #: Largest count (retries, thresholds, request limits) we accept.
@@ -258,8 +260,6 @@ class _Reader:
         text = self.optional(name)
         if text is None:
             return ()
-        from recovery.core.crypto import check_keys
-
         try:
             return check_keys(text)
         except ValueError as exc:

@@ -19,30 +19,15 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from recovery.config.keys import KEYS_VARIABLE
+from recovery.config.settings import get_settings
+
 SERIALIZER = "recovery-fernet"
 CONTENT_TYPE = "application/x-recovery-fernet"
-KEYS_VARIABLE = "RECOVERY_ENCRYPTION_KEYS"
 
 
 class UndecryptableError(ValueError):
     """A token that none of the configured keys opens (wrong key, or tampered with)."""
-
-
-def check_keys(text: str) -> tuple[str, ...]:
-    """The keys in a RECOVERY_ENCRYPTION_KEYS value; ValueError with a sentence if one is bad.
-
-    The message never repeats a key: it names the key by its position.
-    """
-    keys = tuple(part.strip() for part in text.split(",") if part.strip())
-    for number, key in enumerate(keys, start=1):
-        try:
-            Fernet(key)
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"key {number} of {len(keys)} is not a Fernet key (32 url-safe base64-encoded "
-                "bytes, as `python -c \"from cryptography.fernet import Fernet; "
-                "print(Fernet.generate_key().decode())\"` prints)") from None
-    return keys
 
 
 class Cipher:
@@ -87,8 +72,6 @@ def cipher_for(keys: Sequence[str]) -> Cipher | None:
 
 def current_cipher() -> Cipher | None:
     """The cipher of this process's settings, or None when encryption is off."""
-    from recovery.config.settings import get_settings
-
     return cipher_for(get_settings().encryption_keys)
 
 

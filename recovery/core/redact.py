@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from recovery.config.audit_policy import HIDE_ALL, AuditPolicy, never_shown
 
 REDACTED = "[REDACTED]"
 _MAX_PASSES = 4
 
 #: Headers whose value is never shown, whatever an integration's `audit.show_headers` says
 #: (with every header whose name ends in "authorization": those show their scheme only).
-NEVER_SHOWN_HEADERS = frozenset({"cookie", "set-cookie"})
-#: Authorization schemes kept in front of "[REDACTED]"; any other first word may be the secret.
 AUTH_SCHEMES = (
     "AWS4-HMAC-SHA256", "Klaviyo-API-Key", "Zoho-oauthtoken", "SCRAM-SHA-256", "SCRAM-SHA-1",
     "PrivateToken", "Negotiate", "Signature", "Client-ID", "SharedKey", "GenieKey", "Bearer",
@@ -94,36 +93,6 @@ _SUMMARY = re.compile(r"(?:object of \d+ keys?|array of \d+ items?|string|number
                       r"|null|value), \d+ bytes?")
 
 
-@dataclass(frozen=True)
-class AuditPolicy:
-    """Which request values an integration allows displays to show (its `audit:` block).
-
-    Parameter names match exactly, header names in any case; body fields are dotted paths
-    (`order.amount`) that walk through objects and, for arrays on the way, through each item.
-    """
-
-    show_params: frozenset[str] = frozenset()
-    show_headers: frozenset[str] = frozenset()  # lower case
-    show_body_fields: tuple[tuple[str, ...], ...] = ()
-
-    @classmethod
-    def of(cls, show_params: Iterable[str] = (), show_headers: Iterable[str] = (),
-           show_body_fields: Iterable[str] = ()) -> AuditPolicy:
-        """A policy from plain names; ValueError with a sentence for a header never shown."""
-        headers = frozenset(name.lower() for name in show_headers)
-        never = sorted(name for name in headers if never_shown(name))
-        if never:
-            raise ValueError(f"lists {never[0]!r}, a header that carries credentials and is "
-                             "never shown (an Authorization value shows its scheme only); "
-                             "remove it")
-        return cls(frozenset(show_params), headers,
-                   tuple(tuple(path.split(".")) for path in show_body_fields))
-
-
-#: The default: names of headers and parameters, no values, no body.
-HIDE_ALL = AuditPolicy()
-
-
 def policy_for(integration_id: str) -> AuditPolicy:
     """The `audit:` policy of an integration of the process's registry; `HIDE_ALL` when the
     integration (or the registry) cannot be found, because a display must never fail a job."""
@@ -156,12 +125,6 @@ def _header_value(name: str, value: Any, policy: AuditPolicy) -> str:
     if lowered in policy.show_headers and not never_shown(lowered):
         return redact_text(str(value))
     return REDACTED
-
-
-def never_shown(header: str) -> bool:
-    """Whether a header's value stays hidden even when an integration lists it."""
-    lowered = header.lower()
-    return lowered.endswith("authorization") or lowered in NEVER_SHOWN_HEADERS
 
 
 def authorization_scheme(value: str) -> str:

@@ -35,8 +35,8 @@ from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
 from recovery.config.registry import Integration
+from recovery.config.urlguard import UnsafePathError, is_inside, join_url, validate_headers
 from recovery.core.errors import ResponseDeadlineError, ResponseTooLargeError
-from recovery.core.urlguard import UnsafePathError, is_inside, join_url, validate_headers
 
 USER_AGENT = "api-recovery/0.1"
 POOL_SIZE = 10

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from recovery.audit.sql import next_seq
 from recovery.config.registry import Integration, Registry, UnknownIntegrationError
 from recovery.config.settings import get_settings
-from recovery.core.message import JobSpec, new_job_id, utc_now_iso
-from recovery.core.redact import policy_for, redact_params
-from recovery.core.urlguard import (
+from recovery.config.urlguard import (
     UnsafeHeaderError,
     UnsafePathError,
     validate_headers,
     validate_path,
 )
+from recovery.core.message import JobSpec, new_job_id, utc_now_iso
+from recovery.core.redact import policy_for, redact_params
 from recovery.state.idempotency import KeyReusedError, request_fingerprint
 
 if TYPE_CHECKING:

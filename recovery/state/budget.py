@@ -21,72 +21,25 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, TypeVar
 
 import redis
 import structlog
 from redis.commands.core import Script
 
+from recovery.config.budget import (
+    DEFAULT_RETRY_BUDGET,
+    RetryBudgetConfig,
+)
 from recovery.state import lua
+from recovery.state.ratelimit import RedisOutage
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-#: Slots per window. More slots slide more smoothly and cost a little more per decision.
-SLOTS = 10
-MIN_WINDOW_MS = 100
-MAX_WINDOW_MS = 3_600_000
-MAX_RATIO = 10.0
-_EPSILON = 1e-9  # so that 0.1 * 30 first attempts still allow 3 retries
-
 Op = Literal["note", "charge", "usage"]
-
-
-@dataclass(frozen=True)
-class RetryBudgetConfig:
-    """How many retries an integration may schedule per window, cluster-wide.
-
-    Retries in the window (the one being scheduled included) may be at most
-    `floor + ratio * first attempts in the window`. `enabled=False` lets every retry through.
-    """
-
-    ratio: float = 0.2
-    floor: int = 3
-    window_ms: int = 10_000
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        ratio_ok = isinstance(self.ratio, int | float) and not isinstance(self.ratio, bool)
-        if not ratio_ok or not 0.0 <= self.ratio <= MAX_RATIO:
-            raise ValueError(
-                f"The retry budget ratio must be a number from 0 to {MAX_RATIO:g} (0.2 allows "
-                f"retries for 20% of first attempts), got {self.ratio!r}."
-            )
-        if isinstance(self.floor, bool) or not isinstance(self.floor, int) or self.floor < 0:
-            raise ValueError(
-                f"The retry budget floor must be a whole number of retries, 0 or more, "
-                f"got {self.floor!r}."
-            )
-        if (isinstance(self.window_ms, bool) or not isinstance(self.window_ms, int)
-                or not MIN_WINDOW_MS <= self.window_ms <= MAX_WINDOW_MS):
-            raise ValueError(
-                f"The retry budget window must be a whole number of milliseconds from "
-                f"{MIN_WINDOW_MS} to {MAX_WINDOW_MS}, got {self.window_ms!r}."
-            )
-
-    @property
-    def slot_ms(self) -> int:
-        return math.ceil(self.window_ms / SLOTS)
-
-    def allowance(self, first_attempts: int) -> int:
-        """Retries allowed in a window that holds `first_attempts` first attempts."""
-        return math.floor(self.floor + self.ratio * first_attempts + _EPSILON)
-
-
-DEFAULT_RETRY_BUDGET = RetryBudgetConfig()
 
 
 class BudgetUsage(TypedDict):
@@ -197,10 +150,6 @@ class RetryBudget:
         key_prefix: str,
         local: LocalRetryBudget | None = None,
     ) -> None:
-        # Imported here: recovery.state.ratelimit imports recovery.config.registry, which imports
-        # this module for RetryBudgetConfig.
-        from recovery.state.ratelimit import RedisOutage
-
         self._redis = redis_client
         self._prefix = key_prefix
         self._local = local or LocalRetryBudget()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recovery
-from recovery.core.urlguard import is_inside, join_url
+from recovery.config.urlguard import is_inside, join_url
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.producer import EnqueueError
 from recovery.engine.runtime import get_runtime

@@ -8,8 +8,9 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import dumps, loads
 
 from recovery.celery_app import celery_config
+from recovery.config.keys import check_keys
 from recovery.config.settings import SettingsError, load_settings
-from recovery.core.crypto import CONTENT_TYPE, SERIALIZER, Cipher, UndecryptableError, check_keys
+from recovery.core.crypto import CONTENT_TYPE, SERIALIZER, Cipher, UndecryptableError
 
 KEY_A, KEY_B = Fernet.generate_key().decode(), Fernet.generate_key().decode()
 

@@ -21,8 +21,8 @@ from recovery.config.registry import (
     RateLimitConfig,
     RetryConfig,
 )
+from recovery.config.urlguard import UnsafeHeaderError, UnsafePathError
 from recovery.core.errors import ResponseDeadlineError, ResponseTooLargeError
-from recovery.core.urlguard import UnsafeHeaderError, UnsafePathError
 from recovery.demo.faultserver import FaultServer
 from recovery.engine import http
 
