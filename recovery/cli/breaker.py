@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from recovery.cli.main import emit_json, fail, runtime_or_exit
+from recovery.cli.common import emit_json, fail, runtime_or_exit
 
 
 def _snapshot_dict(runtime: Any, integration: Any) -> dict[str, Any]:

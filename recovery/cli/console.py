@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from recovery.cli.main import fail, runtime_or_exit
+from recovery.cli.common import fail, runtime_or_exit
 
 THREADS = 8
 

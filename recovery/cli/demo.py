@@ -294,7 +294,7 @@ def demo_command(embedded: bool, fast: bool, as_json: bool) -> None:
     Example:
       recovery-cli demo
     """
-    from recovery.cli.main import emit_json, fail
+    from recovery.cli.common import emit_json, fail
     from recovery.telemetry.logging import configure_logging
 
     def say(line: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import redis
 
-from recovery.cli.main import emit_json, fail, runtime_or_exit
+from recovery.cli.common import emit_json, fail, runtime_or_exit
 from recovery.core.errors import ErrorCategory
 from recovery.core.redact import redact_url
 from recovery.dlq.purge import ReleaseError, purge, quarantined, release

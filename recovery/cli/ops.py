@@ -47,8 +47,8 @@ Example:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def simulate_command(error_type: str, max_attempts: int, verbose: bool, embedded: bool,
                      as_json: bool) -> None:
+    from recovery.cli.common import emit_json, fail
     from recovery.cli.demo import SetupError, choose_mode
-    from recovery.cli.main import emit_json, fail
     from recovery.config.registry import RegistryError
     from recovery.config.settings import SettingsError
     from recovery.demo.simulate import SimulationSetupError, simulate
@@ -120,7 +120,7 @@ def monitor_command(interval: float, once: bool, as_json: bool) -> None:
     Example:
       recovery-cli monitor --interval 5
     """
-    from recovery.cli.main import emit_json, fail, runtime_or_exit
+    from recovery.cli.common import emit_json, fail, runtime_or_exit
     from recovery.ops.monitor import collect, render
 
     if as_json and not once:
@@ -165,7 +165,7 @@ def report_command(since: str, integration: str | None, as_json: bool,
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from recovery.cli.main import emit_json, fail, runtime_or_exit
+    from recovery.cli.common import emit_json, fail, runtime_or_exit
     from recovery.core.redact import redact_url
     from recovery.ops.report import build_report, parse_window
     from recovery.ops.report_html import render_html
