@@ -257,7 +257,8 @@ def simulation_settings(environ: Mapping[str, str], prefix: str,
 
 def _runtime(mode: str, environ: Mapping[str, str], prefix: str, registry: Registry,
              workdir: Path) -> Runtime:
-    from recovery.engine.runtime import build_runtime, redis_client
+    from recovery.engine.runtime import build_runtime
+    from recovery.state.connection import redis_client
 
     if mode == "embedded":
         from recovery.audit.db import upgrade

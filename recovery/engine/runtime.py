@@ -13,8 +13,6 @@ from datetime import datetime
 
 import redis
 import structlog
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from sqlalchemy.engine import Engine
 
 from recovery.audit.db import make_engine
@@ -24,24 +22,13 @@ from recovery.config.settings import Settings, get_settings
 from recovery.engine.gate import Gate
 from recovery.state.breaker import ClusterBreaker
 from recovery.state.budget import RetryBudget
+from recovery.state.connection import redis_client
 from recovery.state.idempotency import IdempotencyStore
 from recovery.state.ratelimit import ClusterRateLimiter
 from recovery.state.tokens import TokenProvider
+from recovery.telemetry import alerts, metrics
 
 log = structlog.get_logger(__name__)
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client that fails fast: a stalled Redis must not stall a job for long.
-
-    Every component has an in-process fallback, so one quick retry is enough; redis-py's own
-    default (ten retries with growing backoff) would hold each call for seconds while Redis is
-    down.
-    """
-    return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-    )
 
 
 @dataclass
@@ -103,6 +90,14 @@ _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
 
+def _current_redis() -> redis.Redis | None:
+    return get_runtime().redis
+
+
+def _current_audit() -> AuditWriter:
+    return get_runtime().audit
+
+
 def on_breaker_transition(hook: Callable[[str, str, str, str, datetime], None]) -> None:
     """Register a callable told of every breaker transition this process makes (alerts)."""
     _transition_hooks.append(hook)
@@ -154,3 +149,10 @@ def reset_runtime() -> None:
             _runtime.engine.dispose(close=False)
             _runtime.gate.close()
         _runtime = None
+
+
+# Telemetry sits below the engine: it learns where the runtime's Redis and audit writer are,
+# and hears of breaker transitions, through these registrations rather than importing us.
+metrics.set_redis_source(_current_redis)
+alerts.set_audit_source(_current_audit)
+on_breaker_transition(alerts.breaker_transition_hook)

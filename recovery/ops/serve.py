@@ -36,7 +36,8 @@ from recovery.audit.db import make_engine, normalise_url
 from recovery.config.registry import load_registry
 from recovery.config.settings import Settings
 from recovery.core.redact import redact_text
-from recovery.engine.runtime import Runtime, build_runtime, redis_client
+from recovery.engine.runtime import Runtime, build_runtime
+from recovery.state.connection import redis_client
 from recovery.telemetry import metrics
 
 log = structlog.get_logger(__name__)

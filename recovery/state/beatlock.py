@@ -27,6 +27,7 @@ import structlog
 from celery import signals
 
 from recovery.config.env import env_int
+from recovery.state.connection import redis_client
 
 log = structlog.get_logger(__name__)
 
@@ -125,8 +126,6 @@ class LockKeeper:
 
 
 def lock_for(redis_url: str, prefix: str, ttl_s: float | None = None) -> BeatLock:
-    from recovery.engine.runtime import redis_client
-
     ttl = env_int("BEAT_LOCK_TTL", DEFAULT_TTL_S, 3, 3600) if ttl_s is None else ttl_s
     return BeatLock(redis_client(redis_url), f"{prefix}beat:lock", ttl_s=ttl)
 

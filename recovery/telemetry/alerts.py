@@ -28,7 +28,9 @@ import structlog
 
 from recovery.audit.writer import AuditWriter
 from recovery.config.env import env_int, env_url
+from recovery.config.settings import get_settings
 from recovery.core.redact import redact_text, redact_url, scrub_data
+from recovery.telemetry.sentry import capture_alert
 
 log = structlog.get_logger(__name__)
 
@@ -175,17 +177,22 @@ _alerter: Alerter | None = None
 _alerter_lock = threading.Lock()
 
 
-def _runtime_audit() -> AuditWriter | None:
-    from recovery.engine.runtime import get_runtime
+_audit_source: Callable[[], AuditWriter | None] | None = None
 
-    return get_runtime().audit
+
+def set_audit_source(source: Callable[[], AuditWriter | None] | None) -> None:
+    """Where the runtime's audit writer comes from (the engine registers it when imported);
+    without one, alerts are not written to the audit trail."""
+    global _audit_source
+    _audit_source = source
+
+
+def _runtime_audit() -> AuditWriter | None:
+    return _audit_source() if _audit_source is not None else None
 
 
 def build_alerter() -> Alerter:
     """The alerter configured from the environment (settings, ALERT_WEBHOOK_URL)."""
-    from recovery.config.settings import get_settings
-    from recovery.telemetry.sentry import capture_alert
-
     url = env_url("ALERT_WEBHOOK_URL")
     webhook = (WebhookSender(url, tries=env_int("ALERT_WEBHOOK_TRIES", 5, 1, 20))
                if url else None)
@@ -229,13 +236,15 @@ def install_breaker_alerts() -> None:
     is not alerted again.
     """
     global _breaker_alerts_installed
-    from recovery.engine.runtime import on_breaker_transition
-
     with _alerter_lock:
-        if _breaker_alerts_installed:
-            return
         _breaker_alerts_installed = True
-    on_breaker_transition(_on_breaker_transition)
+
+
+def breaker_transition_hook(integration: str, from_state: str, to_state: str, reason: str,
+                            at: datetime) -> None:
+    """Told of every breaker transition by the runtime; alerts once installed."""
+    if _breaker_alerts_installed:
+        _on_breaker_transition(integration, from_state, to_state, reason, at)
 
 
 def _on_breaker_transition(integration: str, from_state: str, to_state: str, reason: str,

@@ -36,6 +36,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from recovery.config.settings import get_settings
 from recovery.telemetry.metric_labels import MAX_SEGMENT_CHARS as MAX_SEGMENT_CHARS  # re-exported
 from recovery.telemetry.metric_labels import MAX_SEGMENTS as MAX_SEGMENTS  # re-exported
 from recovery.telemetry.metric_labels import EndpointBound, local_admit, redis_admit
@@ -180,6 +181,16 @@ _buffers: dict[tuple[int, str], BufferedRedisStore] = {}
 _buffers_lock = threading.Lock()
 
 
+_redis_source: Callable[[], redis.Redis | None] | None = None
+
+
+def set_redis_source(source: Callable[[], redis.Redis | None] | None) -> None:
+    """Where the runtime's Redis client comes from (the engine registers it when imported);
+    without one, observations stay in this process."""
+    global _redis_source
+    _redis_source = source
+
+
 def use_store(store: MetricStore | None) -> None:
     """Send observations to `store` (tests, the demo); None goes back to the runtime's Redis."""
     global _override
@@ -188,15 +199,13 @@ def use_store(store: MetricStore | None) -> None:
 
 def current_store() -> MetricStore | None:
     """The store observations go to, or None when `METRICS_ENABLED` is false."""
-    from recovery.config.settings import get_settings
-    from recovery.engine.runtime import get_runtime
-
     settings = get_settings()
     if not settings.metrics_enabled:
         return None
     if _override is not None:
         return _override
-    return store_for(get_runtime().redis, settings.redis_key_prefix)
+    client = _redis_source() if _redis_source is not None else None
+    return store_for(client, settings.redis_key_prefix)
 
 
 def store_for(client: redis.Redis | None, prefix: str) -> MetricStore:

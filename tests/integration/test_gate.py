@@ -13,9 +13,9 @@ import redis
 
 from recovery.config.registry import BreakerConfig, Integration, RateLimitConfig, RetryConfig
 from recovery.engine.gate import Gate, Passage
-from recovery.engine.runtime import redis_client
 from recovery.state.breaker import ClusterBreaker
 from recovery.state.budget import RetryBudget
+from recovery.state.connection import redis_client
 from recovery.state.idempotency import Claim, IdempotencyStore
 from recovery.state.ratelimit import ClusterRateLimiter
 
