@@ -21,10 +21,11 @@ from recovery.config.registry import Registry
 from recovery.config.settings import Settings
 from recovery.core.message import JobSpec, Progress
 from recovery.core.redact import redact_params
+from recovery.core.step import Step
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
 from recovery.engine.outcome import after_exception, conclude
-from recovery.engine.pipeline import Step, run_job
+from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import Runtime, build_runtime
 
 log = structlog.get_logger(__name__)

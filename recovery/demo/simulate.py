@@ -42,10 +42,10 @@ from recovery.config.registry import (
 from recovery.config.settings import Settings, load_settings
 from recovery.core.message import JobSpec
 from recovery.core.redact import redact_params, redact_url
+from recovery.core.step import Step
 from recovery.demo.faultserver import FaultServer
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
-from recovery.engine.pipeline import Step
 from recovery.engine.producer import build_job
 from recovery.engine.runtime import Runtime
 from recovery.engine.synchronous import run_synchronously

@@ -32,10 +32,10 @@ from recovery.core.redact import (
     redact_params,
     redact_text,
 )
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, publish_message
 from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
-from recovery.engine.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -378,7 +378,7 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
                               **task_reprs(job, Progress()))
 
 
-def dlq_client(rt: Runtime) -> redis.Redis:
+def dlq_client(rt: DlqRuntime) -> redis.Redis:
     if rt.redis is None:
         raise DlqUnavailableError("The dead-letter queue lives in Redis, and this process has "
                                   "no Redis client; set REDIS_URL to the broker's Redis.")

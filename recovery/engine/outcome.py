@@ -23,8 +23,8 @@ import builtins
 import contextlib
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import redis
 import sqlalchemy.exc
@@ -36,6 +36,7 @@ from recovery.audit.sql import DatabaseUnavailable
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
 from recovery.core.redact import redact_text
+from recovery.core.step import Step
 from recovery.dlq import park as dlq_park
 from recovery.dlq.park import DeadLetterPublishError, park
 from recovery.telemetry.metrics import observe_recovery
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-StepStatus = Literal["succeeded", "degraded", "retry", "defer", "requeue", "dead", "failed",
-                     "duplicate"]
 FINAL_STATUSES = frozenset({"succeeded", "degraded", "duplicate", "failed", "dead"})
 REASON_MAX_CHARS = 300
 REQUEUE_BASE_DELAY_S = 2.0
@@ -62,23 +61,6 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.TimeoutError, KombuOperationalError, DatabaseUnavailable, SpoolUnavailable,
     builtins.ConnectionError, builtins.TimeoutError,
 )
-
-
-@dataclass(frozen=True)
-class Step:
-    """What one delivery decided. `countdown_s` is set for retry, defer and requeue;
-    `progress` is what the next delivery starts from."""
-
-    status: StepStatus
-    progress: Progress
-    attempts: int  # real calls made so far; deferrals and duplicates make none
-    countdown_s: float | None = None
-    http_status: int | None = None
-    body: Any = None
-    strategy: str | None = None
-    fallback: str | None = None
-    failure: Classification | None = None
-    reason: str = ""
 
 
 class JobNotCompleted(Exception):

@@ -26,10 +26,11 @@ from recovery.core.errors import Classification, ErrorCategory, classify
 from recovery.core.message import JobSpec, Progress
 from recovery.core.policy import BlockSource, Decision, decide_after_failure, decide_when_blocked
 from recovery.core.redact import redact_params
+from recovery.core.step import Step, StepStatus
 from recovery.engine.fallback import has_fallback, remember, response_body, run_fallbacks
 from recovery.engine.gate import BUDGET_SPENT
 from recovery.engine.http import send
-from recovery.engine.outcome import Step, StepStatus, degraded, duplicate, succeeded
+from recovery.engine.outcome import degraded, duplicate, succeeded
 from recovery.engine.runtime import Runtime
 from recovery.state.breaker import Permit
 from recovery.state.budget import spread_deferral

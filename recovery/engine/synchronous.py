@@ -11,7 +11,8 @@ from collections.abc import Callable
 import backoff
 
 from recovery.core.message import JobSpec, Progress
-from recovery.engine.pipeline import Step, run_job
+from recovery.core.step import Step
+from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import Runtime
 
 WAITING = frozenset({"retry", "defer"})

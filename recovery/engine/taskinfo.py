@@ -6,7 +6,7 @@ Final states are decided and written in `recovery.engine.outcome`.
 from __future__ import annotations
 
 from recovery.core.message import JobSpec, Progress
-from recovery.engine.outcome import Step
+from recovery.core.step import Step
 from recovery.engine.producer import bounded_repr
 
 

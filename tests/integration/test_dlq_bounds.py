@@ -15,12 +15,12 @@ from structlog.testing import capture_logs
 import recovery
 from recovery.core.crypto import Cipher
 from recovery.core.message import JobSpec, Progress, new_job_id, utc_now_iso
+from recovery.core.step import Step
 from recovery.demo.faultserver import FaultServer
 from recovery.dlq.cap import enforce_cap
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.dlq.park import park, publish
 from recovery.dlq.replay import ReplayOptions, replay_dlq
-from recovery.engine.pipeline import Step
 from recovery.engine.runtime import Runtime, get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_original import ONE_TRY

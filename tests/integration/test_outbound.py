@@ -17,8 +17,9 @@ from structlog.testing import capture_logs
 
 from recovery.cli.main import main
 from recovery.core.message import JobSpec, Progress
+from recovery.core.step import Step
 from recovery.demo.faultserver import FaultServer
-from recovery.engine.pipeline import Step, run_job
+from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recovery.core.message import Progress
-from recovery.engine.pipeline import Step
+from recovery.core.step import Step
 from recovery.engine.taskinfo import outcome_line
 
 
