@@ -30,39 +30,44 @@ from recovery.state.scripts import ScriptArg, ScriptCache, ScriptCall, combine
 RATE_LIMITED = "the integration's rate limit is full or paused"
 BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
 
-_TAKE = """local k, a = 1, {first_arg}
-local function take(nk, na)
+# Every step's keys and arguments are counted from its ScriptCall (`_run`): ARGV holds the
+# driver's own header, then one (key count, argument count) pair per step in the order the
+# driver takes them, then the steps' arguments. `take()` hands the next step its share.
+_TAKE = """local c, k, a = {first_count}, 1, {first_arg}
+local function take()
+    local nk, na = tonumber(ARGV[c]), tonumber(ARGV[c + 1])
+    c = c + 2
     local ks, as = slice(KEYS, k, nk), slice(ARGV, a, na)
     k, a = k + nk, a + na
     return ks, as
 end
 """
 
-# ARGV[1] max deliveries, ARGV[2] '1' with a breaker step, ARGV[3] '1' with a budget step; then
-# each step's ARGV, and KEYS likewise: claim (4 keys, 3 args), rate limit (2, 4), breaker
-# acquire (1, 5), budget note (2, 6). Returns the replies so far: { claim, wait, grant }.
-_ENTER = _TAKE.format(first_arg=4) + """
-local claim = idempotency_claim(take(4, 3))
+# Header: ARGV[1] max deliveries, ARGV[2] '1' with a breaker step, ARGV[3] '1' with a budget
+# step. Steps in order: claim, rate limit, breaker acquire, budget note. Returns the replies
+# so far: { claim, wait, grant }.
+_ENTER = """
+local claim = idempotency_claim(take())
 if claim[1] ~= 'claimed' or claim[2] > tonumber(ARGV[1]) then return { claim } end
-local wait = rate_limit(take(2, 4))
+local wait = rate_limit(take())
 if wait ~= '0' then return { claim, wait } end
 local grant = 0
 if ARGV[2] == '1' then
-    grant = breaker_acquire(take(1, 5))
+    grant = breaker_acquire(take())
     if grant[1] == 0 then return { claim, wait, grant } end
 end
-if ARGV[3] == '1' then retry_budget(take(2, 6)) end
+if ARGV[3] == '1' then retry_budget(take()) end
 return { claim, wait, grant }
 """
 
-# ARGV[1] '1' with a breaker record step (1 key, 12 args), ARGV[2] '1' with an audit spool
-# append (2, 2) at the end; the claim release (2, 4) between them.
-_SETTLE = _TAKE.format(first_arg=3) + """
+# Header: ARGV[1] '1' with a breaker record step, ARGV[2] '1' with an audit spool append at
+# the end; the claim release between them.
+_SETTLE = """
 local recorded = 0
-if ARGV[1] == '1' then recorded = breaker_record(take(1, 12)) end
-idempotency_release(take(2, 4))
+if ARGV[1] == '1' then recorded = breaker_record(take()) end
+idempotency_release(take())
 local spooled = 0
-if ARGV[2] == '1' then spooled = audit_spool(take(2, 2)) end
+if ARGV[2] == '1' then spooled = audit_spool(take()) end
 return { recorded, spooled }
 """
 
@@ -223,9 +228,15 @@ class Gate:
 
     def _run(self, name: str, driver: str, steps: dict[str, ScriptCall],
              header: list[ScriptArg]) -> Any:
+        """Run `steps` (in the order the driver takes them) as one script."""
         assert self._scripts is not None
-        keys = [k for call in steps.values() for k in call.keys]
-        args = [*header, *(a for call in steps.values() for a in call.args)]
+        calls = list(steps.values())
+        counts = [n for call in calls for n in (len(call.keys), len(call.args))]
+        keys = [k for call in calls for k in call.keys]
+        args = [*header, *counts, *(a for call in calls for a in call.args)]
+        take = _TAKE.format(first_count=len(header) + 1,
+                            first_arg=len(header) + len(counts) + 1)
         return self._scripts.run(f"{name}:{','.join(steps)}",
-                                 lambda: combine({n: c.source for n, c in steps.items()}, driver),
+                                 lambda: combine({n: c.source for n, c in steps.items()},
+                                                 take + driver),
                                  keys, args)
