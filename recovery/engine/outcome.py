@@ -39,8 +39,7 @@ from recovery.core.redact import redact_text
 from recovery.core.step import Step
 from recovery.dlq import park as dlq_park
 from recovery.dlq.park import DeadLetterPublishError, park
-from recovery.telemetry.metrics import observe_recovery
-from recovery.telemetry.sentry import capture_job_failure
+from recovery.engine.events import JobFinished, JobGaveUp, RecoveryTried, StatusChanged
 
 if TYPE_CHECKING:
     from recovery.dlq.envelope import Envelope
@@ -122,8 +121,9 @@ def after_exception(job: JobSpec, progress: Progress, rt: Runtime,
         delay_s = min(REQUEUE_BASE_DELAY_S * 2 ** progress.requeues,
                       rt.settings.visibility_timeout_s * 0.9)
         _log_exception(job, exc, reason, "requeue")
-        _guarded("audit", lambda: rt.audit.job_status(
-            job.job_id, "queued", last_error=f"Requeued after an infrastructure error: {reason}"))
+        _guarded("audit", lambda: rt.events.publish(StatusChanged(
+            job.job_id, "queued",
+            {"last_error": f"Requeued after an infrastructure error: {reason}"})))
         return Step("requeue", replace(progress, requeues=progress.requeues + 1),
                     progress.attempt - 1, countdown_s=delay_s,
                     reason=f"Requeued: the infrastructure failed ({reason}).")
@@ -153,22 +153,22 @@ def _log_exception(job: JobSpec, exc: BaseException, reason: str, action: str) -
 
 def succeeded(rt: Runtime, job: JobSpec, progress: Progress, http_status: int,
               strategy: str | None) -> None:
-    rt.audit.job_status(job.job_id, "succeeded", attempts=progress.attempt,
-                        deferrals=progress.deferrals, outcome=f"HTTP {http_status}",
-                        strategy=strategy, last_status=http_status, finished=True)
+    rt.events.publish(JobFinished(job.job_id, "succeeded", {
+        "attempts": progress.attempt, "deferrals": progress.deferrals,
+        "outcome": f"HTTP {http_status}", "strategy": strategy, "last_status": http_status}))
 
 
 def degraded(rt: Runtime, job: JobSpec, attempts: int, fallback: str,
              last_status: int | None, last_error: str | None) -> None:
-    rt.audit.job_status(job.job_id, "degraded", attempts=attempts,
-                        outcome=f"served by {fallback} fallback",
-                        strategy="graceful-degradation", fallback_used=fallback,
-                        last_status=last_status, last_error=last_error, finished=True)
+    rt.events.publish(JobFinished(job.job_id, "degraded", {
+        "attempts": attempts, "outcome": f"served by {fallback} fallback",
+        "strategy": "graceful-degradation", "fallback_used": fallback,
+        "last_status": last_status, "last_error": last_error}))
 
 
 def duplicate(rt: Runtime, job: JobSpec) -> None:
-    rt.audit.job_status(job.job_id, "duplicate", outcome="idempotency key already succeeded",
-                        finished=True)
+    rt.events.publish(JobFinished(job.job_id, "duplicate",
+                                  {"outcome": "idempotency key already succeeded"}))
 
 
 def conclude(job: JobSpec, step: Step, rt: Runtime,
@@ -177,17 +177,18 @@ def conclude(job: JobSpec, step: Step, rt: Runtime,
     failed when the DLQ is off. Raises DeadLetterPublishError when the job was not parked."""
     if step.status not in ("dead", "failed"):
         return
-    _guarded("metrics", lambda: observe_recovery(step.strategy or "dead-letter-queue", False))
-    _guarded("sentry", lambda: capture_job_failure(job.job_id, job.integration, step.status,
-                                                   step.reason, step.http_status))
+    _guarded("metrics", lambda: rt.events.publish(
+        RecoveryTried(step.strategy or "dead-letter-queue", False)))
+    _guarded("sentry", lambda: rt.events.publish(
+        JobGaveUp(job, step.status, step.reason, step.http_status)))
     if step.status == "dead":
         _park(rt, job, step, sink or _publish)
         return
     failure = step.failure
-    _guarded("audit", lambda: rt.audit.job_status(
-        job.job_id, "failed", attempts=step.attempts, outcome=step.reason,
-        strategy=step.strategy, last_status=failure.status if failure else None,
-        last_error=failure.message if failure else None, finished=True))
+    _guarded("audit", lambda: rt.events.publish(JobFinished(job.job_id, "failed", {
+        "attempts": step.attempts, "outcome": step.reason, "strategy": step.strategy,
+        "last_status": failure.status if failure else None,
+        "last_error": failure.message if failure else None})))
     log.error("job_failed", job_id=job.job_id, reason=step.reason)
 
 
@@ -215,9 +216,9 @@ def _park(rt: Runtime, job: JobSpec, step: Step, sink: Callable[[Envelope], None
                 f"Could not dead-letter job {job.job_id} ({reason}); the broker will deliver "
                 "the job again.") from None
         log.error("dead_letter_audit_failed", job_id=job.job_id, error=reason)
-        _guarded("audit", lambda: rt.audit.job_status(
-            job.job_id, "dead", attempts=step.attempts, outcome=step.reason,
-            strategy="dead-letter-queue", finished=True))
+        _guarded("audit", lambda: rt.events.publish(JobFinished(job.job_id, "dead", {
+            "attempts": step.attempts, "outcome": step.reason,
+            "strategy": "dead-letter-queue"})))
 
 
 def _guarded(what: str, action: Callable[[], object]) -> None:

@@ -25,8 +25,16 @@ from recovery.core import policy
 from recovery.core.errors import Classification, ErrorCategory, classify
 from recovery.core.message import JobSpec, Progress
 from recovery.core.policy import BlockSource, Decision, decide_after_failure, decide_when_blocked
-from recovery.core.redact import redact_params
 from recovery.core.step import Step, StepStatus
+from recovery.engine.events import (
+    AttemptRecorded,
+    CallMade,
+    DeliveryStarted,
+    OperatorAlerted,
+    RecoveryTried,
+    RetryScheduled,
+    StatusChanged,
+)
 from recovery.engine.fallback import has_fallback, remember, response_body, run_fallbacks
 from recovery.engine.gate import BUDGET_SPENT
 from recovery.engine.http import send
@@ -36,8 +44,6 @@ from recovery.state.breaker import Permit
 from recovery.state.budget import spread_deferral
 from recovery.state.idempotency import Claim
 from recovery.state.tokens import AuthConfigError, TokenRefreshError
-from recovery.telemetry.alerts import alert
-from recovery.telemetry.metrics import observe_call, observe_recovery, observe_retry_scheduled
 
 log = structlog.get_logger(__name__)
 
@@ -83,9 +89,7 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
     try:
         if claimed.deliveries > rt.settings.poison_max_deliveries:
             return _poison(job, progress, rt, claimed.deliveries)
-        rt.audit.job_started(job.job_id, job.integration, job.method, job.path,
-                             redact_params(job.params or {}, integration.audit),
-                             job.idempotency_key, progress.attempt)
+        rt.events.publish(DeliveryStarted(job, integration, progress.attempt))
         block = passage.block
         if block is not None:
             return _blocked(job, progress, rt, integration, block.wait_s, block.source, block.why)
@@ -153,7 +157,7 @@ def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResul
     label: int | str | None = response.status_code if response is not None else None
     if label is None and failure is not None:
         label = str(failure.primary)
-    observe_call(integration.id, job.method, job.path, label, elapsed_s)
+    rt.events.publish(CallMade(integration.id, job.method, job.path, label, elapsed_s))
     return CallResult(started_at, int(elapsed_s * 1000), response, failure, token)
 
 
@@ -167,8 +171,9 @@ def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime,
         rt.tokens.invalidate(integration, result.token)
         result = _call_once(job, integration, rt)
         if result.failure is not None and result.failure.status == 401:
-            alert("token_refresh_failed", "The upstream refused a freshly refreshed token; "
-                  "check the integration's OAuth client.", integration.id, job_id=job.job_id)
+            rt.events.publish(OperatorAlerted(
+                "token_refresh_failed", "The upstream refused a freshly refreshed token; "
+                "check the integration's OAuth client.", integration.id, {"job_id": job.job_id}))
     return result
 
 
@@ -180,7 +185,7 @@ def _succeeded(job: JobSpec, progress: Progress, rt: Runtime, integration: Integ
     _record_attempt(job, progress.attempt, result, "done", rt)
     strategy = progress_strategy(progress)
     if strategy is not None:
-        observe_recovery(strategy, True)
+        rt.events.publish(RecoveryTried(strategy, True))
     succeeded(rt, job, progress, result.response.status_code, strategy)
     return Step("succeeded", progress, progress.attempt,
                 http_status=result.response.status_code, body=body, strategy=strategy,
@@ -203,15 +208,16 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
         has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)
     _record_attempt(job, progress.attempt, result, decision.action, rt, decision=decision)
     if decision.action == "retry":
-        rt.audit.job_status(job.job_id, "retrying", attempts=progress.attempt,
-                            last_status=failure.status, last_error=failure.message)
+        rt.events.publish(StatusChanged(job.job_id, "retrying", {
+            "attempts": progress.attempt, "last_status": failure.status,
+            "last_error": failure.message}))
         nxt = replace(progress.next_attempt(), recovered_by=decision.strategy)
         over_budget_s = rt.budget.try_charge_retry(integration.id, integration.retry_budget)
         if over_budget_s > 0:  # deferred without spending the next attempt; charged later
             delay_s = spread_deferral(over_budget_s, integration.retry_budget)
             return _blocked(job, replace(nxt, budget_pending=True), rt, integration,
                             max(delay_s, decision.delay_s or 0.0), "retry-budget", BUDGET_SPENT)
-        observe_retry_scheduled(integration.id, decision.delay_source or "backoff")
+        rt.events.publish(RetryScheduled(integration.id, decision.delay_source or "backoff"))
         return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s,
                     http_status=failure.status, strategy=decision.strategy, failure=failure,
                     reason=decision.reason)
@@ -223,15 +229,16 @@ def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
     decision = decide_when_blocked(
         wait_s, progress.blocked_s, max_defer_s=rt.settings.max_defer_ms / 1000, source=source,
         has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)
-    rt.audit.attempt(AttemptRecord(
+    rt.events.publish(AttemptRecorded(AttemptRecord(
         job_id=job.job_id, number=progress.attempt, kind="deferral",
         started_at=datetime.now(UTC), duration_ms=0, decision=decision.action,
         delay_ms=_ms(decision.delay_s), delay_source=decision.delay_source,
-        strategy=decision.strategy, error_message=why, worker=WORKER))
+        strategy=decision.strategy, error_message=why, worker=WORKER)))
     if decision.action == "defer":
         delay = min(decision.delay_s if decision.delay_s is not None else max(wait_s, 0.0),
                     max_countdown_s(rt))
-        rt.audit.job_status(job.job_id, "deferred", deferrals=progress.deferrals + 1)
+        rt.events.publish(StatusChanged(job.job_id, "deferred",
+                                        {"deferrals": progress.deferrals + 1}))
         return Step("defer", progress.deferred(delay), progress.attempt - 1, countdown_s=delay,
                     strategy=decision.strategy, reason=decision.reason)
     return _give_up(job, progress, rt, integration, decision, None)
@@ -245,7 +252,7 @@ def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
     spent = progress.attempt if failure else progress.attempt - 1  # a blocked job made no call
     if decision.action == "fallback":
         served = run_fallbacks(rt, integration, job)
-        observe_recovery("graceful-degradation", served is not None)
+        rt.events.publish(RecoveryTried("graceful-degradation", served is not None))
         if served is not None:
             degraded(rt, job, spent, served.kind, status, message)
             return Step("degraded", progress, spent, http_status=served.http_status,
@@ -264,8 +271,9 @@ def _poison(job: JobSpec, progress: Progress, rt: Runtime, deliveries: int) -> S
     acks redeliver it): past POISON_MAX_DELIVERIES it is dead-lettered, never looped forever."""
     message = (f"poison: the job was delivered {deliveries} times and its worker died "
                "each time.")
-    alert("poison_job", f"Job {job.job_id} {message[8:]} It goes to the dead-letter queue.",
-          job.integration, job_id=job.job_id, deliveries=deliveries)
+    rt.events.publish(OperatorAlerted(
+        "poison_job", f"Job {job.job_id} {message[8:]} It goes to the dead-letter queue.",
+        job.integration, {"job_id": job.job_id, "deliveries": deliveries}))
     failure = Classification(
         categories=frozenset({ErrorCategory.UNKNOWN}), primary=ErrorCategory.UNKNOWN,
         retryable=False, status=None, retry_after_s=None, message=message,
@@ -276,10 +284,10 @@ def _poison(job: JobSpec, progress: Progress, rt: Runtime, deliveries: int) -> S
 
 
 def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
-    rt.audit.attempt(AttemptRecord(
+    rt.events.publish(AttemptRecorded(AttemptRecord(
         job_id=job.job_id, number=progress.attempt, kind="duplicate",
         started_at=datetime.now(UTC), duration_ms=0, decision="duplicate", worker=WORKER,
-        error_message="This idempotency key already succeeded; the call was not repeated."))
+        error_message="This idempotency key already succeeded; the call was not repeated.")))
     duplicate(rt, job)
     return Step("duplicate", progress, progress.attempt - 1,
                 reason="The idempotency key already succeeded.")
@@ -288,7 +296,7 @@ def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
 def _record_attempt(job: JobSpec, number: int, result: CallResult, action: str, rt: Runtime,
                     *, decision: Decision | None = None, strategy: str | None = None) -> None:
     failure = result.failure
-    rt.audit.attempt(AttemptRecord(
+    rt.events.publish(AttemptRecorded(AttemptRecord(
         job_id=job.job_id, number=number, kind="call", started_at=result.started_at,
         duration_ms=result.duration_ms,
         http_status=result.response.status_code if result.response is not None else None,
@@ -297,7 +305,7 @@ def _record_attempt(job: JobSpec, number: int, result: CallResult, action: str, 
         error_message=failure.message if failure else None, decision=action,
         delay_ms=_ms(decision.delay_s) if decision else None,
         delay_source=decision.delay_source if decision else None,
-        strategy=strategy or (decision.strategy if decision else None), worker=WORKER))
+        strategy=strategy or (decision.strategy if decision else None), worker=WORKER)))
 
 
 def _ms(seconds: float | None) -> int | None:

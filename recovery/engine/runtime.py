@@ -19,6 +19,7 @@ from recovery.audit.db import make_engine
 from recovery.audit.writer import AuditWriter, make_audit_writer
 from recovery.config.registry import Integration, Registry, get_registry
 from recovery.config.settings import Settings, get_settings
+from recovery.engine.events import EventBus, standard_bus
 from recovery.engine.gate import Gate
 from recovery.state.breaker import ClusterBreaker
 from recovery.state.budget import RetryBudget
@@ -47,9 +48,12 @@ class Runtime:
     #: The folded pre- and post-call Redis decisions over these components (it opens its
     #: connections on first use).
     gate: Gate = field(init=False)
+    #: What the pipeline reports (audit, metrics, alerts, Sentry subscribe: `engine.events`).
+    events: EventBus = field(init=False)
 
     def __post_init__(self) -> None:
         self.gate = Gate(self.redis, self.idempotency, self.limiter, self.budget, self.breaker)
+        self.events = standard_bus(lambda: self.audit)
 
     def breaker(self, integration: Integration, *, scope: str = "") -> ClusterBreaker:
         """The cluster breaker for an integration (or one of its fallback APIs, by scope)."""

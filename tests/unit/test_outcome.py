@@ -12,6 +12,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.config.registry import UnknownIntegrationError
 from recovery.core.message import JobSpec, Progress
+from recovery.engine.events import standard_bus
 from recovery.engine.outcome import (
     JobDeadLettered,
     JobFailed,
@@ -42,7 +43,9 @@ class _Registry:
 def runtime(*, dlq: bool = True, limit: int = 3) -> Any:
     settings = SimpleNamespace(poison_max_deliveries=limit, visibility_timeout_s=20,
                                dlq_enabled=dlq)
-    return SimpleNamespace(settings=settings, registry=_Registry(), audit=_Audit())
+    rt = SimpleNamespace(settings=settings, registry=_Registry(), audit=_Audit())
+    rt.events = standard_bus(lambda: rt.audit)  # as Runtime builds it
+    return rt
 
 
 JOB = JobSpec(job_id="j-1", integration="shop", method="GET", path="/x",
