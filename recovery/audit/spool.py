@@ -45,6 +45,7 @@ from recovery.audit.sql import (
     encode_ops,
     write_batch,
 )
+from recovery.state import lua
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -52,8 +53,6 @@ log = structlog.get_logger(__name__)
 OPS_PER_ENTRY = 500
 MAX_ENTRIES_PER_READ = 1000
 LOCK_TTL_MS = 5_000
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end " \
-           "return 0"
 
 
 class SpoolUnavailable(RuntimeError):
@@ -172,7 +171,7 @@ class RedisSpool:
 
     def _release(self, token: str) -> None:
         try:
-            self._client.eval(_RELEASE, 1, self.lock_key, token)
+            self._client.eval(lua.load("compare_and_delete"), 1, self.lock_key, token)
         except redis.RedisError:
             log.warning("audit_spool_lock_not_released", key=self.lock_key)
 

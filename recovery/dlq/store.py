@@ -36,6 +36,7 @@ from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, publish_message
 from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
+from recovery.state import lua
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +48,6 @@ LOCK_TTL_MS = 60_000
 POISON_PREFIX = "poison:"
 
 # Delete the lock only if we still hold it; extend it only if we still hold it.
-_UNLOCK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-           "return redis.call('DEL', KEYS[1]) end return 0")
-_EXTEND = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-           "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
 
 
 class DlqBusyError(RuntimeError):
@@ -406,7 +403,7 @@ class DlqLock:
         return self
 
     def extend(self) -> None:
-        self._client.eval(_EXTEND, 1, self.key, self._token, LOCK_TTL_MS)
+        self._client.eval(lua.load("compare_and_pexpire"), 1, self.key, self._token, LOCK_TTL_MS)
 
     def __exit__(self, *_: object) -> None:
-        self._client.eval(_UNLOCK, 1, self.key, self._token)
+        self._client.eval(lua.load("compare_and_delete"), 1, self.key, self._token)

@@ -21,6 +21,7 @@ import redis
 
 from recovery.config.registry import Integration
 from recovery.core.policy import BlockSource
+from recovery.state import lua
 from recovery.state.breaker import BreakerOpenError, ClusterBreaker, Permit
 from recovery.state.budget import RetryBudget, spread_deferral
 from recovery.state.idempotency import Claim, ClaimResult, IdempotencyStore
@@ -30,46 +31,8 @@ from recovery.state.scripts import ScriptArg, ScriptCache, ScriptCall, combine
 RATE_LIMITED = "the integration's rate limit is full or paused"
 BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
 
-# Every step's keys and arguments are counted from its ScriptCall (`_run`): ARGV holds the
-# driver's own header, then one (key count, argument count) pair per step in the order the
-# driver takes them, then the steps' arguments. `take()` hands the next step its share.
-_TAKE = """local c, k, a = {first_count}, 1, {first_arg}
-local function take()
-    local nk, na = tonumber(ARGV[c]), tonumber(ARGV[c + 1])
-    c = c + 2
-    local ks, as = slice(KEYS, k, nk), slice(ARGV, a, na)
-    k, a = k + nk, a + na
-    return ks, as
-end
-"""
 
-# Header: ARGV[1] max deliveries, ARGV[2] '1' with a breaker step, ARGV[3] '1' with a budget
-# step. Steps in order: claim, rate limit, breaker acquire, budget note. Returns the replies
-# so far: { claim, wait, grant }.
-_ENTER = """
-local claim = idempotency_claim(take())
-if claim[1] ~= 'claimed' or claim[2] > tonumber(ARGV[1]) then return { claim } end
-local wait = rate_limit(take())
-if wait ~= '0' then return { claim, wait } end
-local grant = 0
-if ARGV[2] == '1' then
-    grant = breaker_acquire(take())
-    if grant[1] == 0 then return { claim, wait, grant } end
-end
-if ARGV[3] == '1' then retry_budget(take()) end
-return { claim, wait, grant }
-"""
 
-# Header: ARGV[1] '1' with a breaker record step, ARGV[2] '1' with an audit spool append at
-# the end; the claim release between them.
-_SETTLE = """
-local recorded = 0
-if ARGV[1] == '1' then recorded = breaker_record(take()) end
-idempotency_release(take())
-local spooled = 0
-if ARGV[2] == '1' then spooled = audit_spool(take()) end
-return { recorded, spooled }
-"""
 
 
 @dataclass(frozen=True)
@@ -151,7 +114,7 @@ class Gate:
                                    "1" if audit is not None else "0"]
 
         def combined() -> bool:
-            reply = self._run("settle", _SETTLE, steps, header)
+            reply = self._run("settle", lua.load("gate_settle"), steps, header)
             if record is not None:
                 breaker.recorded(reply[0])
             if audit is not None and audit.on_reply is not None:
@@ -188,7 +151,7 @@ class Gate:
         if note is not None:
             steps["retry_budget"] = note
         header: list[ScriptArg] = [max_deliveries, "1" if acquire else "0", "1" if note else "0"]
-        reply = self._run("enter", _ENTER, steps, header)
+        reply = self._run("enter", lua.load("gate_enter"), steps, header)
         claim = self._idempotency.claim_result(reply[0])
         if len(reply) == 1:
             return Passage(claim)
@@ -234,8 +197,8 @@ class Gate:
         counts = [n for call in calls for n in (len(call.keys), len(call.args))]
         keys = [k for call in calls for k in call.keys]
         args = [*header, *counts, *(a for call in calls for a in call.args)]
-        take = _TAKE.format(first_count=len(header) + 1,
-                            first_arg=len(header) + len(counts) + 1)
+        take = lua.render("gate_take", first_count=len(header) + 1,
+                          first_arg=len(header) + len(counts) + 1)
         return self._scripts.run(f"{name}:{','.join(steps)}",
                                  lambda: combine({n: c.source for n, c in steps.items()},
                                                  take + driver),

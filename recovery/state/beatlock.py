@@ -27,24 +27,13 @@ import structlog
 from celery import signals
 
 from recovery.config.env import env_int
+from recovery.state import lua
 from recovery.state.connection import redis_client
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_TTL_S = 60
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 class BeatLockHeld(SystemExit):
@@ -60,8 +49,8 @@ class BeatLock:
         self.key = key
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.token = token or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(lua.load("compare_and_pexpire"))
+        self._release = client.register_script(lua.load("compare_and_delete"))
 
     def acquire(self) -> bool:
         """Take the lock if it is free (or already ours)."""

@@ -34,6 +34,7 @@ from typing import Any
 import redis
 import structlog
 
+from recovery.state import lua
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -42,35 +43,8 @@ DEFAULT_TTL_S = 24 * 3600
 DEFAULT_REDELIVERY_WINDOW_S = 2 * 3600
 LOCAL_ENTRIES_KEPT = 100_000
 
-# KEYS[1] success key, KEYS[2] claim key, KEYS[3] delivery counter, KEYS[4] the success key
-# as written before keys were scoped (see `legacy_success_key`); ARGV[1] holder, ARGV[2] claim
-# ttl ms, ARGV[3] counter ttl s. Returns {answer, deliveries of this message}.
-_CLAIM = """
-local deliveries = redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-if redis.call('EXISTS', KEYS[1], KEYS[4]) > 0 then return {'succeeded', deliveries} end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return {'busy', deliveries} end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {'claimed', deliveries}
-"""
 
-# KEYS[1] success key, KEYS[2] claim key; ARGV[1] holder, ARGV[2] job id, ARGV[3] ttl s,
-# ARGV[4] '1' to record success.
-_RELEASE = """
-if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"""
 
-# KEYS[1] fingerprint key; ARGV[1] fingerprint, ARGV[2] ttl ms. 1: this request may use the
-# key (first use, or the same request again); 0: the key was used with another request.
-_REMEMBER = """
-local known = redis.call('GET', KEYS[1])
-if known then return known == ARGV[1] and 1 or 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
 
 
 class Claim(StrEnum):
@@ -141,9 +115,9 @@ class IdempotencyStore:
         self._local_requests = _Bounded()
         self._lock = threading.Lock()
         if client is not None:
-            self._claim = client.register_script(_CLAIM)
-            self._release = client.register_script(_RELEASE)
-            self._remember = client.register_script(_REMEMBER)
+            self._claim = client.register_script(lua.load("idempotency_claim"))
+            self._release = client.register_script(lua.load("idempotency_release"))
+            self._remember = client.register_script(lua.load("idempotency_remember"))
 
     def key_name(self, integration: str, key: str, part: str) -> str:
         """The Redis key of `part` (ok, claim, req) of an idempotency key on an integration."""
@@ -194,7 +168,7 @@ class IdempotencyStore:
     def claim_call(self, integration: str, key: str, holder: str, ttl_ms: int,
                    delivery: str) -> ScriptCall:
         """The Redis script run of `claim`; its reply goes to `claim_result`."""
-        return ScriptCall(_CLAIM, [*self._keys(integration, key),
+        return ScriptCall(lua.load("idempotency_claim"), [*self._keys(integration, key),
                                    f"{self._prefix}deliveries:{delivery}",
                                    self.legacy_success_key(key)],
                           [holder, ttl_ms, self.redelivery_window_s])
@@ -208,7 +182,7 @@ class IdempotencyStore:
     def release_call(self, integration: str, key: str, holder: str, job_id: str, *,
                      succeeded: bool) -> ScriptCall:
         """The Redis script run of `release`."""
-        return ScriptCall(_RELEASE, self._keys(integration, key),
+        return ScriptCall(lua.load("idempotency_release"), self._keys(integration, key),
                           [holder, job_id, self.success_ttl_s(key, job_id),
                            "1" if succeeded else "0"])
 

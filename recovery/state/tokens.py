@@ -26,6 +26,7 @@ import requests
 import structlog
 
 from recovery.config.registry import Integration, OAuthConfig
+from recovery.state import lua
 from recovery.state.ratelimit import RedisOutage
 
 log = structlog.get_logger(__name__)
@@ -40,12 +41,6 @@ WAIT_POLL_S = 0.05
 #: How long waiting workers remember that the fetch they waited for failed.
 FAILURE_MEMORY_MS = 2000
 
-_COMPARE_AND_DELETE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 _OAUTH_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -179,9 +174,8 @@ class TokenProvider:
         self._redis = redis_client
         self._prefix = key_prefix
         self._outage = RedisOutage("oauth_tokens")
-        self._cad = (
-            redis_client.register_script(_COMPARE_AND_DELETE) if redis_client is not None else None
-        )
+        self._cad = (redis_client.register_script(lua.load("compare_and_delete"))
+                     if redis_client is not None else None)
         self._guard = threading.Lock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._local: dict[str, tuple[str, float]] = {}

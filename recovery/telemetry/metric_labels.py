@@ -22,6 +22,8 @@ from collections.abc import Callable
 import redis
 import structlog
 
+from recovery.state import lua
+
 log = structlog.get_logger(__name__)
 
 MAX_SEGMENTS = 6
@@ -36,15 +38,6 @@ _ID_SEGMENT = re.compile(
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
-# KEYS[1] the integration's set of admitted endpoints; ARGV[1] endpoint, ARGV[2] limit.
-_ADMIT = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
-if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then
-    redis.call('SADD', KEYS[1], ARGV[1])
-    return 1
-end
-return 0
-"""
 
 Admit = Callable[[str, str, int], bool]
 
@@ -115,7 +108,7 @@ def redis_admit(client: redis.Redis, prefix: str) -> Admit:
     """Admission shared by every process on `client`: one set per integration (at most
     `limit` members), asked once per new endpoint per process. Redis failing: this process
     decides alone, so the bound still holds per process."""
-    script = client.register_script(_ADMIT)
+    script = client.register_script(lua.load("metric_labels_admit"))
     fallback = local_admit()
 
     def admit(integration: str, endpoint: str, limit: int) -> bool:
