@@ -20,7 +20,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from recovery.config.registry import Registry, get_registry
+from recovery.config.loader import get_registry
+from recovery.config.registry import Registry
 from recovery.config.settings import Settings, get_settings
 from recovery.state.beatlock import install_beat_guard
 

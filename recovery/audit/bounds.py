@@ -109,7 +109,7 @@ class RejectedRows:
 
     def put(self, rejected: list[Rejected]) -> None:
         """Keep `rejected` (in Redis when there is one, else in the log) and raise one alert."""
-        from recovery.telemetry.alerts import alert
+        from recovery.telemetry.alerts import alert  # cycle: the alerter writes audit rows
 
         if not rejected:
             return

@@ -23,7 +23,7 @@ import click
 import redis
 from sqlalchemy import text
 
-from recovery.config.registry import load_registry
+from recovery.config.loader import load_registry
 from recovery.config.settings import Settings, load_settings
 from recovery.core.message import JobSpec
 from recovery.core.redact import redact_params, redact_url
@@ -200,7 +200,7 @@ def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
     """Point this process (the producer) at the demo settings, migrate, start the workers."""
     from recovery.audit.db import upgrade
     from recovery.celery_app import celery_config
-    from recovery.config.registry import reset_registry
+    from recovery.config.loader import reset_registry
     from recovery.config.settings import get_settings, reset_settings
     from recovery.engine.runtime import get_runtime, reset_runtime
 

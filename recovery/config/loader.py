@@ -6,8 +6,10 @@ and the key. Missing keys take the environment's defaults (Settings).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -35,11 +37,13 @@ from recovery.config.registry import (
     Registry,
     RegistryError,
     RetryConfig,
+    primary_integration,
 )
 from recovery.config.settings import (
     MAX_BYTES,
     Settings,
     base_url_problem,
+    get_settings,
     is_http_url,
     shown_base_url,
 )
@@ -419,3 +423,22 @@ def load_file(path: str, settings: Settings, environ: Mapping[str, str]) -> Regi
         section = Section(entry, path, f"integration {ident!r}", RegistryError)
         integrations.append(_integration(ident, section, settings, environ))
     return Registry(integrations, source=path)
+
+
+def load_registry(settings: Settings, environ: Mapping[str, str] | None = None) -> Registry:
+    """The registry from `settings.integrations_file`, or the environment's `primary-api`."""
+    env = os.environ if environ is None else environ
+    if settings.integrations_file:
+        return load_file(settings.integrations_file, settings, env)
+    return Registry([primary_integration(settings)])
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use from the current settings."""
+    return load_registry(get_settings())
+
+
+def reset_registry() -> None:
+    """Forget the cached registry so the next `get_registry()` loads it again."""
+    get_registry.cache_clear()

@@ -8,10 +8,8 @@ at start; a `RegistryError` names the file, the integration and the key that is 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +18,7 @@ from recovery.config.budget import (
     DEFAULT_RETRY_BUDGET,
     RetryBudgetConfig,
 )
-from recovery.config.settings import Settings, get_settings
+from recovery.config.settings import Settings
 
 PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2
@@ -214,24 +212,3 @@ def primary_integration(settings: Settings) -> Integration:
         oauth=None,
         max_response_bytes=settings.max_response_bytes,
     )
-
-
-def load_registry(settings: Settings, environ: Mapping[str, str] | None = None) -> Registry:
-    """The registry from `settings.integrations_file`, or the environment's `primary-api`."""
-    env = os.environ if environ is None else environ
-    if settings.integrations_file:
-        from recovery.config.loader import load_file
-
-        return load_file(settings.integrations_file, settings, env)
-    return Registry([primary_integration(settings)])
-
-
-@lru_cache(maxsize=1)
-def get_registry() -> Registry:
-    """The process-wide registry, loaded on first use from the current settings."""
-    return load_registry(get_settings())
-
-
-def reset_registry() -> None:
-    """Forget the cached registry so the next `get_registry()` loads it again."""
-    get_registry.cache_clear()

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import structlog
 
+from recovery.config.registry import Integration, RetryConfig
 from recovery.core.errors import UNREPAIRABLE_CATEGORIES, Classification
-
-if TYPE_CHECKING:
-    from recovery.config.registry import Integration, RetryConfig
 
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
 DelaySource = Literal["backoff", "retry-after", "retry-after-cap", "breaker", "rate-limit",

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from recovery.config.audit_policy import HIDE_ALL, AuditPolicy, never_shown
+from recovery.config.loader import get_registry
 
 REDACTED = "[REDACTED]"
 _MAX_PASSES = 4
@@ -96,8 +97,6 @@ _SUMMARY = re.compile(r"(?:object of \d+ keys?|array of \d+ items?|string|number
 def policy_for(integration_id: str) -> AuditPolicy:
     """The `audit:` policy of an integration of the process's registry; `HIDE_ALL` when the
     integration (or the registry) cannot be found, because a display must never fail a job."""
-    from recovery.config.registry import get_registry
-
     try:
         return get_registry().get(integration_id).audit
     except (ValueError, KeyError, OSError):

@@ -79,6 +79,6 @@ def park(rt: DlqRuntime, job: JobSpec, step: Step,
 
 def _keep_bounded(rt: DlqRuntime) -> None:
     """Trim the DLQ to its cap (archiving what goes); never fails the park."""
-    from recovery.dlq.cap import enforce_cap
+    from recovery.dlq.cap import enforce_cap  # cycle: the cap archives with park's queue names
 
     enforce_cap(rt, actor="park")

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Engine
 
 from recovery.audit.db import make_engine
 from recovery.audit.writer import AuditWriter, make_audit_writer
-from recovery.config.registry import Integration, Registry, get_registry
+from recovery.config.loader import get_registry
+from recovery.config.registry import Integration, Registry
 from recovery.config.settings import Settings, get_settings
 from recovery.engine.events import EventBus, standard_bus
 from recovery.engine.gate import Gate

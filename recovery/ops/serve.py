@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 
 from recovery.audit.db import make_engine, normalise_url
-from recovery.config.registry import load_registry
+from recovery.config.loader import load_registry
 from recovery.config.settings import Settings
 from recovery.core.redact import redact_text
 from recovery.engine.runtime import Runtime, build_runtime

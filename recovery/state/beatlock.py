@@ -27,6 +27,7 @@ import structlog
 from celery import signals
 
 from recovery.config.env import env_int
+from recovery.config.settings import get_settings
 from recovery.state import lua
 from recovery.state.connection import redis_client
 
@@ -151,8 +152,6 @@ def _let_go(keeper: LockKeeper) -> None:
 
 def _on_beat_start(sender: Any = None, **_: Any) -> None:
     """`beat_init`: take the lock before the first tick; on loss, stop the beat service."""
-    from recovery.config.settings import get_settings
-
     settings = get_settings()
     lock = lock_for(settings.redis_url, settings.redis_key_prefix)
     stop = getattr(sender, "stop", None)

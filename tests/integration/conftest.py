@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from recovery.config.registry import reset_registry
+from recovery.config.loader import reset_registry
 from recovery.config.settings import reset_settings
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import reset_runtime

@@ -29,7 +29,7 @@ import requests
 import yaml
 
 import recovery
-from recovery.config.registry import reset_registry
+from recovery.config.loader import reset_registry
 from recovery.config.settings import reset_settings
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import get_runtime, reset_runtime

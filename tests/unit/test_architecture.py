@@ -24,7 +24,7 @@ def test_enqueueing_does_not_import_the_engine() -> None:
     engine, the Celery app or the beat schedule."""
     script = (
         "import sys, recovery\n"
-        "from recovery.config.registry import load_registry\n"
+        "from recovery.config.loader import load_registry\n"
         "from recovery.config.settings import get_settings\n"
         "from recovery.engine.producer import build_job\n"
         "registry = load_registry(get_settings())\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recovery.config.registry import reset_registry
+from recovery.config.loader import reset_registry
 from recovery.config.settings import reset_settings
 from recovery.core.redact import HIDE_ALL, REDACTED, AuditPolicy, policy_for
 from tests.unit.test_registry import entry, error_for, load, write

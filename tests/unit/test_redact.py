@@ -234,7 +234,7 @@ def test_a_job_shows_what_its_integration_allows_and_its_repr_is_redacted() -> N
 
 
 def test_policy_for_an_unknown_integration_shows_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from recovery.config.registry import reset_registry
+    from recovery.config.loader import reset_registry
     from recovery.config.settings import reset_settings
 
     monkeypatch.delenv("RECOVERY_INTEGRATIONS", raising=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from recovery.config.loader import get_registry, load_registry, reset_registry
 from recovery.config.registry import (
     BreakerConfig,
     FallbackConfig,
@@ -17,9 +18,6 @@ from recovery.config.registry import (
     RegistryError,
     RetryConfig,
     UnknownIntegrationError,
-    get_registry,
-    load_registry,
-    reset_registry,
 )
 from recovery.config.settings import SettingsError, load_settings, reset_settings
 from recovery.state.budget import RetryBudgetConfig
