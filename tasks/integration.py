@@ -13,7 +13,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from recovery.celery_app import app
-from recovery.core.message import JobSpec, Progress
+from recovery.core.message import JobSpec, Progress, task_reprs
 from recovery.dlq.park import DeadLetterPublishError
 from recovery.engine.outcome import (
     JobDeadLettered,
@@ -22,10 +22,10 @@ from recovery.engine.outcome import (
     after_exception,
     celery_failure,
     conclude,
+    outcome_line,
 )
 from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import get_runtime
-from recovery.engine.taskinfo import outcome_line, task_reprs
 from recovery.telemetry.logging import job_context
 
 

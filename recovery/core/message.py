@@ -145,3 +145,23 @@ class Progress:
     def deferred(self, seconds: float) -> Progress:
         return replace(self, deferrals=self.deferrals + 1, blocked_s=self.blocked_s + seconds,
                        requeues=0)
+
+
+#: The Celery task that runs a job (`tasks.integration.call`).
+TASK_NAME = "tasks.integration.call"
+MAX_REPR_CHARS = 4096
+
+
+def bounded_repr(value: Any, limit: int = MAX_REPR_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters plus a marker saying how many were left out."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters not shown]"
+
+
+def task_reprs(job: JobSpec, progress: Progress) -> dict[str, str]:
+    """Redacted argument reprs: what Flower and the task events show instead of the real ones,
+    bounded so that they cannot double the size of a large message."""
+    return {"argsrepr": "()",
+            "kwargsrepr": bounded_repr({"job": job.redacted(), "progress": progress.to_message()})}

@@ -24,7 +24,7 @@ from recovery.core.redact import redact_params
 from recovery.core.step import Step
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
-from recovery.engine.outcome import after_exception, conclude
+from recovery.engine.outcome import after_exception, conclude, mark_crashed
 from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import Runtime, build_runtime
 
@@ -117,8 +117,7 @@ class EmbeddedBroker:
                 self._deliver(delivery)
             except Exception as exc:  # a worker thread must survive any one job
                 log.error("embedded_job_crashed", job_id=delivery.job.job_id, error=str(exc))
-                self.rt.audit.job_status(delivery.job.job_id, "failed", finished=True,
-                                         outcome=f"The job crashed: {exc}")
+                mark_crashed(self.rt, delivery.job.job_id, f"The job crashed: {exc}")
 
     def _deliver(self, delivery: _Delivery) -> None:
         try:

@@ -46,6 +46,7 @@ from recovery.core.step import Step
 from recovery.demo.faultserver import FaultServer
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import park
+from recovery.engine.outcome import mark_failed
 from recovery.engine.producer import build_job
 from recovery.engine.runtime import Runtime
 from recovery.engine.synchronous import run_synchronously
@@ -347,11 +348,7 @@ def _finish(rt: Runtime, job: JobSpec, final: Step) -> bool:
         rt.audit.dead_letter_state(job.job_id, "purged", PURGE_REASON)
         return True
     if final.status == "failed":
-        failure = final.failure
-        rt.audit.job_status(job.job_id, "failed", attempts=final.attempts,
-                            outcome=final.reason, strategy=final.strategy,
-                            last_status=failure.status if failure else None,
-                            last_error=failure.message if failure else None, finished=True)
+        mark_failed(rt, job, final)
     return False
 
 

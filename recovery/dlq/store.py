@@ -24,7 +24,15 @@ from typing import Any
 import redis
 import structlog
 
-from recovery.core.message import JobSpec, MalformedJobError, Progress, parse_time
+from recovery.core.crypto import task_serializer
+from recovery.core.message import (
+    TASK_NAME,
+    JobSpec,
+    MalformedJobError,
+    Progress,
+    parse_time,
+    task_reprs,
+)
 from recovery.core.redact import (
     policy_for,
     redact_body,
@@ -360,9 +368,6 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
     an older kombu publishes them one by one.
     """
     from recovery.celery_app import app
-    from recovery.core.crypto import task_serializer
-    from recovery.engine.producer import TASK_NAME
-    from recovery.engine.taskinfo import task_reprs
 
     with app.producer_or_acquire() as producer:
         batch: AbstractContextManager[Any] = (

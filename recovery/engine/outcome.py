@@ -184,12 +184,22 @@ def conclude(job: JobSpec, step: Step, rt: Runtime,
     if step.status == "dead":
         _park(rt, job, step, sink or _publish)
         return
+    _guarded("audit", lambda: mark_failed(rt, job, step))
+    log.error("job_failed", job_id=job.job_id, reason=step.reason)
+
+
+def mark_failed(rt: Runtime, job: JobSpec, step: Step) -> None:
+    """Write the final `failed` status of a job whose last step failed (the DLQ is off)."""
     failure = step.failure
-    _guarded("audit", lambda: rt.events.publish(JobFinished(job.job_id, "failed", {
+    rt.events.publish(JobFinished(job.job_id, "failed", {
         "attempts": step.attempts, "outcome": step.reason, "strategy": step.strategy,
         "last_status": failure.status if failure else None,
-        "last_error": failure.message if failure else None})))
-    log.error("job_failed", job_id=job.job_id, reason=step.reason)
+        "last_error": failure.message if failure else None}))
+
+
+def mark_crashed(rt: Runtime, job_id: str, reason: str) -> None:
+    """Write the final `failed` status of a job whose in-process run crashed (embedded mode)."""
+    rt.events.publish(JobFinished(job_id, "failed", {"outcome": reason}))
 
 
 def _publish(envelope: Envelope) -> None:
@@ -238,3 +248,17 @@ def celery_failure(step: Step, line: str) -> JobNotCompleted | None:
     if step.status == "failed":
         return JobFailed(f"{line}: {reason}")
     return None
+
+
+def outcome_line(step: Step) -> str:
+    """The task's return value: one short line for the worker log and Flower (results are not
+    stored). A string, because Celery's safe repr of a dict costs more than the rest of the
+    task's bookkeeping. A degraded job names the fallback that answered."""
+    parts: list[str] = [step.status]
+    if step.http_status is not None:
+        parts.append(f"HTTP {step.http_status}")
+    if step.fallback:
+        parts.append(f"{step.fallback} fallback")
+    elif step.strategy:
+        parts.append(step.strategy)
+    return ", ".join(parts)

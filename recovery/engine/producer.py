@@ -23,7 +23,7 @@ from recovery.config.urlguard import (
     validate_headers,
     validate_path,
 )
-from recovery.core.message import JobSpec, new_job_id, utc_now_iso
+from recovery.core.message import TASK_NAME, JobSpec, Progress, new_job_id, task_reprs, utc_now_iso
 from recovery.core.redact import policy_for, redact_params
 from recovery.state.idempotency import KeyReusedError, request_fingerprint
 
@@ -35,8 +35,6 @@ MAX_IDEMPOTENCY_KEY = 200
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: Flower and the task events show the redacted arguments cut to this many characters, so the
 #: copy in each message's headers stays small however large the job is.
-MAX_REPR_CHARS = 4096
-TASK_NAME = "tasks.integration.call"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: the key travels as a header value
 
 
@@ -150,20 +148,10 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
                    idempotency_key=key or job_id, enqueued_at=utc_now_iso())
 
 
-def bounded_repr(value: Any, limit: int = MAX_REPR_CHARS) -> str:
-    """`repr(value)` cut to `limit` characters plus a marker saying how many were left out."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... [{len(text) - limit} more characters not shown]"
-
-
 def publish_job(job: JobSpec) -> str:
     """Send a validated job to its work queue with redacted reprs for Flower and events."""
     from recovery.celery_app import app
     from recovery.core.crypto import task_serializer
-    from recovery.core.message import Progress
-    from recovery.engine.taskinfo import task_reprs
 
     app.send_task(TASK_NAME, kwargs={"job": job.to_message()}, task_id=job.job_id,
                   serializer=task_serializer(), **task_reprs(job, Progress()))

@@ -305,7 +305,7 @@ def test_a_request_of_exactly_max_request_bytes_is_accepted_and_the_setting_lowe
 
 def test_the_flower_repr_of_a_large_job_is_bounded_so_the_message_is_not_doubled(
         configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
-    from recovery.engine.producer import MAX_REPR_CHARS
+    from recovery.core.message import MAX_REPR_CHARS
 
     configure(_guarded(upstream.url), SHOP_KEY="k", LEDGER_SECRET="s")
     body = {"rows": ["r" * 1000 for _ in range(900)]}
@@ -342,7 +342,7 @@ def test_accepted_headers_and_matrix_parameters_reach_the_upstream_as_given(
 
 
 def test_bounded_repr_cuts_with_a_marker_counting_what_was_left_out() -> None:
-    from recovery.engine.producer import bounded_repr
+    from recovery.core.message import bounded_repr
 
     assert bounded_repr({"a": 1}) == "{'a': 1}"
     assert bounded_repr("x" * 5000, limit=100) == (

@@ -6,7 +6,7 @@ import pytest
 
 from recovery.core.message import Progress
 from recovery.core.step import Step
-from recovery.engine.taskinfo import outcome_line
+from recovery.engine.outcome import outcome_line
 
 
 @pytest.mark.parametrize(("step", "line"), [

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 import structlog
 
-from recovery.core.message import JobSpec, Progress, job_message_view
+from recovery.core.message import JobSpec, Progress, job_message_view, task_reprs
 from recovery.core.redact import HIDE_ALL, REDACTED, AuditPolicy, describe_body
-from recovery.engine.taskinfo import task_reprs
 from recovery.telemetry.logging import configure_logging
 from recovery.telemetry.sentry import scrub_event
 
