@@ -107,7 +107,7 @@ def decide_after_failure(
     broker's visibility timeout leaves no room for longer countdowns); when Retry-After is cut
     short that way, the shared rate-limit gate still holds the next attempt back until the
     server's time, deferring instead of spending an attempt. Anything else gives up: see
-    `_give_up`.
+    `_end_without_retry` in the pipeline.
     """
     if attempt < 1:
         raise ValueError(f"The attempt number starts at 1, got {attempt}.")

@@ -46,7 +46,7 @@ class Block:
 
 
 @dataclass(frozen=True)
-class Passage:
+class Admission:
     """What `enter` decided. Call the upstream only when `claim` is CLAIMED, the delivery count
     is within the poison limit and `block` is None; then `permit` is the breaker's."""
 
@@ -70,11 +70,11 @@ class Gate:
 
     def enter(self, integration: Integration, key: str, holder: str, claim_ttl_ms: int,
               delivery: str, *, first_attempt: bool, budget_pending: bool,
-              max_deliveries: int) -> Passage:
+              max_deliveries: int) -> Admission:
         """Claim, rate limit, breaker permit, budget: one round trip, or one call each when a
         retry still has to be charged to the retry budget or Redis is not shared."""
 
-        def one_by_one() -> Passage:
+        def one_by_one() -> Admission:
             return self._enter_one_by_one(integration, key, holder, claim_ttl_ms, delivery,
                                           first_attempt, budget_pending, max_deliveries)
 
@@ -133,7 +133,7 @@ class Gate:
 
     def _enter_combined(self, integration: Integration, key: str, holder: str,
                         claim_ttl_ms: int, delivery: str, first_attempt: bool,
-                        max_deliveries: int) -> Passage:
+                        max_deliveries: int) -> Admission:
         breaker = self._breaker_for(integration)
         acquire = breaker.acquire_call()
         # None with the breaker on: Redis failed for it a moment ago and it decides in this
@@ -154,40 +154,40 @@ class Gate:
         reply = self._run("enter", lua.load("gate_enter"), steps, header)
         claim = self._idempotency.claim_result(reply[0])
         if len(reply) == 1:
-            return Passage(claim)
+            return Admission(claim)
         wait_s = self._limiter.wait_s(reply[1])
         if wait_s > 0:
-            return Passage(claim, Block("rate-limit", wait_s, RATE_LIMITED))
+            return Admission(claim, Block("rate-limit", wait_s, RATE_LIMITED))
         try:
             permit = (breaker.permit_from(reply[2], acquire[1]) if acquire is not None
                       else breaker.acquire())
         except BreakerOpenError as exc:
-            return Passage(claim, Block("breaker", exc.retry_after_s, str(exc)))
+            return Admission(claim, Block("breaker", exc.retry_after_s, str(exc)))
         if decides_here and first_attempt:
             self._budget.note_first_attempt(integration.id, integration.retry_budget)
-        return Passage(claim, permit=permit)
+        return Admission(claim, permit=permit)
 
     def _enter_one_by_one(self, integration: Integration, key: str, holder: str,
                           claim_ttl_ms: int, delivery: str, first_attempt: bool,
-                          budget_pending: bool, max_deliveries: int) -> Passage:
+                          budget_pending: bool, max_deliveries: int) -> Admission:
         claim = self._idempotency.claim(integration.id, key, holder, claim_ttl_ms, delivery)
         if claim.claim is not Claim.CLAIMED or claim.deliveries > max_deliveries:
-            return Passage(claim)
+            return Admission(claim)
         if budget_pending:
             wait_s = self._budget.try_charge_retry(integration.id, integration.retry_budget)
             if wait_s > 0:
-                return Passage(claim, Block("retry-budget", spread_deferral(
+                return Admission(claim, Block("retry-budget", spread_deferral(
                     wait_s, integration.retry_budget), BUDGET_SPENT))
         wait_s = self._limiter.acquire(integration.id, integration.rate_limit)
         if wait_s > 0:
-            return Passage(claim, Block("rate-limit", wait_s, RATE_LIMITED))
+            return Admission(claim, Block("rate-limit", wait_s, RATE_LIMITED))
         try:
             permit = self._breaker_for(integration).acquire()
         except BreakerOpenError as exc:
-            return Passage(claim, Block("breaker", exc.retry_after_s, str(exc)))
+            return Admission(claim, Block("breaker", exc.retry_after_s, str(exc)))
         if first_attempt:
             self._budget.note_first_attempt(integration.id, integration.retry_budget)
-        return Passage(claim, permit=permit)
+        return Admission(claim, permit=permit)
 
     def _run(self, name: str, driver: str, steps: dict[str, ScriptCall],
              header: list[ScriptArg]) -> Any:

@@ -75,11 +75,11 @@ def delivery_id(job: JobSpec, progress: Progress) -> str:
 def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
     integration = rt.registry.get(job.integration)
     claim_ttl_ms = integration.timeout_ms * 2 + 5000
-    passage = rt.gate.enter(integration, job.idempotency_key, job.job_id, claim_ttl_ms,
+    admission = rt.gate.enter(integration, job.idempotency_key, job.job_id, claim_ttl_ms,
                             delivery_id(job, progress), first_attempt=progress.attempt == 1,
                             budget_pending=progress.budget_pending,
                             max_deliveries=rt.settings.poison_max_deliveries)
-    claimed = passage.claim
+    claimed = admission.claim
     if claimed.claim is Claim.SUCCEEDED:
         return _duplicate(job, progress, rt)
     if claimed.claim is Claim.BUSY:
@@ -90,7 +90,7 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         if claimed.deliveries > rt.settings.poison_max_deliveries:
             return _poison(job, progress, rt, claimed.deliveries)
         rt.events.publish(DeliveryStarted(job, integration, progress.attempt))
-        block = passage.block
+        block = admission.block
         if block is not None:
             return _blocked(job, progress, rt, integration, block.wait_s, block.source, block.why)
         progress = replace(progress, budget_pending=False)
@@ -99,9 +99,9 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
             try:
                 return _succeeded(job, progress, rt, integration, result)
             finally:
-                _settle(job, integration, rt, passage.permit, None)
+                _settle(job, integration, rt, admission.permit, None)
                 released = True
-        _settle(job, integration, rt, passage.permit, result.failure)
+        _settle(job, integration, rt, admission.permit, result.failure)
         released = True
         return _failed(job, progress, rt, integration, result)
     finally:  # also when anything above raised: the next delivery must find the key free
@@ -221,7 +221,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
         return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s,
                     http_status=failure.status, strategy=decision.strategy, failure=failure,
                     reason=decision.reason)
-    return _give_up(job, progress, rt, integration, decision, failure)
+    return _end_without_retry(job, progress, rt, integration, decision, failure)
 
 
 def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
@@ -241,10 +241,10 @@ def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
                                         {"deferrals": progress.deferrals + 1}))
         return Step("defer", progress.deferred(delay), progress.attempt - 1, countdown_s=delay,
                     strategy=decision.strategy, reason=decision.reason)
-    return _give_up(job, progress, rt, integration, decision, None)
+    return _end_without_retry(job, progress, rt, integration, decision, None)
 
 
-def _give_up(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
+def _end_without_retry(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
              decision: Decision, failure: Classification | None) -> Step:
     """Fall back if allowed and possible, else dead-letter or fail."""
     status = failure.status if failure else None

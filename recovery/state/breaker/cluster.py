@@ -219,7 +219,7 @@ class ClusterBreaker:
                                    self.backend)
         limits = self._limits
         tag, raw = self._decide(lambda b: b.snapshot(limits), lambda b: b.snapshot(limits))
-        return _dress(self.integration, raw, "redis" if tag == "r" else "local")
+        return _snapshot_from_raw(self.integration, raw, "redis" if tag == "r" else "local")
 
     def force_open(self, reason: str, *, duration_s: float | None = None) -> None:
         """Open now, for `duration_s` (default: the reset timeout); then probing resumes."""
@@ -309,7 +309,7 @@ def _parse_token(token: str) -> tuple[str, int, str]:
     return tag, int(epoch), probe_id
 
 
-def _dress(integration: str, raw: RawSnapshot, backend: Literal["redis", "local"]
+def _snapshot_from_raw(integration: str, raw: RawSnapshot, backend: Literal["redis", "local"]
            ) -> BreakerSnapshot:
     to_half_open: float | None = None
     open_ms: int | None = None
