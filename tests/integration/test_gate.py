@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from recovery.config.registry import BreakerConfig, Integration, RateLimitConfig, RetryConfig
-from recovery.engine.gate import Gate, Admission
+from recovery.engine.gate import Admission, Gate
 from recovery.state.breaker import ClusterBreaker
 from recovery.state.budget import RetryBudget
 from recovery.state.connection import redis_client
