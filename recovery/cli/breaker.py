@@ -54,6 +54,7 @@ def breaker_status(as_json: bool) -> None:
 
 
 def _steer(integration_id: str, action: str, reason: str | None) -> None:
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.config.registry import UnknownIntegrationError
 
     runtime = runtime_or_exit()

@@ -37,6 +37,7 @@ def console_group(ctx: click.Context, host: str | None, port: int | None) -> Non
     """
     if ctx.invoked_subcommand is not None:
         return
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.ops.console import ConsoleConfig, ConsoleConfigError
 
     runtime = runtime_or_exit()
@@ -50,6 +51,7 @@ def console_group(ctx: click.Context, host: str | None, port: int | None) -> Non
 def _serve(runtime: Any, config: Any) -> None:
     from waitress.server import create_server
 
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.ops.console import create_app
 
     server: Any = create_server(create_app(runtime, config), host=config.host,
@@ -77,6 +79,7 @@ def hash_password_command(password: str) -> None:
     Example:
       recovery-cli console hash-password
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.ops.console.config import hash_password
 
     if len(password) < 8:

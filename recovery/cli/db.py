@@ -22,6 +22,7 @@ def db_upgrade(revision: str) -> None:
     Example:
       DATABASE_URL=postgresql://postgres@127.0.0.1/postgres recovery-cli db upgrade
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.db import upgrade
 
     upgrade(get_settings().database_url, revision)
@@ -38,6 +39,7 @@ def db_downgrade(revision: str, yes: bool) -> None:
     Example:
       recovery-cli db downgrade --revision base --yes
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.db import downgrade
 
     if not yes:

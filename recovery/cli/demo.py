@@ -66,6 +66,7 @@ def redis_problem(url: str) -> str | None:
 
 
 def database_problem(url: str) -> str | None:
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.db import make_engine
 
     try:
@@ -153,6 +154,7 @@ class ServicesBackend:
 
     def enqueue(self, job: JobSpec) -> None:
         """Record the job as queued first, so a fast worker's progress is never overwritten."""
+        # Imported when the command runs: `--help` and the other commands skip its cost.
         from recovery.engine.producer import publish_job
 
         self.rt.audit.job_queued(job.job_id, job.integration, job.method, job.path,
@@ -162,6 +164,7 @@ class ServicesBackend:
 
     def replay_dead_letters(self, integration: str) -> list[str]:
         """Replay through the operators' DLQ replay (`recovery-cli dlq replay`), from Redis."""
+        # Imported when the command runs: `--help` and the other commands skip its cost.
         from recovery.dlq.replay import ReplayOptions, replay_dlq
         from recovery.dlq.store import EntryFilter
 
@@ -198,6 +201,7 @@ class ServicesBackend:
 
 def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
     """Point this process (the producer) at the demo settings, migrate, start the workers."""
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.db import upgrade
     from recovery.celery_app import celery_config
     from recovery.config.loader import reset_registry
@@ -208,6 +212,7 @@ def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
     reset_settings()
     reset_registry()
     reset_runtime()
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.celery_app import app
 
     app.conf.update(celery_config(get_settings()))
@@ -216,6 +221,7 @@ def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
 
 
 def _embedded(env: dict[str, str], workdir: Path) -> Backend:
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.db import upgrade
     from recovery.demo.embedded import EmbeddedBroker, embedded_runtime
     from recovery.engine.runtime import set_runtime
@@ -294,6 +300,7 @@ def demo_command(embedded: bool, fast: bool, as_json: bool) -> None:
     Example:
       recovery-cli demo
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.cli.common import emit_json, fail
     from recovery.telemetry.logging import configure_logging
 

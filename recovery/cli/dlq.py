@@ -45,6 +45,7 @@ def dlq_errors() -> Iterator[None]:
     except (DlqBusyError, DlqUnavailableError) as exc:
         fail(str(exc), 1)
     except redis.RedisError as exc:
+        # Imported when the command runs: `--help` and the other commands skip its cost.
         from recovery.config.settings import get_settings
 
         fail(f"Could not reach Redis at {redact_url(get_settings().redis_url)} ({exc}); check "

@@ -54,6 +54,7 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
     Example:
       recovery-cli enqueue primary-api POST /orders --json '{"id": 1}' --header 'X-Team: a'
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.engine.producer import EnqueueError, build_job, submit
 
     runtime = runtime_or_exit()
@@ -81,6 +82,7 @@ def test_call(integration: str, method: str, path: str, body: str | None, verbos
     Example:
       recovery-cli test primary-api GET /health --verbose
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.engine.producer import EnqueueError, build_job
     from recovery.engine.synchronous import run_synchronously
 
@@ -120,6 +122,7 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     Example:
       recovery-cli jobs show 0b7c...-uuid --json
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.queries import get_job
 
     job = get_job(runtime_or_exit().engine, job_id)
@@ -150,6 +153,7 @@ def jobs_list(status: str | None, integration: str | None, limit: int, as_json: 
     Example:
       recovery-cli jobs list --status dead --integration primary-api --json
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.audit.queries import list_jobs
 
     try:

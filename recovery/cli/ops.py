@@ -47,6 +47,7 @@ Example:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def simulate_command(error_type: str, max_attempts: int, verbose: bool, embedded: bool,
                      as_json: bool) -> None:
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.cli.common import emit_json, fail
     from recovery.cli.demo import SetupError, choose_mode
     from recovery.config.registry import RegistryError
@@ -120,6 +121,7 @@ def monitor_command(interval: float, once: bool, as_json: bool) -> None:
     Example:
       recovery-cli monitor --interval 5
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.cli.common import emit_json, fail, runtime_or_exit
     from recovery.ops.monitor import collect, render
 
@@ -165,6 +167,7 @@ def report_command(since: str, integration: str | None, as_json: bool,
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.cli.common import emit_json, fail, runtime_or_exit
     from recovery.core.redact import redact_url
     from recovery.ops.report import build_report, parse_window

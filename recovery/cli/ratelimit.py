@@ -64,6 +64,7 @@ def ratelimit_resume(integration: str, reason: str | None) -> None:
     Example:
       recovery-cli ratelimit resume payments --reason "vendor confirmed the outage is over"
     """
+    # Imported when the command runs: `--help` and the other commands skip its cost.
     from recovery.config.registry import UnknownIntegrationError
 
     runtime = runtime_or_exit()

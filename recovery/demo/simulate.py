@@ -258,10 +258,12 @@ def simulation_settings(environ: Mapping[str, str], prefix: str,
 
 def _runtime(mode: str, environ: Mapping[str, str], prefix: str, registry: Registry,
              workdir: Path) -> Runtime:
+    # Imported when a simulation starts: only it needs a runtime of its own.
     from recovery.engine.runtime import build_runtime
     from recovery.state.connection import redis_client
 
     if mode == "embedded":
+        # Imported when a simulation starts: only it needs a runtime of its own.
         from recovery.audit.db import upgrade
         from recovery.demo.embedded import embedded_runtime
 

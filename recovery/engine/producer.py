@@ -150,6 +150,7 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
 
 def publish_job(job: JobSpec) -> str:
     """Send a validated job to its work queue with redacted reprs for Flower and events."""
+    # Imported when a job is sent: building one must not load Celery or the runtime.
     from recovery.celery_app import app
     from recovery.core.crypto import task_serializer
 
@@ -162,6 +163,7 @@ def enqueue(integration: str, method: str, path: str, *, json: Any = None,
             params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
             idempotency_key: str | None = None) -> str:
     """Validate and enqueue one integration call; returns the job id."""
+    # Imported when a job is sent: building one must not load Celery or the runtime.
     from recovery.engine.runtime import get_runtime
 
     runtime = get_runtime()

@@ -211,6 +211,7 @@ def broker_queue_depths() -> dict[str, int]:
     A plain declare, not a passive one: on Redis it writes nothing, and kombu's passive check
     looks for unprefixed keys, so with `global_keyprefix` it calls every queue missing.
     """
+    # Imported when serving starts: `recovery-cli --help` imports this module.
     from recovery.celery_app import (
         DLQ_QUEUE,
         MAINTENANCE_QUEUE,
@@ -287,6 +288,7 @@ def serve_command(host: str, port: int) -> None:
       SERVE_TOKEN=$(openssl rand -hex 32) recovery-cli serve --host 0.0.0.0 --port 9808
       curl -s -H "Authorization: Bearer $SERVE_TOKEN" localhost:9808/health
     """
+    # Imported when serving starts: `recovery-cli --help` imports this module.
     from recovery.config.settings import get_settings
     from recovery.telemetry.sentry import init_sentry
 
