@@ -149,6 +149,8 @@ class Progress:
 
 #: The Celery task that runs a job (`tasks.integration.call`).
 TASK_NAME = "tasks.integration.call"
+#: Flower and the task events show the redacted arguments cut to this many characters, so the
+#: copy in each message's headers stays small however large the job is.
 MAX_REPR_CHARS = 4096
 
 
