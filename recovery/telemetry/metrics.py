@@ -37,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from recovery.config.settings import get_settings
+from recovery.state.connection import redis_client
 from recovery.telemetry.metric_labels import MAX_SEGMENT_CHARS as MAX_SEGMENT_CHARS  # re-exported
 from recovery.telemetry.metric_labels import MAX_SEGMENTS as MAX_SEGMENTS  # re-exported
 from recovery.telemetry.metric_labels import EndpointBound, local_admit, redis_admit
@@ -185,10 +186,16 @@ _redis_source: Callable[[], redis.Redis | None] | None = None
 
 
 def set_redis_source(source: Callable[[], redis.Redis | None] | None) -> None:
-    """Where the runtime's Redis client comes from (the engine registers it when imported);
-    without one, observations stay in this process."""
+    """Where the runtime's Redis client comes from (the engine registers it when imported, so
+    observations share the runtime's connections); without one, a client of REDIS_URL."""
     global _redis_source
     _redis_source = source
+
+
+@functools.lru_cache(maxsize=4)
+def _own_client(url: str) -> redis.Redis:
+    """The client of a process that observes without an engine runtime (a script, `serve`)."""
+    return redis_client(url)
 
 
 def use_store(store: MetricStore | None) -> None:
@@ -204,7 +211,8 @@ def current_store() -> MetricStore | None:
         return None
     if _override is not None:
         return _override
-    client = _redis_source() if _redis_source is not None else None
+    client = (_redis_source() if _redis_source is not None
+              else _own_client(settings.redis_url))
     return store_for(client, settings.redis_key_prefix)
 
 

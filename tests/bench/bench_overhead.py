@@ -101,7 +101,9 @@ def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _steps() -> list[tuple[Any, str, str]]:
     """(owner, attribute, label) of every step of a successful delivery."""
+    import recovery.engine.events as events
     import recovery.engine.pipeline as pipeline
+    import recovery.telemetry.metrics as metrics
     import tasks.integration as task
     from recovery.audit.spool import AuditBatcher
     from recovery.audit.writer import AuditWriter
@@ -115,8 +117,8 @@ def _steps() -> list[tuple[Any, str, str]]:
             (Gate, "settle", "settle: breaker record, release (1 round trip)"),
             (AuditBatcher, "commit", "audit rows to the spool (1 XADD, at task end)"),
             (TokenProvider, "token_for", "oauth token"), (pipeline, "send", "http call"),
-            (pipeline, "observe_call", "metrics"), (pipeline, "response_body", "response body"),
-            (pipeline, "remember", "cache fallback"), (pipeline, "redact_params", "redaction"),
+            (metrics, "observe_call", "metrics"), (pipeline, "response_body", "response body"),
+            (pipeline, "remember", "cache fallback"), (events, "redact_params", "redaction"),
             (task, "job_context", "log context")]
 
 

@@ -30,7 +30,7 @@ POINTS: dict[str, tuple[str, str | None, str]] = {
     "fallback": ("recovery.engine.pipeline", None, "run_fallbacks"),
     "settle": ("recovery.engine.gate", "Gate", "settle"),
     "dlq_publish": ("recovery.dlq.park", None, "publish"),
-    "metrics": ("recovery.engine.pipeline", None, "observe_call"),
+    "metrics": ("recovery.telemetry.metrics", None, "observe_call"),
 }
 
 
