@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.config.registry import UnknownIntegrationError
 
 
 def _snapshot_dict(runtime: Any, integration: Any) -> dict[str, Any]:
@@ -54,8 +55,6 @@ def breaker_status(as_json: bool) -> None:
 
 
 def _steer(integration_id: str, action: str, reason: str | None) -> None:
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.config.registry import UnknownIntegrationError
 
     runtime = runtime_or_exit()
     try:

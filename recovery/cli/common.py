@@ -11,6 +11,7 @@ import click
 
 from recovery.config.registry import RegistryError
 from recovery.config.settings import SettingsError
+from recovery.engine.runtime import get_runtime
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -24,10 +25,6 @@ def emit_json(data: Any) -> None:
 
 def runtime_or_exit() -> Any:
     """The process runtime, or exit 2 with the settings/registry error as a sentence."""
-    # Imported when called: the runtime pulls in SQLAlchemy and Redis, which `--help` and the
-    # commands that do not need them should not pay for.
-    from recovery.engine.runtime import get_runtime
-
     try:
         return get_runtime()
     except (SettingsError, RegistryError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from recovery.audit.db import downgrade, upgrade
 from recovery.cli.common import fail
 from recovery.config.settings import get_settings
 
@@ -22,9 +23,6 @@ def db_upgrade(revision: str) -> None:
     Example:
       DATABASE_URL=postgresql://postgres@127.0.0.1/postgres recovery-cli db upgrade
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.db import upgrade
-
     upgrade(get_settings().database_url, revision)
     click.echo(f"Database upgraded to {revision}.")
 
@@ -39,9 +37,6 @@ def db_downgrade(revision: str, yes: bool) -> None:
     Example:
       recovery-cli db downgrade --revision base --yes
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.db import downgrade
-
     if not yes:
         fail("Downgrading drops audit data; pass --yes to confirm.")
     downgrade(get_settings().database_url, revision)

@@ -23,8 +23,10 @@ import click
 import redis
 from sqlalchemy import text
 
-from recovery.config.loader import load_registry
-from recovery.config.settings import Settings, load_settings
+from recovery.audit.db import make_engine, upgrade
+from recovery.cli.common import emit_json, fail
+from recovery.config.loader import load_registry, reset_registry
+from recovery.config.settings import Settings, get_settings, load_settings, reset_settings
 from recovery.core.message import JobSpec
 from recovery.core.redact import redact_params, redact_url
 from recovery.demo.faultserver import FaultServer
@@ -40,7 +42,11 @@ from recovery.demo.scenario import (
     summarise,
     write_integration,
 )
-from recovery.engine.runtime import Runtime
+from recovery.dlq.replay import ReplayOptions, replay_dlq
+from recovery.dlq.store import EntryFilter
+from recovery.engine.producer import publish_job
+from recovery.engine.runtime import Runtime, get_runtime, reset_runtime, set_runtime
+from recovery.telemetry.logging import configure_logging
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -66,8 +72,6 @@ def redis_problem(url: str) -> str | None:
 
 
 def database_problem(url: str) -> str | None:
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.db import make_engine
 
     try:
         engine = make_engine(url)
@@ -106,7 +110,6 @@ def choose_mode(environ: Mapping[str, str], embedded: bool) -> tuple[str, str]:
 
 class ServicesBackend:
     """Real Redis, PostgreSQL and `celery worker` processes, under the demo's own key prefix."""
-
     mode = "services"
 
     def __init__(self, rt: Runtime, env: dict[str, str], log_dir: Path) -> None:
@@ -154,8 +157,6 @@ class ServicesBackend:
 
     def enqueue(self, job: JobSpec) -> None:
         """Record the job as queued first, so a fast worker's progress is never overwritten."""
-        # Imported when the command runs: `--help` and the other commands skip its cost.
-        from recovery.engine.producer import publish_job
 
         self.rt.audit.job_queued(job.job_id, job.integration, job.method, job.path,
                                  redact_params(job.params or {}), job.idempotency_key,
@@ -164,9 +165,6 @@ class ServicesBackend:
 
     def replay_dead_letters(self, integration: str) -> list[str]:
         """Replay through the operators' DLQ replay (`recovery-cli dlq replay`), from Redis."""
-        # Imported when the command runs: `--help` and the other commands skip its cost.
-        from recovery.dlq.replay import ReplayOptions, replay_dlq
-        from recovery.dlq.store import EntryFilter
 
         options = ReplayOptions(filter=EntryFilter(integration=integration),
                                 actor="recovery-cli demo")
@@ -202,11 +200,7 @@ class ServicesBackend:
 def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
     """Point this process (the producer) at the demo settings, migrate, start the workers."""
     # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.db import upgrade
     from recovery.celery_app import celery_config
-    from recovery.config.loader import reset_registry
-    from recovery.config.settings import get_settings, reset_settings
-    from recovery.engine.runtime import get_runtime, reset_runtime
 
     os.environ.update(env)
     reset_settings()
@@ -222,9 +216,7 @@ def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
 
 def _embedded(env: dict[str, str], workdir: Path) -> Backend:
     # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.db import upgrade
     from recovery.demo.embedded import EmbeddedBroker, embedded_runtime
-    from recovery.engine.runtime import set_runtime
 
     database_url = f"sqlite:///{workdir / 'audit.sqlite3'}"
     merged = {**env, "DATABASE_URL": database_url}
@@ -300,9 +292,6 @@ def demo_command(embedded: bool, fast: bool, as_json: bool) -> None:
     Example:
       recovery-cli demo
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.cli.common import emit_json, fail
-    from recovery.telemetry.logging import configure_logging
 
     def say(line: str) -> None:
         click.echo(line, err=as_json)

@@ -17,6 +17,7 @@ import click
 import redis
 
 from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.config.settings import get_settings
 from recovery.core.errors import ErrorCategory
 from recovery.core.redact import redact_url
 from recovery.dlq.purge import ReleaseError, purge, quarantined, release
@@ -45,8 +46,6 @@ def dlq_errors() -> Iterator[None]:
     except (DlqBusyError, DlqUnavailableError) as exc:
         fail(str(exc), 1)
     except redis.RedisError as exc:
-        # Imported when the command runs: `--help` and the other commands skip its cost.
-        from recovery.config.settings import get_settings
 
         fail(f"Could not reach Redis at {redact_url(get_settings().redis_url)} ({exc}); check "
              "REDIS_URL and that Redis is running.", 1)

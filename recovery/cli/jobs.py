@@ -10,7 +10,10 @@ from typing import Any
 
 import click
 
+from recovery.audit.queries import get_job, list_jobs
 from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.engine.producer import EnqueueError, build_job, submit
+from recovery.engine.synchronous import run_synchronously
 
 
 def _parse_body(text: str | None) -> Any:
@@ -54,9 +57,6 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
     Example:
       recovery-cli enqueue primary-api POST /orders --json '{"id": 1}' --header 'X-Team: a'
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.engine.producer import EnqueueError, build_job, submit
-
     runtime = runtime_or_exit()
     try:
         job = build_job(runtime.registry, integration, method, path, json=_parse_body(body),
@@ -82,10 +82,6 @@ def test_call(integration: str, method: str, path: str, body: str | None, verbos
     Example:
       recovery-cli test primary-api GET /health --verbose
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.engine.producer import EnqueueError, build_job
-    from recovery.engine.synchronous import run_synchronously
-
     runtime = runtime_or_exit()
     try:
         job = build_job(runtime.registry, integration, method, path, json=_parse_body(body))
@@ -122,9 +118,6 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     Example:
       recovery-cli jobs show 0b7c...-uuid --json
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.queries import get_job
-
     job = get_job(runtime_or_exit().engine, job_id)
     if job is None:
         fail(f"No job {job_id!r} is in the audit trail; check the id with 'jobs list'.", 1)
@@ -153,8 +146,6 @@ def jobs_list(status: str | None, integration: str | None, limit: int, as_json: 
     Example:
       recovery-cli jobs list --status dead --integration primary-api --json
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.audit.queries import list_jobs
 
     try:
         rows = list_jobs(runtime_or_exit().engine, status=status, integration=integration,

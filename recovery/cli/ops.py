@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
-from recovery.demo.simulate import ERROR_TYPES, SimulationResult
+from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.cli.demo import SetupError, choose_mode
+from recovery.config.registry import RegistryError
+from recovery.config.settings import SettingsError
+from recovery.core.redact import redact_url
+from recovery.demo.simulate import ERROR_TYPES, SimulationResult, SimulationSetupError, simulate
+from recovery.telemetry.logging import configure_logging
 
 SIMULATE_HELP = """Run one real failure scenario and print how it was recovered.
 
@@ -47,13 +53,6 @@ Example:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def simulate_command(error_type: str, max_attempts: int, verbose: bool, embedded: bool,
                      as_json: bool) -> None:
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.cli.common import emit_json, fail
-    from recovery.cli.demo import SetupError, choose_mode
-    from recovery.config.registry import RegistryError
-    from recovery.config.settings import SettingsError
-    from recovery.demo.simulate import SimulationSetupError, simulate
-    from recovery.telemetry.logging import configure_logging
 
     configure_logging("critical")
     try:
@@ -122,7 +121,6 @@ def monitor_command(interval: float, once: bool, as_json: bool) -> None:
       recovery-cli monitor --interval 5
     """
     # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.cli.common import emit_json, fail, runtime_or_exit
     from recovery.ops.monitor import collect, render
 
     if as_json and not once:
@@ -168,8 +166,6 @@ def report_command(since: str, integration: str | None, as_json: bool,
     from sqlalchemy.exc import SQLAlchemyError
 
     # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.cli.common import emit_json, fail, runtime_or_exit
-    from recovery.core.redact import redact_url
     from recovery.ops.report import build_report, parse_window
     from recovery.ops.report_html import render_html
 

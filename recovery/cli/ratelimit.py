@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.config.registry import UnknownIntegrationError
 
 
 def _usage_dict(runtime: Any, integration: Any) -> dict[str, Any]:
@@ -64,9 +65,6 @@ def ratelimit_resume(integration: str, reason: str | None) -> None:
     Example:
       recovery-cli ratelimit resume payments --reason "vendor confirmed the outage is over"
     """
-    # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.config.registry import UnknownIntegrationError
-
     runtime = runtime_or_exit()
     try:
         runtime.registry.get(integration)
