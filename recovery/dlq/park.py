@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 import structlog
@@ -11,12 +11,10 @@ from kombu import Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.core.message import JobSpec, parse_time, utc_now_iso
+from recovery.core.step import Step
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope, envelope_for
-from recovery.jobs import JobSpec, parse_time, utc_now_iso
-from recovery.runtime import Runtime
-
-if TYPE_CHECKING:
-    from recovery.pipeline import Step
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +43,7 @@ class DeadLetterPublishError(RuntimeError):
     """The broker did not take a dead letter; the job must not be acknowledged as done."""
 
 
-def park(rt: Runtime, job: JobSpec, step: Step,
+def park(rt: DlqRuntime, job: JobSpec, step: Step,
          sink: Callable[[Envelope], None] | None = None) -> Envelope:
     """Dead-letter a job. The publish (to `sink`, else the broker's `dlq`) comes first: if it
     fails, DeadLetterPublishError propagates and the job is not recorded as dead (the task
@@ -79,8 +77,8 @@ def park(rt: Runtime, job: JobSpec, step: Step,
     return envelope
 
 
-def _keep_bounded(rt: Runtime) -> None:
+def _keep_bounded(rt: DlqRuntime) -> None:
     """Trim the DLQ to its cap (archiving what goes); never fails the park."""
-    from recovery.dlq.cap import enforce_cap
+    from recovery.dlq.cap import enforce_cap  # cycle: the cap archives with park's queue names
 
     enforce_cap(rt, actor="park")
