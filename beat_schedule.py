@@ -11,7 +11,7 @@ check has no entry.
 Each entry expires after one period: if no worker takes it in time, the next one replaces it
 instead of piling up behind it.
 
-Exactly one beat may run. Importing this module installs the guard (`recovery.beatlock`): a
+Exactly one beat may run. Importing this module installs the guard (`recovery.state.beatlock`): a
 second beat exits at start with a message naming the one that holds the lock.
 """
 
@@ -20,9 +20,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from recovery.beatlock import install_beat_guard
-from recovery.registry import Registry, get_registry
-from recovery.settings import Settings, get_settings
+from recovery.config.loader import get_registry
+from recovery.config.registry import Registry
+from recovery.config.settings import Settings, get_settings
+from recovery.state.beatlock import install_beat_guard
 
 HEALTH_TASK = "tasks.health.check"
 DLQ_REPLAY_TASK = "tasks.dlq.replay"

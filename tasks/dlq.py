@@ -7,11 +7,11 @@ from typing import Any
 import structlog
 
 from recovery.celery_app import app
+from recovery.config.settings import Settings
 from recovery.dlq.cap import enforce_cap
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.dlq.store import DlqBusyError, EntryFilter
-from recovery.runtime import get_runtime
-from recovery.settings import Settings
+from recovery.engine.runtime import get_runtime
 
 log = structlog.get_logger(__name__)
 

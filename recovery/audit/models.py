@@ -155,7 +155,7 @@ class Job(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     #: The sequence number of the write that set the status; an older write never overwrites a
-    #: newer one, even when batching or the spool delivers it later (see recovery.audit.batch).
+    #: newer one, even when batching or the spool delivers it later (see recovery.audit.sql).
     status_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 

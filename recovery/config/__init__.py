@@ -1,1 +1,2 @@
-"""Configuration: settings, and what the URLs in them name (brokers, state stores)."""
+"""Configuration, the bottom layer: settings from the environment, the integration models and
+the YAML loader that builds them. Imports nothing else from `recovery`."""

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from kombu import Connection, Exchange, Queue
 
-from recovery.settings import Settings
+from recovery.config.settings import Settings
 
 BrokerKind = Literal["redis", "amqp"]
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")

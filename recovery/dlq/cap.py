@@ -23,8 +23,10 @@ import redis
 import structlog
 from sqlalchemy import Table, insert
 
-from recovery.alerts import alert
 from recovery.audit.models import DeadLetterArchive
+from recovery.core.message import MalformedJobError, parse_time
+from recovery.core.redact import redact_text
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import FERNET
 from recovery.dlq.marks import mark_dead_letters
 from recovery.dlq.park import DLQ_QUEUE
@@ -39,9 +41,7 @@ from recovery.dlq.store import (
     envelope_view,
     shown_raw,
 )
-from recovery.jobs import MalformedJobError, parse_time
-from recovery.redact import redact_text
-from recovery.runtime import Runtime
+from recovery.telemetry.alerts import alert
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +87,7 @@ def _held_since(entry: Entry, queue: str) -> datetime | None:
     return _time(record.quarantined_at) if record is not None else None
 
 
-def over_cap(rt: Runtime, client: redis.Redis, queues: list[QueueList]) -> list[QueueList]:
+def over_cap(rt: DlqRuntime, client: redis.Redis, queues: list[QueueList]) -> list[QueueList]:
     """The queues holding more than DLQ_MAX_ENTRIES, or whose oldest entry is too old
     (one round trip for all of them)."""
     with client.pipeline(transaction=False) as pipe:
@@ -104,7 +104,7 @@ def over_cap(rt: Runtime, client: redis.Redis, queues: list[QueueList]) -> list[
     return over
 
 
-def _cutoff(rt: Runtime) -> datetime:
+def _cutoff(rt: DlqRuntime) -> datetime:
     return datetime.now(UTC) - timedelta(days=rt.settings.dlq_max_age_days)
 
 
@@ -135,7 +135,7 @@ def archive_row(entry: Entry, queue: str, cause: str, at: datetime) -> dict[str,
             "original": _token(stored)}
 
 
-def _selected(rt: Runtime, queue: QueueList) -> list[tuple[Entry, str]]:
+def _selected(rt: DlqRuntime, queue: QueueList) -> list[tuple[Entry, str]]:
     """The oldest entries over the count cap, then the further ones past the age cap."""
     length = len(queue)
     excess = max(0, length - rt.settings.dlq_max_entries)
@@ -154,7 +154,7 @@ def _selected(rt: Runtime, queue: QueueList) -> list[tuple[Entry, str]]:
     return chosen
 
 
-def _archive(rt: Runtime, dlq: QueueList, batch: list[tuple[Entry, str]],
+def _archive(rt: DlqRuntime, dlq: QueueList, batch: list[tuple[Entry, str]],
              report: TrimReport) -> bool:
     """Archive, then remove one batch; False (entries kept) when PostgreSQL refused it."""
     at = datetime.now(UTC)
@@ -176,7 +176,7 @@ def _archive(rt: Runtime, dlq: QueueList, batch: list[tuple[Entry, str]],
     return True
 
 
-def trim(rt: Runtime, queue: QueueList, actor: str) -> TrimReport:
+def trim(rt: DlqRuntime, queue: QueueList, actor: str) -> TrimReport:
     """Archive and remove what is over the cap (the caller checked `over_cap`)."""
     report = TrimReport(queue=queue.queue)
     with DlqLock(queue.client, rt.settings.redis_key_prefix, actor) as lock:
@@ -191,11 +191,11 @@ def trim(rt: Runtime, queue: QueueList, actor: str) -> TrimReport:
     return report
 
 
-def _backoff_key(rt: Runtime) -> str:
+def _backoff_key(rt: DlqRuntime) -> str:
     return f"{rt.settings.redis_key_prefix}dlq:trim-failed"
 
 
-def _alert(rt: Runtime, report: TrimReport, actor: str) -> None:
+def _alert(rt: DlqRuntime, report: TrimReport, actor: str) -> None:
     limits = (f"DLQ_MAX_ENTRIES is {rt.settings.dlq_max_entries}, DLQ_MAX_AGE_DAYS is "
               f"{rt.settings.dlq_max_age_days}")
     if report.archived:
@@ -212,7 +212,7 @@ def _alert(rt: Runtime, report: TrimReport, actor: str) -> None:
               queue=report.queue, actor=actor)
 
 
-def enforce_cap(rt: Runtime, actor: str) -> TrimReport | None:
+def enforce_cap(rt: DlqRuntime, actor: str) -> TrimReport | None:
     """Trim `dlq` and `dlq.quarantine` when over their cap; the combined report, or None when
     neither is over (or another run holds the DLQ). Never raises: the cap must not fail a park
     or a scheduled replay."""

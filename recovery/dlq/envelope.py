@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from recovery.crypto import Cipher, UndecryptableError, current_cipher
-from recovery.jobs import JobSpec, MalformedJobError
-from recovery.redact import policy_for, redact_body, redact_headers, redact_params
+from recovery.core.crypto import Cipher, UndecryptableError, current_cipher
+from recovery.core.message import TASK_NAME, JobSpec, MalformedJobError
+from recovery.core.redact import policy_for, redact_body, redact_headers, redact_params
 
 ENVELOPE_KIND = "api-recovery.dead-letter/2"
 LEGACY_KIND = "api-recovery.dead-letter/1"
-TASK_NAME = "tasks.integration.call"
 PLAIN, FERNET = "plain", "fernet"
 
 

@@ -14,8 +14,8 @@ from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 
 from recovery.audit.models import DeadLetter, DeadLetterState, Job, JobStatus
 from recovery.audit.writer import AuditWriter
-from recovery.jobs import JobSpec
-from recovery.redact import redact_text
+from recovery.core.message import JobSpec
+from recovery.core.redact import redact_text
 
 log = structlog.get_logger(__name__)
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 import structlog
 
 from recovery.audit.writer import DeadLetterRecord
 from recovery.config.broker import push_dead_letter
+from recovery.config.settings import get_settings
+from recovery.core.message import JobSpec, parse_time, utc_now_iso
+from recovery.core.step import Step
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope, envelope_for
-from recovery.jobs import JobSpec, parse_time, utc_now_iso
-from recovery.runtime import Runtime, get_runtime
-
-if TYPE_CHECKING:
-    from recovery.pipeline import Step
+from recovery.state.connection import shared_client
 
 log = structlog.get_logger(__name__)
 
@@ -25,12 +25,9 @@ DLQ_QUEUE = "dlq"
 def publish_message(message: dict[str, Any], queue_name: str) -> None:
     """Publish one JSON message to a DLQ-side queue (the DLQ itself, the quarantine);
     raises when Redis does not take it. These are lists in the state store's Redis on any
-    broker (`recovery.config.broker`)."""
-    rt = get_runtime()
-    if rt.redis is None:
-        raise redis.ConnectionError("this process has no Redis client for the dead-letter "
-                                    "queue; set REDIS_URL")
-    push_dead_letter(rt.redis, rt.settings, queue_name, message)
+    broker (`recovery.config.broker`), written through this process's state-store client."""
+    settings = get_settings()
+    push_dead_letter(shared_client(settings.redis_url), settings, queue_name, message)
 
 
 def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
@@ -42,7 +39,7 @@ class DeadLetterPublishError(RuntimeError):
     """The broker did not take a dead letter; the job must not be acknowledged as done."""
 
 
-def park(rt: Runtime, job: JobSpec, step: Step,
+def park(rt: DlqRuntime, job: JobSpec, step: Step,
          sink: Callable[[Envelope], None] | None = None) -> Envelope:
     """Dead-letter a job. The publish (to `sink`, else the broker's `dlq`) comes first: if it
     fails, DeadLetterPublishError propagates and the job is not recorded as dead (the task
@@ -76,8 +73,8 @@ def park(rt: Runtime, job: JobSpec, step: Step,
     return envelope
 
 
-def _keep_bounded(rt: Runtime) -> None:
+def _keep_bounded(rt: DlqRuntime) -> None:
     """Trim the DLQ to its cap (archiving what goes); never fails the park."""
-    from recovery.dlq.cap import enforce_cap
+    from recovery.dlq.cap import enforce_cap  # cycle: the cap archives with park's queue names
 
     enforce_cap(rt, actor="park")

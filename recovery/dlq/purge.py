@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from recovery.crypto import cipher_for
+from recovery.core.crypto import cipher_for
+from recovery.core.message import JobSpec, MalformedJobError
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
@@ -26,8 +28,6 @@ from recovery.dlq.store import (
     wrong_field,
 )
 from recovery.dlq.validate import UnreplayableError, replayable_job
-from recovery.jobs import JobSpec, MalformedJobError
-from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ def purgeable(entry: Entry, flt: EntryFilter) -> bool:
     return flt.matches(entry.envelope)
 
 
-def purge(rt: Runtime, flt: EntryFilter, *, actor: str = "recovery-cli") -> PurgeReport:
+def purge(rt: DlqRuntime, flt: EntryFilter, *, actor: str = "recovery-cli") -> PurgeReport:
     """Delete the matching entries from the DLQ and mark their dead letters purged."""
     dlq = QueueList(dlq_client(rt), rt.settings.redis_key_prefix)
     report = PurgeReport()
@@ -74,7 +74,7 @@ def purge(rt: Runtime, flt: EntryFilter, *, actor: str = "recovery-cli") -> Purg
     return report
 
 
-def _remove(rt: Runtime, dlq: QueueList, entries: list[Entry], report: PurgeReport,
+def _remove(rt: DlqRuntime, dlq: QueueList, entries: list[Entry], report: PurgeReport,
             actor: str) -> int:
     removed = dlq.remove_many([entry.raw for entry in entries])
     ids = [entry.job_id for entry in entries if entry.envelope is not None and entry.job_id]
@@ -85,7 +85,7 @@ def _remove(rt: Runtime, dlq: QueueList, entries: list[Entry], report: PurgeRepo
     return removed
 
 
-def quarantined(rt: Runtime) -> Iterator[tuple[Entry, QuarantineRecord | None]]:
+def quarantined(rt: DlqRuntime) -> Iterator[tuple[Entry, QuarantineRecord | None]]:
     """Every quarantine entry, oldest first, with its record (None if it cannot be read)."""
     queue = QueueList(dlq_client(rt), rt.settings.redis_key_prefix, QUARANTINE_QUEUE)
     for entry in queue.entries():
@@ -96,7 +96,7 @@ def quarantined(rt: Runtime) -> Iterator[tuple[Entry, QuarantineRecord | None]]:
             yield entry, None
 
 
-def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec:
+def release(rt: DlqRuntime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec:
     """Send a quarantined job back to its work queue (replay count + 1), past the replay cap.
 
     The operator's explicit decision overrides DLQ_MAX_RETRIES once; if the job dies again it
@@ -120,7 +120,7 @@ def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec
     return job
 
 
-def _find(rt: Runtime, job_id: str) -> tuple[Entry, QuarantineRecord]:
+def _find(rt: DlqRuntime, job_id: str) -> tuple[Entry, QuarantineRecord]:
     for entry, record in quarantined(rt):
         if record is not None and record.job_id == job_id:
             return entry, record
@@ -128,7 +128,7 @@ def _find(rt: Runtime, job_id: str) -> tuple[Entry, QuarantineRecord]:
                        "'recovery-cli dlq quarantine list' shows the quarantine.")
 
 
-def _releasable(rt: Runtime, record: QuarantineRecord) -> JobSpec:
+def _releasable(rt: DlqRuntime, record: QuarantineRecord) -> JobSpec:
     """The original job of a quarantined entry, re-checked like a replay; ReleaseError if none."""
     sealed = record.sealed_envelope()
     if sealed is None:

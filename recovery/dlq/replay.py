@@ -32,8 +32,9 @@ from typing import Any, Literal
 import redis
 import structlog
 
-from recovery.alerts import alert
-from recovery.crypto import cipher_for
+from recovery.core.crypto import cipher_for
+from recovery.core.message import JobSpec
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
@@ -49,8 +50,7 @@ from recovery.dlq.store import (
     publish_record,
 )
 from recovery.dlq.validate import UnreplayableError, replayable_job
-from recovery.jobs import JobSpec
-from recovery.runtime import Runtime
+from recovery.telemetry.alerts import alert
 
 __all__ = ["ReplayOptions", "ReplayReport", "Replayer", "decide", "mark_dead_letters",
            "mark_requeued", "replay_dlq", "revert_requeued"]
@@ -169,7 +169,7 @@ def decide(entry: Entry, flt: EntryFilter, *, known: Container[str], max_replays
 class BreakerView:
     """Whether an integration's breaker is open, asked of Redis at most once a second each."""
 
-    def __init__(self, rt: Runtime, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rt: DlqRuntime, clock: Callable[[], float] = time.monotonic) -> None:
         self._rt = rt
         self._clock = clock
         self._seen: dict[str, tuple[float, float | None]] = {}
@@ -195,7 +195,7 @@ class Replayer:
     `on_progress(1)` is called once per entry the run selects (acts on), not per entry read.
     """
 
-    def __init__(self, rt: Runtime, options: ReplayOptions, *,
+    def __init__(self, rt: DlqRuntime, options: ReplayOptions, *,
                  on_progress: Callable[[int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -335,7 +335,7 @@ class Replayer:
             log.warning("dlq_entry_quarantined", job_id=item.job_id, reason=item.reason)
 
 
-def replay_dlq(rt: Runtime, options: ReplayOptions,
+def replay_dlq(rt: DlqRuntime, options: ReplayOptions,
                on_progress: Callable[[int], None] | None = None) -> ReplayReport:
     """Replay (or, with `dry_run`, plan) the DLQ; raises `DlqBusyError` if another run holds it."""
     return Replayer(rt, options, on_progress=on_progress).run()

@@ -24,18 +24,27 @@ from typing import Any
 import redis
 import structlog
 
-from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import DLQ_QUEUE, publish_message
-from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
-from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
-from recovery.redact import (
+from recovery.core.crypto import task_serializer
+from recovery.core.message import (
+    TASK_NAME,
+    JobSpec,
+    MalformedJobError,
+    Progress,
+    parse_time,
+    task_reprs,
+)
+from recovery.core.redact import (
     policy_for,
     redact_body,
     redact_headers,
     redact_params,
     redact_text,
 )
-from recovery.runtime import Runtime
+from recovery.dlq.context import DlqRuntime
+from recovery.dlq.envelope import Envelope
+from recovery.dlq.park import DLQ_QUEUE, publish_message
+from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
+from recovery.state import lua
 
 log = structlog.get_logger(__name__)
 
@@ -43,14 +52,10 @@ QUARANTINE_QUEUE = "dlq.quarantine"
 QUARANTINE_KIND = "api-recovery.quarantine/1"
 READ_CHUNK = 500
 LOCK_TTL_MS = 60_000
-#: How `recovery.pipeline` starts the message of a job dead-lettered as a poison message.
+#: How `recovery.engine.pipeline` starts the message of a job dead-lettered as a poison message.
 POISON_PREFIX = "poison:"
 
 # Delete the lock only if we still hold it; extend it only if we still hold it.
-_UNLOCK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-           "return redis.call('DEL', KEYS[1]) end return 0")
-_EXTEND = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-           "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
 
 
 class DlqBusyError(RuntimeError):
@@ -363,9 +368,6 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
     an older kombu publishes them one by one.
     """
     from recovery.celery_app import app
-    from recovery.crypto import task_serializer
-    from recovery.producer import TASK_NAME
-    from recovery.worker import task_reprs
 
     with app.producer_or_acquire() as producer:
         batch: AbstractContextManager[Any] = (
@@ -378,7 +380,7 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
                               **task_reprs(job, Progress()))
 
 
-def dlq_client(rt: Runtime) -> redis.Redis:
+def dlq_client(rt: DlqRuntime) -> redis.Redis:
     if rt.redis is None:
         raise DlqUnavailableError("The dead-letter queue lives in Redis, and this process has "
                                   "no Redis client; set REDIS_URL to the broker's Redis.")
@@ -406,7 +408,7 @@ class DlqLock:
         return self
 
     def extend(self) -> None:
-        self._client.eval(_EXTEND, 1, self.key, self._token, LOCK_TTL_MS)
+        self._client.eval(lua.load("compare_and_pexpire"), 1, self.key, self._token, LOCK_TTL_MS)
 
     def __exit__(self, *_: object) -> None:
-        self._client.eval(_UNLOCK, 1, self.key, self._token)
+        self._client.eval(lua.load("compare_and_delete"), 1, self.key, self._token)

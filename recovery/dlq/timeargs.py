@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from recovery.jobs import parse_time
+from recovery.core.message import parse_time
 
 MAX_AGE_S = 100 * 366 * 86400
 

@@ -2,7 +2,7 @@
 
 A DLQ entry sat in Redis for a while; somebody may have edited it, the key may have rotated,
 the rules at the edge may have tightened. So a replay re-runs the producer's own validation
-(`recovery.producer.build_job`, the very function behind `enqueue`) on the original request,
+(`recovery.core.request.build_job`, the very function behind `enqueue`) on the original request,
 and an entry that fails it, or whose original cannot be read, is quarantined with the reason.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from recovery.crypto import Cipher
+from recovery.config.registry import Registry
+from recovery.core.crypto import Cipher
+from recovery.core.message import JobSpec
+from recovery.core.request import EnqueueError, build_job
 from recovery.dlq.envelope import Envelope, UnreadableOriginalError
-from recovery.jobs import JobSpec
-from recovery.producer import EnqueueError, build_job
-from recovery.registry import Registry
 
 
 class UnreplayableError(ValueError):

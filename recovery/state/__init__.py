@@ -1,1 +1,2 @@
-"""Shared state in Redis: the clients and the key layout every component builds on."""
+"""Redis-shared state, each with an in-process twin: circuit breaker, rate limit, budget,
+idempotency, access tokens and the beat lock. Every Lua script lives in `state/lua/`."""

@@ -30,15 +30,15 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
 
+from recovery.audit.db import upgrade  # noqa: E402
 from recovery.audit.models import DeadLetter, Job  # noqa: E402
-from recovery.db import upgrade  # noqa: E402
+from recovery.core.message import JobSpec, new_job_id, parse_time, utc_now_iso  # noqa: E402
 from recovery.dlq.envelope import Envelope, envelope_for  # noqa: E402
 from recovery.dlq.park import DLQ_QUEUE  # noqa: E402
 from recovery.dlq.replay import ReplayOptions, replay_dlq  # noqa: E402
 from recovery.dlq.store import decode_body  # noqa: E402
-from recovery.jobs import JobSpec, new_job_id, parse_time, utc_now_iso  # noqa: E402
-from recovery.observability import configure_logging  # noqa: E402
-from recovery.runtime import Runtime, get_runtime, reset_runtime  # noqa: E402
+from recovery.engine.runtime import Runtime, get_runtime, reset_runtime  # noqa: E402
+from recovery.telemetry.logging import configure_logging  # noqa: E402
 
 
 def make_envelopes(count: int) -> list[Envelope]:

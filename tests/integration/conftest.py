@@ -18,10 +18,10 @@ import pytest
 import redis
 import yaml
 
-from recovery.faultserver import FaultServer
-from recovery.registry import reset_registry
-from recovery.runtime import reset_runtime
-from recovery.settings import reset_settings
+from recovery.config.loader import reset_registry
+from recovery.config.settings import reset_settings
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import reset_runtime
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def _admin(sql: str) -> None:
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A fresh PostgreSQL database migrated to head, dropped afterwards."""
-    from recovery.db import upgrade
+    from recovery.audit.db import upgrade
 
     name = f"t_{uuid.uuid4().hex[:16]}"
     _admin(f'CREATE DATABASE "{name}"')
@@ -249,7 +249,7 @@ def reconfigure_celery_app() -> None:
     from kombu import pools
 
     from recovery.celery_app import app, celery_config
-    from recovery.settings import load_settings
+    from recovery.config.settings import load_settings
 
     pools.reset()  # closes and forgets kombu's process-wide connection and producer pools
     app.conf.update(celery_config(load_settings()))

@@ -12,10 +12,10 @@ from kombu import Connection, Queue
 
 import recovery
 from recovery.config.broker import push_dead_letter, queue_depths
+from recovery.config.settings import load_settings
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.store import QueueList, decode_body
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
-from recovery.settings import load_settings
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from recovery.audit.models import Alert, DeadLetter
 from recovery.dlq.store import envelope_view
-from recovery.runtime import Runtime, get_runtime
+from recovery.engine.runtime import Runtime, get_runtime
 from tests.integration._console import Browser, ConsoleProcess, console_env, login
 from tests.integration.test_dlq_support import (
     dlq_ids,

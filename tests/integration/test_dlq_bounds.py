@@ -13,15 +13,15 @@ from sqlalchemy import text
 from structlog.testing import capture_logs
 
 import recovery
-from recovery.crypto import Cipher
+from recovery.core.crypto import Cipher
+from recovery.core.message import JobSpec, Progress, new_job_id, utc_now_iso
+from recovery.core.step import Step
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.cap import enforce_cap
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.dlq.park import park, publish
 from recovery.dlq.replay import ReplayOptions, replay_dlq
-from recovery.faultserver import FaultServer
-from recovery.jobs import JobSpec, Progress, new_job_id, utc_now_iso
-from recovery.pipeline import Step
-from recovery.runtime import Runtime, get_runtime
+from recovery.engine.runtime import Runtime, get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_original import ONE_TRY
 from tests.integration.test_dlq_support import bodies, dlq_ids, integration_entry

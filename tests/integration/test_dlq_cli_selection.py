@@ -9,10 +9,10 @@ import click
 import pytest
 import redis
 
-import recovery.cli  # noqa: F401  (loads the CLI before its dlq commands)
-from recovery.cli_dlq import dlq_group, quarantine_group, replay_dlq_command
+import recovery.cli.main  # noqa: F401  (loads the CLI before its dlq commands)
+from recovery.cli.dlq import dlq_group, quarantine_group, replay_dlq_command
 from recovery.dlq.replay import ReplayOptions, replay_dlq
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
 from tests.integration.test_dlq_cli import run
 from tests.integration.test_dlq_support import dlq_ids, dlq_runtime, make_envelope, park_all
 
@@ -39,8 +39,8 @@ def test_the_progress_bar_counts_the_entries_selected_not_the_whole_dlq(
         bar.update = counted  # type: ignore[method-assign]
         return bar
 
-    monkeypatch.setattr("recovery.cli_dlq._terminal", lambda: True)
-    monkeypatch.setattr("recovery.cli_dlq.click.progressbar", recording)
+    monkeypatch.setattr("recovery.cli.dlq._terminal", lambda: True)
+    monkeypatch.setattr("recovery.cli.dlq.click.progressbar", recording)
     result = run(replay_dlq_command, "--yes", "--integration", "crm")
     assert result.exit_code == 0 and "Done: replayed 3" in result.output
     assert bars == [{"length": 3, "updates": 3}]
@@ -49,8 +49,8 @@ def test_the_progress_bar_counts_the_entries_selected_not_the_whole_dlq(
 
 def test_show_and_quarantine_list_never_print_the_original(
         dlq_runtime: Runtime, redis_client: redis.Redis) -> None:
+    from recovery.core.message import JobSpec, new_job_id, utc_now_iso
     from recovery.dlq.envelope import envelope_for
-    from recovery.jobs import JobSpec, new_job_id, utc_now_iso
 
     job = JobSpec(job_id=new_job_id(), integration="shop", method="POST", path="/orders",
                   json={"password": "hunter2-b0dy"}, params={"api_key": "K1-p4ram"},

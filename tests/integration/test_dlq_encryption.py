@@ -23,14 +23,14 @@ from cryptography.fernet import Fernet
 from structlog.testing import capture_logs
 
 import recovery
-from recovery.crypto import CONTENT_TYPE, Cipher
+from recovery.core.crypto import CONTENT_TYPE, Cipher
+from recovery.core.message import JobSpec, new_job_id, utc_now_iso
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.envelope import LEGACY_KIND, envelope_for
 from recovery.dlq.park import publish, publish_message
 from recovery.dlq.replay import ReplayOptions, replay_dlq
-from recovery.faultserver import FaultServer
-from recovery.jobs import JobSpec, new_job_id, utc_now_iso
-from recovery.producer import EnqueueError, build_job
-from recovery.runtime import Runtime, get_runtime
+from recovery.engine.producer import EnqueueError, build_job
+from recovery.engine.runtime import Runtime, get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_replay import dead_letter_state
 from tests.integration.test_dlq_support import (

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import recovery
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.dlq.store import EntryFilter, QueueList
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import integration
 

@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.core.message import JobSpec, new_job_id, parse_time, utc_now_iso
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.dlq.park import publish
 from recovery.dlq.store import decode_body
-from recovery.jobs import JobSpec, new_job_id, parse_time, utc_now_iso
-from recovery.runtime import Runtime, get_runtime
+from recovery.engine.runtime import Runtime, get_runtime
 
 UNREACHABLE = "http://127.0.0.1:9"
 

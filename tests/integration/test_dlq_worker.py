@@ -8,10 +8,10 @@ import pytest
 import redis
 
 import recovery
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.dlq.store import EntryFilter, decode_body
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_support import raw_list
 from tests.integration.test_job_flow import integration

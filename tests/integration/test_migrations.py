@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
 
-from recovery import db
+from recovery.audit import db
 from recovery.audit.models import Attempt, Base, Job
 from tests.integration._db import AUDIT_TABLES, database, postgres_database
 

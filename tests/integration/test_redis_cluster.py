@@ -24,24 +24,24 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 import recovery
-from recovery.audit.batch import Op
 from recovery.audit.spool import RedisSpool
-from recovery.beatlock import BeatLock
-from recovery.breaker import ClusterBreaker
-from recovery.budget import RetryBudget
+from recovery.audit.sql import Op
 from recovery.config.broker import push_dead_letter
+from recovery.config.registry import Integration
+from recovery.config.settings import load_settings
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.store import QueueList
-from recovery.faultserver import FaultServer
-from recovery.gate import Gate
-from recovery.health import FailureStreak
-from recovery.idempotency import Claim, IdempotencyStore
-from recovery.metrics import RedisStore
-from recovery.ratelimit import ClusterRateLimiter
-from recovery.registry import Integration
-from recovery.runtime import get_runtime
-from recovery.scripts import ScriptCache, ScriptCall
-from recovery.settings import load_settings
-from recovery.state.client import integration_tag, is_cluster, state_client
+from recovery.engine.gate import Gate
+from recovery.engine.runtime import get_runtime
+from recovery.ops.health import FailureStreak
+from recovery.state.beatlock import BeatLock
+from recovery.state.breaker import ClusterBreaker
+from recovery.state.budget import RetryBudget
+from recovery.state.connection import integration_tag, is_cluster, redis_client
+from recovery.state.idempotency import Claim, IdempotencyStore
+from recovery.state.ratelimit import ClusterRateLimiter
+from recovery.state.scripts import ScriptCache, ScriptCall
+from recovery.telemetry.metrics import RedisStore
 from tests.integration.conftest import reconfigure_celery_app, wait_for_status
 from tests.integration.test_gate import make_integration
 from tests.integration.test_job_flow import integration as integration_entry
@@ -120,7 +120,7 @@ class Rig:
     every EVALSHA the cluster ran is recorded with its keys."""
 
     def __init__(self, url: str) -> None:
-        self.client = state_client(url)
+        self.client = redis_client(url)
         self.prefix = f"t{uuid.uuid4().hex[:8]}:"
         self.calls: list[list[str]] = []
         original = self.client.evalsha

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from recovery.breaker import ClusterBreaker
-from recovery.budget import RetryBudget
-from recovery.gate import Gate
-from recovery.idempotency import Claim, IdempotencyStore
-from recovery.ratelimit import ClusterRateLimiter
-from recovery.registry import Integration
-from recovery.settings import load_settings
-from recovery.state.client import is_cluster, state_client
+from recovery.config.registry import Integration
+from recovery.config.settings import load_settings
+from recovery.engine.gate import Gate
+from recovery.state.breaker import ClusterBreaker
+from recovery.state.budget import RetryBudget
+from recovery.state.connection import is_cluster, redis_client
+from recovery.state.idempotency import Claim, IdempotencyStore
+from recovery.state.ratelimit import ClusterRateLimiter
 from tests.integration.test_gate import make_integration
 from tests.integration.test_redis_cluster import _free_port_pair, _wait
 
@@ -54,7 +54,7 @@ def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_settings_accept_the_url_and_the_client_reaches_the_named_master(
         sentinel_url: str) -> None:
     settings = load_settings({"REDIS_URL": sentinel_url, "BROKER_URL": "amqp://g:g@h:5672//"})
-    client = state_client(settings.redis_url)
+    client = redis_client(settings.redis_url)
     assert not is_cluster(client)
     name = f"t{uuid.uuid4().hex}"
     client.set(name, b"1", ex=60)
@@ -65,7 +65,7 @@ def test_settings_accept_the_url_and_the_client_reaches_the_named_master(
 
 def test_the_gate_runs_its_combined_scripts_through_the_sentinel_master(
         sentinel_url: str) -> None:
-    client = state_client(sentinel_url)
+    client = redis_client(sentinel_url)
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     breakers: dict[str, ClusterBreaker] = {}
 

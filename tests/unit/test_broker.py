@@ -13,7 +13,7 @@ from recovery.config.broker import (
     declare_queue,
     delivery_countdown,
 )
-from recovery.settings import SettingsError, load_settings
+from recovery.config.settings import SettingsError, load_settings
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/prod"
 

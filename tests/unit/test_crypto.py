@@ -8,8 +8,9 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import dumps, loads
 
 from recovery.celery_app import celery_config
-from recovery.crypto import CONTENT_TYPE, SERIALIZER, Cipher, UndecryptableError, check_keys
-from recovery.settings import SettingsError, load_settings
+from recovery.config.keys import check_keys
+from recovery.config.settings import SettingsError, load_settings
+from recovery.core.crypto import CONTENT_TYPE, SERIALIZER, Cipher, UndecryptableError
 
 KEY_A, KEY_B = Fernet.generate_key().decode(), Fernet.generate_key().decode()
 
@@ -85,10 +86,10 @@ def test_workers_accept_json_and_the_encrypted_serializer_never_pickle() -> None
 
 def test_the_serializer_round_trips_with_the_process_key_and_refuses_another(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from recovery.settings import reset_settings
+    from recovery.config.settings import reset_settings
 
     kept: list[bytes] = []
-    monkeypatch.setattr("recovery.crypto._on_undecryptable", [kept.append])
+    monkeypatch.setattr("recovery.core.crypto._on_undecryptable", [kept.append])
     monkeypatch.setenv("RECOVERY_ENCRYPTION_KEYS", KEY_A)
     reset_settings()
     try:

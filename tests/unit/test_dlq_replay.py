@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from recovery.core.message import JobSpec
 from recovery.dlq.envelope import LEGACY_KIND, Envelope, UnreadableOriginalError
 from recovery.dlq.replay import PlanItem, ReplayReport, TokenBucket, decide
 from recovery.dlq.store import EntryFilter, decode_entry
 from recovery.dlq.validate import UnreplayableError
-from recovery.jobs import JobSpec
 from tests.unit.test_dlq_store import envelope, kombu
 
 

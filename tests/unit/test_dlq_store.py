@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from recovery.core.message import JobSpec
 from recovery.dlq.envelope import Envelope, UnreadableOriginalError, envelope_for
 from recovery.dlq.store import (
     EntryFilter,
@@ -20,7 +21,6 @@ from recovery.dlq.store import (
     parse_age,
     parse_since,
 )
-from recovery.jobs import JobSpec
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

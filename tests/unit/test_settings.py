@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recovery.settings import (
+from recovery.config.settings import (
     Settings,
     SettingsError,
     get_settings,

@@ -13,13 +13,13 @@ from typing import Any
 
 import structlog
 
+from recovery.core.message import JobSpec
 from recovery.dlq.purge import PurgeReport, purge, release
 from recovery.dlq.replay import ReplayOptions, ReplayReport, replay_dlq
-from recovery.jobs import JobSpec
+from recovery.engine.runtime import Runtime
 from recovery.ops.console import ratelimits
 from recovery.ops.console.config import User
 from recovery.ops.console.dlqview import ConsoleFilter
-from recovery.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

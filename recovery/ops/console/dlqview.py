@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recovery.audit.queries import get_job
+from recovery.core.errors import ErrorCategory
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.purge import quarantined
 from recovery.dlq.store import EntryFilter, QueueList, dlq_client, envelope_view, parse_age
-from recovery.errors import ErrorCategory
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
 
 PAGE_SIZE = 25
 MAX_PAGE_SIZE = 200

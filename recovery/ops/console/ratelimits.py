@@ -1,6 +1,7 @@
 """The console's one door to rate-limit pauses: read the pause left, lift a pause.
 
-Today's limiter (recovery.ratelimit) offers `paused_for` and `usage` but no way to lift a pause;
+Today's limiter (recovery.state.ratelimit) offers `paused_for` and `usage` but no way to lift a
+pause;
 a limiter with `resume(integration_id)` (issue 12's `recovery-cli ratelimit resume`) is used as
 soon as it exists. Until then `resume` clears the shared "not before" time the limiter keeps.
 """
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from recovery.ratelimit import RateLimitUsage
-from recovery.runtime import Runtime
-from recovery.state.client import integration_tag
+from recovery.engine.runtime import Runtime
+from recovery.state.connection import integration_tag
+from recovery.state.ratelimit import RateLimitUsage
 
 
 def usage(rt: Runtime, integration: Any) -> RateLimitUsage:

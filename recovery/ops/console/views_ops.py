@@ -22,13 +22,13 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from recovery.audit.queries import get_job
+from recovery.config.registry import UnknownIntegrationError
 from recovery.ops.console import actions, jobsearch, ratelimits
 from recovery.ops.console import overview as overview_data
 from recovery.ops.console.app import runtime
 from recovery.ops.console.config import ConsoleConfig
 from recovery.ops.console.security import operator_only, safe_next
 from recovery.ops.console.throttle import LoginThrottle, minutes
-from recovery.registry import UnknownIntegrationError
 
 auth = Blueprint("auth", __name__)
 overview = Blueprint("overview", __name__)
