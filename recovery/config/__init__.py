@@ -1,0 +1,1 @@
+"""Configuration: settings, integration and workflow models, the YAML loaders."""
