@@ -262,6 +262,7 @@ def _register_subcommands() -> None:
     from recovery.cli_dlq import dlq_group, replay_dlq_command
     from recovery.cli_ops import monitor_command, report_command, simulate_command
     from recovery.cli_ratelimit import ratelimit
+    from recovery.cli_workflow import workflow_group
     from recovery.serve import serve_command
 
     main.add_command(breaker)
@@ -274,6 +275,7 @@ def _register_subcommands() -> None:
     main.add_command(report_command)
     main.add_command(ratelimit)
     main.add_command(console_group)
+    main.add_command(workflow_group)
 
 
 _register_subcommands()

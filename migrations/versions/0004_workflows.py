@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 RUN_STATUSES = ("running", "failing", "compensating", "succeeded", "degraded", "compensated",
                 "dead")
-STEP_STATUSES = ("pending", "queued", "running", "succeeded", "failed", "skipped")
+STEP_STATUSES = ("pending", "queued", "running", "succeeded", "failed")
 
 
 def _utc() -> sa.DateTime:
@@ -66,6 +66,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(64), nullable=True),
         sa.Column("output", sa.JSON(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("claim", sa.String(160), nullable=True),
         sa.Column("dispatched", sa.Boolean(), server_default="false", nullable=False),
         sa.Column("completed_seq", sa.Integer(), nullable=True),
         sa.Column("queued_at", _utc(), nullable=True),

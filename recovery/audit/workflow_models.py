@@ -45,7 +45,6 @@ class StepStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    SKIPPED = "skipped"
 
 
 #: Run statuses after which nothing runs until an operator replays (dead) the run.
@@ -93,6 +92,9 @@ class StepRun(Base):
     job_id: Mapped[str | None] = mapped_column(String(64))
     output: Mapped[Any | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    #: A persistence step's idempotency key while its write may have happened (see
+    #: recovery.engine.workflows.execute): it is never run twice while this is set.
+    claim: Mapped[str | None] = mapped_column(String(160))
     #: Set once the step's message reached the broker; a queued step without it is sent again.
     dispatched: Mapped[bool] = mapped_column(Boolean, server_default="false")
     #: Order of completion in the run, for the saga's reverse order.

@@ -14,7 +14,7 @@ import importlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 STEP_TYPES = ("api_call", "validation", "transformation", "persistence")
 CALLABLE_TYPES = ("validation", "transformation", "persistence")
@@ -103,7 +103,7 @@ def import_callable(dotted: str) -> Callable[..., Any]:
     target = getattr(module, attr, None)
     if not callable(target):
         raise ImportError(f"module {module_name!r} has no callable {attr!r}")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 class _Checker:
@@ -114,7 +114,7 @@ class _Checker:
         self.integrations = None if integrations is None else set(integrations)
         self.ids = {step.id for step in workflow.steps}
 
-    def fail(self, step: WorkflowStep | None, key: str, problem: str) -> None:
+    def fail(self, step: WorkflowStep | None, key: str, problem: str) -> NoReturn:
         where = f"{self.wf.source}: workflow {self.wf.name!r}"
         if step is not None:
             where += f": step {step.id!r}"
@@ -214,7 +214,7 @@ class _Checker:
             if state.get(node) == 2:
                 return
             if state.get(node) == 1:
-                cycle = " -> ".join(path[path.index(node):] + [node])
+                cycle = " -> ".join([*path[path.index(node):], node])
                 self.fail(self.wf.step(node), "depends_on", f"forms a cycle ({cycle}); a "
                           "workflow must be a directed acyclic graph")
             state[node] = 1
