@@ -230,17 +230,22 @@ class _Checker:
         if step.id in self.wf.undo_steps:
             undone = next(s.id for s in self.wf.steps if s.compensate == step.id)
             allowed |= {undone} | ancestors(self.wf, undone)
-        for expression in references(step.config):
-            try:
-                root, parts = parse_reference(expression)
-            except ValueError:
-                self.fail(step, "config", f"has a bad reference '${{{expression}}}'; write "
-                          "${input.NAME} or ${steps.STEP.FIELD}")
-            if root == "steps" and parts[0] not in allowed:
-                why = ("is not a step" if parts[0] not in self.ids else
-                       "is not a step this one depends on, so its output may not exist yet")
-                self.fail(step, "config", f"references '${{{expression}}}' but {parts[0]!r} "
-                          f"{why}; add it to depends_on or fix the name")
+        for key, value in step.config.items():
+            for expression in references(value):
+                self.check_reference(step, f"config.{key}", expression, allowed)
+
+    def check_reference(self, step: WorkflowStep, key: str, expression: str,
+                        allowed: set[str]) -> None:
+        try:
+            root, parts = parse_reference(expression)
+        except ValueError:
+            self.fail(step, key, f"has a bad reference '${{{expression}}}'; write "
+                      "${input.NAME} or ${steps.STEP.FIELD}")
+        if root == "steps" and parts[0] not in allowed:
+            why = ("is not a step" if parts[0] not in self.ids else
+                   "is not a step this one depends on, so its output may not exist yet")
+            self.fail(step, key, f"references '${{{expression}}}' but {parts[0]!r} {why}; "
+                      "add it to depends_on or fix the name")
 
 
 def ancestors(workflow: Workflow, step_id: str) -> set[str]:

@@ -29,7 +29,8 @@ def _lookup(expression: str, context: Mapping[str, Any]) -> Any:
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            what = "the step has no output" if walked == "steps" else f"{walked} has no {part!r}"
+            what = (f"step {part!r} has no output (it did not succeed)" if walked == "steps"
+                    else f"{walked} has no {part!r}")
             raise UnresolvedReference(f"The reference '${{{expression}}}' cannot be resolved: "
                                       f"{what}.")
         walked = f"{walked}.{part}"
