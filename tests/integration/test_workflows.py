@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from recovery.cli import main
 from recovery.engine.workflows.store import get_run
 from recovery.faultserver import FaultServer
+from recovery.metrics import RedisStore, render
 from recovery.runtime import get_runtime
 
 pytestmark = pytest.mark.integration
@@ -174,6 +175,22 @@ def test_a_failed_non_critical_step_degrades_the_run_and_the_rest_goes_on(
     assert steps["persist"]["status"] == "succeeded"
     assert run["error"] == "Non-critical steps did not succeed: notify."
     assert len(api_requests(upstreams.notify)) == 2
+    report = json.loads(run_cli("report", "--since", "1h", "--json").output)
+    assert report["workflow_runs"] == [{"workflow": "order", "status": "degraded", "runs": 1}]
+    assert wait_metric('workflow_runs_total{outcome="degraded",workflow="order"} 1.0')
+
+
+def wait_metric(line: str, timeout: float = 10.0) -> bool:
+    """Workers send their counts to Redis about once a second; poll the rendered metrics."""
+    rt = get_runtime()
+    assert rt.redis is not None
+    store = RedisStore(rt.redis, rt.settings.redis_key_prefix)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in render(store).decode():
+            return True
+        time.sleep(0.2)
+    raise AssertionError(f"{line!r} not in the metrics: {render(store).decode()[-2000:]}")
 
 
 def test_a_critical_failure_dead_letters_the_run_and_replay_resumes_without_repeats(

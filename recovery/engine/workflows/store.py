@@ -194,18 +194,6 @@ def list_runs(engine: Engine, *, status: str | None = None, workflow: str | None
         return [_run_view(run) for run in session.scalars(query)]
 
 
-def count_runs(engine: Engine, since: datetime) -> dict[str, dict[str, int]]:
-    """Ended runs since `since`, by workflow and final status (for the report)."""
-    query = (select(WorkflowRun.workflow, WorkflowRun.status, func.count())
-             .where(WorkflowRun.updated_at >= since)
-             .group_by(WorkflowRun.workflow, WorkflowRun.status))
-    counts: dict[str, dict[str, int]] = {}
-    with Session(engine) as session:
-        for name, status, number in session.execute(query):
-            counts.setdefault(name, {})[status] = int(number)
-    return counts
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
