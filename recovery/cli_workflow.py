@@ -1,4 +1,4 @@
-"""`recovery-cli workflow`: start, inspect, list and replay workflow runs.
+"""`recovery-cli workflow`: start, inspect, list, replay and compensate workflow runs.
 
 Exit codes: 0 done, 1 the run or state does not allow it (unknown run, not dead), 2 bad input
 (unknown workflow, input that is not a JSON object, an invalid workflows file).
@@ -42,7 +42,7 @@ def _read_input(text: str) -> Any:
 
 @click.group("workflow")
 def workflow_group() -> None:
-    """Multi-step workflows: run, show, list, replay."""
+    """Multi-step workflows: run, show, list, replay, compensate."""
 
 
 @workflow_group.command("run")
@@ -128,3 +128,20 @@ def workflow_replay(run_id: str) -> None:
     except RunStateError as exc:
         fail(str(exc), 1)
     click.echo(f"Workflow run {run_id} resumed.")
+
+
+@workflow_group.command("compensate")
+@click.argument("run_id")
+def workflow_compensate(run_id: str) -> None:
+    """Give up on a dead run: run the undo steps of its completed steps, latest first."""
+    from recovery.engine.workflows.runs import WorkflowInputError, compensate_run
+    from recovery.engine.workflows.store import RunStateError
+
+    runtime = _runtime()
+    try:
+        steps = compensate_run(runtime, run_id)
+    except WorkflowInputError as exc:
+        fail(str(exc))
+    except RunStateError as exc:
+        fail(str(exc), 1)
+    click.echo(f"Workflow run {run_id} is compensating: undoing {', '.join(steps)}.")

@@ -74,12 +74,13 @@ def _workflow(entry: Any, path: str, number: int, integrations: Iterable[str] | 
                             "(a string such as 'order') and a 'steps' list.")
     name = entry["name"]
     s = Section(entry, path, f"workflow {name!r}", WorkflowError)
-    s.reject_unknown(("name", "steps"))
+    s.reject_unknown(("name", "steps", "on_failure"))
     steps = s.get("steps")
     if not isinstance(steps, list) or not steps:
         s.fail("steps", f"must be a non-empty list of steps, got {show_value(steps)}")
     built = tuple(_step(item, path, name, n) for n, item in enumerate(steps, 1))
-    return validate(Workflow(name, built, source=path), integrations)
+    on_failure = s.text("on_failure", "compensate")
+    return validate(Workflow(name, built, source=path, on_failure=on_failure), integrations)
 
 
 def parse_workflows(entries: Any, path: str,

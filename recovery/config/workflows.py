@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 STEP_TYPES = ("api_call", "validation", "transformation", "persistence")
+#: What a critical failure does: unwind the saga at once, or park the run (dead, replayable;
+#: an operator may still `workflow compensate` it).
+ON_FAILURE = ("compensate", "park")
 CALLABLE_TYPES = ("validation", "transformation", "persistence")
 DEFAULT_STEP_TIMEOUT_MS = 30_000
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -53,6 +56,7 @@ class Workflow:
     name: str
     steps: tuple[WorkflowStep, ...]
     source: str = "python"
+    on_failure: str = "compensate"
 
     def step(self, step_id: str) -> WorkflowStep:
         for step in self.steps:
@@ -126,6 +130,9 @@ class _Checker:
                                 "63 lowercase letters, digits, '-' or '_'.")
         if not self.wf.forward_steps:
             self.fail(None, "steps", "must list at least one step that is not an undo step")
+        if self.wf.on_failure not in ON_FAILURE:
+            self.fail(None, "on_failure", f"must be one of {', '.join(ON_FAILURE)}, got "
+                      f"{self.wf.on_failure!r}")
         seen: set[str] = set()
         for step in self.wf.steps:
             if not ID_PATTERN.fullmatch(step.id):
@@ -278,8 +285,8 @@ class WorkflowBuilder:
               .build(integrations=registry.ids()))
     """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, on_failure: str = "compensate") -> None:
+        self.name, self.on_failure = name, on_failure
         self._steps: list[WorkflowStep] = []
 
     def step(self, step_id: str, step_type: str, config: Mapping[str, Any], *,
@@ -317,4 +324,5 @@ class WorkflowBuilder:
         return self._callable("persistence", step_id, dotted, inputs, options)
 
     def build(self, integrations: Iterable[str] | None = None) -> Workflow:
-        return validate(Workflow(self.name, tuple(self._steps)), integrations)
+        workflow = Workflow(self.name, tuple(self._steps), on_failure=self.on_failure)
+        return validate(workflow, integrations)

@@ -90,9 +90,11 @@ def upstreams() -> Any:
 @pytest.fixture
 def setup(configure: Callable[..., dict[str, str]], upstreams: Upstreams, tmp_path: Path,
           start_worker: Callable[..., Any]) -> Callable[..., dict[str, str]]:
-    def apply(steps: list[dict[str, Any]], concurrency: int = 3) -> dict[str, str]:
+    def apply(steps: list[dict[str, Any]], concurrency: int = 3,
+              on_failure: str = "compensate") -> dict[str, str]:
         path = tmp_path / "workflows.yaml"
-        path.write_text(yaml.safe_dump({"workflows": [{"name": "order", "steps": steps}]}))
+        path.write_text(yaml.safe_dump({"workflows": [
+            {"name": "order", "on_failure": on_failure, "steps": steps}]}))
         env = configure([integration("payments", upstreams.payments.url),
                          integration("crm", upstreams.crm.url),
                          integration("notify", upstreams.notify.url)],
@@ -243,3 +245,22 @@ def test_a_saga_undoes_completed_steps_in_reverse_completion_order(
     assert steps["refund"]["output"]["body"]["json"] == {"charge": charge["n"]}
     refused = run_cli("workflow", "replay", run["id"])
     assert refused.exit_code == 1 and "is compensated; only a dead run" in refused.output
+
+
+def test_a_parked_run_keeps_its_work_until_an_operator_compensates_it(
+        setup: Callable[..., dict[str, str]], upstreams: Upstreams) -> None:
+    setup(order_steps(persist_undo=True), on_failure="park")
+    run = wait_run(start({**ORDER, "fail_persist": True}),
+                   {"succeeded", "degraded", "dead", "compensated"})
+    assert (run["status"], run["failed_step"]) == ("dead", "persist"), run
+    assert api_requests(upstreams.payments, "/refunds") == []  # parked: nothing undone yet
+    given_up = run_cli("workflow", "compensate", run["id"])
+    assert given_up.exit_code == 0, given_up.output
+    assert given_up.output.strip() == (f"Workflow run {run['id']} is compensating: undoing "
+                                       "charge.")
+    after = wait_run(run["id"], {"compensated"})
+    assert steps_of(after)["refund"]["status"] == "succeeded"
+    assert len(api_requests(upstreams.payments, "/refunds")) == 1
+    again = run_cli("workflow", "compensate", run["id"])
+    assert (again.exit_code, again.output.strip()) == (1, (
+        f"Error: Workflow run {run['id']} is compensated; only a dead run can be compensated."))

@@ -66,6 +66,14 @@ BAD_FILES = [
 ]
 
 
+def test_an_unknown_on_failure_is_refused() -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflows([{"name": "order", "on_failure": "retry", "steps": [check("a")]}],
+                        "/etc/wf.yaml", [])
+    assert str(caught.value) == ("/etc/wf.yaml: workflow 'order': key 'on_failure' must be one "
+                                 "of compensate, park, got 'retry'.")
+
+
 @pytest.mark.parametrize(("steps", "sentence"), BAD_FILES)
 def test_bad_workflows_are_refused_with_a_sentence(steps: list[Any], sentence: str) -> None:
     with pytest.raises(WorkflowError) as caught:

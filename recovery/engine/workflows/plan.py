@@ -4,9 +4,10 @@
                   or failed while not critical: its dependents still run, and one that
                   references its output fails with a sentence); the run ends `degraded` when a
                   non-critical step failed; a critical failure turns the run `failing`.
-    failing:      nothing new starts; once no step is queued or running, the undo steps of the
-                  completed steps run, one at a time, latest completed first (`compensating`),
-                  or, with nothing to undo, the run is `dead` (replayable).
+    failing:      nothing new starts; once no step is queued or running, the run is parked
+                  `dead` (replayable) when the workflow says `on_failure: park`; otherwise the
+                  undo steps of the completed steps run, one at a time, latest completed
+                  first (`compensating`), or, with nothing to undo, the run is `dead`.
     compensating: the next undo step, until none is left: `compensated`.
 
 The functions change the ORM rows in place and return the step ids to dispatch; the caller
@@ -44,6 +45,8 @@ def decide(workflow: Workflow, run: WorkflowRun, rows: Sequence[StepRun]) -> Pla
     if run.status == RunStatus.FAILING:
         if any(row.status in ACTIVE for row in rows if not row.undo):
             return Plan((), None)
+        if workflow.on_failure == "park":
+            return _end(run, RunStatus.DEAD)
         run.status = RunStatus.COMPENSATING
     if run.status == RunStatus.COMPENSATING:
         return _compensate(workflow, run, by_id)
@@ -103,6 +106,14 @@ def _compensate(workflow: Workflow, run: WorkflowRun, by_id: dict[str, StepRun])
     if failed:
         run.error = f"{run.error or ''} Undo steps that failed: {', '.join(failed)}.".strip()
     return _end(run, RunStatus.COMPENSATED)
+
+
+def undoable(workflow: Workflow, rows: Sequence[StepRun]) -> list[str]:
+    """Completed forward steps whose undo step has not run: what a compensation would undo."""
+    by_id = {row.step_id: row for row in rows}
+    return [s.id for s in workflow.forward_steps if s.compensate
+            and by_id[s.id].status == StepStatus.SUCCEEDED
+            and by_id[s.compensate].status == StepStatus.PENDING]
 
 
 def _end(run: WorkflowRun, status: RunStatus) -> Plan:

@@ -88,6 +88,19 @@ def replay_run(rt: Runtime, run_id: str) -> None:
     dispatch(rt, workflow, run_id, store.advance(rt.engine, workflow, run_id))
 
 
+def compensate_run(rt: Runtime, run_id: str) -> list[str]:
+    """Give up on a dead run: undo its completed steps, latest first; returns what is undone."""
+    run = store.get_run(rt.engine, run_id)
+    if run is None:
+        raise RunStateError(f"There is no workflow run {run_id!r}; `recovery-cli workflow "
+                            "list` shows the runs.")
+    workflow = get_workflow(rt, run["workflow"])
+    steps = store.begin_compensation(rt.engine, workflow, run_id)
+    log.info("workflow_run_compensating", run_id=run_id, workflow=workflow.name, undo=steps)
+    dispatch(rt, workflow, run_id, store.advance(rt.engine, workflow, run_id))
+    return steps
+
+
 def finish_step(rt: Runtime, workflow: Workflow, run_id: str, step_id: str,
                 outcome: StepOutcome) -> None:
     """Record a step's outcome, then send whatever became ready."""

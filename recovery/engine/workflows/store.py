@@ -25,7 +25,7 @@ from recovery.audit.workflow_models import (
     WorkflowRun,
 )
 from recovery.config.workflows import Workflow
-from recovery.engine.workflows.plan import Plan, decide
+from recovery.engine.workflows.plan import Plan, decide, undoable
 
 
 class RunStateError(ValueError):
@@ -172,6 +172,20 @@ def reset_for_replay(engine: Engine, workflow: Workflow, run_id: str) -> None:
         run.status, run.error, run.failed_step = RunStatus.RUNNING, None, None
         run.finished_at, run.updated_at = None, _now()
         run.replay_count += 1
+
+
+def begin_compensation(engine: Engine, workflow: Workflow, run_id: str) -> list[str]:
+    """A dead run gives up: its completed steps are undone (returns the steps to undo)."""
+    with _locked(engine, run_id) as (session, run):
+        if run.status != RunStatus.DEAD:
+            raise RunStateError(f"Workflow run {run_id} is {run.status}; only a dead run can be "
+                                "compensated.")
+        steps = undoable(workflow, _rows(session, run_id))
+        if not steps:
+            raise RunStateError(f"Workflow run {run_id} has no completed step with an undo "
+                                "step; there is nothing to compensate.")
+        run.status, run.finished_at, run.updated_at = RunStatus.COMPENSATING, None, _now()
+        return steps
 
 
 def get_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
