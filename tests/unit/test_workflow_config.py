@@ -142,3 +142,16 @@ def test_references_resolve_to_values_or_fail_with_a_sentence() -> None:
         resolve("${steps.crm.body}", context)
     assert str(caught.value) == ("The reference '${steps.crm.body}' cannot be resolved: step "
                                  "'crm' has no output (it did not succeed).")
+
+
+def test_the_example_file_is_the_demo_workflow_and_loads_against_the_example_integrations(
+) -> None:
+    from recovery.demo_workflow import order_workflows
+
+    repo = Path(__file__).resolve().parents[2]
+    example = load_file(str(repo / "examples" / "workflows.yaml"), ["payments", "crm"])
+    demo = parse_workflows(order_workflows("payments", "crm"), "demo", ["payments", "crm"])
+    assert sorted(example) == sorted(demo) == ["order", "order-parked"]
+    for name, workflow in example.items():
+        assert (workflow.steps, workflow.on_failure) == (demo[name].steps, demo[name].on_failure)
+    assert example["order"].undo_steps == frozenset({"refund"})
