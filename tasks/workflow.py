@@ -1,7 +1,10 @@
-"""`tasks.workflow.step` runs one step of a workflow run; `tasks.workflow.advance` plans a run
-again (sends queued steps whose message may have been lost). Thin adapters to
+"""`tasks.workflow.step` runs one step of a workflow run, a thin adapter to
 `recovery.engine.workflows`: the step's outcome is recorded and the next steps are sent before
-the message is acknowledged (late acks), so a worker that dies mid-step loses nothing.
+the message is acknowledged (late acks), so a worker that dies mid-step loses nothing; if it
+died after recording but before sending, the message comes again, finds the step finished,
+and plans the run once more, which sends the queued steps whose message never left. While
+Redis or PostgreSQL cannot serve, the task is retried rather than failed (a failed task would
+be acknowledged and its run would wait forever).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Retry
 
 from recovery.celery_app import app
 from recovery.engine.workflows import store
@@ -16,39 +20,49 @@ from recovery.engine.workflows.execute import Again, failed, run_step
 from recovery.engine.workflows.runs import dispatch, finish_step, get_workflow, step_reprs
 from recovery.jobs import Progress
 from recovery.outcome import describe, is_infrastructure
-from recovery.runtime import get_runtime
+from recovery.runtime import Runtime, get_runtime
 
 INFRA_RETRY_S = 5.0
 
 
 @app.task(bind=True, name="tasks.workflow.step", max_retries=None, acks_late=True)
 def step(self: Task, run_id: str, step_id: str, progress: dict[str, Any] | None = None) -> str:
+    try:
+        return _run(self, run_id, step_id, progress)
+    except Retry:
+        raise
+    except Exception as exc:
+        if is_infrastructure(exc):
+            raise self.retry(countdown=INFRA_RETRY_S) from None
+        raise
+
+
+def _run(task: Task, run_id: str, step_id: str, progress: dict[str, Any] | None) -> str:
     runtime = get_runtime()
     start = store.start_step(runtime.engine, run_id, step_id)
     if start is None:
-        return "nothing to do: the step already finished or its run is not running it"
+        return _replan(runtime, run_id)
     workflow = get_workflow(runtime, start.workflow)
     state = Progress.from_message(progress) if progress is not None else None
     try:
         result = run_step(runtime, run_id, workflow.step(step_id), start, state)
-    except Exception as exc:  # a bug or an outage must not strand the run
+    except Exception as exc:  # an outage is retried above; anything else fails the step
         if is_infrastructure(exc):
-            raise self.retry(countdown=INFRA_RETRY_S, max_retries=None) from None
+            raise
         result = failed(f"Step {step_id!r} raised an unexpected error ({describe(exc)}).")
     if isinstance(result, Again):
-        raise self.retry(kwargs={"run_id": run_id, "step_id": step_id,
+        raise task.retry(kwargs={"run_id": run_id, "step_id": step_id,
                                  "progress": result.progress.to_message()},
                          countdown=result.countdown_s, **step_reprs(workflow, run_id, step_id))
     finish_step(runtime, workflow, run_id, step_id, result)
     return f"{result.status}" + (f": {result.error}" if result.error else "")
 
 
-@app.task(name="tasks.workflow.advance", acks_late=True)
-def advance(run_id: str) -> str:
-    runtime = get_runtime()
+def _replan(runtime: Runtime, run_id: str) -> str:
+    """A step message for a finished step (a redelivery): send what its run still lacks."""
     run = store.get_run(runtime.engine, run_id)
     if run is None:
-        return "no such run"
+        return "nothing to do: no such run"
     workflow = get_workflow(runtime, run["workflow"])
     dispatch(runtime, workflow, run_id, store.advance(runtime.engine, workflow, run_id))
-    return "advanced"
+    return "nothing to do: the step already finished; its run was planned again"

@@ -14,7 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 from recovery.cli import main
-from recovery.engine.workflows.store import get_run
+from recovery.engine.workflows import store
+from recovery.engine.workflows.runs import get_workflow, send_step
+from recovery.engine.workflows.store import StepOutcome, get_run
 from recovery.faultserver import FaultServer
 from recovery.metrics import RedisStore, render
 from recovery.runtime import get_runtime
@@ -264,3 +266,23 @@ def test_a_parked_run_keeps_its_work_until_an_operator_compensates_it(
     again = run_cli("workflow", "compensate", run["id"])
     assert (again.exit_code, again.output.strip()) == (1, (
         f"Error: Workflow run {run['id']} is compensated; only a dead run can be compensated."))
+
+
+def test_steps_whose_message_never_left_are_sent_when_the_finished_step_comes_again(
+        setup: Callable[..., dict[str, str]], upstreams: Upstreams) -> None:
+    """A worker died after recording `validate` and queueing `charge`, before sending it:
+    the redelivered `validate` message plans the run again and `charge` goes out."""
+    setup(order_steps())
+    rt = get_runtime()
+    workflow = get_workflow(rt, "order")
+    run_id = store.create_run(rt.engine, workflow, ORDER)
+    assert store.advance(rt.engine, workflow, run_id).dispatch == ("validate",)
+    plan = store.advance(rt.engine, workflow, run_id, "validate",
+                         StepOutcome("succeeded", output={"valid": True, "amount": 2500},
+                                     attempts=1))
+    assert plan.dispatch == ("charge",)  # recorded and queued, but never sent
+    send_step(workflow, run_id, "validate")  # the unacknowledged message, delivered again
+    run = wait_run(run_id, {"succeeded", "degraded", "dead", "compensated"})
+    assert run["status"] == "succeeded", run
+    assert len(api_requests(upstreams.payments, "/charges")) == 1
+    assert steps_of(run)["validate"]["attempts"] == 1

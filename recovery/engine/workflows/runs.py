@@ -29,7 +29,6 @@ from recovery.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 STEP_TASK = "tasks.workflow.step"
-ADVANCE_TASK = "tasks.workflow.advance"
 MAX_INPUT_BYTES = 256 * 1024
 
 
@@ -136,9 +135,3 @@ def send_step(workflow: Workflow, run_id: str, step_id: str) -> None:
     app.send_task(STEP_TASK, kwargs={"run_id": run_id, "step_id": step_id},
                   **step_reprs(workflow, run_id, step_id))
 
-
-def send_advance(run_id: str) -> None:
-    from recovery.celery_app import app
-
-    app.send_task(ADVANCE_TASK, kwargs={"run_id": run_id},
-                  argsrepr="()", kwargsrepr=repr({"run_id": run_id}))
