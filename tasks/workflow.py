@@ -3,26 +3,37 @@
 the message is acknowledged (late acks), so a worker that dies mid-step loses nothing; if it
 died after recording but before sending, the message comes again, finds the step finished,
 and plans the run once more, which sends the queued steps whose message never left. While
-Redis or PostgreSQL cannot serve, the task is retried rather than failed (a failed task would
-be acknowledged and its run would wait forever).
+Redis or PostgreSQL cannot serve, or the workflow definitions fail to load (an edited file),
+the task is retried rather than failed: a failed task would be acknowledged and its run would
+wait forever.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import Task
 from celery.exceptions import Retry
 
 from recovery.celery_app import app
+from recovery.config.workflows import WorkflowError
 from recovery.engine.workflows import store
 from recovery.engine.workflows.execute import Again, failed, run_step
-from recovery.engine.workflows.runs import dispatch, finish_step, get_workflow, step_reprs
+from recovery.engine.workflows.runs import (
+    WorkflowInputError,
+    dispatch,
+    finish_step,
+    get_workflow,
+    step_reprs,
+)
 from recovery.jobs import Progress
 from recovery.outcome import describe, is_infrastructure
 from recovery.runtime import Runtime, get_runtime
 
 INFRA_RETRY_S = 5.0
+CONFIG_RETRY_S = 60.0
+log = structlog.get_logger(__name__)
 
 
 @app.task(bind=True, name="tasks.workflow.step", max_retries=None, acks_late=True)
@@ -31,6 +42,9 @@ def step(self: Task, run_id: str, step_id: str, progress: dict[str, Any] | None 
         return _run(self, run_id, step_id, progress)
     except Retry:
         raise
+    except (WorkflowError, WorkflowInputError) as exc:  # definitions changed under a run: wait
+        log.error("workflow_definition_invalid", run_id=run_id, step=step_id, error=str(exc))
+        raise self.retry(countdown=CONFIG_RETRY_S) from None
     except Exception as exc:
         if is_infrastructure(exc):
             raise self.retry(countdown=INFRA_RETRY_S) from None
