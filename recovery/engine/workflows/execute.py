@@ -3,7 +3,9 @@
 * `api_call`: a job built and validated like `recovery.enqueue` does (`build_job`), run by the
   same `run_job` as `tasks.integration.call`: idempotency claim, rate limit, breaker, retries,
   fallbacks and the audit trail. Its idempotency key is `wf-{run}-{step}`, so a replayed step
-  sends the key the upstream already saw. A retry or deferral is handed back to the task (a
+  sends the key the upstream already saw. A delivery that finds the key already succeeded (the
+  worker died after the call, before the outcome was recorded) ends `duplicate` without the
+  body, which this system does not keep. A retry or deferral is handed back to the task (a
   Celery retry of the step); a job that fails for good ends `failed` in the audit trail and its
   run, not the job, is dead-lettered.
 * `validation` / `transformation`: a pure callable given the resolved `inputs`, under the
@@ -30,9 +32,10 @@ from recovery.engine.workflows import store
 from recovery.engine.workflows.refs import UnresolvedReference, resolve
 from recovery.engine.workflows.store import StepOutcome, StepStart
 from recovery.jobs import JobSpec, Progress
-from recovery.outcome import after_exception, conclude, describe
+from recovery.outcome import Step, after_exception, conclude, describe
 from recovery.pipeline import run_job
 from recovery.producer import EnqueueError, build_job
+from recovery.redact import policy_for, redact_params
 from recovery.runtime import Runtime
 
 
@@ -86,7 +89,8 @@ def _api_call(rt: Runtime, run_id: str, step: WorkflowStep, config: dict[str, An
     state = progress or Progress()
     if start.job_id is None:
         store.set_step_fields(rt.engine, run_id, step.id, job_id=job.job_id)
-        rt.audit.job_queued(job.job_id, job.integration, job.method, job.path, {},
+        rt.audit.job_queued(job.job_id, job.integration, job.method, job.path,
+                            redact_params(job.params or {}, policy_for(job.integration)),
                             job.idempotency_key)
     try:
         result = run_job(job, state, rt)
@@ -101,7 +105,7 @@ def _api_call(rt: Runtime, run_id: str, step: WorkflowStep, config: dict[str, An
     return _job_gave_up(rt, job, result)
 
 
-def _job_gave_up(rt: Runtime, job: JobSpec, result: Any) -> StepOutcome:
+def _job_gave_up(rt: Runtime, job: JobSpec, result: Step) -> StepOutcome:
     """The job is recorded `failed` (its run is what gets dead-lettered and replayed)."""
     conclude(job, replace(result, status="failed"), rt)
     return failed(f"The call failed for good after {result.attempts} attempt(s): "
