@@ -1,11 +1,8 @@
 """workflow_runs and step_runs: multi-step workflows, their state and audit trail.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-05 00:00:00
-
-Numbered 0004 because 0003 is taken by the dead-letter archive on another branch; when both
-are merged, this revision follows 0003 (set down_revision to "0003").
 """
 
 from collections.abc import Sequence
@@ -14,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
