@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.exceptions import Retry
+from structlog.contextvars import bound_contextvars
 
 from recovery.celery_app import app
 from recovery.config.workflows import WorkflowError
@@ -39,7 +40,8 @@ log = structlog.get_logger(__name__)
 @app.task(bind=True, name="tasks.workflow.step", max_retries=None, acks_late=True)
 def step(self: Task, run_id: str, step_id: str, progress: dict[str, Any] | None = None) -> str:
     try:
-        return _run(self, run_id, step_id, progress)
+        with bound_contextvars(run_id=run_id, step=step_id, task_id=self.request.id):
+            return _run(self, run_id, step_id, progress)
     except Retry:
         raise
     except (WorkflowError, WorkflowInputError) as exc:  # definitions changed under a run: wait

@@ -3,6 +3,7 @@ broker carries for Flower, a persistence step that runs at most once, unresolved
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from recovery.cli import main
 from recovery.config.workflows import WorkflowStep
 from recovery.engine.workflows import store
 from recovery.engine.workflows.execute import run_step
-from recovery.engine.workflows.runs import get_workflow
+from recovery.engine.workflows.runs import WorkflowInputError, get_workflow, start_workflow
 from recovery.engine.workflows.store import StepOutcome, StepStart
 from recovery.runtime import Runtime, get_runtime
 
@@ -126,6 +127,25 @@ def test_flower_sees_a_step_by_name_never_its_input(
     assert run is not None
     steps = {s["step"]: s["status"] for s in run["steps"]}
     assert steps == {"validate": "queued", "charge": "pending", "save": "pending"}
+
+
+def test_producers_start_a_run_from_python(wf: Callable[..., Path],
+                                           redis_client: redis.Redis) -> None:
+    wf({"workflows": [{"name": "order", "steps": STEPS}]})
+    with pytest.raises(WorkflowInputError) as caught:
+        start_workflow("order", "A-1")  # type: ignore[arg-type]
+    assert str(caught.value) == "The workflow input must be a JSON object, got str."
+    with pytest.raises(WorkflowInputError, match="The workflow input is not plain JSON"):
+        start_workflow("order", {"when": object()})
+    rt = get_runtime()
+    assert run_count(rt) == 0 and queued(redis_client, rt) == []
+    run_id = start_workflow("order", ORDER)
+    [message] = queued(redis_client, rt)
+    _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert (message["headers"]["task"], kwargs) == ("tasks.workflow.step",
+                                                    {"run_id": run_id, "step_id": "validate"})
+    run = store.get_run(rt.engine, run_id)
+    assert run is not None and run["input"] == ORDER and run["status"] == "running"
 
 
 def _start(outputs: dict[str, Any], run_input: Any) -> StepStart:

@@ -20,6 +20,7 @@ from recovery.engine.workflows.store import StepOutcome, get_run
 from recovery.faultserver import FaultServer
 from recovery.metrics import RedisStore, render
 from recovery.runtime import get_runtime
+from tests.integration.conftest import wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -93,16 +94,16 @@ def upstreams() -> Any:
 def setup(configure: Callable[..., dict[str, str]], upstreams: Upstreams, tmp_path: Path,
           start_worker: Callable[..., Any]) -> Callable[..., dict[str, str]]:
     def apply(steps: list[dict[str, Any]], concurrency: int = 3,
-              on_failure: str = "compensate") -> dict[str, str]:
+              on_failure: str = "compensate") -> Any:
         path = tmp_path / "workflows.yaml"
         path.write_text(yaml.safe_dump({"workflows": [
             {"name": "order", "on_failure": on_failure, "steps": steps}]}))
         env = configure([integration("payments", upstreams.payments.url),
                          integration("crm", upstreams.crm.url),
                          integration("notify", upstreams.notify.url)],
-                        RECOVERY_WORKFLOWS=str(path), ORDER_STORE_DIR=str(tmp_path / "orders"))
-        start_worker(env, concurrency=concurrency)
-        return env
+                        RECOVERY_WORKFLOWS=str(path), ORDER_STORE_DIR=str(tmp_path / "orders"),
+                        LOG_LEVEL="info")
+        return start_worker(env, concurrency=concurrency)
     return apply
 
 
@@ -117,7 +118,7 @@ def run_cli(*args: str) -> Any:
 def start(order: dict[str, Any] = ORDER) -> str:
     result = run_cli("workflow", "run", "order", "--input", json.dumps(order))
     assert result.exit_code == 0, result.output
-    return result.output.strip()
+    return str(result.stdout.strip())  # log lines go to stderr
 
 
 def wait_run(run_id: str, statuses: set[str], timeout: float = 60.0) -> dict[str, Any]:
@@ -161,6 +162,9 @@ def test_parallel_branches_overlap_and_outputs_flow_between_steps(
     assert steps["persist"]["output"] == {"persisted": True, "record": record.name}
     assert all(step["status"] == "succeeded" and step["attempts"] == 1
                for step in run["steps"])
+    job = wait_for_status(get_runtime().engine, steps["charge"]["job_id"], {"succeeded"})
+    assert (job["integration"], job["path"]) == ("payments", "/charges")
+    assert [a["http_status"] for a in job["attempts"] if a["kind"] == "call"] == [200]
     shown = run_cli("workflow", "show", run["id"], "--json")
     assert json.loads(shown.output)["status"] == "succeeded"
     listed = json.loads(run_cli("workflow", "list", "--json").output)
@@ -169,7 +173,7 @@ def test_parallel_branches_overlap_and_outputs_flow_between_steps(
 
 def test_a_failed_non_critical_step_degrades_the_run_and_the_rest_goes_on(
         setup: Callable[..., dict[str, str]], upstreams: Upstreams) -> None:
-    setup(order_steps())
+    worker = setup(order_steps())
     upstreams.notify.set_mode("5xx", status=503)
     run = wait_run(start(), {"succeeded", "degraded", "dead", "compensated"})
     assert run["status"] == "degraded", run
@@ -177,11 +181,21 @@ def test_a_failed_non_critical_step_degrades_the_run_and_the_rest_goes_on(
     assert steps["notify"]["status"] == "failed" and steps["notify"]["attempts"] == 2
     assert "failed for good after 2 attempt(s)" in steps["notify"]["error"]
     assert steps["persist"]["status"] == "succeeded"
+    job = wait_for_status(get_runtime().engine, steps["notify"]["job_id"], {"failed"})
+    assert [a["http_status"] for a in job["attempts"] if a["kind"] == "call"] == [503, 503]
     assert run["error"] == "Non-critical steps did not succeed: notify."
     assert len(api_requests(upstreams.notify)) == 2
     report = json.loads(run_cli("report", "--since", "1h", "--json").output)
     assert report["workflow_runs"] == [{"workflow": "order", "status": "degraded", "runs": 1}]
     assert wait_metric('workflow_runs_total{outcome="degraded",workflow="order"} 1.0')
+    events = [json.loads(line) for line in worker.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    finished = [e for e in events if e["event"] == "workflow_step_finished"
+                and e["step"] == "notify"]
+    assert len(finished) == 1 and finished[0]["run_id"] == run["id"]
+    assert finished[0]["status"] == "failed" and finished[0]["task_id"]
+    calls = [e for e in events if e.get("step") == "notify" and e.get("job_id")]
+    assert calls and all(e["job_id"] == steps["notify"]["job_id"] for e in calls)
 
 
 def wait_metric(line: str, timeout: float = 10.0) -> bool:
@@ -258,13 +272,13 @@ def test_a_parked_run_keeps_its_work_until_an_operator_compensates_it(
     assert api_requests(upstreams.payments, "/refunds") == []  # parked: nothing undone yet
     given_up = run_cli("workflow", "compensate", run["id"])
     assert given_up.exit_code == 0, given_up.output
-    assert given_up.output.strip() == (f"Workflow run {run['id']} is compensating: undoing "
+    assert given_up.stdout.strip() == (f"Workflow run {run['id']} is compensating: undoing "
                                        "charge.")
     after = wait_run(run["id"], {"compensated"})
     assert steps_of(after)["refund"]["status"] == "succeeded"
     assert len(api_requests(upstreams.payments, "/refunds")) == 1
     again = run_cli("workflow", "compensate", run["id"])
-    assert (again.exit_code, again.output.strip()) == (1, (
+    assert (again.exit_code, again.stderr.strip()) == (1, (
         f"Error: Workflow run {run['id']} is compensated; only a dead run can be compensated."))
 
 

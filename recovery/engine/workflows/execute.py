@@ -27,6 +27,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
+from structlog.contextvars import bound_contextvars
+
 from recovery.config.workflows import WorkflowStep, import_callable
 from recovery.engine.workflows import store
 from recovery.engine.workflows.refs import UnresolvedReference, resolve
@@ -92,10 +94,12 @@ def _api_call(rt: Runtime, run_id: str, step: WorkflowStep, config: dict[str, An
         rt.audit.job_queued(job.job_id, job.integration, job.method, job.path,
                             redact_params(job.params or {}, policy_for(job.integration)),
                             job.idempotency_key)
-    try:
-        result = run_job(job, state, rt)
-    except Exception as exc:  # the same rule as the task adapter: requeue or give up
-        result = after_exception(job, state, rt, exc)
+    with bound_contextvars(job_id=job.job_id, integration=job.integration,
+                           attempt=state.attempt):  # every log line of the call names the job
+        try:
+            result = run_job(job, state, rt)
+        except Exception as exc:  # the same rule as the task adapter: requeue or give up
+            result = after_exception(job, state, rt, exc)
     if result.status in ("retry", "defer", "requeue"):
         return Again(result.countdown_s or 0.0, result.progress)
     if result.status in ("succeeded", "degraded", "duplicate"):

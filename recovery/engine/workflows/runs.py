@@ -75,6 +75,14 @@ def start_run(rt: Runtime, name: str, run_input: Any) -> str:
     return run_id
 
 
+def start_workflow(name: str, run_input: Mapping[str, Any]) -> str:
+    """The producer's entry point: start a run of workflow `name`; returns the run id.
+    Raises WorkflowInputError (nothing written or sent) for an unknown workflow or bad input."""
+    from recovery.runtime import get_runtime
+
+    return start_run(get_runtime(), name, run_input)
+
+
 def replay_run(rt: Runtime, run_id: str) -> None:
     """Resume a dead run from its failed steps (succeeded ones are not run again)."""
     run = store.get_run(rt.engine, run_id)
