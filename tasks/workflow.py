@@ -80,5 +80,6 @@ def _replan(runtime: Runtime, run_id: str) -> str:
     if run is None:
         return "nothing to do: no such run"
     workflow = get_workflow(runtime, run["workflow"])
-    dispatch(runtime, workflow, run_id, store.advance(runtime.engine, workflow, run_id))
+    dispatch(runtime, workflow, run_id,
+             store.advance(runtime.engine, workflow, run_id, resend=True))
     return "nothing to do: the step already finished; its run was planned again"

@@ -89,18 +89,20 @@ def create_run(engine: Engine, workflow: Workflow, run_input: Any) -> str:
 
 
 def advance(engine: Engine, workflow: Workflow, run_id: str, step_id: str | None = None,
-            outcome: StepOutcome | None = None) -> Plan:
-    """Record `outcome` of `step_id` (if given) and plan; also lists queued steps whose
-    message may not have reached the broker (`dispatched` unset) so they are sent again."""
+            outcome: StepOutcome | None = None, *, resend: bool = False) -> Plan:
+    """Record `outcome` of `step_id` (if given) and plan. `resend`: also list queued steps
+    whose message may not have reached the broker (`dispatched` unset), to send them again;
+    only for a redelivered message of a finished step (its worker died before sending), never
+    on the way (another worker may be about to mark its sends)."""
     with _locked(engine, run_id) as (session, run):
         rows = _rows(session, run_id)
         if step_id is not None and outcome is not None:
             _record(session, run_id, rows, step_id, outcome)
         plan = decide(workflow, run, rows)
         run.updated_at = _now()
-        resend = tuple(row.step_id for row in rows if row.status == StepStatus.QUEUED
-                       and not row.dispatched and row.step_id not in plan.dispatch)
-    return Plan(plan.dispatch + resend, plan.ended)
+        lost = tuple(row.step_id for row in rows if resend and row.status == StepStatus.QUEUED
+                     and not row.dispatched and row.step_id not in plan.dispatch)
+    return Plan(plan.dispatch + lost, plan.ended)
 
 
 def _record(session: Session, run_id: str, rows: list[StepRun], step_id: str,
