@@ -190,3 +190,22 @@ def test_an_unresolved_reference_fails_the_step_before_anything_is_sent(
     assert outcome.status == "failed"
     assert outcome.error == ("Step 'charge' did not run: The reference '${input.card}' "
                              "cannot be resolved: input has no 'card'.")
+
+
+def test_a_resolved_request_is_checked_like_an_enqueued_one_and_nothing_is_sent(
+        wf: Callable[..., Path], redis_client: redis.Redis) -> None:
+    lookup = {"id": "lookup", "type": "api_call",
+              "config": {"integration": "payments", "method": "GET",
+                         "path": "/orders/${input.order_id}"}}
+    wf({"workflows": [{"name": "lookup", "steps": [lookup]}]})
+    rt = get_runtime()
+    workflow = get_workflow(rt, "lookup")
+    run_id = store.create_run(rt.engine, workflow, {"order_id": "../admin"})
+    outcome = run_now(rt, run_id, workflow.step("lookup"), _start({}, {"order_id": "../admin"}))
+    assert outcome.status == "failed"
+    assert outcome.error == ("Step 'lookup' did not run: its request was refused: The path "
+                             "'/orders/../admin' was refused: it contains a '.' or '..' "
+                             "segment.")
+    assert queued(redis_client, rt) == []
+    run = store.get_run(rt.engine, run_id)
+    assert run is not None and run["steps"][0]["job_id"] is None  # no job was made

@@ -85,7 +85,7 @@ def _api_call(rt: Runtime, run_id: str, step: WorkflowStep, config: dict[str, An
                         idempotency_key=f"wf-{run_id}-{step.id}",
                         max_request_bytes=rt.settings.max_request_bytes)
     except EnqueueError as exc:
-        return failed(f"Step {step.id!r} did not run: its request was refused ({exc})")
+        return failed(f"Step {step.id!r} did not run: its request was refused: {exc}")
     job = replace(job, job_id=start.job_id or str(uuid.uuid4()),
                   replay_count=start.replay_count)
     state = progress or Progress()
