@@ -166,8 +166,8 @@ def test_parallel_branches_overlap_and_outputs_flow_between_steps(
     assert (job["integration"], job["path"]) == ("payments", "/charges")
     assert [a["http_status"] for a in job["attempts"] if a["kind"] == "call"] == [200]
     shown = run_cli("workflow", "show", run["id"], "--json")
-    assert json.loads(shown.output)["status"] == "succeeded"
-    listed = json.loads(run_cli("workflow", "list", "--json").output)
+    assert json.loads(shown.stdout)["status"] == "succeeded"
+    listed = json.loads(run_cli("workflow", "list", "--json").stdout)
     assert [item["id"] for item in listed] == [run["id"]]
 
 
@@ -185,7 +185,7 @@ def test_a_failed_non_critical_step_degrades_the_run_and_the_rest_goes_on(
     assert [a["http_status"] for a in job["attempts"] if a["kind"] == "call"] == [503, 503]
     assert run["error"] == "Non-critical steps did not succeed: notify."
     assert len(api_requests(upstreams.notify)) == 2
-    report = json.loads(run_cli("report", "--since", "1h", "--json").output)
+    report = json.loads(run_cli("report", "--since", "1h", "--json").stdout)
     assert report["workflow_runs"] == [{"workflow": "order", "status": "degraded", "runs": 1}]
     assert wait_metric('workflow_runs_total{outcome="degraded",workflow="order"} 1.0')
     events = [json.loads(line) for line in worker.log_path.read_text().splitlines()
@@ -220,7 +220,13 @@ def test_a_critical_failure_dead_letters_the_run_and_replay_resumes_without_repe
     before = steps_of(run)
     assert before["persist"]["status"] == "pending"
     assert before["charge"]["status"] == before["notify"]["status"] == "succeeded"
-    listed = json.loads(run_cli("workflow", "list", "--status", "dead", "--json").output)
+    shown = run_cli("workflow", "show", run["id"]).stdout.splitlines()
+    assert shown[0] == f"run {run['id']}  workflow=order  status=dead  replays=0"
+    crm_line = next(line for line in shown if line.startswith("  crm "))
+    assert crm_line.split()[1:4] == ["api_call", "failed", "attempts=2"]
+    assert shown[shown.index(crm_line) + 1].strip().startswith(
+        "The call failed for good after 2 attempt(s):")
+    listed = json.loads(run_cli("workflow", "list", "--status", "dead", "--json").stdout)
     assert [item["id"] for item in listed] == [run["id"]]
 
     upstreams.crm.set_mode("ok")
