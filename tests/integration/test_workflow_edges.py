@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ def record_write(inputs: Any, idempotency_key: str) -> dict[str, Any]:
     if inputs.get("fail"):
         raise RuntimeError("the store is read-only")
     return {"saved": idempotency_key}
+
+
+def add_one(inputs: Any) -> Any:
+    return {"total": inputs["a"] + 1}
+
+
+def not_json(inputs: Any) -> Any:
+    return {"tags": {"a", "b"}}
+
+
+def refuse(inputs: Any) -> bool:
+    return False
+
+
+def dawdle(inputs: Any) -> Any:
+    time.sleep(1.0)
+    return {"late": True}
 
 
 STEPS = [
@@ -209,3 +227,25 @@ def test_a_resolved_request_is_checked_like_an_enqueued_one_and_nothing_is_sent(
     assert queued(redis_client, rt) == []
     run = store.get_run(rt.engine, run_id)
     assert run is not None and run["steps"][0]["job_id"] is None  # no job was made
+
+
+def test_callable_steps_return_json_pass_validation_and_keep_their_timeout(
+        wf: Callable[..., Path]) -> None:
+    here = "tests.integration.test_workflow_edges"
+    steps = [{"id": name, "type": kind, "timeout_ms": 200,
+              "config": {"callable": f"{here}.{name}", "inputs": {"a": "${input.a}"}}}
+             for name, kind in (("add_one", "transformation"), ("not_json", "transformation"),
+                                ("refuse", "validation"), ("dawdle", "transformation"))]
+    wf({"workflows": [{"name": "calc", "steps": steps}]})
+    rt = get_runtime()
+    workflow = get_workflow(rt, "calc")
+    run_id = store.create_run(rt.engine, workflow, {"a": 41})
+    outcomes = {name: run_now(rt, run_id, workflow.step(name), _start({}, {"a": 41}))
+                for name in ("add_one", "not_json", "refuse", "dawdle")}
+    assert (outcomes["add_one"].status, outcomes["add_one"].output) == ("succeeded",
+                                                                        {"total": 42})
+    assert outcomes["not_json"].error == (
+        "Step 'not_json' failed: its result is not JSON (Object of type set is not JSON "
+        "serializable); return plain JSON values.")
+    assert outcomes["refuse"].error == "Step 'refuse' failed: the validation returned false."
+    assert outcomes["dawdle"].error == "Step 'dawdle' failed: it did not return within 200 ms."
