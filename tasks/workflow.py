@@ -31,6 +31,7 @@ from recovery.engine.workflows.runs import (
 from recovery.jobs import Progress
 from recovery.outcome import describe, is_infrastructure
 from recovery.runtime import Runtime, get_runtime
+from recovery.settings import get_settings
 
 INFRA_RETRY_S = 5.0
 CONFIG_RETRY_S = 60.0
@@ -46,11 +47,16 @@ def step(self: Task, run_id: str, step_id: str, progress: dict[str, Any] | None 
         raise
     except (WorkflowError, WorkflowInputError) as exc:  # definitions changed under a run: wait
         log.error("workflow_definition_invalid", run_id=run_id, step=step_id, error=str(exc))
-        raise self.retry(countdown=CONFIG_RETRY_S) from None
+        raise self.retry(countdown=_capped(CONFIG_RETRY_S)) from None
     except Exception as exc:
         if is_infrastructure(exc):
-            raise self.retry(countdown=INFRA_RETRY_S) from None
+            raise self.retry(countdown=_capped(INFRA_RETRY_S)) from None
         raise
+
+
+def _capped(seconds: float) -> float:
+    """Below the broker's visibility timeout, like every countdown (else Redis redelivers)."""
+    return min(seconds, get_settings().visibility_timeout_s * 0.9)
 
 
 def _run(task: Task, run_id: str, step_id: str, progress: dict[str, Any] | None) -> str:
