@@ -155,3 +155,21 @@ def test_the_example_file_is_the_demo_workflow_and_loads_against_the_example_int
     for name, workflow in example.items():
         assert (workflow.steps, workflow.on_failure) == (demo[name].steps, demo[name].on_failure)
     assert example["order"].undo_steps == frozenset({"refund"})
+
+
+def test_the_readme_examples_are_the_example_file_and_a_valid_builder() -> None:
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    section = (repo / "README.md").read_text().split("## Workflows", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    shown = parse_workflows(yaml.safe_load(block.group(1))["workflows"], "README",
+                            ["payments", "crm"])
+    example = load_file(str(repo / "examples" / "workflows.yaml"), ["payments", "crm"])
+    assert shown["order"].steps == example["order"].steps
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    scope: dict[str, Any] = {}
+    exec(code.group(1), scope)  # the builder example runs and validates
+    assert [step.id for step in scope["order"].steps] == ["validate", "charge", "refund"]
