@@ -66,18 +66,45 @@ def workflow_run(name: str, input_text: str) -> None:
         fail(str(exc))
 
 
+def _redacted(runtime: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """The run as displays show it: the input and each output summarised, an api_call's body
+    with only the fields its integration's `audit.show_body_fields` allows."""
+    from recovery.config.workflows import WorkflowError
+    from recovery.engine.workflows.runs import WorkflowInputError, get_workflow
+    from recovery.redact import HIDE_ALL, policy_for, redact_body
+
+    try:
+        workflow: Any = get_workflow(runtime, run["workflow"])
+    except (WorkflowError, WorkflowInputError):  # removed or broken: show nothing of bodies
+        workflow = None
+
+    def output(step: dict[str, Any]) -> Any:
+        value = step["output"]
+        if step["type"] != "api_call" or not isinstance(value, dict):
+            return redact_body(value)
+        known = workflow is not None and step["step"] in {s.id for s in workflow.steps}
+        integration = workflow.step(step["step"]).config["integration"] if known else None
+        policy = policy_for(integration) if integration else HIDE_ALL
+        return {**value, "body": redact_body(value.get("body"), policy)}
+
+    steps = [{**step, "output": output(step)} for step in run["steps"]]
+    return {**run, "input": redact_body(run["input"]), "steps": steps}
+
+
 @workflow_group.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an object).")
 def workflow_show(run_id: str, as_json: bool) -> None:
-    """A run and each of its steps: status, attempts, timing, error."""
+    """A run and each of its steps: status, attempts, timing, error (input and outputs
+    redacted like every display)."""
     from recovery.engine.workflows.store import get_run
 
     runtime = runtime_or_exit()
-    run = get_run(runtime.engine, run_id)
-    if run is None:
+    found = get_run(runtime.engine, run_id)
+    if found is None:
         fail(f"There is no workflow run {run_id!r}; `recovery-cli workflow list` shows the "
              "runs.", 1)
+    run = _redacted(runtime, found)
     if as_json:
         emit_json(run)
         return

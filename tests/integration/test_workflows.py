@@ -19,6 +19,7 @@ from recovery.engine.workflows.runs import get_workflow, send_step
 from recovery.engine.workflows.store import StepOutcome, get_run
 from recovery.faultserver import FaultServer
 from recovery.metrics import RedisStore, render
+from recovery.redact import describe_body
 from recovery.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 
@@ -166,7 +167,14 @@ def test_parallel_branches_overlap_and_outputs_flow_between_steps(
     assert (job["integration"], job["path"]) == ("payments", "/charges")
     assert [a["http_status"] for a in job["attempts"] if a["kind"] == "call"] == [200]
     shown = run_cli("workflow", "show", run["id"], "--json")
-    assert json.loads(shown.stdout)["status"] == "succeeded"
+    displayed = json.loads(shown.stdout)
+    assert displayed["status"] == "succeeded"
+    assert displayed["input"] == {"[REDACTED]": describe_body(ORDER)}
+    charge_shown = {s["step"]: s for s in displayed["steps"]}["charge"]["output"]
+    assert charge_shown["http_status"] == 200
+    assert list(charge_shown["body"]) == ["[REDACTED]"]
+    for text in (shown.stdout, run_cli("workflow", "show", run["id"]).stdout):
+        assert "ada@example.test" not in text and "A-17" not in text
     listed = json.loads(run_cli("workflow", "list", "--json").stdout)
     assert [item["id"] for item in listed] == [run["id"]]
 
