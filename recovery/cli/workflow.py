@@ -28,7 +28,6 @@ from recovery.engine.workflows.store import RunStateError, get_run, list_runs
 
 def _runtime() -> Any:
     """The runtime, with the workflow definitions loaded (an invalid file: exit 2)."""
-
     runtime = runtime_or_exit()
     try:
         workflows(runtime)
@@ -65,7 +64,6 @@ def workflow_run(name: str, input_text: str) -> None:
     Example:
       recovery-cli workflow run order --input @order.json
     """
-
     runtime = _runtime()
     run_input = _read_input(input_text)
     try:
@@ -77,7 +75,6 @@ def workflow_run(name: str, input_text: str) -> None:
 def _redacted(runtime: Any, run: dict[str, Any]) -> dict[str, Any]:
     """The run as displays show it: the input and each output summarised, an api_call's body
     with only the fields its integration's `audit.show_body_fields` allows."""
-
     try:
         workflow: Any = get_workflow(runtime, run["workflow"])
     except (WorkflowError, WorkflowInputError):  # removed or broken: show nothing of bodies
@@ -141,7 +138,6 @@ def workflow_list(status: str | None, name: str | None, limit: int, as_json: boo
     Example:
       recovery-cli workflow list --status dead --workflow order
     """
-
     runtime = runtime_or_exit()
     runs = list_runs(runtime.engine, status=status, workflow=name, limit=limit)
     if as_json:
@@ -161,7 +157,6 @@ def workflow_replay(run_id: str) -> None:
     Example:
       recovery-cli workflow replay 5f0c...
     """
-
     runtime = _runtime()
     try:
         replay_run(runtime, run_id)
@@ -181,7 +176,6 @@ def workflow_compensate(run_id: str) -> None:
     Example:
       recovery-cli workflow compensate 5f0c...
     """
-
     runtime = _runtime()
     try:
         steps = compensate_run(runtime, run_id)

@@ -21,7 +21,7 @@ from recovery.config.workflow_file import load_workflows
 from recovery.config.workflows import Workflow
 from recovery.core.message import bounded_repr
 from recovery.engine.events import WorkflowRunEnded
-from recovery.engine.runtime import Runtime
+from recovery.engine.runtime import Runtime, get_runtime
 from recovery.engine.workflows import store
 from recovery.engine.workflows.plan import Plan
 from recovery.engine.workflows.store import RunStateError, StepOutcome
@@ -78,8 +78,6 @@ def start_run(rt: Runtime, name: str, run_input: Any) -> str:
 def start_workflow(name: str, run_input: Mapping[str, Any]) -> str:
     """The producer's entry point: start a run of workflow `name`; returns the run id.
     Raises WorkflowInputError (nothing written or sent) for an unknown workflow or bad input."""
-    from recovery.engine.runtime import get_runtime
-
     return start_run(get_runtime(), name, run_input)
 
 
@@ -138,6 +136,8 @@ def step_reprs(workflow: Workflow, run_id: str, step_id: str) -> dict[str, str]:
 
 
 def send_step(workflow: Workflow, run_id: str, step_id: str) -> None:
+    # Imported when a step is sent, like publish_job: the Celery app module wires the worker's
+    # signal handlers and sits outside the layers (setup.cfg [importlinter]).
     from recovery.celery_app import app
 
     app.send_task(STEP_TASK, kwargs={"run_id": run_id, "step_id": step_id},
