@@ -21,10 +21,11 @@ MAINTENANCE_QUEUE = "maintenance"
 DLQ_QUEUE = "dlq"
 QUARANTINE_QUEUE = "dlq.quarantine"
 
-TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq"]
+TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq", "tasks.workflow"]
 
 TASK_ROUTES = {
     "tasks.integration.*": {"queue": WORK_QUEUE},
+    "tasks.workflow.*": {"queue": WORK_QUEUE},
     "tasks.health.*": {"queue": MAINTENANCE_QUEUE},
     "tasks.dlq.*": {"queue": MAINTENANCE_QUEUE},
 }

@@ -404,10 +404,10 @@ def load_file(path: str, settings: Settings, environ: Mapping[str, str]) -> Regi
     if not isinstance(document, Mapping) or "integrations" not in document:
         raise RegistryError(f"{path}: the top level must be a mapping with an 'integrations' "
                             f"list, got {show_value(document)}.")
-    extra = sorted(str(key) for key in document if key != "integrations")
-    if extra:
+    extra = sorted(str(key) for key in document if key not in ("integrations", "workflows"))
+    if extra:  # workflows: read by recovery.config.workflow_file
         raise RegistryError(f"{path}: unknown top-level key {extra[0]!r} "
-                            "(known keys: integrations).")
+                            "(known keys: integrations, workflows).")
     entries = document["integrations"]
     if not isinstance(entries, list) or not entries:
         raise RegistryError(f"{path}: 'integrations' must be a non-empty list of integrations, "

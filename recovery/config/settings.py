@@ -111,6 +111,7 @@ class Settings:
     console_auth_header: str | None = None
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
+    workflows_file: str | None = None  # RECOVERY_WORKFLOWS: a YAML file of workflows
 
 
 def show(value: str) -> str:
@@ -452,6 +453,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
                                    "bytes"),
         **_console_settings(r),
+        workflows_file=r.optional("RECOVERY_WORKFLOWS"),
     )
     _check_countdowns(settings)
     return settings
