@@ -1,0 +1,1 @@
+"""Redis shared state with in-process twins (breaker, rate limit, results, ...)."""
