@@ -95,9 +95,12 @@ def _parse_pairs(pairs: tuple[str, ...], sep: str, what: str) -> dict[str, str]:
 @click.option("--param", "params", multiple=True, help="Query parameter k=v (repeatable).")
 @click.option("--header", "headers", multiple=True, help="Header 'K: V' (repeatable).")
 @click.option("--idempotency-key", help="Reuse this key; a key that succeeded is not re-run.")
+@click.option("--on-success", help="Celery task of your app to receive the outcome.")
+@click.option("--on-failure", help="Celery task of your app to receive a failure's outcome.")
 def enqueue(integration: str, method: str, path: str, body: str | None,
             params: tuple[str, ...], headers: tuple[str, ...],
-            idempotency_key: str | None) -> None:
+            idempotency_key: str | None, on_success: str | None,
+            on_failure: str | None) -> None:
     """Validate and enqueue one call; prints the job id.
 
     \b
@@ -111,7 +114,8 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
         job = build_job(runtime.registry, integration, method, path, json=_parse_body(body),
                         params=_parse_pairs(params, "=", "parameter") or None,
                         headers=_parse_pairs(headers, ":", "header"),
-                        idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key, on_success=on_success,
+                        on_failure=on_failure)
         job_id = submit(runtime, job)  # refuses a key reused with another request
     except EnqueueError as exc:
         fail(str(exc))
@@ -262,9 +266,11 @@ def _register_subcommands() -> None:
     from recovery.cli_dlq import dlq_group, replay_dlq_command
     from recovery.cli_ops import monitor_command, report_command, simulate_command
     from recovery.cli_ratelimit import ratelimit
+    from recovery.cli_results import jobs_result
     from recovery.serve import serve_command
 
     main.add_command(breaker)
+    jobs.add_command(jobs_result)
     main.add_command(demo_command)
     main.add_command(dlq_group)
     main.add_command(replay_dlq_command)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from recovery import JobHandle
 from recovery.audit.batch import next_seq
 from recovery.idempotency import KeyReusedError, request_fingerprint
 from recovery.jobs import JobSpec, new_job_id, utc_now_iso
@@ -33,6 +34,11 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_REPR_CHARS = 4096
 TASK_NAME = "tasks.integration.call"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: the key travels as a header value
+#: A Celery task name: dotted Python identifiers (`myapp.tasks.charge_done`).
+_TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+MAX_TASK_NAME = 200
+#: This system's own tasks (and Celery's): a callback must be a task of the producer's app.
+RESERVED_TASK_PREFIXES = ("tasks.integration.", "tasks.health.", "tasks.dlq.", "celery.")
 
 
 class EnqueueError(ValueError):
@@ -72,6 +78,21 @@ def _check_key(key: Any) -> str:
                            "characters (letters, digits, punctuation; no spaces), because it is "
                            f"sent as the {IDEMPOTENCY_HEADER} header; got {str(key)[:60]!r}.")
     return key
+
+
+def check_callback(option: str, name: Any) -> str | None:
+    """A callback task name (`on_success`, `on_failure`), or EnqueueError saying why not."""
+    if name is None:
+        return None
+    if (not isinstance(name, str) or len(name) > MAX_TASK_NAME
+            or not _TASK_NAME.fullmatch(name)):
+        raise EnqueueError(f"{option} must name a Celery task of your app, dotted Python names "
+                           f"of at most {MAX_TASK_NAME} characters such as "
+                           f"'myapp.tasks.charge_done'; got {str(name)[:60]!r}.")
+    if name.startswith(RESERVED_TASK_PREFIXES):
+        raise EnqueueError(f"{option} names {name!r}, a task of this system itself; name a "
+                           "task of your own app that takes the outcome as its argument.")
+    return name
 
 
 def _reserved_headers(integration: Integration) -> dict[str, str]:
@@ -120,7 +141,8 @@ def _check_size(json: Any, params: dict[str, Any] | None, headers: dict[str, str
 def build_job(registry: Registry, integration: str, method: str, path: str, *, json: Any = None,
               params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
               idempotency_key: str | None = None,
-              max_request_bytes: int | None = None) -> JobSpec:
+              max_request_bytes: int | None = None, on_success: str | None = None,
+              on_failure: str | None = None) -> JobSpec:
     """A validated job, or EnqueueError naming what was wrong.
 
     `max_request_bytes` defaults to the MAX_REQUEST_BYTES setting.
@@ -137,12 +159,15 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
     safe_headers = _check_headers(target, headers)
     key = _check_key(idempotency_key)
     checked_params = _check_params(params)
+    success_task = check_callback("on_success", on_success)
+    failure_task = check_callback("on_failure", on_failure)
     limit = get_settings().max_request_bytes if max_request_bytes is None else max_request_bytes
     _check_size(json, checked_params, safe_headers, limit)
     job_id = new_job_id()  # also the key when the caller gave none (`recovery.idempotency`)
     return JobSpec(job_id=job_id, integration=integration, method=verb, path=safe_path,
                    json=json, params=checked_params, headers=safe_headers,
-                   idempotency_key=key or job_id, enqueued_at=utc_now_iso())
+                   idempotency_key=key or job_id, enqueued_at=utc_now_iso(),
+                   on_success=success_task, on_failure=failure_task)
 
 
 def bounded_repr(value: Any, limit: int = MAX_REPR_CHARS) -> str:
@@ -166,18 +191,20 @@ def publish_job(job: JobSpec) -> str:
 
 def enqueue(integration: str, method: str, path: str, *, json: Any = None,
             params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-            idempotency_key: str | None = None) -> str:
-    """Validate and enqueue one integration call; returns the job id."""
+            idempotency_key: str | None = None, on_success: str | None = None,
+            on_failure: str | None = None) -> JobHandle:
+    """Validate and enqueue one integration call; returns its handle (the job id)."""
     from recovery.runtime import get_runtime
 
     runtime = get_runtime()
     job = build_job(runtime.registry, integration, method, path, json=json, params=params,
                     headers=headers, idempotency_key=idempotency_key,
-                    max_request_bytes=runtime.settings.max_request_bytes)
+                    max_request_bytes=runtime.settings.max_request_bytes,
+                    on_success=on_success, on_failure=on_failure)
     return submit(runtime, job)
 
 
-def submit(runtime: Runtime, job: JobSpec) -> str:
+def submit(runtime: Runtime, job: JobSpec) -> JobHandle:
     """Publish a validated job, then record it as queued (best effort) in the audit trail."""
     try:
         runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
@@ -191,4 +218,4 @@ def submit(runtime: Runtime, job: JobSpec) -> str:
                              redact_params(job.params or {}, policy_for(job.integration)),
                              job.idempotency_key,
                              seq=queued_seq)
-    return job.job_id
+    return JobHandle(job.job_id)

@@ -27,6 +27,7 @@ from recovery.idempotency import IdempotencyStore
 from recovery.ratelimit import ClusterRateLimiter
 from recovery.registry import Integration, Registry, get_registry
 from recovery.settings import Settings, get_settings
+from recovery.state.results import ResultStore
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,7 @@ class Runtime:
     tokens: TokenProvider
     idempotency: IdempotencyStore
     budget: RetryBudget
+    results: ResultStore
     _breakers: dict[str, ClusterBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: The folded pre- and post-call Redis decisions over these components (it opens its
@@ -126,6 +128,9 @@ def build_runtime(settings: Settings, registry: Registry,
                                      ttl_s=settings.idempotency_ttl_ms // 1000,
                                      redelivery_window_s=2 * settings.visibility_timeout_s),
         budget=RetryBudget(client, key_prefix=prefix),
+        results=ResultStore(client, key_prefix=prefix,
+                            ttl_s=max(1, settings.result_ttl_ms // 1000),
+                            max_body_bytes=settings.result_max_bytes),
     )
 
 

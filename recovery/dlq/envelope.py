@@ -10,6 +10,7 @@ from recovery.redact import policy_for, redact_body, redact_headers, redact_para
 
 ENVELOPE_KIND = "api-recovery.dead-letter/1"
 TASK_NAME = "tasks.integration.call"
+_OPTIONAL = frozenset({"on_success", "on_failure"})  # absent from older envelopes
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Envelope:
     dead_at: str
     replay_count: int
     kind: str = field(default=ENVELOPE_KIND)
+    on_success: str | None = None  # the job's callbacks (`recovery.engine.results`)
+    on_failure: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,7 +43,8 @@ class Envelope:
         if not isinstance(data, dict) or data.get("kind") != ENVELOPE_KIND:
             raise MalformedJobError("The message is not a dead-letter envelope of this system.")
         try:
-            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__
+                          if name in data or name not in _OPTIONAL})
         except KeyError as exc:
             raise MalformedJobError(f"The envelope lacks the field {exc.args[0]!r}.") from exc
 
@@ -52,7 +56,8 @@ class Envelope:
                              if isinstance(self.body, dict) else self.body),
                        headers={k: v for k, v in self.headers.items() if "[REDACTED]" not in v},
                        idempotency_key=self.idempotency_key, enqueued_at=self.first_enqueued_at,
-                       replay_count=self.replay_count)
+                       replay_count=self.replay_count, on_success=self.on_success,
+                       on_failure=self.on_failure)
 
 
 def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None, message: str,
@@ -65,4 +70,4 @@ def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None
         headers=redact_headers(job.headers, shown), idempotency_key=job.idempotency_key,
         error_categories=categories, last_status=last_status, message=message,
         attempts=attempts, first_enqueued_at=job.enqueued_at, dead_at=dead_at,
-        replay_count=job.replay_count)
+        replay_count=job.replay_count, on_success=job.on_success, on_failure=job.on_failure)
