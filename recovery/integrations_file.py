@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +19,7 @@ from recovery.budget import (
     MIN_WINDOW_MS,
     RetryBudgetConfig,
 )
+from recovery.config.strategies import parse_strategies
 from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.registry import (
     DEFAULT_CACHE_METHODS,
@@ -59,7 +61,7 @@ _MISSING_HINT = (
 _INTEGRATION_KEYS = (
     "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
     "health_check", "rate_limit", "headers", "oauth", "retry_budget", "audit",
-    "max_response_bytes", "deadline_ms",
+    "max_response_bytes", "deadline_ms", "strategies",
 )
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
@@ -370,7 +372,9 @@ def _integration(
         deadline_ms=None if s.get("deadline_ms") is None else s.millis("deadline_ms", 1),
     )
     _check_countdowns(integration, s, settings)
-    return integration
+    strategies = parse_strategies(s, tuple(f.type for f in integration.fallbacks),
+                                  FALLBACK_TYPES, settings.visibility_timeout_s)
+    return replace(integration, strategies=MappingProxyType(strategies))
 
 
 def _integration_id(entry: Any, path: str, number: int) -> str:

@@ -19,6 +19,7 @@ from recovery.budget import (
     DEFAULT_RETRY_BUDGET,
     RetryBudgetConfig,
 )
+from recovery.config.strategies import StrategyBlock
 from recovery.redact import HIDE_ALL, AuditPolicy
 from recovery.settings import Settings, get_settings
 
@@ -141,6 +142,10 @@ class Integration:
     audit: AuditPolicy = HIDE_ALL  # what displays may show of its jobs' requests
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # larger answers are refused
     deadline_ms: int | None = None  # whole call (connect + every read); None: the call timeout
+    #: Recovery strategies by error category or status ("rate_limit", "503"), over the
+    #: default table (`recovery.core.strategies`).
+    strategies: Mapping[str, StrategyBlock] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 class Registry:

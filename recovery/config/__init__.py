@@ -1,0 +1,1 @@
+"""Configuration: settings, the integration and strategy models, the YAML loaders."""
