@@ -6,7 +6,8 @@ and, when `ALERT_WEBHOOK_URL` is set, a JSON POST delivered from a background th
 retries. It never raises and never waits for the network: a job that raises an alert carries on.
 
 Kinds raised by this system: breaker_opened, health_check_failing,
-breaker_closed_by_health_check, dlq_replay_cap_reached, auth_refresh_failed, poison_job.
+breaker_closed_by_health_check, dlq_replay_cap_reached, dlq_entry_unreplayable, dlq_trimmed,
+dlq_trim_failed, auth_refresh_failed, poison_job.
 """
 
 from __future__ import annotations

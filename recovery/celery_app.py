@@ -13,6 +13,7 @@ from celery import Celery, Task, bootsteps, signals
 from celery.worker.request import Request
 from kombu import Queue
 
+from recovery.crypto import SERIALIZER, register_serializer
 from recovery.settings import Settings, get_settings
 
 WORK_QUEUE = "integrations"
@@ -38,10 +39,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "global_keyprefix": settings.redis_key_prefix,
         },
         "broker_connection_retry_on_startup": True,
-        "task_serializer": "json",
+        # JSON, wrapped in Fernet when RECOVERY_ENCRYPTION_KEYS is set (recovery.crypto).
+        "task_serializer": SERIALIZER if settings.encryption_keys else "json",
         "result_serializer": "json",
         "event_serializer": "json",
-        "accept_content": ["json"],
+        "accept_content": ["json", SERIALIZER],  # never pickle
         "result_accept_content": ["json"],
         "task_ignore_result": True,
         "task_acks_late": True,
@@ -75,6 +77,16 @@ class RedactedRequest(Request):
 
 class RedactedTask(Task):
     Request = RedactedRequest
+
+
+def _keep_undecryptable(token: bytes) -> None:
+    """A work message no key opens goes to the quarantine (still encrypted), not nowhere."""
+    from recovery.dlq.store import keep_undecryptable
+
+    keep_undecryptable(token)
+
+
+register_serializer(_keep_undecryptable)
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -182,8 +182,8 @@ def quarantine_list(as_json: bool) -> None:
     with dlq_errors():
         rows = []
         for entry, record in quarantined(runtime):
-            rows.append(record.to_message() if record is not None else
-                        {"kind": "unreadable", "raw": entry.raw[:200].decode(errors="replace")})
+            rows.append(record.view() if record is not None else
+                        {"kind": "unreadable", "bytes": len(entry.raw)})
     if as_json:
         emit_json(rows)
         return
@@ -245,9 +245,11 @@ def _confirmed(runtime: Any, options: ReplayOptions) -> bool:
 
 
 def _run(runtime: Any, options: ReplayOptions, show_progress: bool) -> ReplayReport:
+    """The run; on a terminal with a progress bar whose length is the entries the run selects
+    (from a dry run first), not the whole DLQ."""
     if not show_progress:
         return replay_dlq(runtime, options)
-    total = len(_dlq(runtime))
+    total = len(replay_dlq(runtime, replace(options, dry_run=True)).items)
     with click.progressbar(length=total, label="Replaying", file=sys.stderr) as bar:
         update: Callable[[int], None] = bar.update
         return replay_dlq(runtime, options, on_progress=update)

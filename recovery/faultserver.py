@@ -196,8 +196,8 @@ class FaultServer:
             self._clear()
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every recorded request: n, method, path (with query), headers, time, idempotency_key,
-        status (an int, "reset" or None while in flight) and peer (the client's host:port)."""
+        """Every recorded request: n, method, path (with query), headers, body (text), time,
+        idempotency_key, status (an int, "reset" or None while in flight) and peer."""
         with self._lock:
             return [dict(record) for record in self._records]
 
@@ -231,12 +231,12 @@ class FaultServer:
             self._timer = None
 
     def _record(self, method: str, path: str, headers: Mapping[str, str],
-                peer: str) -> dict[str, Any]:
+                peer: str, body: bytes = b"") -> dict[str, Any]:
         key = headers.get("Idempotency-Key") or headers.get("X-Idempotency-Key")
         with self._lock:
             record = {"n": len(self._records) + 1, "method": method, "path": path,
                       "headers": dict(headers), "time": time.time(), "idempotency_key": key,
-                      "status": None, "peer": peer}
+                      "status": None, "peer": peer, "body": body.decode("utf-8", "replace")}
             self._records.append(record)
         return record
 
@@ -339,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._control(fault, route, body)
             return
         peer = "{}:{}".format(*self.client_address[:2])
-        record = fault._record(self.command, self.path, dict(self.headers.items()), peer)
+        record = fault._record(self.command, self.path, dict(self.headers.items()), peer, body)
         if route == "/oauth/token" and self.command == "POST":
             code, payload = fault._issue_token(parse_qs(body.decode("utf-8", "replace")))
             fault._finish(record, code, counted=False)

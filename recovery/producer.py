@@ -181,11 +181,12 @@ def bounded_repr(value: Any, limit: int = MAX_REPR_CHARS) -> str:
 def publish_job(job: JobSpec) -> str:
     """Send a validated job to its work queue with redacted reprs for Flower and events."""
     from recovery.celery_app import app
+    from recovery.crypto import task_serializer
     from recovery.jobs import Progress
     from recovery.worker import task_reprs
 
     app.send_task(TASK_NAME, kwargs={"job": job.to_message()}, task_id=job.job_id,
-                  **task_reprs(job, Progress()))
+                  serializer=task_serializer(), **task_reprs(job, Progress()))
     return job.job_id
 
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,6 +79,11 @@ class Settings:
     dlq_enabled: bool
     dlq_max_retries: int
     dlq_retry_delay_ms: int
+    dlq_max_entries: int
+    dlq_max_age_days: int
+    dlq_auto_replay_client_errors: bool
+    dlq_auto_replay_poison: bool
+    encryption_keys: tuple[str, ...] = field(repr=False)
     sentry_dsn: str | None
     metrics_enabled: bool
     task_events: bool
@@ -254,6 +259,18 @@ class _Reader:
         """Like `http_url`, but unset or empty means None."""
         return None if self.optional(name) is None else self.http_url(name, "")
 
+    def encryption_keys(self, name: str) -> tuple[str, ...]:
+        """Comma-separated Fernet keys, or none; an error names the bad key's position only."""
+        text = self.optional(name)
+        if text is None:
+            return ()
+        from recovery.crypto import check_keys
+
+        try:
+            return check_keys(text)
+        except ValueError as exc:
+            raise SettingsError(f"{name} must be comma-separated Fernet keys; {exc}.") from None
+
     def base_url(self, name: str, default: str) -> str:
         """An http(s) URL that can root an integration's requests (`base_url_problem`)."""
         text = self.http_url(name, default)
@@ -422,6 +439,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dlq_enabled=r.flag("DLQ_ENABLED", True),
         dlq_max_retries=r.count("DLQ_MAX_RETRIES", 5),
         dlq_retry_delay_ms=r.millis("DLQ_RETRY_DELAY", 300000),
+        dlq_max_entries=r.count("DLQ_MAX_ENTRIES", 10000),
+        dlq_max_age_days=r.whole("DLQ_MAX_AGE_DAYS", 180, 1, 36500),
+        dlq_auto_replay_client_errors=r.flag("DLQ_AUTO_REPLAY_CLIENT_ERRORS", False),
+        dlq_auto_replay_poison=r.flag("DLQ_AUTO_REPLAY_POISON", False),
+        encryption_keys=r.encryption_keys("RECOVERY_ENCRYPTION_KEYS"),
         sentry_dsn=r.optional_http_url("SENTRY_DSN"),
         metrics_enabled=r.flag("METRICS_ENABLED", True),
         task_events=r.flag("TASK_EVENTS", False),

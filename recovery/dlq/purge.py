@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from recovery.crypto import cipher_for
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.replay import mark_dead_letters, mark_requeued, revert_requeued
+from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
     QUARANTINE_QUEUE,
     DlqLock,
@@ -24,6 +25,7 @@ from recovery.dlq.store import (
     publish_jobs,
     wrong_field,
 )
+from recovery.dlq.validate import UnreplayableError, replayable_job
 from recovery.jobs import JobSpec, MalformedJobError
 from recovery.runtime import Runtime
 
@@ -103,7 +105,7 @@ def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec
     queue = QueueList(dlq_client(rt), rt.settings.redis_key_prefix, QUARANTINE_QUEUE)
     with DlqLock(queue.client, rt.settings.redis_key_prefix, actor):
         entry, record = _find(rt, job_id)
-        job = _releasable(rt, record).job().replayed()
+        job = _releasable(rt, record).replayed()
         mark_requeued(rt.audit, [job], f"released from quarantine by {actor}")
         try:
             publish_jobs([job])
@@ -126,13 +128,15 @@ def _find(rt: Runtime, job_id: str) -> tuple[Entry, QuarantineRecord]:
                        "'recovery-cli dlq quarantine list' shows the quarantine.")
 
 
-def _releasable(rt: Runtime, record: QuarantineRecord) -> Envelope:
-    if record.envelope is None:
+def _releasable(rt: Runtime, record: QuarantineRecord) -> JobSpec:
+    """The original job of a quarantined entry, re-checked like a replay; ReleaseError if none."""
+    sealed = record.sealed_envelope()
+    if sealed is None:
         raise ReleaseError(f"The entry {record.job_id!r} was quarantined as malformed "
                            f"({record.reason}), so it holds no job to replay.")
     try:
-        envelope = Envelope.from_message(record.envelope)
-    except MalformedJobError as exc:
+        envelope = Envelope.from_message(sealed)
+    except (MalformedJobError, TypeError) as exc:
         raise ReleaseError(f"The quarantined entry {record.job_id!r} is unreadable: {exc}") \
             from exc
     wrong = wrong_field(envelope)
@@ -142,4 +146,8 @@ def _releasable(rt: Runtime, record: QuarantineRecord) -> Envelope:
     if envelope.integration not in rt.registry.ids():
         raise ReleaseError(f"The job's integration {envelope.integration!r} is not configured; "
                            "add it to the integrations file before releasing the job.")
-    return envelope
+    try:
+        return replayable_job(envelope, rt.registry, cipher_for(rt.settings.encryption_keys))
+    except UnreplayableError as exc:
+        raise ReleaseError(f"The quarantined entry {record.job_id!r} cannot be released: "
+                           f"{exc}.") from exc

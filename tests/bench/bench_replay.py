@@ -59,7 +59,7 @@ def park(envelopes: list[Envelope]) -> None:
 
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for envelope in envelopes:
-            producer.publish(envelope.to_message(), exchange="", routing_key=DLQ_QUEUE,
+            producer.publish(envelope.sealed_message(), exchange="", routing_key=DLQ_QUEUE,
                              serializer="json", delivery_mode=2)
     rt = get_runtime()
     jobs = [{"id": e.job_id, "integration": e.integration, "method": e.method, "path": e.path,
@@ -72,7 +72,7 @@ def park(envelopes: list[Envelope]) -> None:
              "message": e.message, "attempts": e.attempts,
              "first_enqueued_at": parse_time(e.first_enqueued_at),
              "dead_at": parse_time(e.dead_at), "replay_count": 0, "state": "parked",
-             "envelope": e.to_message()} for e in envelopes]
+             "envelope": e.view()} for e in envelopes]
     with rt.engine.begin() as conn:
         conn.execute(insert(Job.__table__), jobs)
         conn.execute(insert(DeadLetter.__table__), dead)

@@ -221,7 +221,7 @@ def test_dlq_pages_show_what_the_cli_json_shows_and_never_a_secret(
         setup, redis_client: redis.Redis) -> None:
     rt, start = setup
     [plain] = park_all([make_envelope("shop")], rt)
-    leaky = make_envelope("crm").to_message() | {
+    leaky = make_envelope("crm").sealed_message() | {
         "headers": {"Authorization": "Bearer s3cr3t-t0ken"}, "body": {"password": "hunter2-pw"}}
     redis_client.lpush(key(rt, "dlq"), kombu_message(json.dumps(leaky)))
     redis_client.lpush(key(rt, "dlq"), kombu_message("{broken"))

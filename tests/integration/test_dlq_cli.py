@@ -40,7 +40,7 @@ def as_json(result: Result) -> Any:
 def test_list_and_show_read_without_consuming_and_hide_secrets(
         dlq_runtime: Runtime, redis_client: redis.Redis) -> None:
     shop, crm = park_all([make_envelope("shop"), make_envelope("crm", categories=("rate_limit",))])
-    leaky = make_envelope().to_message() | {"headers": {"Authorization": "Bearer s3cr3t-t0ken"},
+    leaky = make_envelope().sealed_message() | {"headers": {"Authorization": "Bearer s3cr3t-t0ken"},
                                             "body": {"password": "hunter2-pass"}}
     redis_client.lpush(key(dlq_runtime, "dlq"), kombu_message(json.dumps(leaky)))
     listed = as_json(run(dlq_group, "list", "--json"))

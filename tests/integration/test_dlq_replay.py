@@ -154,7 +154,7 @@ def test_malformed_entries_are_quarantined_and_never_crash_a_replay(
         dlq_runtime: Runtime, redis_client: redis.Redis) -> None:
     good = park_all([make_envelope()])[0]
     dlq_key = key(dlq_runtime, "dlq")
-    wrong_type = make_envelope().to_message() | {"replay_count": "many"}
+    wrong_type = make_envelope().sealed_message() | {"replay_count": "many"}
     import json
 
     for raw in (b"\xff\xfe garbage", kombu_message("{broken json"),
