@@ -85,3 +85,14 @@ def test_result_settings_defaults_and_errors() -> None:
         load_settings({"CALLBACK_QUEUE": "no spaces"})
     assert str(caught.value) == ("CALLBACK_QUEUE must be a queue name of letters, digits and "
                                  "_.:- (at most 100), got 'no spaces'.")
+
+
+def test_callbacks_survive_the_dead_letter_envelope_and_a_replay() -> None:
+    from recovery.dlq.envelope import Envelope, envelope_for
+
+    envelope = envelope_for(JOB, categories=["server_error"], last_status=503, message="x",
+                            attempts=3, dead_at="2026-01-01T00:00:00+00:00", cipher=None)
+    again = Envelope.from_message(envelope.sealed_message()).job().replayed()
+    assert (again.on_success, again.on_failure, again.replay_count) == (
+        "app.done", "app.failed", 1)
+    assert "app.done" not in str(envelope.view())  # callbacks travel sealed, not displayed
