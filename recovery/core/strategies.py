@@ -27,7 +27,9 @@ The defaults, against the table:
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from recovery.config.strategies import OTHERS, StrategyBlock
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 RATE_LIMIT_MAX_DELAY_MS = 600_000  # the default RETRY_AFTER_MAX and MAX_DEFER_WINDOW
 
-DEFAULT_TABLE: dict[str, StrategyBlock] = {
+DEFAULT_TABLE: Mapping[str, StrategyBlock] = MappingProxyType({
     "network": StrategyBlock(name="network-retry"),
     "transient": StrategyBlock(name="network-retry"),
     "rate_limit": StrategyBlock(name="rate-limit-backoff", attempts=5, initial_delay_ms=5000,
@@ -50,7 +52,7 @@ DEFAULT_TABLE: dict[str, StrategyBlock] = {
     "client_error": StrategyBlock(name="dead-letter-queue"),
     "response_too_large": StrategyBlock(name="response-size-limit"),
     "unknown": StrategyBlock(name="dead-letter-queue", dead_letter=True),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -131,33 +133,25 @@ class Strategy:
                     chosen.append(fallback)
         return tuple(chosen)
 
-    def describe(self) -> dict[str, object]:
-        """The strategy as plain data (the CLI, the docs)."""
-        return {"name": self.name, "key": self.key, "attempts": self.stop.attempts,
-                "initial_delay_ms": self.wait.initial_ms, "factor": self.wait.factor,
-                "max_delay_ms": self.wait.max_ms, "retry": self.retry, "breaker": self.breaker,
-                "fallbacks": list(self.fallbacks), "alert": self.alert,
-                "refresh_token": self.refresh_token, "dead_letter": self.dead_letter}
 
-
-def _block(integration: Integration, key: str, status: int | None) -> StrategyBlock:
+def _block(integration: Integration, key: str, status_key: str | None) -> StrategyBlock:
     block = DEFAULT_TABLE.get(key, StrategyBlock())
-    own = getattr(integration, "strategies", None) or {}
+    own = integration.strategies
     if key in own:
         block = own[key].over(block)
-    if status is not None and str(status) in own:
-        block = own[str(status)].over(block)
+    if status_key is not None:
+        block = own[status_key].over(block)
     return block
 
 
 def resolve(integration: Integration, key: str, status: int | None = None) -> Strategy:
     """The strategy for failures of category `key` (and HTTP `status`) on `integration`."""
-    b = _block(integration, key, status)
+    status_key = str(status) if status is not None and str(status) in integration.strategies \
+        else None
+    b = _block(integration, str(key), status_key)
     retry = integration.retry
     return Strategy(
-        name=b.name or key,
-        key=str(status) if status is not None and str(status) in (
-            getattr(integration, "strategies", None) or {}) else key,
+        name=b.name or str(key), key=status_key or str(key),
         stop=StopAfterAttempt(retry.max_attempts if b.attempts is None else b.attempts),
         wait=WaitExponential(
             retry.initial_delay_ms if b.initial_delay_ms is None else b.initial_delay_ms,
