@@ -21,6 +21,7 @@ from recovery.audit.writer import AuditWriter, make_audit_writer
 from recovery.auth import TokenProvider
 from recovery.breaker import ClusterBreaker
 from recovery.budget import RetryBudget
+from recovery.crypto import cipher_for
 from recovery.db import make_engine
 from recovery.gate import Gate
 from recovery.idempotency import IdempotencyStore
@@ -130,7 +131,8 @@ def build_runtime(settings: Settings, registry: Registry,
         budget=RetryBudget(client, key_prefix=prefix),
         results=ResultStore(client, key_prefix=prefix,
                             ttl_s=max(1, settings.result_ttl_ms // 1000),
-                            max_body_bytes=settings.result_max_bytes),
+                            max_body_bytes=settings.result_max_bytes,
+                            cipher=cipher_for(settings.encryption_keys)),
     )
 
 

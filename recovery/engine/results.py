@@ -14,7 +14,9 @@ job is in the dead-letter queue), for every final status:
   dead one).
 
 A callback is the Celery task the producer named, sent with `send_task` to CALLBACK_QUEUE,
-with the outcome (a JSON object) as its only argument, and with a task id of its own
+with the outcome (a JSON object) as its only argument, serialised as plain JSON even when
+RECOVERY_ENCRYPTION_KEYS encrypts the work queue (the producer's app reads it), and with a
+task id of its own
 (`{job_id}.on_success.{replay_count}`), so a redelivered job's second send can be recognised.
 Flower and the task events show `<outcome of JOB: STATUS>`, never the body. Neither the
 result nor the callback may undo the final state: a failure of either is logged (without the
@@ -98,7 +100,7 @@ def send_callback(rt: Runtime, job: JobSpec, outcome: Outcome) -> str | None:
 
     task_id = f"{job.job_id}.{which}.{job.replay_count}"
     shown = f"<outcome of {job.job_id}: {outcome.status}>"
-    app.send_task(name, args=[outcome.to_dict()], task_id=task_id,
+    app.send_task(name, args=[outcome.to_dict()], task_id=task_id, serializer="json",
                   queue=rt.settings.callback_queue, argsrepr=f"({shown},)", kwargsrepr="{}")
     log.info("callback_sent", job_id=job.job_id, callback=which, task=name, task_id=task_id,
              status=outcome.status)

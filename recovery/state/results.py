@@ -9,6 +9,8 @@ What stays in Redis, and for how long (every family has a bound):
   outcome is written, trimmed to one element and expiring with the outcome.
 
 A waiter that was woken puts the token back, so every other waiter on the same job wakes too.
+With RECOVERY_ENCRYPTION_KEYS set the outcome is stored as `{"fernet": TOKEN}` (the upstream's
+answer may carry personal data); a reader without the key gets a sentence saying so.
 Without Redis (the demo's embedded mode) an in-process twin keeps the same promises with a
 condition variable, and keeps at most `LOCAL_ENTRIES_KEPT` outcomes.
 """
@@ -23,7 +25,8 @@ from typing import Any
 
 import redis
 
-from recovery.core.outcome_value import Outcome
+from recovery.core.outcome_value import MalformedOutcomeError, Outcome
+from recovery.crypto import Cipher, UndecryptableError
 
 DEFAULT_TTL_S = 24 * 3600
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -43,7 +46,8 @@ class ResultStore:
     """Outcomes by job id, shared by the cluster through Redis (`client`), or in-process."""
 
     def __init__(self, client: redis.Redis | None, *, key_prefix: str = "recovery:",
-                 ttl_s: int = DEFAULT_TTL_S, max_body_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 ttl_s: int = DEFAULT_TTL_S, max_body_bytes: int = DEFAULT_MAX_BYTES,
+                 cipher: Cipher | None = None) -> None:
         if ttl_s < 1:
             raise ValueError(f"The result TTL must be at least 1 second, got {ttl_s}.")
         self._client = client
@@ -53,6 +57,7 @@ class ResultStore:
         self._local: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._changed = threading.Condition()
         self._block_s = _block_limit(client)
+        self._cipher = cipher
 
     def key(self, job_id: str) -> str:
         return f"{self._prefix}result:{job_id}"
@@ -76,7 +81,7 @@ class ResultStore:
         """Keep `outcome` (replacing an earlier one of the same job) and wake its waiters.
         Returns what was kept."""
         kept = self.capped(outcome)
-        text = kept.to_json()
+        text = self._seal(kept)
         if self._client is None:
             self._put_local(kept.job_id, text)
             return kept
@@ -91,7 +96,7 @@ class ResultStore:
         if self._client is None:
             return self._get_local(job_id)
         raw = self._client.get(self.key(job_id))
-        return None if raw is None else Outcome.from_json(raw)
+        return None if raw is None else self._open(raw)
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> Outcome | None:
         """The job's outcome once it is written, or None after `timeout_s` (at most the
@@ -118,6 +123,26 @@ class ResultStore:
                 self._local.pop(job_id, None)
             return
         self._client.delete(self.key(job_id), self.ready_key(job_id))
+
+    def _seal(self, outcome: Outcome) -> str:
+        if self._cipher is None:
+            return outcome.to_json()
+        return json.dumps({"fernet": self._cipher.seal_json(outcome.to_dict())})
+
+    def _open(self, raw: str | bytes) -> Outcome:
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise MalformedOutcomeError(f"A stored outcome is not JSON ({exc}).") from exc
+        if not (isinstance(data, dict) and set(data) == {"fernet"}):
+            return Outcome.from_dict(data)
+        if self._cipher is None:
+            raise MalformedOutcomeError("The result is encrypted and RECOVERY_ENCRYPTION_KEYS "
+                                        "is not set here; set the same keys as the workers.")
+        try:
+            return Outcome.from_dict(self._cipher.open_json(data["fernet"]))
+        except UndecryptableError as exc:
+            raise MalformedOutcomeError(f"The result could not be read: {exc}") from None
 
     def _arm(self, pipe: Any, job_id: str, ttl_s: int) -> None:
         ready = self.ready_key(job_id)
@@ -148,7 +173,7 @@ class ResultStore:
             entry = self._local.get(job_id)
             if entry is None or entry[0] <= time.monotonic():
                 return None
-            return Outcome.from_json(entry[1])
+            return self._open(entry[1])
 
     def _wait_local(self, job_id: str, deadline: float) -> Outcome | None:
         with self._changed:

@@ -90,3 +90,40 @@ def test_a_stored_value_that_is_not_an_outcome_is_refused() -> None:
         Outcome("x", "running")  # type: ignore[arg-type]
     with pytest.raises(MalformedOutcomeError, match="version 9"):
         Outcome.from_dict({"job_id": "x", "status": "dead", "version": 9})
+
+
+def test_with_encryption_keys_the_outcome_is_stored_sealed(client: redis.Redis,
+                                                           prefix: str) -> None:
+    from cryptography.fernet import Fernet
+
+    from recovery.crypto import cipher_for
+
+    cipher = cipher_for([Fernet.generate_key().decode()])
+    sealed = ResultStore(redis_client(os.environ["REDIS_URL"]), key_prefix=prefix, ttl_s=60,
+                         cipher=cipher)
+    outcome = Outcome("enc", "succeeded", http_status=200, body={"card": "4242-s3cret"})
+    sealed.put(outcome)
+    raw = client.get(sealed.key("enc")) or b""
+    assert b"4242-s3cret" not in raw and raw.startswith(b'{"fernet": "gAAAA')
+    assert sealed.get("enc") == outcome and sealed.wait("enc", 1) == outcome
+    keyless = ResultStore(redis_client(os.environ["REDIS_URL"]), key_prefix=prefix, ttl_s=60)
+    with pytest.raises(MalformedOutcomeError) as refused:
+        keyless.get("enc")
+    assert str(refused.value) == ("The result is encrypted and RECOVERY_ENCRYPTION_KEYS is not "
+                                  "set here; set the same keys as the workers.")
+    other = ResultStore(redis_client(os.environ["REDIS_URL"]), key_prefix=prefix, ttl_s=60,
+                        cipher=cipher_for([Fernet.generate_key().decode()]))
+    with pytest.raises(MalformedOutcomeError, match="could not be read"):
+        other.get("enc")
+
+
+def test_waiting_longer_than_the_socket_timeout_still_wakes(store: ResultStore) -> None:
+    timer = threading.Timer(5.0, lambda: store.put(Outcome("slow", "succeeded")))
+    timer.start()
+    try:
+        started = time.monotonic()
+        found = store.wait("slow", 15)
+        assert found is not None and found.status == "succeeded"
+        assert 4.5 < time.monotonic() - started < 10
+    finally:
+        timer.cancel()
