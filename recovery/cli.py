@@ -267,6 +267,7 @@ def _register_subcommands() -> None:
     from recovery.cli_ops import monitor_command, report_command, simulate_command
     from recovery.cli_ratelimit import ratelimit
     from recovery.cli_results import jobs_result
+    from recovery.cli_strategies import strategies_command
     from recovery.serve import serve_command
 
     main.add_command(breaker)
@@ -276,6 +277,7 @@ def _register_subcommands() -> None:
     main.add_command(replay_dlq_command)
     main.add_command(serve_command)
     main.add_command(simulate_command)
+    main.add_command(strategies_command)
     main.add_command(monitor_command)
     main.add_command(report_command)
     main.add_command(ratelimit)

@@ -5,6 +5,7 @@ tests/unit/test_strategies.py hold the default numbers themselves."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -167,3 +168,33 @@ def test_a_configured_status_block_retries_what_the_table_would_not(
     assert [(a["http_status"], a["decision"], a["strategy"]) for a in attempts] == [
         (409, "retry", "conflict-retry"), (200, "done", None)]
     assert attempts[0]["delay_ms"] == 50
+
+
+def test_the_strategies_command_shows_what_each_failure_gets(
+        configure, upstream: FaultServer, secondary: FaultServer) -> None:
+    from click.testing import CliRunner
+
+    from recovery.cli import main
+
+    configure([integration(upstream.url, retry=RETRY, fallbacks=[
+        {"type": "api", "base_url": secondary.url, "priority": 1},
+        {"type": "cache", "priority": 2}], strategies={
+        "rate_limit": {"initial_delay_ms": 100},
+        409: {"name": "conflict-retry", "retry": True, "attempts": 2}})])
+    shown = CliRunner().invoke(main, ["strategies", "shop", "--json"])
+    assert shown.exit_code == 0, shown.output
+    rows = {row["key"]: row for row in json.loads(shown.output)}
+    assert (rows["rate_limit"]["strategy"], rows["rate_limit"]["attempts"],
+            rows["rate_limit"]["initial_delay_ms"], rows["rate_limit"]["factor"],
+            rows["rate_limit"]["fallbacks"]) == ("rate-limit-backoff", 5, 100, 3.0,
+                                                 ["cache:2", "api:1"])
+    assert rows["server_error"]["fallbacks"] == ["api:1", "cache:2"]
+    assert rows["unknown"]["dead_letter"] is True and rows["unknown"]["fallbacks"] == []
+    assert rows["client_error"]["fallbacks"] == []
+    assert (rows["409"]["strategy"], rows["409"]["retry"], rows["409"]["attempts"]) == (
+        "conflict-retry", True, 2)
+    text = CliRunner().invoke(main, ["strategies", "shop"])
+    assert "rate_limit          rate-limit-backoff     attempts=5" in text.output
+    unknown = CliRunner().invoke(main, ["strategies", "nope"])
+    assert unknown.exit_code == 2
+    assert unknown.output.strip() == "Error: Unknown integration 'nope'. Known integrations: shop."
