@@ -96,3 +96,56 @@ def test_callbacks_survive_the_dead_letter_envelope_and_a_replay() -> None:
     assert (again.on_success, again.on_failure, again.replay_count) == (
         "app.done", "app.failed", 1)
     assert "app.done" not in str(envelope.view())  # callbacks travel sealed, not displayed
+
+
+class _Settings:
+    callback_queue = "producer-callbacks"
+
+
+class _Runtime:
+    """What `finish` needs of a runtime: settings, a result store, idempotency (unused)."""
+
+    def __init__(self) -> None:
+        from recovery.state.results import ResultStore
+
+        self.settings = _Settings()
+        self.results = ResultStore(None, ttl_s=60)
+
+
+def test_the_callback_is_sent_as_json_with_its_own_id_and_no_body_in_its_repr(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from recovery.celery_app import app
+    from recovery.engine.results import finish
+
+    sent: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append((name, options)))
+    rt = _Runtime()
+    finish(rt, JOB, step("succeeded", http_status=201, body={"card": "4242-s3cret"}))  # type: ignore[arg-type]
+    [(name, options)] = sent
+    assert name == "app.done"
+    assert options["task_id"] == "j.on_success.0" and options["queue"] == "producer-callbacks"
+    assert options["serializer"] == "json"
+    assert options["argsrepr"] == "(<outcome of j: succeeded>,)"
+    [payload] = options["args"]  # type: ignore[misc]
+    assert payload["body"] == {"card": "4242-s3cret"} and payload["status"] == "succeeded"
+    kept = rt.results.get("j")
+    assert kept is not None and kept.body == {"card": "4242-s3cret"}
+
+
+def test_a_callback_that_cannot_be_sent_is_logged_without_the_body(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from structlog.testing import capture_logs
+
+    from recovery.celery_app import app
+    from recovery.engine.results import finish
+
+    def refuse(name: str, **options: object) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(app, "send_task", refuse)
+    rt = _Runtime()
+    with capture_logs() as logs:
+        finish(rt, JOB, step("dead", http_status=503, failure=FAILURE, reason="HTTP 503"))  # type: ignore[arg-type]
+    [event] = [e for e in logs if e["event"] == "callback_not_sent"]
+    assert event["job_id"] == "j" and event["error_type"] == "ConnectionError"
+    assert rt.results.get("j") is not None  # the outcome was kept all the same
