@@ -162,7 +162,9 @@ def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResul
 
 def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime,
                     progress: Progress) -> CallResult:
-    """The call under the breaker permit; a 401 refreshes the shared token and retries once."""
+    """The call under the breaker permit; a 401 refreshes the shared token and calls again, as
+    often as the authentication strategy allows (`attempts`: once by default), unless its
+    `refresh_token` is off. The refreshed calls spend no attempt of the job."""
     result = _call_once(job, integration, rt)
     auth = resolve(integration, ErrorCategory.AUTHENTICATION, 401)
     refreshes = 0
