@@ -9,7 +9,7 @@ from recovery.config.settings import SettingsError, load_settings
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
 from recovery.core.outcome_value import Outcome
-from recovery.engine.outcome import Step
+from recovery.core.step import Step
 from recovery.engine.results import callback_for, outcome_of
 
 JOB = JobSpec(job_id="j", integration="pay", method="POST", path="/c", idempotency_key="j",
