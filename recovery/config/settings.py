@@ -40,6 +40,9 @@ SERVE_TOKEN_LENGTH = (16, 256)
 CONSOLE_ROLES = ("viewer", "operator")
 #: Shortest CONSOLE_SECRET_KEY: it signs the session cookie.
 CONSOLE_SECRET_MIN = 32
+#: RESULT_MAX_BYTES bounds: an outcome lives in Redis for RESULT_TTL, so it stays small.
+RESULT_MAX_BYTES_RANGE = (0, 64 * 1024 * 1024)
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -112,6 +115,9 @@ class Settings:
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
     workflows_file: str | None = None  # RECOVERY_WORKFLOWS: a YAML file of workflows
+    result_ttl_ms: int = 86_400_000  # how long a job's outcome is kept in Redis
+    result_max_bytes: int = 1024 * 1024  # a larger body is not kept with the outcome
+    callback_queue: str = "celery"  # where on_success / on_failure tasks are sent
 
 
 def show(value: str) -> str:
@@ -375,6 +381,18 @@ def _console_settings(r: _Reader) -> dict[str, Any]:
             "console_secure_cookies": secure}
 
 
+def _result_settings(r: _Reader) -> dict[str, Any]:
+    """Results and callbacks (`recovery.state.results`, `recovery.engine.results`)."""
+    queue = r.text("CALLBACK_QUEUE", "celery")
+    if not _QUEUE_NAME.fullmatch(queue):
+        raise SettingsError(f"CALLBACK_QUEUE must be a queue name of letters, digits and "
+                            f"_.:- (at most 100), got {show(queue)}.")
+    return {"result_ttl_ms": r.whole("RESULT_TTL", 86_400_000, 1000, MAX_MS, "ms"),
+            "result_max_bytes": r.whole("RESULT_MAX_BYTES", 1024 * 1024,
+                                        *RESULT_MAX_BYTES_RANGE, "bytes"),
+            "callback_queue": queue}
+
+
 def _check_countdowns(settings: Settings) -> None:
     """Refuse settings whose longest countdown could outlast the broker's visibility timeout.
 
@@ -454,6 +472,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                    "bytes"),
         **_console_settings(r),
         workflows_file=r.optional("RECOVERY_WORKFLOWS"),
+        **_result_settings(r),
     )
     _check_countdowns(settings)
     return settings

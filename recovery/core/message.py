@@ -54,6 +54,8 @@ class JobSpec:
     idempotency_key: str = ""
     enqueued_at: str = ""
     replay_count: int = 0
+    on_success: str | None = None  # Celery task names the outcome is sent to (engine.results)
+    on_failure: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

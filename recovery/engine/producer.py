@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from recovery import JobHandle
 from recovery.audit.sql import next_seq
 from recovery.core.message import TASK_NAME, JobSpec, Progress, task_reprs
 from recovery.core.redact import policy_for, redact_params
@@ -30,19 +31,21 @@ def publish_job(job: JobSpec) -> str:
 
 def enqueue(integration: str, method: str, path: str, *, json: Any = None,
             params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-            idempotency_key: str | None = None) -> str:
-    """Validate and enqueue one integration call; returns the job id."""
+            idempotency_key: str | None = None, on_success: str | None = None,
+            on_failure: str | None = None) -> JobHandle:
+    """Validate and enqueue one integration call; returns its handle (the job id)."""
     # Imported when a job is sent: building one must not load Celery or the runtime.
     from recovery.engine.runtime import get_runtime
 
     runtime = get_runtime()
     job = build_job(runtime.registry, integration, method, path, json=json, params=params,
                     headers=headers, idempotency_key=idempotency_key,
-                    max_request_bytes=runtime.settings.max_request_bytes)
+                    max_request_bytes=runtime.settings.max_request_bytes,
+                    on_success=on_success, on_failure=on_failure)
     return submit(runtime, job)
 
 
-def submit(runtime: Runtime, job: JobSpec) -> str:
+def submit(runtime: Runtime, job: JobSpec) -> JobHandle:
     """Publish a validated job, then record it as queued (best effort) in the audit trail."""
     try:
         runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
@@ -56,4 +59,4 @@ def submit(runtime: Runtime, job: JobSpec) -> str:
                              redact_params(job.params or {}, policy_for(job.integration)),
                              job.idempotency_key,
                              seq=queued_seq)
-    return job.job_id
+    return JobHandle(job.job_id)

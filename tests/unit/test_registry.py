@@ -312,7 +312,7 @@ def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
 
 INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, deadline_ms, fallbacks, headers, "
                     "health_check, id, max_response_bytes, name, oauth, rate_limit, retry, "
-                    "retry_budget, timeout_ms")
+                    "retry_budget, strategies, timeout_ms")
 
 
 @pytest.mark.parametrize(
