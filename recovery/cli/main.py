@@ -17,9 +17,9 @@ from recovery.cli.dlq import dlq_group, replay_dlq_command
 from recovery.cli.jobs import enqueue, jobs, test_call
 from recovery.cli.ops import monitor_command, report_command, simulate_command
 from recovery.cli.ratelimit import ratelimit
-from recovery.cli.workflow import workflow_group
 from recovery.cli.results import jobs_result
 from recovery.cli.strategies import strategies_command
+from recovery.cli.workflow import workflow_group
 from recovery.config.settings import get_settings
 from recovery.ops.serve import serve_command
 from recovery.telemetry.logging import configure_logging

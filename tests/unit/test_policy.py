@@ -301,7 +301,8 @@ def test_decisions_hold_their_invariants(
         c, attempt, max_attempts=max_attempts, max_countdown_s=countdown,
         has_fallback=has_fallback, dlq_enabled=dlq_enabled, jitter=0.5,
     )
-    allowed = 5 if code == 429 else max_attempts  # rate-limit-backoff's own attempts
+    # rate-limit-backoff has 5 attempts of its own (429 and 425 Too Early are rate limits)
+    allowed = 5 if c.strategy == "rate-limit-backoff" else max_attempts
     assert (decision.action == "retry") == (c.retryable and attempt < allowed)
     if decision.action == "retry":
         assert decision.delay_s is not None
