@@ -1,7 +1,9 @@
-"""The Celery application: JSON only, late acks, routing by `task_routes`.
+"""The Celery application: JSON only, late acks, routing by `task_routes`, a thread pool.
 
-`celery -A recovery.celery_app worker` consumes the work queues (`integrations`, `maintenance`)
-and never `dlq`: dead letters are envelopes for operators and the capped replay, not tasks.
+`celery -A recovery.celery_app worker -Q integrations` runs jobs on WORKER_CONCURRENCY threads
+(default 64); `celery -A recovery.celery_app worker -Q maintenance -c 2` runs the health checks
+and the capped replay beside it, so a backlog of jobs never delays a health check. No worker
+consumes `dlq`: dead letters are envelopes for operators and the capped replay, not tasks.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # API calls wait far more than they compute: threads by default, many of them
+        # (WORKER_CONCURRENCY). Choose another pool with WORKER_POOL: once an app configures
+        # a pool, Celery takes a `-P prefork` on the command line for its own default and
+        # ignores it (`-P solo` and `-c N` do work).
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
         # Off by default: Flower (and `celery control enable_events`) turns them on while
         # someone watches. Three events per task, published by the worker's main process.
         "worker_send_task_events": settings.task_events,
@@ -113,6 +121,15 @@ def _batch_audit_writes(**_: Any) -> None:
     from recovery.audit.spool import enable_batching
 
     enable_batching()
+
+
+@signals.task_prerun.connect
+def _fresh_log_context(**_: Any) -> None:
+    """A pool thread runs job after job: nothing bound to the log context by one may show
+    on the next one's lines."""
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
 
 
 @signals.task_postrun.connect

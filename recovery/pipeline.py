@@ -117,8 +117,8 @@ def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit 
                                  counts=failure is None or failure.counts_against_breaker(),
                                  audit=taken[1] if taken is not None else None)
     finally:  # rows that did not ride along stay buffered, also when settle raised
-        if taken is not None and not spooled and batcher is not None:
-            batcher.restore(taken[0])
+        if taken is not None and batcher is not None:
+            batcher.taken_done(taken[0], spooled=spooled)
 
 
 def _token_failure(exc: Exception) -> Classification:

@@ -38,6 +38,14 @@ SERVE_TOKEN_LENGTH = (16, 256)
 CONSOLE_ROLES = ("viewer", "operator")
 #: Shortest CONSOLE_SECRET_KEY: it signs the session cookie.
 CONSOLE_SECRET_MIN = 32
+#: Worker pools a deployment may choose (WORKER_POOL). gevent and eventlet are left out:
+#: psycopg 3 waits for PostgreSQL inside libpq, where their hub cannot switch away.
+WORKER_POOLS = ("threads", "prefork", "solo")
+#: Threads a worker runs jobs on by default: API calls mostly wait, so many per core.
+DEFAULT_WORKER_CONCURRENCY = 64
+#: Most threads one worker process may run; past this a process spends more on switching
+#: between threads (and holding sockets) than it gains, so run more processes instead.
+MAX_WORKER_CONCURRENCY = 1024
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -104,6 +112,8 @@ class Settings:
     console_auth_header: str | None = None
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
+    worker_pool: str = "threads"  # Celery's pool for `celery worker` (WORKER_POOLS)
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # threads (or processes) of the pool
 
 
 def show(value: str) -> str:
@@ -357,6 +367,19 @@ def _console_settings(r: _Reader) -> dict[str, Any]:
             "console_secure_cookies": secure}
 
 
+def _worker_settings(r: _Reader) -> dict[str, Any]:
+    """The pool and its size: 64 threads by default; a process pool defaults to one process
+    per core (64 processes would be 64 copies of the worker)."""
+    pool = r.text("WORKER_POOL", "threads").lower()
+    if pool not in WORKER_POOLS:
+        raise SettingsError(f"WORKER_POOL must be one of {', '.join(WORKER_POOLS)}, got "
+                            f"{show(r.raw('WORKER_POOL', ''))}.")
+    default = DEFAULT_WORKER_CONCURRENCY if pool == "threads" else os.cpu_count() or 1
+    return {"worker_pool": pool,
+            "worker_concurrency": r.whole("WORKER_CONCURRENCY", default, 1,
+                                          MAX_WORKER_CONCURRENCY)}
+
+
 def _check_countdowns(settings: Settings) -> None:
     """Refuse settings whose longest countdown could outlast the broker's visibility timeout.
 
@@ -429,6 +452,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cache_max_body_bytes=r.whole("CACHE_MAX_BODY_BYTES", 256 * 1024, 0, MAX_BYTES, "bytes"),
         max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
                                    "bytes"),
+        **_worker_settings(r),
         **_console_settings(r),
     )
     _check_countdowns(settings)

@@ -1,0 +1,74 @@
+"""Issue 13: workers wait on threads by default, and maintenance has a queue of its own."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from recovery.celery_app import (
+    MAINTENANCE_QUEUE,
+    TASK_MODULES,
+    WORK_QUEUE,
+    app,
+    celery_config,
+)
+from recovery.settings import SettingsError, load_settings
+
+
+def error_for(**env: str) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    return str(caught.value)
+
+
+def test_a_worker_runs_64_threads_by_default() -> None:
+    settings = load_settings({})
+    config = celery_config(settings)
+    assert (settings.worker_pool, settings.worker_concurrency) == ("threads", 64)
+    assert (config["worker_pool"], config["worker_concurrency"]) == ("threads", 64)
+    assert config["worker_prefetch_multiplier"] == 1 and config["task_acks_late"] is True
+
+
+def test_worker_concurrency_and_pool_are_read_from_the_environment() -> None:
+    settings = load_settings({"WORKER_POOL": " Prefork ", "WORKER_CONCURRENCY": "3"})
+    assert (settings.worker_pool, settings.worker_concurrency) == ("prefork", 3)
+    assert celery_config(settings)["worker_pool"] == "prefork"
+
+
+def test_a_process_pool_defaults_to_one_process_per_core_not_64() -> None:
+    assert load_settings({"WORKER_POOL": "prefork"}).worker_concurrency == (os.cpu_count() or 1)
+    assert load_settings({"WORKER_POOL": "solo"}).worker_concurrency == (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY must be at least 1, got '0'."),
+    ({"WORKER_CONCURRENCY": "-4"}, "WORKER_CONCURRENCY must be at least 1, got '-4'."),
+    ({"WORKER_CONCURRENCY": "many"}, "WORKER_CONCURRENCY must be a whole number, got 'many'."),
+    ({"WORKER_CONCURRENCY": "6.5"}, "WORKER_CONCURRENCY must be a whole number, got '6.5'."),
+    ({"WORKER_CONCURRENCY": "1025"},
+     "WORKER_CONCURRENCY must be at most 1024, got '1025'; a value this large is almost "
+     "certainly a mistake."),
+    ({"WORKER_POOL": "gevent"},
+     "WORKER_POOL must be one of threads, prefork, solo, got 'gevent'."),
+    ({"WORKER_POOL": "eventlet"},
+     "WORKER_POOL must be one of threads, prefork, solo, got 'eventlet'."),
+    ({"WORKER_POOL": " "}, "WORKER_POOL must not be empty; unset it to use 'threads'."),
+])
+def test_bad_worker_settings_are_refused_with_a_sentence(env: dict[str, str],
+                                                         message: str) -> None:
+    assert error_for(**env) == message
+
+
+def test_health_checks_and_the_replay_route_to_the_maintenance_queue() -> None:
+    """A backlog in `integrations` never delays them: `-Q maintenance` runs only these."""
+    app.loader.import_default_modules()  # the `include` list, as a worker imports it
+    router = app.amqp.router
+    for name in ("tasks.health.check", "tasks.dlq.replay"):
+        assert name in app.tasks, f"{name} is not registered"
+        assert router.route({}, name)["queue"].name == MAINTENANCE_QUEUE
+    assert router.route({}, "tasks.integration.call")["queue"].name == WORK_QUEUE
+    maintenance = {name for name in app.tasks if not name.startswith("celery.")
+                   and router.route({}, name)["queue"].name == MAINTENANCE_QUEUE}
+    assert maintenance == {"tasks.health.check", "tasks.dlq.replay"}
+    assert set(TASK_MODULES) == {"tasks.integration", "tasks.health", "tasks.dlq"}
