@@ -72,3 +72,49 @@ def test_health_checks_and_the_replay_route_to_the_maintenance_queue() -> None:
                    and router.route({}, name)["queue"].name == MAINTENANCE_QUEUE}
     assert maintenance == {"tasks.health.check", "tasks.dlq.replay"}
     assert set(TASK_MODULES) == {"tasks.integration", "tasks.health", "tasks.dlq"}
+
+
+def worker_commands() -> dict[str, list[str]]:
+    """Every `celery ... worker` command in deploy/ and the README, by where it is."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from tests.unit.test_deploy_files import REPO, compose, procfile, unit_commands
+
+    found = {f"Procfile {name}": argv for name, argv in procfile().items()}
+    found |= {f"compose {name}": service["command"]
+              for name, service in compose()["services"].items() if service.get("command")}
+    found |= {f"{unit} {key}": argv for unit, key, argv in unit_commands()}
+    readme = (REPO / "README.md").read_text()
+    for number, line in enumerate(re.findall(r"^celery -A .*$", readme, re.M)):
+        found[f"README line {number}"] = shlex.split(line.split("#")[0])
+    assert Path(REPO / "deploy").is_dir()
+    return {where: argv for where, argv in found.items() if "worker" in argv}
+
+
+def option(argv: list[str], *names: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg in names:
+            return argv[index + 1]
+        for name in names:
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def test_every_documented_worker_runs_one_queue_on_threads() -> None:
+    """Jobs on the default thread pool at its default size; maintenance small and apart."""
+    commands = worker_commands()
+    queues = {where: option(argv, "-Q", "--queues") for where, argv in commands.items()}
+    assert set(queues.values()) == {WORK_QUEUE, MAINTENANCE_QUEUE}, queues
+    for where, argv in commands.items():
+        assert option(argv, "-P", "--pool") is None, f"{where}: the pool is WORKER_POOL's"
+        concurrency = option(argv, "-c", "--concurrency")
+        if queues[where] == WORK_QUEUE:
+            assert concurrency is None, f"{where}: jobs take WORKER_CONCURRENCY threads"
+        else:
+            assert concurrency == "2", f"{where}: the maintenance worker is small"
+    places = {where.split()[0] for where in commands}
+    assert {"Procfile", "compose", "README"} <= places
+    assert any(where.startswith("api-recovery-maintenance.service") for where in commands)
