@@ -118,3 +118,23 @@ def test_every_documented_worker_runs_one_queue_on_threads() -> None:
     places = {where.split()[0] for where in commands}
     assert {"Procfile", "compose", "README"} <= places
     assert any(where.startswith("api-recovery-maintenance.service") for where in commands)
+
+
+def test_messages_built_by_hand_carry_every_field_as_asdict_would() -> None:
+    """`to_message` skips `asdict`'s deep copy (producer CPU); a field added later must not be
+    left out of the message."""
+    from dataclasses import asdict
+
+    from recovery.jobs import JobSpec, Progress
+
+    job = JobSpec("j1", "shop", "POST", "/orders", json={"a": [1, {"b": 2}]},
+                  params={"page": 2}, headers={"X-Team": "t"}, idempotency_key="k",
+                  enqueued_at="2026-12-05T00:00:00+00:00", replay_count=2)
+    message = job.to_message()
+    assert message == asdict(job)
+    assert message["headers"] is not job.headers and message["params"] is not job.params
+    assert JobSpec.from_message(message) == job
+    progress = Progress(attempt=3, deferrals=1, blocked_s=2.5, auth_refreshed=True,
+                        recovered_by="cache", budget_pending=True, requeues=1)
+    assert progress.to_message() == asdict(progress)
+    assert Progress.from_message(progress.to_message()) == progress
