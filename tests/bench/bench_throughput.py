@@ -22,6 +22,8 @@ machine's load hit both):
     scaling  1, 2 and 4 of our worker processes (default pool) on the 100 ms upstream: jobs/s,
              Redis commands and Redis CPU per job (`INFO commandstats`, `INFO cpu`), producer
              and workers apart, and what that makes at 10,000 jobs/s.
+    profile  (not in the default set) one slow100 drain of ours under py-spy `--gil`: what
+             the thread holding the GIL runs, the bound of a one-process thread pool.
 
 Drain rate = (jobs - 1) / (last - first upstream request time). Writes
 tests/bench/results/throughput.json. Not collected by pytest; never asserts a time.
@@ -30,15 +32,19 @@ tests/bench/results/throughput.json. Not collected by pytest; never asserts a ti
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +55,7 @@ import yaml
 
 from tests.bench.bench_overhead import ADMIN_DSN, REPO, RESULTS, Worker, _machine
 
-COMPARISONS = ("slow100", "slow1s", "fast", "scaling")
+COMPARISONS = ("slow100", "slow1s", "fast", "scaling", "profile")
 LISTEN = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 
 
@@ -203,7 +209,8 @@ def enqueue(side: str, svc: Services, n: int, start: int = 0) -> tuple[float, fl
 
 
 def drain_run(svc: Services, side: str, n: int, *, delay_ms: int | None, concurrency: int,
-              processes: int = 1, prefilled: bool = True) -> dict[str, Any]:
+              processes: int = 1, prefilled: bool = True,
+              profile: Path | None = None) -> dict[str, Any]:
     """Fill the queue (or not), start the worker(s), wait until every job was served."""
     svc.flush_redis()
     svc.upstream_mode(delay_ms)
@@ -222,7 +229,8 @@ def drain_run(svc: Services, side: str, n: int, *, delay_ms: int | None, concurr
         started = time.time()  # the fault server stamps its hits with the same clock
         if not prefilled:
             enqueue_s = enqueue(side, svc, n)
-        _wait(lambda: len(svc.hits()) >= n and svc.backlog(queue) == 0, "the drain", 600)
+        with gil_sampling(workers[0].process.pid, profile):
+            _wait(lambda: len(svc.hits()) >= n and svc.backlog(queue) == 0, "the drain", 600)
         cpu_s = sum(w.cpu_s() - w.cpu_at_ready for w in workers)
     finally:
         for worker in workers:
@@ -264,6 +272,45 @@ def producer_only(svc: Services, side: str, n: int) -> dict[str, Any]:
     return result
 
 
+@contextlib.contextmanager
+def gil_sampling(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy samples of whichever thread holds the GIL (`--gil`): what a thread pool that is
+    bound by one process's GIL spends it on. Nothing when `out` is None."""
+    if out is None:
+        yield
+        return
+    exe = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                       f"{os.environ.get('PATH', '')}")
+    if exe is None:
+        raise RuntimeError("py-spy is not installed; run `pip install -e '.[bench]'` first.")
+    recorder = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--gil",
+                                 "--format", "raw", "--output", str(out), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
+
+
+def gil_shares(raw: Path, count: int = 30) -> dict[str, Any]:
+    """Inclusive shares of the GIL samples by function (ours and the libraries'), and the
+    innermost frames."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        frames, samples = stack.split(";"), int(number)
+        total += samples
+        leaves[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    share = {frame: round(n / total, 3) for frame, n in inclusive.most_common(count)}
+    return {"samples": total, "inclusive": share,
+            "leaves": {frame: round(n / total, 3) for frame, n in leaves.most_common(count)}}
+
+
 # --- the comparisons -------------------------------------------------------------------------
 
 def interleaved(rounds: int, run: Callable[[str], dict[str, Any]],
@@ -299,6 +346,10 @@ def compare(svc: Services, name: str, n: int, rounds: int) -> dict[str, Any]:
                 "producer_only": producers, "producer_cpu_ratio": [
                     round(o["enqueue_cpu_ms_per_job"] / p["enqueue_cpu_ms_per_job"], 2)
                     for p, o in zip(producers[::2], producers[1::2], strict=True)]}
+    if name == "profile":
+        raw = RESULTS / "throughput_pyspy.txt"
+        run = drain_run(svc, "ours", n, delay_ms=100, concurrency=64, profile=raw)
+        return {"runs": [run], "gil": gil_shares(raw)}
     runs = [drain_run(svc, "ours", n, delay_ms=100, concurrency=64, processes=k)
             for k in (1, 2, 4)]
     for run in runs:
@@ -327,7 +378,7 @@ def projection(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=3000, help="jobs per run (default 3000)")
-    parser.add_argument("--only", default=",".join(COMPARISONS),
+    parser.add_argument("--only", default=",".join(COMPARISONS[:-1]),
                         help=f"comparisons, from {','.join(COMPARISONS)}")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--out", default="throughput.json", help="results file in results/")
