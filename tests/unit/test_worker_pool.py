@@ -138,3 +138,38 @@ def test_messages_built_by_hand_carry_every_field_as_asdict_would() -> None:
                         recovered_by="cache", budget_pending=True, requeues=1)
     assert progress.to_message() == asdict(progress)
     assert Progress.from_message(progress.to_message()) == progress
+
+
+def test_the_stress_tests_leak_check_catches_a_line_with_another_jobs_id() -> None:
+    """tests/integration/test_thread_pool.py must be able to fail: a line whose `job_id` is
+    not the job its text names (by path or by task id) is reported."""
+    from tests.integration.test_thread_pool import leaked_lines
+
+    ids = ["3f1c0b7e-1d2f-4b7a-9a35-0c1c2f3e4d5a", "9a8b7c6d-1d2f-4b7a-9a35-0c1c2f3e4d5a"]
+    good = [{"job_id": ids[0], "event": 'http://h:1 "GET /stress/0 HTTP/1.1" 200 2'},
+            {"job_id": ids[1], "event": f"Task tasks.integration.call[{ids[1]}] retry"},
+            {"event": f"Task tasks.integration.call[{ids[0]}] received"}]
+    assert leaked_lines(good, ids) == (2, [])
+    bad = [{"job_id": ids[1], "event": 'http://h:1 "GET /stress/0 HTTP/1.1" 200 2'},
+           {"job_id": ids[0], "event": f"Task tasks.integration.call[{ids[1]}] retry"}]
+    checked, leaks = leaked_lines(bad, ids)
+    assert checked == 2 and len(leaks) == 2
+
+
+def test_each_origins_connection_pool_keeps_one_connection_per_job_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib3 throws away a connection returned to a full pool: with 64 threads and a pool of
+    10, most calls would open a new connection (and log a warning)."""
+    from recovery import http
+    from recovery.settings import reset_settings
+
+    for threads, expected in (("256", 256), ("4", http.POOL_SIZE)):
+        monkeypatch.setenv("WORKER_CONCURRENCY", threads)
+        reset_settings()
+        http.close_sessions()
+        adapter = http.session_for("https://pool.example.test/").get_adapter(
+            "https://pool.example.test/")
+        assert adapter.poolmanager.connection_pool_kw["maxsize"] == expected  # type: ignore[attr-defined]
+    http.close_sessions()
+    monkeypatch.delenv("WORKER_CONCURRENCY")
+    reset_settings()
