@@ -112,6 +112,7 @@ class Settings:
     console_auth_header: str | None = None
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
+    task_sent_events: bool = True  # producers publish a task-sent event per enqueue (Flower)
     worker_pool: str = "threads"  # Celery's pool for `celery worker` (WORKER_POOLS)
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # threads (or processes) of the pool
 
@@ -375,7 +376,7 @@ def _worker_settings(r: _Reader) -> dict[str, Any]:
         raise SettingsError(f"WORKER_POOL must be one of {', '.join(WORKER_POOLS)}, got "
                             f"{show(r.raw('WORKER_POOL', ''))}.")
     default = DEFAULT_WORKER_CONCURRENCY if pool == "threads" else os.cpu_count() or 1
-    return {"worker_pool": pool,
+    return {"task_sent_events": r.flag("TASK_SENT_EVENTS", True), "worker_pool": pool,
             "worker_concurrency": r.whole("WORKER_CONCURRENCY", default, 1,
                                           MAX_WORKER_CONCURRENCY)}
 

@@ -209,7 +209,11 @@ class AuditBatcher:
         self._drain_lock = threading.Lock()
         self._pending: deque[Op] = deque()
         self._carry: list[Op] = []
-        self._in_flight = 0  # ops taken by `take_for_spool` whose round trip has not ended
+        # Ops taken by `take_for_spool` whose round trip has not ended, under a condition of
+        # their own: waking `_cond` would wake the batcher thread, which would then spool a
+        # delivery's restored rows before the rest of its rows (its final status) arrive.
+        self._in_flight = 0
+        self._landed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
         self._retry_at = 0.0
@@ -251,19 +255,21 @@ class AuditBatcher:
             if self._carry or not self._pending or len(self._pending) > OPS_PER_ENTRY:
                 return None
             ops, self._pending = list(self._pending), deque()
-            self._in_flight += len(ops)
             self.counts["spooled"] += len(ops)
+            with self._landed:
+                self._in_flight += len(ops)
         return ops, self._spool.append_call(ops)
 
     def taken_done(self, ops: list[Op], *, spooled: bool) -> None:
         """End a `take_for_spool`: its round trip spooled `ops`, or they go back to the head of
         the buffer. Either way a `commit` waiting for them (another thread's) may go on."""
-        with self._cond:
-            if not spooled:
+        if not spooled:
+            with self._cond:
                 self.counts["spooled"] -= len(ops)
                 self._pending.extendleft(reversed(ops))
+        with self._landed:
             self._in_flight -= len(ops)
-            self._cond.notify_all()
+            self._landed.notify_all()
 
     def restore(self, ops: list[Op]) -> None:
         """Put ops from `take_for_spool` back at the head of the buffer."""
@@ -283,8 +289,8 @@ class AuditBatcher:
         """
         if os.getpid() != self._pid:
             return True
-        with self._cond:
-            self._cond.wait_for(lambda: self._in_flight == 0, in_flight_timeout_s)
+        with self._landed:
+            self._landed.wait_for(lambda: self._in_flight == 0, in_flight_timeout_s)
         with self._move_lock:
             return self._move(force=False)
 

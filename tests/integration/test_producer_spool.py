@@ -100,3 +100,31 @@ def test_the_cli_enqueue_writes_the_queued_row_at_once(
     assert result.exit_code == 0, result.output
     job = get_job(get_runtime().engine, result.output.strip())
     assert job is not None and job["status"] == "queued"
+
+
+def test_a_commit_waits_for_rows_another_threads_round_trip_took(
+        configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
+    """Under a thread pool, one job's settle round trip may carry another job's rows
+    (`take_for_spool` takes the whole buffer); that job's commit (before its ack) must not
+    return until that round trip has ended, or a crash between would lose acked rows."""
+    import threading
+
+    configure([integration(upstream.url)])
+    runtime = get_runtime()
+    spool = RedisSpool(redis_client, runtime.settings.redis_key_prefix)
+    batcher = AuditBatcher(runtime.engine, spool, interval_s=60)
+    writer = AuditWriter(runtime.engine, batcher=batcher)
+    started(writer, "other-threads-job")
+    taken = batcher.take_for_spool()
+    assert taken is not None and [op.kind for op in taken[0]] == ["job_started"]
+    committed: list[bool] = []
+    committer = threading.Thread(target=lambda: committed.append(batcher.commit()))
+    committer.start()
+    committer.join(0.5)
+    assert committer.is_alive() and committed == []  # still waiting for the round trip
+    batcher.taken_done(taken[0], spooled=False)  # it failed: the rows come back, and go now
+    committer.join(10)
+    assert committed == [True]
+    [(kind, job_id, _)] = spooled_ops(redis_client, spool.key)
+    assert (kind, job_id) == ("job_started", "other-threads-job")
+    batcher.close()

@@ -173,3 +173,11 @@ def test_each_origins_connection_pool_keeps_one_connection_per_job_thread(
     http.close_sessions()
     monkeypatch.delenv("WORKER_CONCURRENCY")
     reset_settings()
+
+
+def test_producers_send_task_sent_events_unless_told_not_to() -> None:
+    assert celery_config(load_settings({}))["task_send_sent_event"] is True
+    quiet = load_settings({"TASK_SENT_EVENTS": "false"})
+    assert celery_config(quiet)["task_send_sent_event"] is False
+    assert error_for(TASK_SENT_EVENTS="sometimes") == (
+        "TASK_SENT_EVENTS must be true or false (1/0 and yes/no also work), got 'sometimes'.")
