@@ -260,11 +260,20 @@ def drain_run(svc: Services, side: str, n: int, *, delay_ms: int | None, concurr
 
 
 def producer_only(svc: Services, side: str, n: int) -> dict[str, Any]:
-    """The producer alone (no worker running): enqueues per second and CPU per enqueue."""
+    """The producer alone (no worker running): enqueues per second and CPU per enqueue.
+    `ours-quiet` is ours with TASK_SENT_EVENTS=false (no task-sent event per enqueue)."""
+    from recovery.celery_app import app
+
+    default = app.conf.task_send_sent_event
+    app.conf.task_send_sent_event = default and side != "ours-quiet"
+    side = "ours" if side == "ours-quiet" else side
     svc.flush_redis()
-    enqueue(side, svc, 50, start=10**6)  # warm: connections, scripts, imports
-    load_before = os.getloadavg()[0]
-    wall, cpu = enqueue(side, svc, n)
+    try:
+        enqueue(side, svc, 50, start=10**6)  # warm: connections, scripts, imports
+        load_before = os.getloadavg()[0]
+        wall, cpu = enqueue(side, svc, n)
+    finally:
+        app.conf.task_send_sent_event = default
     result = {"side": side, "n": n, "enqueue_per_s": round(n / wall, 1),
               "enqueue_cpu_ms_per_job": round(cpu / n * 1000, 3),
               "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
@@ -340,12 +349,15 @@ def compare(svc: Services, name: str, n: int, rounds: int) -> dict[str, Any]:
         runs = interleaved(rounds, lambda side: drain_run(
             svc, side, n, delay_ms=None, concurrency=64, prefilled=False),
             ("plain-session", "ours"))
-        producers = interleaved(rounds, lambda side: producer_only(svc, side, n),
-                                ("plain-session", "ours"))
+        sides = ("plain-session", "ours", "ours-quiet")
+        producers = interleaved(rounds, lambda side: {
+            **producer_only(svc, side, n), "variant": side}, sides)
+        cpu = {side: [p["enqueue_cpu_ms_per_job"] for p in producers if p["variant"] == side]
+               for side in sides}
         return {"runs": runs, **ratios(runs, "end_to_end_jobs_per_s"),
-                "producer_only": producers, "producer_cpu_ratio": [
-                    round(o["enqueue_cpu_ms_per_job"] / p["enqueue_cpu_ms_per_job"], 2)
-                    for p, o in zip(producers[::2], producers[1::2], strict=True)]}
+                "producer_only": producers, "producer_cpu_ratio": {
+                    side: [round(o / p, 2) for p, o in zip(cpu[sides[0]], cpu[side], strict=True)]
+                    for side in sides[1:]}}
     if name == "profile":
         raw = RESULTS / "throughput_pyspy.txt"
         run = drain_run(svc, "ours", n, delay_ms=100, concurrency=64, profile=raw)
