@@ -3,12 +3,15 @@
 `celery -A recovery.celery_app beat` runs, for every integration that has a `health_check`, the
 task `tasks.health.check` every `health_check.interval_ms` (default `HEALTH_CHECK_INTERVAL`),
 and, when `DLQ_ENABLED` and `ENABLE_AUTO_RECOVERY` are both true, the capped replay
-`tasks.dlq.replay` every `DLQ_RETRY_DELAY`. An integration without a health check has no entry.
+`tasks.dlq.replay` every `DLQ_RETRY_DELAY` (it leaves client errors and poison entries to an
+operator unless DLQ_AUTO_REPLAY_CLIENT_ERRORS / DLQ_AUTO_REPLAY_POISON, and then trims the DLQ
+to DLQ_MAX_ENTRIES / DLQ_MAX_AGE_DAYS into the archive table). An integration without a health
+check has no entry.
 
 Each entry expires after one period: if no worker takes it in time, the next one replaces it
 instead of piling up behind it.
 
-Exactly one beat may run. Importing this module installs the guard (`recovery.beatlock`): a
+Exactly one beat may run. Importing this module installs the guard (`recovery.state.beatlock`): a
 second beat exits at start with a message naming the one that holds the lock.
 """
 
@@ -17,9 +20,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from recovery.beatlock import install_beat_guard
-from recovery.registry import Registry, get_registry
-from recovery.settings import Settings, get_settings
+from recovery.config.loader import get_registry
+from recovery.config.registry import Registry
+from recovery.config.settings import Settings, get_settings
+from recovery.state.beatlock import install_beat_guard
 
 HEALTH_TASK = "tasks.health.check"
 DLQ_REPLAY_TASK = "tasks.dlq.replay"

@@ -1,7 +1,7 @@
 """Alembic environment for the audit trail.
 
-The database is ``sqlalchemy.url`` from the Alembic config when set (``recovery.db`` sets it),
-otherwise ``DATABASE_URL`` through ``recovery.settings``.
+The database is ``sqlalchemy.url`` from the Alembic config when set (``recovery.audit.db`` sets it),
+otherwise ``DATABASE_URL`` through ``recovery.config.settings``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
+from recovery.audit.db import make_engine, normalise_url
 from recovery.audit.models import Base
-from recovery.db import make_engine, normalise_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -24,7 +24,7 @@ def database_url() -> str:
     configured = config.get_main_option("sqlalchemy.url")
     if configured:
         return configured
-    from recovery.settings import get_settings
+    from recovery.config.settings import get_settings
 
     return get_settings().database_url
 

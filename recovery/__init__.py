@@ -11,7 +11,8 @@ __all__ = ["enqueue"]
 
 
 def enqueue(integration: str, method: str, path: str, **options: Any) -> str:
-    """Validate and enqueue one integration call; see `recovery.producer.enqueue`."""
-    from recovery.producer import enqueue as _enqueue
+    """Validate and enqueue one integration call; see `recovery.engine.producer.enqueue`."""
+    # Imported when called: `import recovery` loads nothing heavy.
+    from recovery.engine.producer import enqueue as _enqueue
 
     return _enqueue(integration, method, path, **options)

@@ -15,7 +15,8 @@ from celery import Celery, Task, bootsteps, signals
 from celery.worker.request import Request
 from kombu import Queue
 
-from recovery.settings import Settings, get_settings
+from recovery.config.settings import Settings, get_settings
+from recovery.core.crypto import SERIALIZER, register_serializer
 
 WORK_QUEUE = "integrations"
 MAINTENANCE_QUEUE = "maintenance"
@@ -40,15 +41,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "global_keyprefix": settings.redis_key_prefix,
         },
         "broker_connection_retry_on_startup": True,
-        "task_serializer": "json",
+        # JSON, wrapped in Fernet when RECOVERY_ENCRYPTION_KEYS is set (recovery.core.crypto).
+        "task_serializer": SERIALIZER if settings.encryption_keys else "json",
         "result_serializer": "json",
         "event_serializer": "json",
-        "accept_content": ["json"],
+        "accept_content": ["json", SERIALIZER],  # never pickle
         "result_accept_content": ["json"],
         "task_ignore_result": True,
         "task_acks_late": True,
         # A dead or failed job ends as FAILURE after it is parked: its message is acked then,
-        # never delivered again (Celery's default, relied on by recovery.outcome).
+        # never delivered again (Celery's default, relied on by recovery.engine.outcome).
         "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -89,6 +91,17 @@ class RedactedTask(Task):
     Request = RedactedRequest
 
 
+def _keep_undecryptable(token: bytes) -> None:
+    """A work message no key opens goes to the quarantine (still encrypted), not nowhere."""
+    # Imported when a message fails to decrypt: recovery.dlq.store imports this module.
+    from recovery.dlq.store import keep_undecryptable
+
+    keep_undecryptable(token)
+
+
+register_serializer(_keep_undecryptable)
+
+
 def make_celery(settings: Settings) -> Celery:
     application = Celery(settings.service_name, task_cls=RedactedTask)
     application.conf.update(celery_config(settings))
@@ -102,8 +115,9 @@ app = make_celery(get_settings())
 @signals.beat_init.connect
 def _start_reporting(**_: Any) -> None:
     """Sentry (when SENTRY_DSN is set) and breaker alerts, in workers and in beat."""
-    from recovery.alerts import install_breaker_alerts
-    from recovery.sentry import init_sentry
+    # Imported when the signal fires: producers import this module and must stay light.
+    from recovery.telemetry.alerts import install_breaker_alerts
+    from recovery.telemetry.sentry import init_sentry
 
     init_sentry(get_settings())
     install_breaker_alerts()
@@ -111,6 +125,7 @@ def _start_reporting(**_: Any) -> None:
 
 def _install_beat_schedule() -> None:
     """The schedule comes from the registry; importing it also installs the single-beat guard."""
+    # Runs at import (beat reads the schedule); beat_schedule lives outside the package.
     import beat_schedule
 
     app.conf.beat_schedule = beat_schedule.beat_schedule
@@ -122,6 +137,7 @@ _install_beat_schedule()
 @signals.worker_init.connect
 def _batch_audit_writes(**_: Any) -> None:
     """Worker processes buffer audit rows and hand them to the Redis spool per task."""
+    # Imported when the signal fires: producers import this module and must stay light.
     from recovery.audit.spool import enable_batching
 
     enable_batching()
@@ -139,6 +155,7 @@ def _fresh_log_context(**_: Any) -> None:
 @signals.task_postrun.connect
 def _commit_audit_rows(**_: Any) -> None:
     """A task's audit rows reach the Redis spool before its message is acknowledged."""
+    # Imported when the signal fires: producers import this module and must stay light.
     from recovery.audit.spool import commit_all
 
     commit_all()
@@ -148,8 +165,9 @@ def _commit_audit_rows(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _flush_on_shutdown(**_: Any) -> None:
     """Buffered audit rows and metrics are sent before a worker process exits."""
+    # Imported when the signal fires: producers import this module and must stay light.
     from recovery.audit.spool import close_all
-    from recovery.metrics import flush
+    from recovery.telemetry.metrics import flush
 
     close_all()
     flush()
@@ -158,7 +176,8 @@ def _flush_on_shutdown(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _reset_runtime_after_fork(**_: Any) -> None:
     """A forked pool process must not share sockets (Redis, PostgreSQL, HTTP) with its parent."""
-    from recovery.runtime import reset_runtime
+    # Imported when the signal fires: producers import this module and must stay light.
+    from recovery.engine.runtime import reset_runtime
 
     reset_runtime()
 
@@ -169,7 +188,8 @@ def _one_log_format(loglevel: int | str | None = None, **_: Any) -> None:
     "succeeded", errors, kombu warnings) become the same redacted JSON as our events, and
     Celery installs no formatter or stdout redirect of its own. LOG_LEVEL filters our events;
     `--loglevel` filters Celery's and the other libraries' lines."""
-    from recovery.observability import configure_logging
+    # Imported when the signal fires: producers import this module and must stay light.
+    from recovery.telemetry.logging import configure_logging
 
     configure_logging(get_settings().log_level, foreign_level=loglevel or logging.WARNING)
 

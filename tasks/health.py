@@ -8,9 +8,9 @@ import structlog
 from celery import Task
 
 from recovery.celery_app import app
-from recovery.health import run_health_check
-from recovery.registry import UnknownIntegrationError
-from recovery.runtime import get_runtime
+from recovery.config.registry import UnknownIntegrationError
+from recovery.engine.runtime import get_runtime
+from recovery.ops.health import run_health_check
 
 log = structlog.get_logger(__name__)
 

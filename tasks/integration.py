@@ -1,6 +1,6 @@
 """`tasks.integration.call`: one integration call as a Celery job, a thin adapter to the engine.
 
-No delivery ends silently (`recovery.outcome`): whatever the engine raises becomes a requeue
+No delivery ends silently (`recovery.engine.outcome`): whatever the engine raises becomes a requeue
 (infrastructure errors, bounded) or a dead letter; dead and failed jobs end as Celery FAILURE
 after they are parked or marked failed, everything else as SUCCESS with a one-line result.
 """
@@ -13,20 +13,20 @@ from celery import Task
 from celery.exceptions import Reject
 
 from recovery.celery_app import app
+from recovery.core.message import JobSpec, Progress, task_reprs
 from recovery.dlq.park import DeadLetterPublishError
-from recovery.jobs import JobSpec, Progress
-from recovery.observability import job_context
-from recovery.outcome import (
+from recovery.engine.outcome import (
     JobDeadLettered,
     JobFailed,
     Step,
     after_exception,
     celery_failure,
     conclude,
+    outcome_line,
 )
-from recovery.pipeline import run_job
-from recovery.runtime import get_runtime
-from recovery.worker import outcome_line, task_reprs
+from recovery.engine.pipeline import run_job
+from recovery.engine.runtime import get_runtime
+from recovery.telemetry.logging import job_context
 
 
 @app.task(bind=True, name="tasks.integration.call", max_retries=None, acks_late=True,

@@ -32,6 +32,6 @@ def _fresh_structlog() -> Iterator[None]:
     """A command that configured logging (level, renderer, the root logger's handler) must not
     filter or reformat the next test's logs."""
     yield
-    from recovery.observability import reset_logging  # not at the top: env first, then imports
+    from recovery.telemetry.logging import reset_logging  # not at the top: env first, then imports
 
     reset_logging()

@@ -23,7 +23,8 @@ from typing import Any
 import redis
 import structlog
 
-from recovery.audit.batch import Rejected
+from recovery.audit.sql import Rejected
+from recovery.state import lua
 
 log = structlog.get_logger(__name__)
 
@@ -37,27 +38,8 @@ TRIM_LOG_EVERY_S = 5.0
 # KEYS[1] spool stream, KEYS[2] its alarm state (a hash); ARGV[1] the cap, ARGV[2..] one entry's
 # ops each. Appends in order, trimming the oldest entries beyond the cap. Returns
 # {length, crossed 80 % now (0/1), entries trimmed, first trim since the spool was low (0/1)}.
-APPEND = """
-local cap = tonumber(ARGV[1])
-local length = redis.call('XLEN', KEYS[1])
-for i = 2, #ARGV do
-    redis.call('XADD', KEYS[1], 'MAXLEN', cap, '*', 'ops', ARGV[i])
-end
-local added = #ARGV - 1
-local trimmed = math.max(0, length + added - cap)
-length = length + added - trimmed
-local crossed, first_trim = 0, 0
-if length >= math.floor(cap * """ + str(FILLING_AT) + """) then
-    crossed = redis.call('HSETNX', KEYS[2], 'filling', '1')
-    if trimmed > 0 then first_trim = redis.call('HSETNX', KEYS[2], 'trimmed', '1') end
-    if crossed == 1 or first_trim == 1 then
-        redis.call('EXPIRE', KEYS[2], """ + str(STATE_TTL_S) + """)
-    end
-elseif length < math.floor(cap * """ + str(CLEARED_BELOW) + """) then
-    redis.call('DEL', KEYS[2])
-end
-return {length, crossed, trimmed, first_trim}
-"""
+APPEND = lua.render("audit_spool_append", filling_at=FILLING_AT, state_ttl_s=STATE_TTL_S,
+                    cleared_below=CLEARED_BELOW)
 
 
 @dataclass(frozen=True)
@@ -92,7 +74,7 @@ class SpoolAlarm:
             log.error("audit_spool_alarm_failed", error=str(exc), error_type=type(exc).__name__)
 
     def report(self, appended: Appended) -> None:
-        from recovery.alerts import alert  # the alerter writes through the audit writer
+        from recovery.telemetry.alerts import alert  # the alerter writes through the audit writer
 
         if appended.crossed:
             alert("audit_spool_filling",
@@ -127,7 +109,7 @@ class RejectedRows:
 
     def put(self, rejected: list[Rejected]) -> None:
         """Keep `rejected` (in Redis when there is one, else in the log) and raise one alert."""
-        from recovery.alerts import alert
+        from recovery.telemetry.alerts import alert  # cycle: the alerter writes audit rows
 
         if not rejected:
             return

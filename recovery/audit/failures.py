@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 from sqlalchemy import exc as sa_exc
 
-from recovery.redact import redact_text
+from recovery.core.redact import redact_text
 
 
 class DatabaseUnavailable(RuntimeError):

@@ -155,7 +155,7 @@ class Job(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     #: The sequence number of the write that set the status; an older write never overwrites a
-    #: newer one, even when batching or the spool delivers it later (see recovery.audit.batch).
+    #: newer one, even when batching or the spool delivers it later (see recovery.audit.sql).
     status_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
@@ -237,6 +237,25 @@ class DeadLetter(Base):
     state: Mapped[str] = mapped_column(String(16))
     state_reason: Mapped[str | None] = mapped_column(Text)
     envelope: Mapped[dict[str, Any]]
+
+
+class DeadLetterArchive(Base):
+    """A DLQ entry trimmed by the cap (DLQ_MAX_ENTRIES, DLQ_MAX_AGE_DAYS), kept here instead of
+    dropped. `envelope` is the redacted view; `original` is the encrypted original request
+    (a Fernet token) when RECOVERY_ENCRYPTION_KEYS was set, else NULL (plaintext never lands
+    here)."""
+
+    __tablename__ = "dead_letter_archive"
+    __table_args__ = (Index(None, "job_id"), Index(None, "archived_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    integration: Mapped[str | None] = mapped_column(String(128))
+    cause: Mapped[str] = mapped_column(String(16))
+    dead_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime]
+    envelope: Mapped[dict[str, Any]]
+    original: Mapped[str | None] = mapped_column(Text)
 
 
 class Alert(Base):

@@ -1,6 +1,6 @@
 """Where audit writes wait between a worker and PostgreSQL.
 
-`AuditBatcher` buffers job and attempt writes (`recovery.audit.batch.Op`) in memory. At every
+`AuditBatcher` buffers job and attempt writes (`recovery.audit.sql.Op`) in memory. At every
 commit point (`commit`: a Celery task ends, before its message is acknowledged), every second,
 and whenever 500 ops are waiting, the buffer moves to the Redis stream ``{prefix}audit:spool``
 in one XADD. A background thread per process drains the stream into PostgreSQL every second,
@@ -36,7 +36,8 @@ import redis
 import structlog
 from sqlalchemy import Engine
 
-from recovery.audit.batch import (
+from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
+from recovery.audit.sql import (
     DatabaseUnavailable,
     Op,
     Rejected,
@@ -44,16 +45,14 @@ from recovery.audit.batch import (
     encode_ops,
     write_batch,
 )
-from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
-from recovery.scripts import ScriptCall
+from recovery.state import lua
+from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
 
 OPS_PER_ENTRY = 500
 MAX_ENTRIES_PER_READ = 1000
 LOCK_TTL_MS = 5_000
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end " \
-           "return 0"
 
 
 class SpoolUnavailable(RuntimeError):
@@ -99,7 +98,7 @@ class RedisSpool:
         self.alarm.on_reply(reply)
 
     def append_call(self, ops: Sequence[Op]) -> ScriptCall:
-        """`append` as a script step, to ride on another round trip (`recovery.gate`)."""
+        """`append` as a script step, to ride on another round trip (`recovery.engine.gate`)."""
         return ScriptCall(APPEND, [self.key, self.alarm_key],
                           [self.max_entries, encode_ops(ops)], on_reply=self.alarm.on_reply)
 
@@ -172,7 +171,7 @@ class RedisSpool:
 
     def _release(self, token: str) -> None:
         try:
-            self._client.eval(_RELEASE, 1, self.lock_key, token)
+            self._client.eval(lua.load("compare_and_delete"), 1, self.lock_key, token)
         except redis.RedisError:
             log.warning("audit_spool_lock_not_released", key=self.lock_key)
 
@@ -182,7 +181,7 @@ class AuditBatcher:
 
     `submit` never blocks on I/O and never raises. `commit` is the durability point: call it
     before acknowledging the work the ops describe. Orphans (ops whose job row is not written
-    yet, see `recovery.audit.batch.split_orphans`) go round again for ``orphan_max_age_s``, then
+    yet, see `recovery.audit.sql.split_orphans`) go round again for ``orphan_max_age_s``, then
     are logged (``audit_orphan_dropped``) and dropped.
     """
 

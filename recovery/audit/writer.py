@@ -5,7 +5,7 @@ here ever raises: a failed write is logged (``audit_write_failed``) and reported
 False, and the job carries on. Free text and request details are redacted again on the way in,
 so a caller that forgot cannot put a secret into the database.
 
-Job and attempt writes become `recovery.audit.batch.Op` values: written at once, or, in Celery
+Job and attempt writes become `recovery.audit.sql.Op` values: written at once, or, in Celery
 workers, buffered and written in batches by `recovery.audit.spool.AuditBatcher`, which spools
 them to Redis while the database is away (see those modules).
 """
@@ -20,18 +20,6 @@ import redis
 import structlog
 from sqlalchemy import Connection, Engine, Table, update
 
-from recovery.audit.batch import (
-    Op,
-    Rejected,
-    describe,
-    dialect_insert,
-    execute_op,
-    is_kept,
-    new_dedupe_key,
-    next_seq,
-    sqlstate,
-    utc_iso,
-)
 from recovery.audit.bounds import DEFAULT_MAX_ENTRIES
 from recovery.audit.failures import is_data_error
 from recovery.audit.models import (
@@ -47,7 +35,19 @@ from recovery.audit.models import (
     JobStatus,
 )
 from recovery.audit.spool import AuditBatcher, RedisSpool, SpoolUnavailable, batching_enabled
-from recovery.redact import policy_for, redact_params, redact_text, redact_url
+from recovery.audit.sql import (
+    Op,
+    Rejected,
+    describe,
+    dialect_insert,
+    execute_op,
+    is_kept,
+    new_dedupe_key,
+    next_seq,
+    sqlstate,
+    utc_iso,
+)
+from recovery.core.redact import policy_for, redact_params, redact_text, redact_url
 
 __all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord", "make_audit_writer"]
 
@@ -115,7 +115,7 @@ class AuditWriter:
         queues a finished job again. A replay that a worker already picked up (the message is
         published before this write) stays running.
 
-        ``seq`` (`recovery.audit.batch.next_seq`) orders this write among the job's others: a
+        ``seq`` (`recovery.audit.sql.next_seq`) orders this write among the job's others: a
         producer that publishes first takes it before publishing, so a worker's writes, even
         if they reach the database later, outrank "queued".
 
@@ -172,7 +172,7 @@ class AuditWriter:
 
         ``fallback_used`` is the kind of fallback that answered (api, cache, default, degraded).
         Returns False when the job has no row yet (written at once) or the status is unknown.
-        A write older than the job's latest (see `recovery.audit.batch`) changes nothing.
+        A write older than the job's latest (see `recovery.audit.sql`) changes nothing.
         """
 
         def build() -> Op:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 import structlog
@@ -11,12 +11,10 @@ from kombu import Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.core.message import JobSpec, parse_time, utc_now_iso
+from recovery.core.step import Step
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope, envelope_for
-from recovery.jobs import JobSpec, parse_time, utc_now_iso
-from recovery.runtime import Runtime
-
-if TYPE_CHECKING:
-    from recovery.pipeline import Step
 
 log = structlog.get_logger(__name__)
 
@@ -37,19 +35,20 @@ def publish_message(message: dict[str, Any], queue_name: str) -> None:
 
 
 def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
-    """Publish an envelope to the dead-letter queue."""
-    publish_message(envelope.to_message(), queue_name)
+    """Publish an envelope (its sealed original included) to the dead-letter queue."""
+    publish_message(envelope.sealed_message(), queue_name)
 
 
 class DeadLetterPublishError(RuntimeError):
     """The broker did not take a dead letter; the job must not be acknowledged as done."""
 
 
-def park(rt: Runtime, job: JobSpec, step: Step,
+def park(rt: DlqRuntime, job: JobSpec, step: Step,
          sink: Callable[[Envelope], None] | None = None) -> Envelope:
     """Dead-letter a job. The publish (to `sink`, else the broker's `dlq`) comes first: if it
     fails, DeadLetterPublishError propagates and the job is not recorded as dead (the task
-    adapter rejects the message so the broker delivers it again)."""
+    adapter rejects the message so the broker delivers it again). The DLQ's cap is enforced
+    afterwards (`recovery.dlq.cap`): what it trims is archived in PostgreSQL, not dropped."""
     failure = step.failure
     envelope = envelope_for(
         job, categories=sorted(failure.categories) if failure else [],
@@ -67,10 +66,19 @@ def park(rt: Runtime, job: JobSpec, step: Step,
         error_categories=envelope.error_categories, last_status=envelope.last_status,
         message=envelope.message, attempts=envelope.attempts,
         first_enqueued_at=parse_time(envelope.first_enqueued_at),
-        envelope=envelope.to_message(), replay_count=envelope.replay_count,
+        envelope=envelope.view(), replay_count=envelope.replay_count,
         dead_at=parse_time(envelope.dead_at)))
     rt.audit.job_status(job.job_id, "dead", attempts=step.attempts, outcome=step.reason,
                         strategy="dead-letter-queue", last_status=envelope.last_status,
                         last_error=envelope.message, finished=True)
     log.error("job_dead_lettered", job_id=job.job_id, reason=step.reason)
+    if sink is None:
+        _keep_bounded(rt)
     return envelope
+
+
+def _keep_bounded(rt: DlqRuntime) -> None:
+    """Trim the DLQ to its cap (archiving what goes); never fails the park."""
+    from recovery.dlq.cap import enforce_cap  # cycle: the cap archives with park's queue names
+
+    enforce_cap(rt, actor="park")

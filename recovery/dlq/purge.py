@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from recovery.core.crypto import cipher_for
+from recovery.core.message import JobSpec, MalformedJobError
+from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.replay import mark_dead_letters, mark_requeued, revert_requeued
+from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
     QUARANTINE_QUEUE,
     DlqLock,
@@ -24,8 +27,7 @@ from recovery.dlq.store import (
     publish_jobs,
     wrong_field,
 )
-from recovery.jobs import JobSpec, MalformedJobError
-from recovery.runtime import Runtime
+from recovery.dlq.validate import UnreplayableError, replayable_job
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +52,7 @@ def purgeable(entry: Entry, flt: EntryFilter) -> bool:
     return flt.matches(entry.envelope)
 
 
-def purge(rt: Runtime, flt: EntryFilter, *, actor: str = "recovery-cli") -> PurgeReport:
+def purge(rt: DlqRuntime, flt: EntryFilter, *, actor: str = "recovery-cli") -> PurgeReport:
     """Delete the matching entries from the DLQ and mark their dead letters purged."""
     dlq = QueueList(dlq_client(rt), rt.settings.redis_key_prefix)
     report = PurgeReport()
@@ -72,7 +74,7 @@ def purge(rt: Runtime, flt: EntryFilter, *, actor: str = "recovery-cli") -> Purg
     return report
 
 
-def _remove(rt: Runtime, dlq: QueueList, entries: list[Entry], report: PurgeReport,
+def _remove(rt: DlqRuntime, dlq: QueueList, entries: list[Entry], report: PurgeReport,
             actor: str) -> int:
     removed = dlq.remove_many([entry.raw for entry in entries])
     ids = [entry.job_id for entry in entries if entry.envelope is not None and entry.job_id]
@@ -83,7 +85,7 @@ def _remove(rt: Runtime, dlq: QueueList, entries: list[Entry], report: PurgeRepo
     return removed
 
 
-def quarantined(rt: Runtime) -> Iterator[tuple[Entry, QuarantineRecord | None]]:
+def quarantined(rt: DlqRuntime) -> Iterator[tuple[Entry, QuarantineRecord | None]]:
     """Every quarantine entry, oldest first, with its record (None if it cannot be read)."""
     queue = QueueList(dlq_client(rt), rt.settings.redis_key_prefix, QUARANTINE_QUEUE)
     for entry in queue.entries():
@@ -94,7 +96,7 @@ def quarantined(rt: Runtime) -> Iterator[tuple[Entry, QuarantineRecord | None]]:
             yield entry, None
 
 
-def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec:
+def release(rt: DlqRuntime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec:
     """Send a quarantined job back to its work queue (replay count + 1), past the replay cap.
 
     The operator's explicit decision overrides DLQ_MAX_RETRIES once; if the job dies again it
@@ -103,7 +105,7 @@ def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec
     queue = QueueList(dlq_client(rt), rt.settings.redis_key_prefix, QUARANTINE_QUEUE)
     with DlqLock(queue.client, rt.settings.redis_key_prefix, actor):
         entry, record = _find(rt, job_id)
-        job = _releasable(rt, record).job().replayed()
+        job = _releasable(rt, record).replayed()
         mark_requeued(rt.audit, [job], f"released from quarantine by {actor}")
         try:
             publish_jobs([job])
@@ -118,7 +120,7 @@ def release(rt: Runtime, job_id: str, *, actor: str = "recovery-cli") -> JobSpec
     return job
 
 
-def _find(rt: Runtime, job_id: str) -> tuple[Entry, QuarantineRecord]:
+def _find(rt: DlqRuntime, job_id: str) -> tuple[Entry, QuarantineRecord]:
     for entry, record in quarantined(rt):
         if record is not None and record.job_id == job_id:
             return entry, record
@@ -126,13 +128,15 @@ def _find(rt: Runtime, job_id: str) -> tuple[Entry, QuarantineRecord]:
                        "'recovery-cli dlq quarantine list' shows the quarantine.")
 
 
-def _releasable(rt: Runtime, record: QuarantineRecord) -> Envelope:
-    if record.envelope is None:
+def _releasable(rt: DlqRuntime, record: QuarantineRecord) -> JobSpec:
+    """The original job of a quarantined entry, re-checked like a replay; ReleaseError if none."""
+    sealed = record.sealed_envelope()
+    if sealed is None:
         raise ReleaseError(f"The entry {record.job_id!r} was quarantined as malformed "
                            f"({record.reason}), so it holds no job to replay.")
     try:
-        envelope = Envelope.from_message(record.envelope)
-    except MalformedJobError as exc:
+        envelope = Envelope.from_message(sealed)
+    except (MalformedJobError, TypeError) as exc:
         raise ReleaseError(f"The quarantined entry {record.job_id!r} is unreadable: {exc}") \
             from exc
     wrong = wrong_field(envelope)
@@ -142,4 +146,8 @@ def _releasable(rt: Runtime, record: QuarantineRecord) -> Envelope:
     if envelope.integration not in rt.registry.ids():
         raise ReleaseError(f"The job's integration {envelope.integration!r} is not configured; "
                            "add it to the integrations file before releasing the job.")
-    return envelope
+    try:
+        return replayable_job(envelope, rt.registry, cipher_for(rt.settings.encryption_keys))
+    except UnreplayableError as exc:
+        raise ReleaseError(f"The quarantined entry {record.job_id!r} cannot be released: "
+                           f"{exc}.") from exc

@@ -1,13 +1,18 @@
 """Replaying dead letters: filtered, capped, rate-limited, idempotent and crash-safe.
 
-Every DLQ entry is looked at once, oldest first:
+One run makes one pass: it looks at the entries that were in the DLQ when it started, each
+once, oldest first. Jobs that die again during the run are parked at the other end of the list
+and wait for the next run (no "Retry All" loop).
 
     malformed (not our envelope, broken JSON)   -> quarantine, with the reason
     not matching the filters                    -> untouched, keeps its place
     integration no longer configured            -> skipped, stays in the DLQ
     replay count has reached DLQ_MAX_RETRIES    -> quarantine, alert `alert_dlq_replay_cap_reached`
+    original unreadable (old envelope, wrong    -> quarantine, with the reason, alert
+      key, tampered) or refused by the enqueue     `alert_dlq_entry_unreplayable`
+      checks (`recovery.dlq.validate`)
     its integration's breaker is open           -> skipped, stays in the DLQ
-    otherwise                                   -> replayed
+    otherwise                                   -> replayed: the ORIGINAL request, re-checked
 
 A replayed job goes back to its work queue with the same job id and idempotency key and its
 replay count increased, so a duplicate (say, from a crash between publishing and removing) is
@@ -20,18 +25,18 @@ then are its entries removed from the DLQ.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
 import structlog
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 
-from recovery.alerts import alert
-from recovery.audit.models import DeadLetter, DeadLetterState, Job, JobStatus
-from recovery.audit.writer import AuditWriter
+from recovery.core.crypto import cipher_for
+from recovery.core.message import JobSpec
+from recovery.dlq.context import DlqRuntime
+from recovery.dlq.envelope import Envelope
+from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
 from recovery.dlq.store import (
     QUARANTINE_QUEUE,
     Cursor,
@@ -44,15 +49,18 @@ from recovery.dlq.store import (
     publish_jobs,
     publish_record,
 )
-from recovery.jobs import JobSpec
-from recovery.redact import redact_text
-from recovery.runtime import Runtime
+from recovery.dlq.validate import UnreplayableError, replayable_job
+from recovery.telemetry.alerts import alert
+
+__all__ = ["ReplayOptions", "ReplayReport", "Replayer", "decide", "mark_dead_letters",
+           "mark_requeued", "replay_dlq", "revert_requeued"]
 
 log = structlog.get_logger(__name__)
 
 Action = Literal["replay", "skip", "quarantine", "failed"]
-Cause = Literal["replay", "malformed", "replay-cap", "breaker-open", "unknown-integration",
-                "publish-failed"]
+Cause = Literal["replay", "malformed", "replay-cap", "unreplayable", "breaker-open",
+                "unknown-integration", "publish-failed"]
+Prepare = Callable[[Envelope], JobSpec]
 MAX_BATCH = 200
 BREAKER_CACHE_S = 1.0
 LOCK_EXTEND_S = 10.0
@@ -123,38 +131,45 @@ class TokenBucket:
 
 
 def decide(entry: Entry, flt: EntryFilter, *, known: Container[str], max_replays: int,
-           open_for: Callable[[str], float | None]) -> PlanItem | None:
-    """What to do with one entry; None leaves it untouched (it does not match the filters).
+           open_for: Callable[[str], float | None],
+           prepare: Prepare) -> tuple[PlanItem, JobSpec | None] | None:
+    """What to do with one entry, and the job to publish when it is a replay; None leaves the
+    entry untouched (it does not match the filters).
 
     `open_for(integration)` is the time until the integration's open breaker lets a probe
-    through, or None when it is not open.
+    through, or None when it is not open. `prepare(envelope)` opens and re-checks the original
+    request, raising UnreplayableError with the reason when it must not be replayed.
     """
     envelope = entry.envelope
     if envelope is None:
         return PlanItem(entry.job_id, None, "quarantine", "malformed",
-                        f"malformed: {entry.problem}")
+                        f"malformed: {entry.problem}"), None
     if not flt.matches(envelope):
         return None
     job_id, integration = envelope.job_id, envelope.integration
     if integration not in known:
         return PlanItem(job_id, integration, "skip", "unknown-integration",
-                        f"the integration {integration!r} is not configured any more")
+                        f"the integration {integration!r} is not configured any more"), None
     if envelope.replay_count >= max_replays:
         return PlanItem(job_id, integration, "quarantine", "replay-cap",
                         f"replay cap reached: replayed {envelope.replay_count} times, "
-                        f"DLQ_MAX_RETRIES is {max_replays}")
+                        f"DLQ_MAX_RETRIES is {max_replays}"), None
+    try:
+        job = prepare(envelope)
+    except UnreplayableError as exc:
+        return PlanItem(job_id, integration, "quarantine", "unreplayable", str(exc)), None
     wait_s = open_for(integration)
     if wait_s is not None:
         return PlanItem(job_id, integration, "skip", "breaker-open",
-                        f"breaker still open (next probe in {wait_s:.1f} s)")
+                        f"breaker still open (next probe in {wait_s:.1f} s)"), None
     return PlanItem(job_id, integration, "replay", "replay",
-                    f"replay {envelope.replay_count + 1} of {max_replays}")
+                    f"replay {envelope.replay_count + 1} of {max_replays}"), job.replayed()
 
 
 class BreakerView:
     """Whether an integration's breaker is open, asked of Redis at most once a second each."""
 
-    def __init__(self, rt: Runtime, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rt: DlqRuntime, clock: Callable[[], float] = time.monotonic) -> None:
         self._rt = rt
         self._clock = clock
         self._seen: dict[str, tuple[float, float | None]] = {}
@@ -171,10 +186,16 @@ class BreakerView:
         return answer
 
 
-class Replayer:
-    """One replay run over the DLQ; `run()` returns what it did (or, dry, would do)."""
+Planned = tuple[Entry, PlanItem, JobSpec | None]
 
-    def __init__(self, rt: Runtime, options: ReplayOptions, *,
+
+class Replayer:
+    """One replay run over the DLQ; `run()` returns what it did (or, dry, would do).
+
+    `on_progress(1)` is called once per entry the run selects (acts on), not per entry read.
+    """
+
+    def __init__(self, rt: DlqRuntime, options: ReplayOptions, *,
                  on_progress: Callable[[int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -188,42 +209,61 @@ class Replayer:
         self._batch_size = (max(1, min(MAX_BATCH, int(options.rate / 10))) if options.rate
                             else MAX_BATCH)
         self._breakers = BreakerView(rt, clock)
+        self._cipher = cipher_for(rt.settings.encryption_keys)
         self._report = ReplayReport(dry_run=options.dry_run)
         self._replays = 0
+        self._seen: set[str] = set()
 
     def run(self) -> ReplayReport:
-        cursor = self._dlq.scan()
         if self._options.dry_run:
-            self._report.items.extend(item for _, item in self._walk(cursor))
+            self._report.items.extend(item for _, item, _ in self._walk(self._snapshot()))
             return self._report
         with DlqLock(self._dlq.client, self._rt.settings.redis_key_prefix,
                      self._options.actor) as lock:
-            self._move(cursor, lock)
+            self._move(self._snapshot(), lock)
         log.info("dlq_replay_finished", actor=self._options.actor, **self._report.summary())
         return self._report
 
-    def _walk(self, cursor: Cursor) -> Iterator[tuple[Entry, PlanItem]]:
+    def _snapshot(self) -> Cursor:
+        """A cursor over the entries present now: one pass, each entry at most once."""
+        return self._dlq.scan(stop_after=len(self._dlq))
+
+    def _prepare(self, envelope: Envelope) -> JobSpec:
+        return replayable_job(envelope, self._rt.registry, self._cipher)
+
+    def _walk(self, cursor: Cursor) -> Iterator[Planned]:
         """Entries to act on, oldest first, until the limit of replays is reached."""
         limit = self._options.limit
         known = set(self._rt.registry.ids())
         for entry in cursor:
             if limit is not None and self._replays >= limit:
                 return
+            planned = decide(entry, self._options.filter, known=known,
+                             max_replays=self._rt.settings.dlq_max_retries,
+                             open_for=self._breakers.open_for, prepare=self._prepare)
+            if planned is None or self._again(entry):
+                continue
             if self._on_progress is not None:
                 self._on_progress(1)
-            item = decide(entry, self._options.filter, known=known,
-                          max_replays=self._rt.settings.dlq_max_retries,
-                          open_for=self._breakers.open_for)
-            if item is None:
-                continue
+            item, job = planned
             if item.action == "replay":
                 self._replays += 1
-            yield entry, item
+            yield entry, item, job
+
+    def _again(self, entry: Entry) -> bool:
+        """True for a job this run already acted on (a second entry of it stays for later)."""
+        job_id = entry.job_id
+        if job_id is None:
+            return False
+        if job_id in self._seen:
+            return True
+        self._seen.add(job_id)
+        return False
 
     def _move(self, cursor: Cursor, lock: DlqLock) -> None:
-        batch: list[tuple[Entry, PlanItem]] = []
+        batch: list[Planned] = []
         extended_at = self._clock()
-        for entry, item in self._walk(cursor):
+        for entry, item, job in self._walk(cursor):
             if self._clock() - extended_at > LOCK_EXTEND_S:
                 lock.extend()
                 extended_at = self._clock()
@@ -234,7 +274,7 @@ class Replayer:
             else:
                 if self._bucket is not None:
                     self._bucket.acquire()
-                batch.append((entry, item))
+                batch.append((entry, item, job))
                 if len(batch) >= self._batch_size:
                     if not self._flush(cursor, batch):
                         return
@@ -242,9 +282,9 @@ class Replayer:
         if batch:
             self._flush(cursor, batch)
 
-    def _flush(self, cursor: Cursor, batch: list[tuple[Entry, PlanItem]]) -> bool:
+    def _flush(self, cursor: Cursor, batch: list[Planned]) -> bool:
         """Audit, publish, then remove one batch of replays; False when the run must stop."""
-        jobs = [entry.envelope.job().replayed() for entry, _ in batch if entry.envelope]
+        jobs = [job for _, _, job in batch if job is not None]
         reason = f"replayed by {self._options.actor}"
         mark_requeued(self._rt.audit, jobs, reason)
         try:
@@ -254,9 +294,9 @@ class Replayer:
             self._failed(batch, f"the broker did not take the job: {exc}")
             log.error("dlq_replay_publish_failed", error=str(exc), jobs=len(jobs))
             return False
-        self._report.items.extend(item for _, item in batch)
+        self._report.items.extend(item for _, item, _ in batch)
         try:
-            cursor.forget(self._dlq.remove_many([entry.raw for entry, _ in batch]))
+            cursor.forget(self._dlq.remove_many([entry.raw for entry, _, _ in batch]))
         except redis.RedisError as exc:
             self._report.errors.append(
                 f"{len(batch)} replayed entries could not be removed from the DLQ ({exc}); a "
@@ -264,10 +304,10 @@ class Replayer:
             return False
         return True
 
-    def _failed(self, batch: list[tuple[Entry, PlanItem]], why: str) -> None:
+    def _failed(self, batch: list[Planned], why: str) -> None:
         self._report.items.extend(
             PlanItem(item.job_id, item.integration, "failed", "publish-failed", why)
-            for _, item in batch)
+            for _, item, _ in batch)
         self._report.errors.append(f"The run stopped: {why}. The entries stay in the DLQ.")
 
     def _quarantine(self, cursor: Cursor, entry: Entry, item: PlanItem) -> None:
@@ -287,83 +327,15 @@ class Replayer:
         if item.cause == "replay-cap":
             alert("dlq_replay_cap_reached", f"Job {item.job_id} was quarantined: {item.reason}.",
                   item.integration, job_id=item.job_id, actor=self._options.actor)
+        elif item.cause == "unreplayable":
+            alert("dlq_entry_unreplayable",
+                  f"Job {item.job_id} was quarantined instead of replayed: {item.reason}.",
+                  item.integration, job_id=item.job_id, actor=self._options.actor)
         else:
             log.warning("dlq_entry_quarantined", job_id=item.job_id, reason=item.reason)
 
 
-def replay_dlq(rt: Runtime, options: ReplayOptions,
+def replay_dlq(rt: DlqRuntime, options: ReplayOptions,
                on_progress: Callable[[int], None] | None = None) -> ReplayReport:
     """Replay (or, with `dry_run`, plan) the DLQ; raises `DlqBusyError` if another run holds it."""
     return Replayer(rt, options, on_progress=on_progress).run()
-
-
-# Batched audit writes. `AuditWriter` writes one row per transaction, which caps a replay at a
-# few hundred entries a second; these do a whole batch in one, and never raise either.
-
-_JOBS: Table = Job.__table__  # type: ignore[assignment]
-_DEAD: Table = DeadLetter.__table__  # type: ignore[assignment]
-
-
-def _guarded(engine: Engine, table: str, write: Callable[[Connection], None]) -> bool:
-    try:
-        with engine.begin() as conn:
-            write(conn)
-        return True
-    except Exception as exc:
-        log.warning("audit_write_failed", table=table, error=redact_text(str(exc))[:500],
-                    error_type=type(exc).__name__)
-        return False
-
-
-def mark_dead_letters(engine: Engine, job_ids: Sequence[str], state: str, reason: str) -> bool:
-    """Move dead-letter rows to `state` (replayed, quarantined, purged, parked) in one go."""
-    values = {"state": DeadLetterState(state).value, "state_reason": redact_text(reason)}
-
-    def write(conn: Connection) -> None:
-        conn.execute(update(_DEAD).where(_DEAD.c.job_id.in_(list(job_ids))).values(values))
-
-    return _guarded(engine, "dead_letters", write)
-
-
-def mark_requeued(audit: AuditWriter, jobs: Sequence[JobSpec], reason: str) -> None:
-    """Jobs back to `queued` with their higher replay count; their dead letters `replayed`.
-
-    A job without a row (its audit write was lost when it was enqueued) gets one through
-    `AuditWriter.job_queued`.
-    """
-    ids = [job.job_id for job in jobs]
-    present: set[str] = set()
-
-    def write(conn: Connection) -> None:
-        present.update(conn.scalars(select(_JOBS.c.id).where(_JOBS.c.id.in_(ids))))
-        rows = [{"b_id": job.job_id, "b_rc": job.replay_count} for job in jobs
-                if job.job_id in present]
-        if rows:
-            conn.execute(update(_JOBS).where(_JOBS.c.id == bindparam("b_id"),
-                                             _JOBS.c.replay_count < bindparam("b_rc"))
-                         .values(status=JobStatus.QUEUED.value, replay_count=bindparam("b_rc"),
-                                 finished_at=None, updated_at=datetime.now(UTC)), rows)
-        conn.execute(update(_DEAD).where(_DEAD.c.job_id.in_(ids)).values(
-            state=DeadLetterState.REPLAYED.value, state_reason=redact_text(reason)))
-
-    if not _guarded(audit.engine, "jobs", write):
-        return
-    for job in jobs:
-        if job.job_id not in present:
-            audit.job_queued(job.job_id, job.integration, job.method, job.path,
-                             job.params, job.idempotency_key, replay_count=job.replay_count)
-
-
-def revert_requeued(audit: AuditWriter, jobs: Sequence[JobSpec], reason: str) -> None:
-    """Undo `mark_requeued` for jobs that were not published, unless a worker moved them on."""
-    rows = [{"b_id": job.job_id, "b_rc": job.replay_count} for job in jobs]
-
-    def write(conn: Connection) -> None:
-        conn.execute(update(_JOBS).where(_JOBS.c.id == bindparam("b_id"),
-                                         _JOBS.c.replay_count == bindparam("b_rc"),
-                                         _JOBS.c.status == JobStatus.QUEUED.value)
-                     .values(status=JobStatus.DEAD.value, replay_count=bindparam("b_rc") - 1,
-                             updated_at=datetime.now(UTC)), rows)
-
-    _guarded(audit.engine, "jobs", write)
-    mark_dead_letters(audit.engine, [job.job_id for job in jobs], "parked", reason)

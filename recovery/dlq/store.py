@@ -17,35 +17,45 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import structlog
 
-from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import DLQ_QUEUE, publish_message
-from recovery.jobs import JobSpec, MalformedJobError, Progress, parse_time
-from recovery.redact import (
+from recovery.core.crypto import task_serializer
+from recovery.core.message import (
+    TASK_NAME,
+    JobSpec,
+    MalformedJobError,
+    Progress,
+    parse_time,
+    task_reprs,
+)
+from recovery.core.redact import (
     policy_for,
     redact_body,
     redact_headers,
     redact_params,
     redact_text,
 )
-from recovery.runtime import Runtime
+from recovery.dlq.context import DlqRuntime
+from recovery.dlq.envelope import Envelope
+from recovery.dlq.park import DLQ_QUEUE, publish_message
+from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
+from recovery.state import lua
+
+log = structlog.get_logger(__name__)
 
 QUARANTINE_QUEUE = "dlq.quarantine"
 QUARANTINE_KIND = "api-recovery.quarantine/1"
 READ_CHUNK = 500
 LOCK_TTL_MS = 60_000
-MAX_AGE_S = 100 * 366 * 86400
+#: How `recovery.engine.pipeline` starts the message of a job dead-lettered as a poison message.
+POISON_PREFIX = "poison:"
 
 # Delete the lock only if we still hold it; extend it only if we still hold it.
-_UNLOCK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-           "return redis.call('DEL', KEYS[1]) end return 0")
-_EXTEND = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-           "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
 
 
 class DlqBusyError(RuntimeError):
@@ -137,8 +147,9 @@ def decode_entry(raw: bytes) -> Entry:
 
 
 def envelope_view(envelope: Envelope) -> dict[str, Any]:
-    """An envelope as listings show it: redacted once more, in case an old one held a secret."""
-    shown = envelope.to_message()
+    """An envelope as listings show it: its view (never the original), redacted once more
+    with the integration's display policy, in case an old one held a secret."""
+    shown = envelope.view()
     policy = policy_for(envelope.integration)
     shown.update(body=redact_body(envelope.body, policy),
                  params=redact_params(envelope.params or {}, policy),
@@ -147,9 +158,18 @@ def envelope_view(envelope: Envelope) -> dict[str, Any]:
     return shown
 
 
+def shown_raw(entry: Entry) -> tuple[str, Any]:
+    """A malformed entry as redacted text, and its sealed original (kept, never shown)."""
+    if isinstance(entry.data, dict):
+        shown = {k: v for k, v in entry.data.items() if k != "original"}
+        return redact_text(json.dumps(shown, default=str)), entry.data.get("original")
+    return redact_text(entry.raw.decode("utf-8", errors="replace")), None
+
+
 @dataclass(frozen=True)
 class QuarantineRecord:
-    """What `dlq.quarantine` holds: the entry (envelope, or redacted raw text) and why."""
+    """What `dlq.quarantine` holds: the entry (envelope view, or redacted raw text), why it is
+    there, and the entry's sealed original (for a release; `view()` leaves it out)."""
 
     job_id: str | None
     integration: str | None
@@ -158,26 +178,48 @@ class QuarantineRecord:
     envelope: dict[str, Any] | None
     raw: str | None
     kind: str = QUARANTINE_KIND
+    original: Any = field(default=None, repr=False)
 
     @classmethod
     def of(cls, entry: Entry, reason: str) -> QuarantineRecord:
         envelope = entry.envelope
-        raw = None if envelope else redact_text(entry.raw.decode("utf-8", errors="replace"))
+        raw, original = (None, None) if envelope else shown_raw(entry)
+        if envelope is not None and envelope.original is not None:
+            original = envelope.original.stored()
         return cls(job_id=entry.job_id, integration=envelope.integration if envelope else None,
                    reason=reason, quarantined_at=datetime.now(UTC).isoformat(),
-                   envelope=envelope.to_message() if envelope else None, raw=raw)
+                   envelope=envelope.view() if envelope else None, raw=raw, original=original)
 
     @classmethod
     def from_message(cls, data: Any) -> QuarantineRecord:
         if not isinstance(data, dict) or data.get("kind") != QUARANTINE_KIND:
             raise MalformedJobError("The message is not a quarantine record of this system.")
+        names = [name for name in cls.__dataclass_fields__ if name != "original"]
         try:
-            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+            values = {name: data[name] for name in names}
         except KeyError as exc:
             raise MalformedJobError(f"The quarantine record lacks {exc.args[0]!r}.") from exc
+        return cls(**values, original=data.get("original"))
 
     def to_message(self) -> dict[str, Any]:
+        """The broker message, sealed original included: never print it, print `view()`."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def view(self) -> dict[str, Any]:
+        """What `dlq quarantine list` shows: everything but the original."""
+        shown = {name: getattr(self, name) for name in self.__dataclass_fields__
+                 if name != "original"}
+        if self.envelope is not None:
+            shown["envelope"] = {k: v for k, v in self.envelope.items() if k != "original"}
+        return shown
+
+    def sealed_envelope(self) -> dict[str, Any] | None:
+        """The envelope with its original put back, as `Envelope.from_message` reads it."""
+        if self.envelope is None:
+            return None
+        if self.original is None:
+            return dict(self.envelope)
+        return {**self.envelope, "original": self.original}
 
 
 @dataclass(frozen=True)
@@ -189,6 +231,8 @@ class EntryFilter:
     since: datetime | None = None
     older_than: datetime | None = None
     job_id: str | None = None
+    exclude_classes: frozenset[str] | None = None  # entries with any of these categories
+    exclude_poison: bool | None = None  # entries dead-lettered as poison messages
 
     @property
     def is_empty(self) -> bool:
@@ -200,6 +244,10 @@ class EntryFilter:
         if self.integration is not None and envelope.integration != self.integration:
             return False
         if self.error_class is not None and self.error_class not in envelope.error_categories:
+            return False
+        if self.exclude_classes and self.exclude_classes & set(envelope.error_categories):
+            return False
+        if self.exclude_poison and envelope.message.startswith(POISON_PREFIX):
             return False
         if self.since is None and self.older_than is None:
             return True
@@ -222,8 +270,10 @@ class QueueList:
     def __len__(self) -> int:
         return int(self.client.llen(self.key))
 
-    def scan(self, chunk: int = READ_CHUNK) -> Cursor:
-        return Cursor(self, chunk)
+    def scan(self, chunk: int = READ_CHUNK, stop_after: int | None = None) -> Cursor:
+        """Oldest first; with `stop_after`, only that many entries from the oldest end (the
+        entries present when the scan started: new ones are pushed at the other end)."""
+        return Cursor(self, chunk, stop_after)
 
     def entries(self) -> Iterator[Entry]:
         """Every entry, oldest first, decoded."""
@@ -258,19 +308,22 @@ class Cursor:
     meanwhile, the cursor may pass over one unread entry: it is left in place, never lost.)
     """
 
-    def __init__(self, queue: QueueList, chunk: int) -> None:
+    def __init__(self, queue: QueueList, chunk: int, stop_after: int | None = None) -> None:
         self._queue = queue
         self._chunk = chunk
         self._behind = 0  # entries already read that are still in the list
+        self._left = stop_after  # entries still to read, when the scan is bounded
 
     def __iter__(self) -> Iterator[Entry]:
-        while True:
+        while self._left is None or self._left > 0:
             start = self._behind
-            raws = self._queue.client.lrange(self._queue.key, -(start + self._chunk),
-                                             -(start + 1))
+            size = self._chunk if self._left is None else min(self._chunk, self._left)
+            raws = self._queue.client.lrange(self._queue.key, -(start + size), -(start + 1))
             if not raws:
                 return
             self._behind += len(raws)
+            if self._left is not None:
+                self._left -= len(raws)
             for raw in reversed(raws):
                 yield decode_entry(raw if isinstance(raw, bytes) else raw.encode())
 
@@ -290,6 +343,24 @@ def publish_record(record: QuarantineRecord, queue_name: str = QUARANTINE_QUEUE)
     publish_message(record.to_message(), queue_name)
 
 
+def keep_undecryptable(token: bytes) -> None:
+    """Quarantine a work-queue message that no key in RECOVERY_ENCRYPTION_KEYS opens, still
+    encrypted, before Celery drops it as undecodable; `dlq quarantine list` shows the reason."""
+    record = QuarantineRecord(
+        job_id=None, integration=None, quarantined_at=datetime.now(UTC).isoformat(),
+        reason=("undecryptable: a work-queue message could not be decrypted with "
+                "RECOVERY_ENCRYPTION_KEYS (written with another key, or altered); it is kept "
+                "here encrypted, add the key it was written with to recover it"),
+        envelope=None, raw=None,
+        original={"format": "fernet", "token": token.decode("ascii", errors="replace")})
+    try:
+        publish_record(record)
+    except Exception as exc:
+        log.error("undecryptable_message_lost", error=redact_text(str(exc))[:300])
+        return
+    log.error("undecryptable_message_quarantined")
+
+
 def publish_jobs(jobs: Sequence[JobSpec]) -> None:
     """Publish jobs to their work queue the way `producer.publish_job` does, but pipelined.
 
@@ -297,8 +368,6 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
     an older kombu publishes them one by one.
     """
     from recovery.celery_app import app
-    from recovery.producer import TASK_NAME
-    from recovery.worker import task_reprs
 
     with app.producer_or_acquire() as producer:
         batch: AbstractContextManager[Any] = (
@@ -307,10 +376,11 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
         with batch:
             for job in jobs:
                 app.send_task(TASK_NAME, kwargs={"job": job.to_message()}, task_id=job.job_id,
-                              producer=producer, **task_reprs(job, Progress()))
+                              producer=producer, serializer=task_serializer(),
+                              **task_reprs(job, Progress()))
 
 
-def dlq_client(rt: Runtime) -> redis.Redis:
+def dlq_client(rt: DlqRuntime) -> redis.Redis:
     if rt.redis is None:
         raise DlqUnavailableError("The dead-letter queue lives in Redis, and this process has "
                                   "no Redis client; set REDIS_URL to the broker's Redis.")
@@ -338,36 +408,7 @@ class DlqLock:
         return self
 
     def extend(self) -> None:
-        self._client.eval(_EXTEND, 1, self.key, self._token, LOCK_TTL_MS)
+        self._client.eval(lua.load("compare_and_pexpire"), 1, self.key, self._token, LOCK_TTL_MS)
 
     def __exit__(self, *_: object) -> None:
-        self._client.eval(_UNLOCK, 1, self.key, self._token)
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGE_HINT = "use a whole number and a unit, such as 90s, 30m, 2h, 7d or 1w"
-
-
-def parse_age(text: str) -> timedelta:
-    """A duration such as 90s, 30m, 2h, 7d or 1w; ValueError with a sentence otherwise."""
-    cleaned = text.strip().lower()
-    number, unit = cleaned[:-1], cleaned[-1:]
-    if unit not in _UNITS or not number.isascii() or not number.isdigit():
-        raise ValueError(f"{text!r} is not a duration; {_AGE_HINT}.")
-    if len(number) > 7 or int(number) * _UNITS[unit] > MAX_AGE_S:
-        raise ValueError(f"{text!r} is longer than 100 years; {_AGE_HINT}.")
-    return timedelta(seconds=int(number) * _UNITS[unit])
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """A point in time: an age before `now` (2h, 7d) or an ISO 8601 time (UTC if no zone)."""
-    cleaned = text.strip()
-    if cleaned[-1:].lower() in _UNITS and cleaned[:-1].isdigit():
-        return (now or datetime.now(UTC)) - parse_age(cleaned)
-    try:
-        if cleaned:
-            return parse_time(cleaned)
-    except ValueError:
-        pass
-    raise ValueError(f"{text!r} is neither a duration (2h, 7d) nor an ISO 8601 time "
-                     "(2024-05-01T12:00:00Z).")
+        self._client.eval(lua.load("compare_and_delete"), 1, self.key, self._token)

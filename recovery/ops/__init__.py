@@ -1,4 +1,2 @@
-"""Operator surfaces that use the engine: for now the web console (recovery.ops.console).
-
-The target layout (docs: DESIGN.md) moves health, serve, monitor and report here as well.
-"""
+"""Operator surfaces above the engine: health checks, `serve`, the monitor, reports and the
+web console (recovery.ops.console)."""

@@ -7,7 +7,8 @@ uses Redis db 15 under a throw-away key prefix and a throw-away database per run
     .venv/bin/python tests/bench/bench_amplification.py --variants ours,ours-no-breaker
 
 Each variant runs in its own child process with real `celery worker` processes (2 workers x 2
-prefork processes). The upstream (`recovery.faultserver.FaultServer`) answers 503 from the moment
+prefork processes). The upstream (`recovery.demo.faultserver.FaultServer`) answers 503 from the
+moment
 the jobs are enqueued; after `--outage` seconds it answers 200 again. Variants:
 
     plain            tests/bench/plain_tasks.py: autoretry_for, retry_backoff, max_retries=3
@@ -130,7 +131,7 @@ def upstream_calls(records: list[dict[str, Any]], recovered_at: float, jobs: int
 
 
 def run_plain(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    from recovery.faultserver import FaultServer
+    from recovery.demo.faultserver import FaultServer
 
     prefix = f"bench-amp-{uuid.uuid4().hex[:12]}:"
     os.environ.update(BENCH_REDIS_URL=REDIS_URL, BENCH_PREFIX=prefix)
@@ -188,14 +189,14 @@ def integration_entry(url: str, variant: str) -> dict[str, Any]:
 
 
 def budget_wired() -> bool:
-    from recovery.jobs import Progress
+    from recovery.core.message import Progress
 
     return "budget_pending" in Progress.__dataclass_fields__
 
 
 def prepare_ours(args: argparse.Namespace, logs: Path, url: str) -> tuple[str, str]:
     """A database and environment for one run; returns (database name, key prefix)."""
-    from recovery.db import upgrade
+    from recovery.audit.db import upgrade
 
     name = f"bench_amp_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
@@ -238,12 +239,12 @@ def _epoch(value: datetime | str) -> float:
 
 
 def run_ours(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    from recovery.faultserver import FaultServer
+    from recovery.demo.faultserver import FaultServer
 
     upstream = FaultServer(mode="5xx", status=503).start()
     database, prefix = prepare_ours(args, logs, upstream.url)
     import recovery
-    from recovery.runtime import get_runtime
+    from recovery.engine.runtime import get_runtime
 
     client = redis.Redis.from_url(REDIS_URL)
     workers = start_workers("recovery.celery_app", dict(os.environ), logs)

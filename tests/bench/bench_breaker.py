@@ -37,8 +37,8 @@ import pybreaker
 import redis
 import requests
 
-from recovery.breaker import ClusterBreaker
-from recovery.registry import BreakerConfig
+from recovery.config.registry import BreakerConfig
+from recovery.state.breaker import ClusterBreaker
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 RESULTS = Path(__file__).resolve().parent / "results" / "breaker.json"

@@ -101,12 +101,14 @@ def _timed_context(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _steps() -> list[tuple[Any, str, str]]:
     """(owner, attribute, label) of every step of a successful delivery."""
-    import recovery.pipeline as pipeline
+    import recovery.engine.events as events
+    import recovery.engine.pipeline as pipeline
+    import recovery.telemetry.metrics as metrics
     import tasks.integration as task
     from recovery.audit.spool import AuditBatcher
     from recovery.audit.writer import AuditWriter
-    from recovery.auth import TokenProvider
-    from recovery.gate import Gate
+    from recovery.engine.gate import Gate
+    from recovery.state.tokens import TokenProvider
 
     audit = [(AuditWriter, name, f"audit {name}") for name in ("job_started", "attempt",
                                                                  "job_status")]
@@ -115,17 +117,17 @@ def _steps() -> list[tuple[Any, str, str]]:
             (Gate, "settle", "settle: breaker record, release (1 round trip)"),
             (AuditBatcher, "commit", "audit rows to the spool (1 XADD, at task end)"),
             (TokenProvider, "token_for", "oauth token"), (pipeline, "send", "http call"),
-            (pipeline, "observe_call", "metrics"), (pipeline, "response_body", "response body"),
-            (pipeline, "remember", "cache fallback"), (pipeline, "redact_params", "redaction"),
+            (metrics, "observe_call", "metrics"), (pipeline, "response_body", "response body"),
+            (pipeline, "remember", "cache fallback"), (events, "redact_params", "redaction"),
             (task, "job_context", "log context")]
 
 
 def _disable(features: set[str]) -> None:
     """Remove whole costs (ablations): what throughput would be without them."""
     from recovery.audit.writer import AuditWriter
-    from recovery.breaker import Permit
-    from recovery.gate import Gate, Passage
-    from recovery.idempotency import Claim, ClaimResult
+    from recovery.engine.gate import Gate, Passage
+    from recovery.state.breaker import Permit
+    from recovery.state.idempotency import Claim, ClaimResult
 
     if "no-audit" in features:
         for name in ("job_started", "attempt", "job_status"):
@@ -259,7 +261,7 @@ class Bench:
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}:"
         self.redis = redis.Redis.from_url(REDIS_URL)
         self.db_name = f"t_bench_{uuid.uuid4().hex[:12]}"
-        server = "recovery.faultserver" if stock_upstream else "tests.bench.bench_overhead"
+        server = "recovery.demo.faultserver" if stock_upstream else "tests.bench.bench_overhead"
         self.upstream = subprocess.Popen(
             [sys.executable, "-m", server, *([] if stock_upstream else ["--upstream"]),
              "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, text=True,
@@ -282,7 +284,7 @@ class Bench:
             "BENCH_REDIS_URL": REDIS_URL, "BENCH_PREFIX": self.prefix, "PYTHONPATH": str(REPO)})
         os.environ.pop("SENTRY_DSN", None)
         self.env = dict(os.environ)
-        from recovery.db import upgrade
+        from recovery.audit.db import upgrade
 
         upgrade(self.database_url)
 
@@ -292,7 +294,7 @@ class Bench:
         keys = list(self.redis.scan_iter(match=f"{self.prefix}*", count=1000))
         if keys:
             self.redis.delete(*keys)
-        from recovery.runtime import reset_runtime
+        from recovery.engine.runtime import reset_runtime
 
         reset_runtime()
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
@@ -419,7 +421,7 @@ def upstream_main(argv: list[str]) -> None:
     connection the second waits for the client's delayed ACK, about 40 ms per request, which
     would hide everything else a pooled client does.
     """
-    from recovery import faultserver
+    from recovery.demo import faultserver
 
     faultserver._Handler.disable_nagle_algorithm = True
     faultserver.main(argv)

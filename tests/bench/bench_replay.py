@@ -30,15 +30,15 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
 
+from recovery.audit.db import upgrade  # noqa: E402
 from recovery.audit.models import DeadLetter, Job  # noqa: E402
-from recovery.db import upgrade  # noqa: E402
+from recovery.core.message import JobSpec, new_job_id, parse_time, utc_now_iso  # noqa: E402
 from recovery.dlq.envelope import Envelope, envelope_for  # noqa: E402
 from recovery.dlq.park import DLQ_QUEUE  # noqa: E402
 from recovery.dlq.replay import ReplayOptions, replay_dlq  # noqa: E402
 from recovery.dlq.store import decode_body  # noqa: E402
-from recovery.jobs import JobSpec, new_job_id, parse_time, utc_now_iso  # noqa: E402
-from recovery.observability import configure_logging  # noqa: E402
-from recovery.runtime import Runtime, get_runtime, reset_runtime  # noqa: E402
+from recovery.engine.runtime import Runtime, get_runtime, reset_runtime  # noqa: E402
+from recovery.telemetry.logging import configure_logging  # noqa: E402
 
 
 def make_envelopes(count: int) -> list[Envelope]:
@@ -59,7 +59,7 @@ def park(envelopes: list[Envelope]) -> None:
 
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for envelope in envelopes:
-            producer.publish(envelope.to_message(), exchange="", routing_key=DLQ_QUEUE,
+            producer.publish(envelope.sealed_message(), exchange="", routing_key=DLQ_QUEUE,
                              serializer="json", delivery_mode=2)
     rt = get_runtime()
     jobs = [{"id": e.job_id, "integration": e.integration, "method": e.method, "path": e.path,
@@ -72,7 +72,7 @@ def park(envelopes: list[Envelope]) -> None:
              "message": e.message, "attempts": e.attempts,
              "first_enqueued_at": parse_time(e.first_enqueued_at),
              "dead_at": parse_time(e.dead_at), "replay_count": 0, "state": "parked",
-             "envelope": e.to_message()} for e in envelopes]
+             "envelope": e.view()} for e in envelopes]
     with rt.engine.begin() as conn:
         conn.execute(insert(Job.__table__), jobs)
         conn.execute(insert(DeadLetter.__table__), dead)

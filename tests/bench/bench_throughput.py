@@ -75,7 +75,7 @@ class Services:
         self.redis = redis.Redis.from_url(self.redis_url)
         _wait(lambda: _pings(self.redis), "the benchmark's redis-server", 10)
         self.upstream = subprocess.Popen(
-            [sys.executable, "-m", "recovery.faultserver", "--port", "0"], cwd=REPO,
+            [sys.executable, "-m", "recovery.demo.faultserver", "--port", "0"], cwd=REPO,
             stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert self.upstream.stdout is not None
         self.url = self.upstream.stdout.readline().split()[-1]
@@ -95,7 +95,7 @@ class Services:
             "LOG_LEVEL": "info", "BENCH_REDIS_URL": self.redis_url, "BENCH_PREFIX": self.prefix,
             "BENCH_PLAIN_PREFETCH": "4", "PYTHONPATH": str(REPO)})
         os.environ.pop("SENTRY_DSN", None)
-        from recovery.db import upgrade
+        from recovery.audit.db import upgrade
 
         upgrade(self.database_url)
 
@@ -139,7 +139,7 @@ class Services:
 
     def flush_redis(self) -> None:
         self.redis.flushdb()
-        from recovery.runtime import reset_runtime
+        from recovery.engine.runtime import reset_runtime
 
         reset_runtime()
 
@@ -147,7 +147,7 @@ class Services:
         for process in (self.upstream, self.redis_server):
             process.terminate()
             process.wait(timeout=10)
-        from recovery.runtime import reset_runtime
+        from recovery.engine.runtime import reset_runtime
 
         reset_runtime()
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
@@ -189,7 +189,7 @@ def enqueue(side: str, svc: Services, n: int, start: int = 0) -> tuple[float, fl
     """Enqueue n jobs from this process: (wall seconds, CPU seconds of this process)."""
     if side == "ours":
         import recovery
-        from recovery.runtime import get_runtime
+        from recovery.engine.runtime import get_runtime
 
         get_runtime()
 

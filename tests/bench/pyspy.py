@@ -24,13 +24,13 @@ RATE_HZ = 250
 #: Steps of a delivery, by a frame that is on the stack while it runs ("function (file").
 STEPS = {
     "task body (tasks.integration.call)": "call (tasks/integration.py",
-    "http call (recovery.http.send)": "send (recovery/http.py",
-    "gate (Gate.enter, 1 EVALSHA)": "enter (recovery/gate.py",
-    "settle (Gate.settle, 1 EVALSHA)": "settle (recovery/gate.py",
+    "http call (recovery.engine.http.send)": "send (recovery/engine/http.py",
+    "gate (Gate.enter, 1 EVALSHA)": "enter (recovery/engine/gate.py",
+    "settle (Gate.settle, 1 EVALSHA)": "settle (recovery/engine/gate.py",
     "audit rows built (AuditWriter)": "(recovery/audit/writer.py",
     "audit drain thread (AuditBatcher._run)": "_run (recovery/audit/spool.py",
-    "metrics (observe_call)": "observe_call (recovery/metrics.py",
-    "log context (job_context)": "job_context (recovery/observability.py",
+    "metrics (observe_call)": "observe_call (recovery/telemetry/metrics.py",
+    "log context (job_context)": "job_context (recovery/telemetry/logging.py",
 }
 
 

@@ -44,7 +44,7 @@ class ConsoleProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        command = [sys.executable, "-c", "from recovery.cli import main; main()", "console",
+        command = [sys.executable, "-c", "from recovery.cli.main import main; main()", "console",
                    "--port", str(self.port)]
         self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)

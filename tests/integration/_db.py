@@ -10,13 +10,14 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from recovery.db import normalise_url
+from recovery.audit.db import normalise_url
 
 PG_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 AUDIT_TABLES = frozenset(
-    {"jobs", "attempts", "breaker_transitions", "health_checks", "dead_letters", "alerts"}
+    {"jobs", "attempts", "breaker_transitions", "health_checks", "dead_letters", "alerts",
+     "dead_letter_archive"}
 )
 
 

@@ -18,10 +18,10 @@ import pytest
 import redis
 import yaml
 
-from recovery.faultserver import FaultServer
-from recovery.registry import reset_registry
-from recovery.runtime import reset_runtime
-from recovery.settings import reset_settings
+from recovery.config.loader import reset_registry
+from recovery.config.settings import reset_settings
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import reset_runtime
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def _admin(sql: str) -> None:
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A fresh PostgreSQL database migrated to head, dropped afterwards."""
-    from recovery.db import upgrade
+    from recovery.audit.db import upgrade
 
     name = f"t_{uuid.uuid4().hex[:16]}"
     _admin(f'CREATE DATABASE "{name}"')

@@ -23,14 +23,14 @@ FAULT_SECRET = "Bearer f4ult-s3cret-t0ken"
 
 # point -> (module, class or None, attribute): where the delivery looks the collaborator up.
 POINTS: dict[str, tuple[str, str | None, str]] = {
-    "gate": ("recovery.gate", "Gate", "enter"),
-    "send": ("recovery.pipeline", None, "send"),
-    "classify": ("recovery.pipeline", None, "classify"),
+    "gate": ("recovery.engine.gate", "Gate", "enter"),
+    "send": ("recovery.engine.pipeline", None, "send"),
+    "classify": ("recovery.engine.pipeline", None, "classify"),
     "audit": ("recovery.audit.writer", "AuditWriter", "job_started"),
-    "fallback": ("recovery.pipeline", None, "run_fallbacks"),
-    "settle": ("recovery.gate", "Gate", "settle"),
+    "fallback": ("recovery.engine.pipeline", None, "run_fallbacks"),
+    "settle": ("recovery.engine.gate", "Gate", "settle"),
     "dlq_publish": ("recovery.dlq.park", None, "publish"),
-    "metrics": ("recovery.pipeline", None, "observe_call"),
+    "metrics": ("recovery.telemetry.metrics", None, "observe_call"),
 }
 
 

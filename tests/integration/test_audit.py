@@ -15,17 +15,17 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
-from recovery import db
 from recovery.audit import (
     AttemptRecord,
     AuditWriter,
     DeadLetterRecord,
+    db,
     get_job,
     list_jobs,
     list_transitions,
 )
 from recovery.audit.models import Alert, DeadLetter, HealthCheck
-from recovery.redact import AuditPolicy, redact_text
+from recovery.core.redact import AuditPolicy, redact_text
 from tests.integration._db import database
 
 pytestmark = pytest.mark.integration

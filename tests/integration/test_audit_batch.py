@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
-from recovery import db
-from recovery.audit import AttemptRecord, AuditWriter
+from recovery.audit import AttemptRecord, AuditWriter, db
 from recovery.audit import spool as spool_module
-from recovery.audit.batch import (
+from recovery.audit.models import Attempt, Job
+from recovery.audit.spool import AuditBatcher, RedisSpool, enable_batching
+from recovery.audit.sql import (
     Op,
     execute_op,
     execute_op_portable,
@@ -38,10 +39,8 @@ from recovery.audit.batch import (
     utc_iso,
     write_batch,
 )
-from recovery.audit.models import Attempt, Job
-from recovery.audit.spool import AuditBatcher, RedisSpool, enable_batching
 from recovery.audit.writer import make_audit_writer
-from recovery.redact import AuditPolicy
+from recovery.core.redact import AuditPolicy
 from tests.integration._db import PG_ADMIN_URL, database
 
 pytestmark = pytest.mark.integration
@@ -220,7 +219,7 @@ def test_a_queued_write_landing_after_a_fast_worker_hides_none_of_its_progress(
     """The producer publishes, then records "queued"; a worker may start (and finish) first,
     and its batched writes may reach the database after "queued" does."""
     job_id = new_id()
-    queued_seq = next_seq()  # taken before the publish, as recovery.producer.submit does
+    queued_seq = next_seq()  # taken before the publish, as recovery.engine.producer.submit does
     worker = AuditWriter(engine, batcher=AuditBatcher(engine, interval_s=60))
     started(worker, job_id)
     worker.attempt(call(job_id, 1, http_status=200))
@@ -428,7 +427,7 @@ KILLED_WORKER = """
 import os, signal, sys
 from datetime import UTC, datetime
 import redis
-from recovery import db
+from recovery.audit import db
 from recovery.audit import AttemptRecord, AuditWriter
 from recovery.audit.spool import AuditBatcher, RedisSpool
 

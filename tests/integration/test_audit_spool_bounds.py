@@ -15,12 +15,11 @@ import redis
 from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
-from recovery import db
-from recovery.alerts import Alerter, set_alerter
-from recovery.audit import AuditWriter
-from recovery.audit.batch import Op, next_seq, utc_iso
+from recovery.audit import AuditWriter, db
 from recovery.audit.models import Attempt, Job
 from recovery.audit.spool import AuditBatcher, RedisSpool
+from recovery.audit.sql import Op, next_seq, utc_iso
+from recovery.telemetry.alerts import Alerter, set_alerter
 from tests.integration._db import PG_ADMIN_URL, postgres_database
 from tests.integration.test_audit_batch import T0, new_id, scenario
 
@@ -186,7 +185,7 @@ def test_a_row_with_bad_data_goes_to_the_rejected_stream_with_an_alert_and_the_r
 
 
 def test_the_rejected_stream_is_capped(spool: RedisSpool, redis_client: redis.Redis) -> None:
-    from recovery.audit.batch import Rejected
+    from recovery.audit.sql import Rejected
 
     spool.rejected.max_entries = 100
     bad = Op("attempt", "j", 1, {"n": 1})
@@ -234,11 +233,11 @@ def test_a_settle_round_trip_reports_the_spool_crossing_too(
         spool: RedisSpool, redis_client: redis.Redis) -> None:
     """The append that rides on `Gate.settle` (`append_call`) runs the same capped script and
     hands its reply to the same alarm."""
-    from recovery.breaker import ClusterBreaker
-    from recovery.budget import RetryBudget
-    from recovery.gate import Gate
-    from recovery.idempotency import IdempotencyStore
-    from recovery.ratelimit import ClusterRateLimiter
+    from recovery.engine.gate import Gate
+    from recovery.state.breaker import ClusterBreaker
+    from recovery.state.budget import RetryBudget
+    from recovery.state.idempotency import IdempotencyStore
+    from recovery.state.ratelimit import ClusterRateLimiter
     from tests.integration.test_gate import make_integration
 
     prefix = spool.key.removesuffix("audit:spool")

@@ -17,14 +17,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from structlog.testing import capture_logs
 
-from recovery.auth import AuthConfigError, TokenProvider, TokenRefreshError
-from recovery.registry import (
+from recovery.config.registry import (
     BreakerConfig,
     Integration,
     OAuthConfig,
     RateLimitConfig,
     RetryConfig,
 )
+from recovery.state.tokens import AuthConfigError, TokenProvider, TokenRefreshError
 
 pytestmark = pytest.mark.integration
 

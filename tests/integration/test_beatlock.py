@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from recovery.beatlock import BeatLock, BeatLockHeld, LockKeeper, guard_beat
+from recovery.state.beatlock import BeatLock, BeatLockHeld, LockKeeper, guard_beat
 
 REPO = Path(__file__).resolve().parents[2]
 BEAT_COMMAND = [sys.executable, "-m", "celery", "-A", "recovery.celery_app", "beat",

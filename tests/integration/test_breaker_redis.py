@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from recovery.breaker import BreakerOpenError, ClusterBreaker, Permit
-from recovery.breaker.local import LocalBackend
-from recovery.breaker.redis_backend import RedisBackend
-from recovery.breaker.types import Limits
-from recovery.registry import BreakerConfig
+from recovery.config.registry import BreakerConfig
+from recovery.state.breaker import BreakerOpenError, ClusterBreaker, Permit
+from recovery.state.breaker.local import LocalBackend
+from recovery.state.breaker.redis_backend import RedisBackend
+from recovery.state.breaker.types import Limits
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 CONFIG = BreakerConfig(enabled=True, threshold=3, reset_timeout_ms=30_000,

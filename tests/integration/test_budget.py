@@ -19,9 +19,9 @@ from redis.retry import Retry
 from structlog.testing import capture_logs
 
 import recovery
-from recovery.budget import LocalRetryBudget, RetryBudget, RetryBudgetConfig
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
+from recovery.state.budget import LocalRetryBudget, RetryBudget, RetryBudgetConfig
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import call_attempts, integration
 

@@ -9,9 +9,9 @@ import redis
 from click.testing import CliRunner
 
 from recovery.audit.queries import list_transitions
-from recovery.cli import main
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.cli.main import main
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration, queue_depth
 
 

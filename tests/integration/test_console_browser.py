@@ -25,8 +25,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration._console import PASSWORDS, ConsoleProcess, console_env
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_console_http import alerts

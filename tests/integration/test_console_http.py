@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from recovery.audit.models import Alert, DeadLetter
 from recovery.dlq.store import envelope_view
-from recovery.runtime import Runtime, get_runtime
+from recovery.engine.runtime import Runtime, get_runtime
 from tests.integration._console import Browser, ConsoleProcess, console_env, login
 from tests.integration.test_dlq_support import (
     dlq_ids,
@@ -221,7 +221,7 @@ def test_dlq_pages_show_what_the_cli_json_shows_and_never_a_secret(
         setup, redis_client: redis.Redis) -> None:
     rt, start = setup
     [plain] = park_all([make_envelope("shop")], rt)
-    leaky = make_envelope("crm").to_message() | {
+    leaky = make_envelope("crm").sealed_message() | {
         "headers": {"Authorization": "Bearer s3cr3t-t0ken"}, "body": {"password": "hunter2-pw"}}
     redis_client.lpush(key(rt, "dlq"), kombu_message(json.dumps(leaky)))
     redis_client.lpush(key(rt, "dlq"), kombu_message("{broken"))
@@ -379,7 +379,7 @@ def test_resume_lifts_a_rate_limit_pause_and_is_audited(setup) -> None:
     assert rt.limiter.paused_for("shop") == 0
     [alert] = alerts(rt, "ratelimit_manual_resume")
     assert alert["message"] == "vendor is back" and alert["details"]["actor"] == "alice"
-    assert alert["details"]["paused_for_s"] > 100
+    assert alert["details"]["pause_left_s"] > 100
     missing = alice.act("/breakers/nope/resume")
     assert missing.status_code == 404 and "nope" in html.unescape(missing.text)
 

@@ -8,10 +8,10 @@ from kombu.exceptions import OperationalError
 
 import tasks.integration
 from recovery.audit.queries import get_job
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.envelope import Envelope
-from recovery.faultserver import FaultServer
-from recovery.producer import build_job
-from recovery.runtime import get_runtime
+from recovery.engine.producer import build_job
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, func, select
 
+from recovery.audit.db import normalise_url
 from recovery.audit.models import Job
-from recovery.db import normalise_url
 from tests.integration._db import postgres_database
 
 CLI = str(Path(sys.executable).parent / "recovery-cli")

@@ -10,9 +10,9 @@ import click
 import redis
 from click.testing import CliRunner, Result
 
-import recovery.cli  # noqa: F401  (loads the CLI before its dlq commands)
-from recovery.cli_dlq import dlq_group, replay_dlq_command
-from recovery.runtime import Runtime
+import recovery.cli.main  # noqa: F401  (loads the CLI before its dlq commands)
+from recovery.cli.dlq import dlq_group, replay_dlq_command
+from recovery.engine.runtime import Runtime
 from tests.integration.test_dlq_support import (
     bodies,
     dlq_ids,
@@ -40,7 +40,7 @@ def as_json(result: Result) -> Any:
 def test_list_and_show_read_without_consuming_and_hide_secrets(
         dlq_runtime: Runtime, redis_client: redis.Redis) -> None:
     shop, crm = park_all([make_envelope("shop"), make_envelope("crm", categories=("rate_limit",))])
-    leaky = make_envelope().to_message() | {"headers": {"Authorization": "Bearer s3cr3t-t0ken"},
+    leaky = make_envelope().sealed_message() | {"headers": {"Authorization": "Bearer s3cr3t-t0ken"},
                                             "body": {"password": "hunter2-pass"}}
     redis_client.lpush(key(dlq_runtime, "dlq"), kombu_message(json.dumps(leaky)))
     listed = as_json(run(dlq_group, "list", "--json"))
@@ -99,7 +99,7 @@ def test_replay_dry_run_json_plans_and_real_run_moves(
 def test_replay_on_a_terminal_asks_first_and_a_no_changes_nothing(
         dlq_runtime: Runtime, redis_client: redis.Redis, monkeypatch) -> None:
     park_all([make_envelope(), make_envelope(replay_count=3)])
-    monkeypatch.setattr("recovery.cli_dlq._interactive", lambda: True)
+    monkeypatch.setattr("recovery.cli.dlq._interactive", lambda: True)
     declined = run(replay_dlq_command, stdin="n\n")
     assert "Replay 1 entries, quarantine 1 and skip 0? [y/N]" in declined.output
     assert declined.exit_code == 0 and "Nothing was replayed." in declined.output
@@ -114,7 +114,7 @@ def test_progress_bar_only_on_a_terminal(
     park_all([make_envelope() for _ in range(3)])
     quiet = run(replay_dlq_command, "--yes", "--limit", "1")
     assert "Replaying" not in quiet.output and quiet.exit_code == 0
-    monkeypatch.setattr("recovery.cli_dlq._terminal", lambda: True)
+    monkeypatch.setattr("recovery.cli.dlq._terminal", lambda: True)
     shown = run(replay_dlq_command, "--yes")
     assert "Replaying" in shown.output and "Done: replayed 2" in shown.output
 

@@ -13,7 +13,7 @@ from recovery.audit.queries import get_job
 from recovery.dlq import replay as replay_module
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.dlq.store import DlqBusyError, DlqLock, EntryFilter, QueueList
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
 from tests.integration.test_dlq_support import (
     bodies,
     dlq_ids,
@@ -154,7 +154,7 @@ def test_malformed_entries_are_quarantined_and_never_crash_a_replay(
         dlq_runtime: Runtime, redis_client: redis.Redis) -> None:
     good = park_all([make_envelope()])[0]
     dlq_key = key(dlq_runtime, "dlq")
-    wrong_type = make_envelope().to_message() | {"replay_count": "many"}
+    wrong_type = make_envelope().sealed_message() | {"replay_count": "many"}
     import json
 
     for raw in (b"\xff\xfe garbage", kombu_message("{broken json"),
@@ -217,7 +217,7 @@ def test_a_second_run_is_refused_while_one_holds_the_dlq(
 
 def test_scheduled_task_is_capped_and_respects_the_switches(
         dlq_runtime: Runtime, redis_client: redis.Redis, configure) -> None:
-    from recovery.runtime import get_runtime
+    from recovery.engine.runtime import get_runtime
     from tasks.dlq import replay
 
     park_all([make_envelope("crm"), *[make_envelope() for _ in range(4)]])
@@ -231,7 +231,7 @@ def test_scheduled_task_is_capped_and_respects_the_switches(
 
 
 REPLAY_SCRIPT = ("from recovery.dlq.replay import ReplayOptions, replay_dlq; "
-                 "from recovery.runtime import get_runtime; "
+                 "from recovery.engine.runtime import get_runtime; "
                  "replay_dlq(get_runtime(), ReplayOptions(rate=100))")
 
 
@@ -242,7 +242,7 @@ def test_kill_9_halfway_through_a_replay_loses_nothing(
     import subprocess
     import sys
 
-    from recovery.runtime import get_runtime
+    from recovery.engine.runtime import get_runtime
     from tests.integration.conftest import REPO
     from tests.integration.test_dlq_support import integration_entry
 

@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.core.message import JobSpec, new_job_id, parse_time, utc_now_iso
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.dlq.park import publish
 from recovery.dlq.store import decode_body
-from recovery.jobs import JobSpec, new_job_id, parse_time, utc_now_iso
-from recovery.runtime import Runtime, get_runtime
+from recovery.engine.runtime import Runtime, get_runtime
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -64,7 +64,7 @@ def record_dead(rt: Runtime, envelope: Envelope) -> None:
         job_id=envelope.job_id, integration=envelope.integration,
         task_name=envelope.task_name, error_categories=envelope.error_categories,
         last_status=envelope.last_status, message=envelope.message, attempts=envelope.attempts,
-        first_enqueued_at=parse_time(envelope.first_enqueued_at), envelope=envelope.to_message(),
+        first_enqueued_at=parse_time(envelope.first_enqueued_at), envelope=envelope.view(),
         replay_count=envelope.replay_count, dead_at=parse_time(envelope.dead_at)))
     rt.audit.job_status(envelope.job_id, "dead", finished=True)
 

@@ -8,10 +8,10 @@ import pytest
 import redis
 
 import recovery
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.dlq.store import EntryFilter, decode_body
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_support import raw_list
 from tests.integration.test_job_flow import integration
@@ -42,9 +42,15 @@ def test_exhausted_and_non_retryable_jobs_reach_the_dlq_complete_and_without_sec
     assert wait_for_status(engine, refused, FINAL)["status"] == "dead"
 
     raws = raw_list(redis_client, get_runtime(), "dlq")
-    texts = [json.dumps(decode_body(raw)[0]) for raw in raws]
+    sealed = [decode_body(raw)[0] for raw in raws]
+    first, second = ({k: v for k, v in body.items() if k != "original"} for body in sealed)
+    texts = [json.dumps(first), json.dumps(second)]
     assert not [s for s in SECRETS for text in texts if s in text]
-    first, second = (decode_body(raw)[0] for raw in raws)
+    # Without RECOVERY_ENCRYPTION_KEYS the original is kept as given (as in the work queue).
+    original = sealed[0]["original"]
+    assert original["format"] == "plain"
+    assert original["job"]["json"] == {"password": "b0dy-s3cret", "n": 1}
+    assert original["job"]["params"] == {"api_key": "p4ram-s3cret", "page": "2"}
     assert (first["job_id"], second["job_id"]) == (exhausted, refused)
     assert first["task_name"] == "tasks.integration.call" and first["integration"] == "shop"
     assert (first["method"], first["path"]) == ("POST", "/orders")
@@ -67,7 +73,7 @@ def test_exhausted_and_non_retryable_jobs_reach_the_dlq_complete_and_without_sec
     sent = [r for r in upstream.requests() if r["status"] == 200]
     assert len(sent) == 1 and sent[0]["idempotency_key"] == "order-77"
     assert sent[0]["headers"].get("X-Api-Key") == "int3g-s3cret"
-    assert "Authorization" not in sent[0]["headers"]
+    assert sent[0]["headers"].get("Authorization") == "Bearer job-s3cret-bearer"
     assert upstream.successes_by_key() == {"order-77": 1}
     replay_dlq(get_runtime(), ReplayOptions(filter=EntryFilter(job_id=refused)))
     assert wait_for_status(engine, refused, {"succeeded"})["replay_count"] == 1

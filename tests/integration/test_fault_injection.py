@@ -16,11 +16,10 @@ from sqlalchemy import text
 
 import recovery
 from recovery.celery_app import app
+from recovery.core.message import JobSpec, Progress, new_job_id, task_reprs, utc_now_iso
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.store import decode_body
-from recovery.faultserver import FaultServer
-from recovery.jobs import JobSpec, Progress, new_job_id, utc_now_iso
-from recovery.runtime import get_runtime
-from recovery.worker import task_reprs
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.faults import ENV, FAULT_SECRET
 from tests.integration.test_dlq_support import raw_list

@@ -29,10 +29,10 @@ import requests
 import yaml
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.registry import reset_registry
-from recovery.runtime import get_runtime, reset_runtime
-from recovery.settings import reset_settings
+from recovery.config.loader import reset_registry
+from recovery.config.settings import reset_settings
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime, reset_runtime
 from tests.integration import _chromium
 from tests.integration.conftest import ADMIN_DSN, REPO, WorkerProcess, wait_for_status
 from tests.integration.test_job_flow import integration
@@ -248,7 +248,7 @@ def _run_jobs(flower: FlowerProcess, upstream: FaultServer, worker_log: Path) ->
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowerRun]:
     """A worker, Flower and JOBS finished jobs that each went 503 -> retry -> 200."""
-    from recovery.db import upgrade
+    from recovery.audit.db import upgrade
 
     tmp = tmp_path_factory.mktemp("flower")
     name = f"t_{uuid.uuid4().hex[:16]}"

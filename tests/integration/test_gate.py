@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import redis
 
-from recovery.breaker import ClusterBreaker
-from recovery.budget import RetryBudget
-from recovery.gate import Gate, Passage
-from recovery.idempotency import Claim, IdempotencyStore
-from recovery.ratelimit import ClusterRateLimiter
-from recovery.registry import BreakerConfig, Integration, RateLimitConfig, RetryConfig
-from recovery.runtime import redis_client
+from recovery.config.registry import BreakerConfig, Integration, RateLimitConfig, RetryConfig
+from recovery.engine.gate import Admission, Gate
+from recovery.state.breaker import ClusterBreaker
+from recovery.state.budget import RetryBudget
+from recovery.state.connection import redis_client
+from recovery.state.idempotency import Claim, IdempotencyStore
+from recovery.state.ratelimit import ClusterRateLimiter
 
 Transitions = list[tuple[str, str, str]]
 
@@ -72,7 +72,7 @@ class Rig:
 
     def enter(self, integration: Integration, key: str = "k1", holder: str = "job-1",
               delivery: str = "job-1:0:1:0", *, first: bool = True,
-              max_deliveries: int = 3) -> Passage:
+              max_deliveries: int = 3) -> Admission:
         return self.gate.enter(integration, key, holder, 10_000, delivery, first_attempt=first,
                                budget_pending=False, max_deliveries=max_deliveries)
 
@@ -136,45 +136,45 @@ def test_a_granted_delivery_costs_one_round_trip_before_and_one_after(
     assert rig.rate_used(shop) == 2 and rig.first_attempts(shop) == 2
 
 
-def _scenario_duplicate(rig: Rig, shop: Integration) -> Passage:
+def _scenario_duplicate(rig: Rig, shop: Integration) -> Admission:
     rig.idempotency.release(shop.id, "k1", "job-0", "job-0", succeeded=True)
     return rig.enter(shop)
 
 
-def _scenario_legacy_duplicate(rig: Rig, shop: Integration) -> Passage:
+def _scenario_legacy_duplicate(rig: Rig, shop: Integration) -> Admission:
     """A success recorded before keys were scoped per integration still counts."""
     rig.client.set(rig.idempotency.legacy_success_key("k1"), "job-0", ex=60)
     return rig.enter(shop)
 
 
-def _scenario_other_integration(rig: Rig, shop: Integration) -> Passage:
+def _scenario_other_integration(rig: Rig, shop: Integration) -> Admission:
     """A success of the same key on another integration does not."""
     rig.idempotency.release("another", "k1", "job-0", "job-0", succeeded=True)
     return rig.enter(shop)
 
 
-def _scenario_busy(rig: Rig, shop: Integration) -> Passage:
+def _scenario_busy(rig: Rig, shop: Integration) -> Admission:
     rig.idempotency.claim(shop.id, "k1", "job-0", 10_000, "job-0:0:1:0")
     return rig.enter(shop)
 
 
-def _scenario_poison(rig: Rig, shop: Integration) -> Passage:
+def _scenario_poison(rig: Rig, shop: Integration) -> Admission:
     for _ in range(3):
         rig.idempotency.claim(shop.id, "k1", "job-1", 10_000, "job-1:0:1:0")
     return rig.enter(shop)
 
 
-def _scenario_rate_limited(rig: Rig, shop: Integration) -> Passage:
+def _scenario_rate_limited(rig: Rig, shop: Integration) -> Admission:
     rig.limiter.acquire(shop.id, shop.rate_limit)
     return rig.enter(shop)
 
 
-def _scenario_breaker_open(rig: Rig, shop: Integration) -> Passage:
+def _scenario_breaker_open(rig: Rig, shop: Integration) -> Admission:
     rig.breaker(shop).force_open("test", duration_s=30)
     return rig.enter(shop)
 
 
-def _scenario_probe_taken(rig: Rig, shop: Integration) -> Passage:
+def _scenario_probe_taken(rig: Rig, shop: Integration) -> Admission:
     breaker = rig.breaker(shop)
     breaker.force_open("test", duration_s=0)
     first = rig.enter(shop, key="other", holder="job-0", delivery="job-0:0:1:0")
@@ -182,7 +182,7 @@ def _scenario_probe_taken(rig: Rig, shop: Integration) -> Passage:
     return rig.enter(shop)
 
 
-def _scenario_retry(rig: Rig, shop: Integration) -> Passage:
+def _scenario_retry(rig: Rig, shop: Integration) -> Admission:
     return rig.enter(shop, first=False)
 
 
@@ -199,7 +199,7 @@ SCENARIOS = {
 }
 
 
-def _outcome(rig: Rig, shop: Integration, passage: Passage) -> dict[str, Any]:
+def _outcome(rig: Rig, shop: Integration, passage: Admission) -> dict[str, Any]:
     block = passage.block
     return {
         "claim": (passage.claim.claim, passage.claim.deliveries),
@@ -323,8 +323,8 @@ def test_a_disabled_breaker_is_left_out_of_the_script(rig_for: Callable[..., Rig
 
 def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
                                                    client: redis.Redis) -> None:
-    from recovery.audit.batch import Op, decode_ops
     from recovery.audit.spool import AuditBatcher, RedisSpool
+    from recovery.audit.sql import Op, decode_ops
 
     shop = make_integration()
     rig = rig_for(shop)
@@ -349,8 +349,8 @@ def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
 
 
 def test_audit_rows_go_back_to_the_buffer_when_the_settle_cannot_run() -> None:
-    from recovery.audit.batch import Op
     from recovery.audit.spool import AuditBatcher, RedisSpool
+    from recovery.audit.sql import Op
 
     shop = make_integration()
     dead = redis_client("redis://127.0.0.1:1/0")

@@ -16,11 +16,11 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from recovery import alerts, metrics
 from recovery.audit.models import Alert, BreakerTransition, HealthCheck
-from recovery.faultserver import FaultServer
-from recovery.health import FailureStreak, run_health_check
-from recovery.runtime import Runtime, get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import Runtime, get_runtime
+from recovery.ops.health import FailureStreak, run_health_check
+from recovery.telemetry import alerts, metrics
 
 REPO = Path(__file__).resolve().parents[2]
 BEAT_COMMAND = [sys.executable, "-m", "celery", "-A", "recovery.celery_app", "beat",

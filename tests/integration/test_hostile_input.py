@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.producer import EnqueueError
-from recovery.runtime import get_runtime
-from recovery.urlguard import is_inside, join_url
+from recovery.config.urlguard import is_inside, join_url
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.producer import EnqueueError
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration, queue_depth
 
 BASE = "http://127.0.0.1:9/api/v1"
@@ -114,7 +114,7 @@ def test_random_cli_input_exits_2_with_a_sentence_or_stays_inside_the_base_url(
         header: str, body: str | None) -> None:
     from click.testing import CliRunner
 
-    from recovery.cli import main
+    from recovery.cli.main import main
 
     if "RECOVERY_INTEGRATIONS" not in os.environ:  # once per test; hypothesis reuses fixtures
         configure([integration(BASE)])
@@ -266,7 +266,7 @@ def test_the_cli_refuses_the_same_inputs_with_exit_2_and_the_sentence_on_stderr(
         configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
     from click.testing import CliRunner
 
-    from recovery.cli import main
+    from recovery.cli.main import main
 
     configure(_guarded(upstream.url), SHOP_KEY="k-123", LEDGER_SECRET="s-456")
     before = queue_depth(redis_client)
@@ -312,7 +312,7 @@ def test_a_request_of_exactly_max_request_bytes_is_accepted_and_the_setting_lowe
 
 def test_the_flower_repr_of_a_large_job_is_bounded_so_the_message_is_not_doubled(
         configure, upstream: FaultServer, redis_client: redis.Redis) -> None:
-    from recovery.producer import MAX_REPR_CHARS
+    from recovery.core.message import MAX_REPR_CHARS
 
     configure(_guarded(upstream.url), SHOP_KEY="k", LEDGER_SECRET="s")
     body = {"rows": ["r" * 1000 for _ in range(900)]}
@@ -349,7 +349,7 @@ def test_accepted_headers_and_matrix_parameters_reach_the_upstream_as_given(
 
 
 def test_bounded_repr_cuts_with_a_marker_counting_what_was_left_out() -> None:
-    from recovery.producer import bounded_repr
+    from recovery.core.message import bounded_repr
 
     assert bounded_repr({"a": 1}) == "{'a': 1}"
     assert bounded_repr("x" * 5000, limit=100) == (
@@ -366,7 +366,7 @@ def test_bounded_repr_cuts_with_a_marker_counting_what_was_left_out() -> None:
     ],
 )
 def test_a_bad_max_request_bytes_is_refused_at_start(value: str, message: str) -> None:
-    from recovery.settings import SettingsError, load_settings
+    from recovery.config.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError) as caught:
         load_settings({"MAX_REQUEST_BYTES": value})

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 import recovery
 from recovery.audit.models import Job
-from recovery.faultserver import FaultServer
-from recovery.producer import EnqueueError
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.producer import EnqueueError
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import integration, queue_depth
 

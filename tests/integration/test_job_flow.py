@@ -8,9 +8,9 @@ import pytest
 import redis
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.producer import EnqueueError
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.producer import EnqueueError
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 
 

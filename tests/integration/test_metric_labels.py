@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from recovery.metric_labels import OVERFLOW, EndpointBound, redis_admit
+from recovery.telemetry.metric_labels import OVERFLOW, EndpointBound, redis_admit
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
 
-from recovery import db
+from recovery.audit import db
 from recovery.audit.models import Attempt, Base, Job
 from tests.integration._db import AUDIT_TABLES, database, postgres_database
 
@@ -129,7 +129,7 @@ def test_alembic_command_line_uses_database_url_from_the_environment() -> None:
             timeout=120,
             check=False,
         )
-        assert "0002 (head)" in current.stdout
+        assert "0003 (head)" in current.stdout
 
 
 @pytest.mark.parametrize(

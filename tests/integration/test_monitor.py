@@ -14,12 +14,12 @@ import redis
 from click.testing import CliRunner
 
 from recovery import celery_app
-from recovery.cli_ops import monitor_command
-from recovery.faultserver import FaultServer
-from recovery.monitor import QUEUES
-from recovery.producer import build_job, publish_job
-from recovery.runtime import get_runtime
-from recovery.synchronous import run_synchronously
+from recovery.cli.ops import monitor_command
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.producer import build_job, publish_job
+from recovery.engine.runtime import get_runtime
+from recovery.engine.synchronous import run_synchronously
+from recovery.ops.monitor import QUEUES
 from tests.integration.conftest import REPO
 from tests.integration.test_job_flow import integration
 
@@ -90,7 +90,7 @@ def test_json_needs_once(configure) -> None:
 def test_refreshes_until_ctrl_c(configure, redis_client: redis.Redis) -> None:
     env = configure()
     process = subprocess.Popen(
-        [sys.executable, "-c", "from recovery.cli_ops import monitor_command; monitor_command()",
+        [sys.executable, "-c", "from recovery.cli.ops import monitor_command; monitor_command()",
          "--interval", "0.5"], env=env, cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:

@@ -15,11 +15,12 @@ from click.testing import CliRunner
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
-from recovery.cli import main
-from recovery.faultserver import FaultServer
-from recovery.jobs import JobSpec, Progress
-from recovery.pipeline import Step, run_job
-from recovery.runtime import get_runtime
+from recovery.cli.main import main
+from recovery.core.message import JobSpec, Progress
+from recovery.core.step import Step
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.pipeline import run_job
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration
 
 PRIMARY_KEY = "primary-key-5f1c"
@@ -298,7 +299,7 @@ def test_ratelimit_resume_without_a_pause_says_so(configure, upstream: FaultServ
 def test_a_job_cannot_replace_an_api_fallbacks_credential(
         configure, upstream: FaultServer, backup: FaultServer, redis_client: redis.Redis) -> None:
     import recovery
-    from recovery.producer import EnqueueError
+    from recovery.engine.producer import EnqueueError
     from tests.integration.test_job_flow import queue_depth
 
     configure([integration(upstream.url, fallbacks=[

@@ -25,8 +25,8 @@ import redis
 from sqlalchemy import Engine, text
 
 import recovery
-from recovery import db
-from recovery.faultserver import FaultServer
+from recovery.audit import db
+from recovery.demo.faultserver import FaultServer
 from tests.integration.test_job_flow import integration
 
 pytestmark = pytest.mark.integration

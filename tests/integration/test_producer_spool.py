@@ -8,11 +8,11 @@ from structlog.testing import capture_logs
 
 import recovery
 from recovery.audit import AuditWriter
-from recovery.audit.batch import decode_ops, next_seq
 from recovery.audit.queries import get_job
 from recovery.audit.spool import AuditBatcher, RedisSpool
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.audit.sql import decode_ops, next_seq
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_audit_batch import DEAD_REDIS, call, started
 from tests.integration.test_job_flow import integration, queue_depth
 
@@ -93,7 +93,7 @@ def test_the_cli_enqueue_writes_the_queued_row_at_once(
     """An operator who enqueues by hand reads the job back at once (`jobs show`)."""
     from click.testing import CliRunner
 
-    from recovery.cli import main
+    from recovery.cli.main import main
 
     configure([integration(upstream.url)])
     result = CliRunner().invoke(main, ["enqueue", "shop", "GET", "/orders"])

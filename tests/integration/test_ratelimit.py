@@ -16,8 +16,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from structlog.testing import capture_logs
 
-from recovery.ratelimit import MAX_PAUSE_S, ClusterRateLimiter, LocalRateLimiter, RedisOutage
-from recovery.registry import RateLimitConfig
+from recovery.config.registry import RateLimitConfig
+from recovery.state.ratelimit import MAX_PAUSE_S, ClusterRateLimiter, LocalRateLimiter, RedisOutage
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import redis
 
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import REPO
 from tests.integration.test_job_flow import integration
 from tests.integration.test_worker_loss import SHORT_TIMES, wait_all

@@ -17,16 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete
 
+from recovery.audit.db import make_engine, upgrade
 from recovery.audit.models import Attempt, AttemptRecord, DeadLetterRecord, Job
 from recovery.audit.writer import AuditWriter
-from recovery.cli_ops import monitor_command, report_command, simulate_command
-from recovery.db import make_engine, upgrade
+from recovery.cli.ops import monitor_command, report_command, simulate_command
+from recovery.demo.faultserver import FaultServer
 from recovery.dlq.park import park
-from recovery.faultserver import FaultServer
-from recovery.producer import build_job
-from recovery.report import Window, build_report, parse_window, slowest_endpoints
-from recovery.runtime import get_runtime
-from recovery.synchronous import run_synchronously
+from recovery.engine.producer import build_job
+from recovery.engine.runtime import get_runtime
+from recovery.engine.synchronous import run_synchronously
+from recovery.ops.report import Window, build_report, parse_window, slowest_endpoints
 from tests.integration import _chromium as chromium
 from tests.integration.conftest import REPO
 from tests.integration.test_job_flow import integration

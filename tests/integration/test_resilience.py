@@ -9,11 +9,11 @@ import pytest
 
 import recovery
 from recovery.audit.queries import get_job, list_transitions
-from recovery.faultserver import FaultServer
-from recovery.jobs import JobSpec, parse_time
-from recovery.producer import build_job
-from recovery.runtime import get_runtime
-from recovery.synchronous import run_synchronously
+from recovery.core.message import JobSpec, parse_time
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.producer import build_job
+from recovery.engine.runtime import get_runtime
+from recovery.engine.synchronous import run_synchronously
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import integration
 

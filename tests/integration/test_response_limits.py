@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import call_attempts, integration
 

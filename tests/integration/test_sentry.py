@@ -17,9 +17,9 @@ import pytest
 import sentry_sdk
 from celery import Celery
 
-from recovery import alerts
-from recovery.sentry import capture_alert, capture_job_failure, init_sentry, scrub_event
-from recovery.settings import load_settings
+from recovery.config.settings import load_settings
+from recovery.telemetry import alerts
+from recovery.telemetry.sentry import capture_alert, capture_job_failure, init_sentry, scrub_event
 
 
 class Collector:

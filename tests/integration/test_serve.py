@@ -22,16 +22,16 @@ from kombu import Queue
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from recovery.runtime import get_runtime
-from recovery.serve import ServeServer, Service, build_server
-from recovery.settings import Settings, load_settings
+from recovery.config.settings import Settings, load_settings
+from recovery.engine.runtime import get_runtime
+from recovery.ops.serve import ServeServer, Service, build_server
 
 REPO = Path(__file__).resolve().parents[2]
 # What `recovery-cli serve` runs: logging set up as the CLI group does, then the command.
-SERVE = [sys.executable, "-c", "from recovery.observability import configure_logging; "
-         "configure_logging('info'); from recovery.serve import serve_command; serve_command()"]
+SERVE = [sys.executable, "-c", "from recovery.telemetry.logging import configure_logging; "
+         "configure_logging('info'); from recovery.ops.serve import serve_command; serve_command()"]
 RECORD = """
-from recovery.metrics import observe_call, observe_recovery, observe_retry_scheduled
+from recovery.telemetry.metrics import observe_call, observe_recovery, observe_retry_scheduled
 observe_call("crm", "GET", "/orders/7", 503, 0.7)
 observe_recovery("server-error-circuit", False)
 observe_retry_scheduled("crm", "backoff")
@@ -298,7 +298,7 @@ def test_metrics_reflect_what_a_real_worker_did(
     configure: Callable[..., dict[str, str]], upstream: Any, start_worker: Any,
     running: Callable[..., str],
 ) -> None:
-    from recovery.producer import enqueue
+    from recovery.engine.producer import enqueue
     from tests.integration.conftest import wait_for_status
     from tests.integration.test_job_flow import integration
 
@@ -337,7 +337,7 @@ def test_metrics_reflect_what_a_real_worker_did(
     ],
 )
 def test_a_bad_serve_token_is_refused_at_start_without_showing_it(value: str, message: str) -> None:
-    from recovery.settings import SettingsError
+    from recovery.config.settings import SettingsError
 
     with pytest.raises(SettingsError) as caught:
         load_settings({"SERVE_TOKEN": value})

@@ -11,12 +11,12 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from recovery.audit.db import make_engine
 from recovery.audit.models import DeadLetter
 from recovery.audit.queries import get_job, list_transitions
-from recovery.cli_ops import simulate_command
-from recovery.db import make_engine
-from recovery.errors import ErrorCategory
-from recovery.simulate import ERROR_TYPES
+from recovery.cli.ops import simulate_command
+from recovery.core.errors import ErrorCategory
+from recovery.demo.simulate import ERROR_TYPES
 from tests.integration.conftest import _admin
 
 pytestmark = pytest.mark.integration

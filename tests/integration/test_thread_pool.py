@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import text
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration.test_worker_log_format import log_lines_after_banner, parse_all
 
 JOBS = 600

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import recovery
-from recovery.faultserver import FaultServer
-from recovery.runtime import get_runtime
+from recovery.demo.faultserver import FaultServer
+from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import integration
 
@@ -62,7 +62,7 @@ def test_every_worker_line_is_redacted_json_including_celerys_own(
     assert all({"event", "level", "logger", "timestamp"} <= set(e) for e in events)
     (capped,) = [e for e in events if e["event"] == "retry_after_capped"]
     assert (capped["logger"], capped["level"], capped["job_id"]) == (
-        "recovery.policy", "warning", job_id)
+        "recovery.core.policy", "warning", job_id)
     succeeded = [e for e in events if e["logger"] == "celery.app.trace"
                  and "succeeded" in e["event"]]
     assert succeeded and succeeded[0]["level"] == "info"

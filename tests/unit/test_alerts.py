@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import create_engine, select
 from structlog.testing import capture_logs
 
-from recovery import alerts
 from recovery.audit.models import Alert, Base
 from recovery.audit.writer import AuditWriter
-from recovery.settings import SettingsError
+from recovery.config.settings import SettingsError
+from recovery.telemetry import alerts
 
 SECRET = "sk_live_4f9a8b7c6d5e"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from recovery.redact import HIDE_ALL, REDACTED, AuditPolicy, policy_for
-from recovery.registry import reset_registry
-from recovery.settings import reset_settings
+from recovery.config.loader import reset_registry
+from recovery.config.settings import reset_settings
+from recovery.core.redact import HIDE_ALL, REDACTED, AuditPolicy, policy_for
 from tests.unit.test_registry import entry, error_for, load, write
 
 
@@ -73,7 +73,7 @@ def test_policy_for_reads_the_process_registry(
     try:
         assert policy_for("shop").show_params == frozenset({"page"})
         assert policy_for("other") is HIDE_ALL
-        from recovery.jobs import JobSpec
+        from recovery.core.message import JobSpec
 
         job = JobSpec("j", "shop", "GET", "/x", params={"page": 2, "sid": "s"},
                       idempotency_key="k")

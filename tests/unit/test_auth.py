@@ -12,20 +12,20 @@ import responses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.auth import (
+from recovery.config.registry import (
+    BreakerConfig,
+    Integration,
+    OAuthConfig,
+    RateLimitConfig,
+    RetryConfig,
+)
+from recovery.state.tokens import (
     DEFAULT_EXPIRES_IN_S,
     AuthConfigError,
     IssuedToken,
     TokenProvider,
     TokenRefreshError,
     fetch_token,
-)
-from recovery.registry import (
-    BreakerConfig,
-    Integration,
-    OAuthConfig,
-    RateLimitConfig,
-    RetryConfig,
 )
 
 TOKEN_URL = "https://auth.example.test/oauth/token"

@@ -13,8 +13,9 @@ from celery import Celery, signals
 from celery.beat import Scheduler
 
 import beat_schedule
-from recovery.registry import Registry, load_registry
-from recovery.settings import Settings, load_settings
+from recovery.config.loader import load_registry
+from recovery.config.registry import Registry
+from recovery.config.settings import Settings, load_settings
 
 INTEGRATIONS = [
     {"id": "payments", "base_url": "http://127.0.0.1:9001",
@@ -109,8 +110,8 @@ def test_importing_the_schedule_guards_beat_against_a_second_instance() -> None:
 
 
 def test_module_schedule_is_built_from_the_process_registry() -> None:
-    from recovery.registry import get_registry
-    from recovery.settings import get_settings
+    from recovery.config.loader import get_registry
+    from recovery.config.settings import get_settings
 
     expected: dict[str, Any] = beat_schedule.build_schedule(get_registry(), get_settings())
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.breaker import BreakerOpenError, ClusterBreaker, Permit
-from recovery.breaker.local import LocalBackend
-from recovery.breaker.types import Limits
-from recovery.registry import BreakerConfig
+from recovery.config.registry import BreakerConfig
+from recovery.state.breaker import BreakerOpenError, ClusterBreaker, Permit
+from recovery.state.breaker.local import LocalBackend
+from recovery.state.breaker.types import Limits
 
 CONFIG = BreakerConfig(enabled=True, threshold=3, reset_timeout_ms=1000, call_timeout_ms=500)
 

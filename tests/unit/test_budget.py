@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.budget import (
+from recovery.state.budget import (
     LocalRetryBudget,
     RetryBudget,
     RetryBudgetConfig,

@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from recovery.cli import main
+from recovery.cli.main import main
 
 
 def commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

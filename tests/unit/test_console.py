@@ -12,16 +12,16 @@ from click.testing import CliRunner
 from werkzeug.datastructures import MultiDict
 from werkzeug.security import check_password_hash
 
-from recovery.cli import main
+from recovery.cli.main import main
+from recovery.config.settings import SettingsError, load_settings
+from recovery.core.message import JobSpec
 from recovery.dlq.envelope import envelope_for
-from recovery.jobs import JobSpec
 from recovery.ops.console import ConsoleConfig, ConsoleConfigError, charts, create_app
 from recovery.ops.console.config import hash_password
 from recovery.ops.console.dlqview import ConsoleFilter, FilterError, parse_filter
 from recovery.ops.console.jobsearch import SearchError, parse_query, timeline
 from recovery.ops.console.security import safe_next, same_site
 from recovery.ops.console.throttle import LoginThrottle, minutes
-from recovery.settings import SettingsError, load_settings
 
 HASH = hash_password("a-good-password")
 KEY = "s" * 40
@@ -236,8 +236,8 @@ def test_cli_console_refuses_to_start_without_credentials(monkeypatch: pytest.Mo
                                                            ) -> None:
     for name in ("CONSOLE_USERS", "CONSOLE_AUTH_HEADER", "CONSOLE_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
-    from recovery.runtime import reset_runtime
-    from recovery.settings import reset_settings
+    from recovery.config.settings import reset_settings
+    from recovery.engine.runtime import reset_runtime
 
     reset_settings()
     try:

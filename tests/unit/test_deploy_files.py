@@ -110,7 +110,7 @@ def check_command(argv: list[str], where: str) -> None:
 
 
 def test_recovery_cli_is_a_console_script_of_the_package() -> None:
-    assert console_scripts()["recovery-cli"] == "recovery.cli:main"
+    assert console_scripts()["recovery-cli"] == "recovery.cli.main:main"
 
 
 @pytest.mark.parametrize("name", ["worker", "beat", "flower", "serve"])
@@ -221,7 +221,7 @@ PROMQL_WORDS = {
 
 
 def test_the_grafana_dashboard_only_queries_metrics_we_export() -> None:
-    from recovery.metrics import SPECS
+    from recovery.telemetry.metrics import SPECS
 
     exported = set(SPECS) | {"circuit_breaker_state", "queue_depth", "dlq_depth"}
     dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())

@@ -9,8 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from recovery.core.message import JobSpec
+from recovery.dlq.envelope import LEGACY_KIND, Envelope, UnreadableOriginalError
 from recovery.dlq.replay import PlanItem, ReplayReport, TokenBucket, decide
 from recovery.dlq.store import EntryFilter, decode_entry
+from recovery.dlq.validate import UnreplayableError
 from tests.unit.test_dlq_store import envelope, kombu
 
 
@@ -58,19 +61,31 @@ def test_a_bucket_needs_a_positive_rate(rate: float) -> None:
         TokenBucket(rate)
 
 
+def opened(env: Envelope) -> JobSpec:
+    try:
+        return env.job(None)
+    except UnreadableOriginalError as exc:
+        raise UnreplayableError(f"unreadable: {exc}") from exc
+
+
 def plan(raw: bytes, flt: EntryFilter | None = None, *, open_for: float | None = None,
          known: tuple[str, ...] = ("shop", "crm"), max_replays: int = 3) -> PlanItem | None:
-    return decide(decode_entry(raw), flt or EntryFilter(), known=known, max_replays=max_replays,
-                  open_for=lambda _: open_for)
+    planned = decide(decode_entry(raw), flt or EntryFilter(), known=known,
+                     max_replays=max_replays, open_for=lambda _: open_for, prepare=opened)
+    if planned is None:
+        return None
+    item, job = planned
+    assert (job is not None) == (item.action == "replay")
+    return item
 
 
 def test_decide_replays_a_healthy_entry() -> None:
-    item = plan(kombu(envelope(replay_count=1).to_message()))
+    item = plan(kombu(envelope(replay_count=1).sealed_message()))
     assert item == PlanItem("job-1", "shop", "replay", "replay", "replay 2 of 3")
 
 
 def test_decide_leaves_non_matching_entries_alone() -> None:
-    assert plan(kombu(envelope().to_message()), EntryFilter(integration="crm")) is None
+    assert plan(kombu(envelope().sealed_message()), EntryFilter(integration="crm")) is None
 
 
 def test_decide_quarantines_malformed_whatever_the_filter() -> None:
@@ -80,22 +95,49 @@ def test_decide_quarantines_malformed_whatever_the_filter() -> None:
 
 
 def test_decide_quarantines_at_the_replay_cap_before_looking_at_the_breaker() -> None:
-    item = plan(kombu(envelope(replay_count=3).to_message()), open_for=12.0)
+    item = plan(kombu(envelope(replay_count=3).sealed_message()), open_for=12.0)
     assert item is not None and (item.action, item.cause) == ("quarantine", "replay-cap")
     assert "DLQ_MAX_RETRIES is 3" in item.reason
 
 
 def test_decide_skips_open_breakers_and_unknown_integrations() -> None:
-    item = plan(kombu(envelope().to_message()), open_for=12.0)
+    item = plan(kombu(envelope().sealed_message()), open_for=12.0)
     assert item is not None and (item.action, item.cause) == ("skip", "breaker-open")
     assert "next probe in 12.0 s" in item.reason
-    item = plan(kombu(envelope(integration="gone").to_message()))
+    item = plan(kombu(envelope(integration="gone").sealed_message()))
     assert item is not None and (item.action, item.cause) == ("skip", "unknown-integration")
+
+
+def test_decide_quarantines_an_old_envelope_without_its_original() -> None:
+    legacy = envelope().view() | {"kind": LEGACY_KIND}
+    item = plan(kombu(legacy))
+    assert item is not None and (item.action, item.cause) == ("quarantine", "unreplayable")
+    assert item.reason == (
+        "unreadable: the entry was dead-lettered by an older version that kept only the "
+        "redacted request; replaying it would send redacted values, so enqueue the job again "
+        "from its source")
+
+
+def test_decide_quarantines_an_original_of_another_job() -> None:
+    swapped = envelope().sealed_message() | {"job_id": "job-2"}
+    item = plan(kombu(swapped))
+    assert item is not None and (item.action, item.cause) == ("quarantine", "unreplayable")
+    assert item.reason == "unreadable: the original request belongs to another job than the " \
+        "envelope"
+
+
+def test_the_original_never_shows_in_reprs_or_views() -> None:
+    env = envelope(body={"password": "[REDACTED]"})
+    assert repr(env.original) == "<original hidden>" and "original" not in repr(env)
+    assert "original" not in env.view()
+    with pytest.raises(TypeError):
+        json.dumps(env.original)
 
 
 @given(st.integers(min_value=0, max_value=20), st.integers(min_value=1, max_value=20))
 def test_replayed_iff_under_the_cap(replay_count: int, max_replays: int) -> None:
-    item = plan(kombu(envelope(replay_count=replay_count).to_message()), max_replays=max_replays)
+    item = plan(kombu(envelope(replay_count=replay_count).sealed_message()),
+                max_replays=max_replays)
     assert item is not None
     assert (item.action == "replay") == (replay_count < max_replays)
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.dlq.envelope import Envelope, envelope_for
+from recovery.core.message import JobSpec
+from recovery.dlq.envelope import Envelope, UnreadableOriginalError, envelope_for
 from recovery.dlq.store import (
     EntryFilter,
     QuarantineRecord,
@@ -20,7 +21,6 @@ from recovery.dlq.store import (
     parse_age,
     parse_since,
 )
-from recovery.jobs import JobSpec
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -31,7 +31,7 @@ def envelope(**changes: Any) -> Envelope:
                   idempotency_key="key-1", enqueued_at=NOW.isoformat())
     made = envelope_for(job, categories=["server_error"], last_status=503, message="HTTP 503",
                         attempts=3, dead_at=NOW.isoformat())
-    return Envelope(**(made.to_message() | changes))
+    return Envelope(**(made.view() | changes), original=made.original)
 
 
 def kombu(body: Any, *, encode: bool = True) -> bytes:
@@ -42,7 +42,7 @@ def kombu(body: Any, *, encode: bool = True) -> bytes:
 
 
 def test_a_kombu_message_with_our_envelope_decodes() -> None:
-    entry = decode_entry(kombu(envelope().to_message()))
+    entry = decode_entry(kombu(envelope().sealed_message()))
     assert entry.problem is None and entry.envelope == envelope()
     assert entry.job_id == "job-1"
 
@@ -54,10 +54,10 @@ def test_a_kombu_message_with_our_envelope_decodes() -> None:
     (kombu('{"hello": 1}', encode=False), "not a dead-letter envelope"),
     (json.dumps({"body": "%%%", "properties": {"body_encoding": "base64"}}).encode(), "base64"),
     (kombu({"kind": "api-recovery.dead-letter/1", "job_id": "x"}), "lacks the field"),
-    (kombu(envelope().to_message() | {"attempts": "3"}), "'attempts'"),
-    (kombu(envelope().to_message() | {"replay_count": True}), "'replay_count'"),
-    (kombu(envelope().to_message() | {"headers": {"A": 1}}), "'headers'"),
-    (kombu(envelope().to_message() | {"error_categories": [None]}), "'error_categories'"),
+    (kombu(envelope().sealed_message() | {"attempts": "3"}), "'attempts'"),
+    (kombu(envelope().sealed_message() | {"replay_count": True}), "'replay_count'"),
+    (kombu(envelope().sealed_message() | {"headers": {"A": 1}}), "'headers'"),
+    (kombu(envelope().sealed_message() | {"error_categories": [None]}), "'error_categories'"),
 ])
 def test_malformed_entries_carry_a_reason(raw: bytes, problem: str) -> None:
     entry = decode_entry(raw)
@@ -81,13 +81,17 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
                            max_leaves=10)
 
 
-@given(st.dictionaries(st.sampled_from(sorted(envelope().to_message())), json_values))
+@given(st.dictionaries(st.sampled_from(sorted(envelope().sealed_message())), json_values))
 def test_envelope_shaped_garbage_never_raises(changes: dict[str, Any]) -> None:
-    entry = decode_entry(kombu(envelope().to_message() | changes))
+    entry = decode_entry(kombu(envelope().sealed_message() | changes))
     assert (entry.envelope is None) != (entry.problem is None)
     if entry.envelope is not None:
         assert isinstance(entry.envelope.replay_count, int)
-        entry.envelope.job()
+        try:
+            job = entry.envelope.job()
+        except UnreadableOriginalError:
+            return
+        assert job.job_id == entry.envelope.job_id
 
 
 def test_filter_matches_each_field() -> None:
@@ -150,8 +154,14 @@ def test_listing_view_redacts_an_envelope_that_kept_secrets() -> None:
 
 
 def test_quarantine_record_round_trips_and_redacts_raw_text() -> None:
-    good = QuarantineRecord.of(decode_entry(kombu(envelope().to_message())), "replay cap")
+    good = QuarantineRecord.of(decode_entry(kombu(envelope().sealed_message())), "replay cap")
     assert QuarantineRecord.from_message(good.to_message()) == good
-    assert good.envelope == envelope().to_message() and good.raw is None
+    assert good.envelope == envelope().view() and good.raw is None
+    assert "original" not in json.dumps(good.view())
+    assert good.original == envelope().original.stored()
     bad = QuarantineRecord.of(decode_entry(b"token=s3cr3t-value oops"), "malformed: not JSON")
     assert bad.envelope is None and bad.raw is not None and "s3cr3t-value" not in bad.raw
+    wrong = envelope().sealed_message() | {"attempts": "three"}
+    odd = QuarantineRecord.of(decode_entry(kombu(wrong)), "malformed: wrong type")
+    assert odd.raw is not None and "original" not in odd.raw and "key-1" in odd.raw
+    assert odd.original == envelope().original.stored()

@@ -1,4 +1,4 @@
-"""Tests for the error taxonomy in recovery.errors."""
+"""Tests for the error taxonomy in recovery.core.errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import urllib3.exceptions as u3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.errors import (
+from recovery.core.errors import (
     RETRYABLE_CATEGORIES,
     STRATEGY_BY_CATEGORY,
     Classification,

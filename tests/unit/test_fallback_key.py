@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.fallback import cache_key
-from recovery.jobs import JobSpec
-from recovery.registry import FallbackConfig
+from recovery.config.registry import FallbackConfig
+from recovery.core.message import JobSpec
+from recovery.engine.fallback import cache_key
 
 CACHE = FallbackConfig("cache", 1, vary=("x-user",))
 

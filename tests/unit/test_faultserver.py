@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from recovery.faultserver import FaultConfigError, FaultServer
+from recovery.demo.faultserver import FaultConfigError, FaultServer
 
 TIMEOUT = (1.0, 2.0)
 
@@ -223,7 +223,7 @@ def test_set_mode_before_start_does_not_listen() -> None:
 
 def test_runs_as_a_separate_process() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "recovery.faultserver", "--port", "0", "--mode", "5xx"],
+        [sys.executable, "-m", "recovery.demo.faultserver", "--port", "0", "--mode", "5xx"],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -15,16 +15,16 @@ import requests
 import responses
 from requests.adapters import HTTPAdapter
 
-from recovery import http
-from recovery.errors import ResponseDeadlineError, ResponseTooLargeError
-from recovery.faultserver import FaultServer
-from recovery.registry import (
+from recovery.config.registry import (
     BreakerConfig,
     Integration,
     RateLimitConfig,
     RetryConfig,
 )
-from recovery.urlguard import UnsafeHeaderError, UnsafePathError
+from recovery.config.urlguard import UnsafeHeaderError, UnsafePathError
+from recovery.core.errors import ResponseDeadlineError, ResponseTooLargeError
+from recovery.demo.faultserver import FaultServer
+from recovery.engine import http
 
 BASE = "https://api.example.test/v1"
 

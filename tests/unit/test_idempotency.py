@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from recovery import idempotency
-from recovery.idempotency import Claim, IdempotencyStore, KeyReusedError, request_fingerprint
+from recovery.state import idempotency
+from recovery.state.idempotency import Claim, IdempotencyStore, KeyReusedError, request_fingerprint
 
 
 def test_the_fingerprint_ignores_key_order_and_method_case_but_not_the_request() -> None:

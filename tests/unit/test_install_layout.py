@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from recovery import db
-from recovery.cli import main
+from recovery.audit import db
+from recovery.cli.main import main
 
 
 def test_version_prints_the_installed_distribution_version(
@@ -31,7 +31,7 @@ def test_migrations_come_from_the_installed_package() -> None:
 def test_without_the_package_the_checkouts_folder_is_used(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db, "MIGRATIONS_PACKAGE", "recovery_migrations_not_installed")
-    assert db.migrations_dir() == Path(db.__file__).resolve().parent.parent / "migrations"
+    assert db.migrations_dir() == Path(db.__file__).resolve().parents[2] / "migrations"
 
 
 def test_missing_migrations_are_one_sentence_saying_to_reinstall(

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import structlog
 
-from recovery.jobs import JobSpec
-from recovery.observability import configure_logging, job_context, reset_logging
+from recovery.core.message import JobSpec
+from recovery.telemetry.logging import configure_logging, job_context, reset_logging
 
 JOB = JobSpec(job_id="job-7", integration="shop", method="GET", path="/x", idempotency_key="k")
 
@@ -37,11 +37,11 @@ def test_a_stdlib_record_renders_as_our_json(capsys: pytest.CaptureFixture[str])
 def test_structlog_and_stdlib_lines_have_the_same_fields(
         capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("info", json=True)
-    structlog.get_logger("recovery.policy").info("ours")
+    structlog.get_logger("recovery.core.policy").info("ours")
     logging.getLogger("kombu.connection").info("theirs")
     ours, theirs = lines(capsys)
     assert set(ours) == set(theirs) == {"event", "level", "logger", "timestamp"}
-    assert (ours["logger"], theirs["logger"]) == ("recovery.policy", "kombu.connection")
+    assert (ours["logger"], theirs["logger"]) == ("recovery.core.policy", "kombu.connection")
 
 
 def test_secrets_in_stdlib_messages_and_args_are_redacted(

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from recovery import metric_labels, metrics
-from recovery.settings import reset_settings
+from recovery.config.settings import reset_settings
+from recovery.telemetry import metric_labels, metrics
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import json
 import pytest
 import structlog
 
-from recovery.jobs import JobSpec
-from recovery.observability import configure_logging, job_context
+from recovery.core.message import JobSpec
+from recovery.telemetry.logging import configure_logging, job_context
 
 JOB = JobSpec(job_id="job-1", integration="shop", method="GET", path="/x", idempotency_key="k")
 

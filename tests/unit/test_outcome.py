@@ -1,4 +1,4 @@
-"""`recovery.outcome`: what an exception raised by the engine makes of a delivery."""
+"""`recovery.engine.outcome`: what an exception raised by the engine makes of a delivery."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import redis
 import sqlalchemy.exc
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from recovery.jobs import JobSpec, Progress
-from recovery.outcome import (
+from recovery.config.registry import UnknownIntegrationError
+from recovery.core.message import JobSpec, Progress
+from recovery.engine.events import standard_bus
+from recovery.engine.outcome import (
     JobDeadLettered,
     JobFailed,
     Step,
@@ -20,7 +22,6 @@ from recovery.outcome import (
     describe,
     is_infrastructure,
 )
-from recovery.registry import UnknownIntegrationError
 
 
 class _Audit:
@@ -42,7 +43,9 @@ class _Registry:
 def runtime(*, dlq: bool = True, limit: int = 3) -> Any:
     settings = SimpleNamespace(poison_max_deliveries=limit, visibility_timeout_s=20,
                                dlq_enabled=dlq)
-    return SimpleNamespace(settings=settings, registry=_Registry(), audit=_Audit())
+    rt = SimpleNamespace(settings=settings, registry=_Registry(), audit=_Audit())
+    rt.events = standard_bus(lambda: rt.audit)  # as Runtime builds it
+    return rt
 
 
 JOB = JobSpec(job_id="j-1", integration="shop", method="GET", path="/x",

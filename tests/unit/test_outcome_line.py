@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recovery.jobs import Progress
-from recovery.pipeline import Step
-from recovery.worker import outcome_line
+from recovery.core.message import Progress
+from recovery.core.step import Step
+from recovery.engine.outcome import outcome_line
 
 
 @pytest.mark.parametrize(("step", "line"), [

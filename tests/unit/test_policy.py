@@ -1,4 +1,4 @@
-"""Tests for the retry policy in recovery.policy."""
+"""Tests for the retry policy in recovery.core.policy."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.errors import Classification, ResponseTooLargeError, classify
-from recovery.policy import (
+from recovery.config.registry import (
+    BreakerConfig,
+    Integration,
+    RateLimitConfig,
+    RetryConfig,
+)
+from recovery.core.errors import Classification, ResponseTooLargeError, classify
+from recovery.core.policy import (
     Decision,
     backoff_delay,
     cap_retry_after,
     decide_after_failure,
     decide_when_blocked,
-)
-from recovery.registry import (
-    BreakerConfig,
-    Integration,
-    RateLimitConfig,
-    RetryConfig,
 )
 
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.jobs import JobSpec
-from recovery.redact import (
+from recovery.core.message import JobSpec
+from recovery.core.redact import (
     HIDE_ALL,
     REDACTED,
     AuditPolicy,
@@ -234,8 +234,8 @@ def test_a_job_shows_what_its_integration_allows_and_its_repr_is_redacted() -> N
 
 
 def test_policy_for_an_unknown_integration_shows_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from recovery.registry import reset_registry
-    from recovery.settings import reset_settings
+    from recovery.config.loader import reset_registry
+    from recovery.config.settings import reset_settings
 
     monkeypatch.delenv("RECOVERY_INTEGRATIONS", raising=False)
     reset_settings()

@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 import structlog
 
-from recovery.jobs import JobSpec, Progress, job_message_view
-from recovery.observability import configure_logging
-from recovery.redact import HIDE_ALL, REDACTED, AuditPolicy, describe_body
-from recovery.sentry import scrub_event
-from recovery.worker import task_reprs
+from recovery.core.message import JobSpec, Progress, job_message_view, task_reprs
+from recovery.core.redact import HIDE_ALL, REDACTED, AuditPolicy, describe_body
+from recovery.telemetry.logging import configure_logging
+from recovery.telemetry.sentry import scrub_event
 
 SECRETS = {"Ocp-Apim-Subscription-Key": "ocp-0001", "X-Hub-Signature-256": "sha256=hub-0002",
            "Authorization": "Token tok-0003"}
@@ -29,7 +28,7 @@ JOB = JobSpec(job_id="job-1", integration="shop", method="POST", path="/orders",
 @pytest.fixture(autouse=True)
 def shop_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry's `shop` integration shows `page` and `max_tokens`; others nothing."""
-    monkeypatch.setattr("recovery.jobs.policy_for",
+    monkeypatch.setattr("recovery.core.message.policy_for",
                         lambda ident: SHOWS if ident == "shop" else HIDE_ALL)
 
 

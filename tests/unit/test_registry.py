@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from recovery.budget import RetryBudgetConfig
-from recovery.registry import (
+from recovery.config.loader import get_registry, load_registry, reset_registry
+from recovery.config.registry import (
     BreakerConfig,
     FallbackConfig,
     HealthCheckConfig,
@@ -18,11 +18,9 @@ from recovery.registry import (
     RegistryError,
     RetryConfig,
     UnknownIntegrationError,
-    get_registry,
-    load_registry,
-    reset_registry,
 )
-from recovery.settings import SettingsError, load_settings, reset_settings
+from recovery.config.settings import SettingsError, load_settings, reset_settings
+from recovery.state.budget import RetryBudgetConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrations.yaml"
 MINIMAL = "integrations:\n  - id: shop\n    base_url: https://shop.example.com\n"

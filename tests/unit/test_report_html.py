@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.report import parse_window, primary_class
-from recovery.report_html import CLASS_COLOURS, render_html, table, timeline_svg
+from recovery.ops.report import parse_window, primary_class
+from recovery.ops.report_html import CLASS_COLOURS, render_html, table, timeline_svg
 
 HOSTILE = "/orders/<script>alert('x')</script>?a=1&b=2"
 

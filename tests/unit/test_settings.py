@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recovery.settings import (
+from recovery.config.settings import (
     Settings,
     SettingsError,
     get_settings,
@@ -40,6 +40,11 @@ def test_defaults_match_the_documented_values() -> None:
         dlq_enabled=True,
         dlq_max_retries=5,
         dlq_retry_delay_ms=300000,
+        dlq_max_entries=10000,
+        dlq_max_age_days=180,
+        dlq_auto_replay_client_errors=False,
+        dlq_auto_replay_poison=False,
+        encryption_keys=(),
         sentry_dsn=None,
         metrics_enabled=True,
         task_events=False,

@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recovery.settings import MAX_COUNT, MAX_MS, SettingsError, load_settings
+from recovery.config.settings import MAX_COUNT, MAX_MS, SettingsError, load_settings
 
 COUNTS = ["CIRCUIT_BREAKER_THRESHOLD", "MAX_RETRIES", "DLQ_MAX_RETRIES", "RATE_LIMIT_MAX_REQUESTS",
           "POISON_MAX_DELIVERIES"]

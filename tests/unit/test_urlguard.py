@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from requests.utils import unquote_unreserved
 
-from recovery.urlguard import (
+from recovery.config.urlguard import (
     MAX_HEADERS,
     InvalidBaseURLError,
     UnsafeHeaderError,

@@ -13,7 +13,7 @@ from recovery.celery_app import (
     app,
     celery_config,
 )
-from recovery.settings import SettingsError, load_settings
+from recovery.config.settings import SettingsError, load_settings
 
 
 def error_for(**env: str) -> str:
@@ -125,7 +125,7 @@ def test_messages_built_by_hand_carry_every_field_as_asdict_would() -> None:
     left out of the message."""
     from dataclasses import asdict
 
-    from recovery.jobs import JobSpec, Progress
+    from recovery.core.message import JobSpec, Progress
 
     job = JobSpec("j1", "shop", "POST", "/orders", json={"a": [1, {"b": 2}]},
                   params={"page": 2}, headers={"X-Team": "t"}, idempotency_key="k",
@@ -160,8 +160,8 @@ def test_each_origins_connection_pool_keeps_one_connection_per_job_thread(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """urllib3 throws away a connection returned to a full pool: with 64 threads and a pool of
     10, most calls would open a new connection (and log a warning)."""
-    from recovery import http
-    from recovery.settings import reset_settings
+    from recovery.config.settings import reset_settings
+    from recovery.engine import http
 
     for threads, expected in (("256", 256), ("4", http.POOL_SIZE)):
         monkeypatch.setenv("WORKER_CONCURRENCY", threads)

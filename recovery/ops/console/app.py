@@ -11,12 +11,12 @@ from flask import Flask, render_template
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from recovery.core.redact import redact_text, redact_url
 from recovery.dlq.store import DlqBusyError, DlqUnavailableError
+from recovery.engine.runtime import Runtime
 from recovery.ops.console import security
 from recovery.ops.console.config import ConsoleConfig
 from recovery.ops.console.throttle import LoginThrottle
-from recovery.redact import redact_text, redact_url
-from recovery.runtime import Runtime
 
 SESSION_HOURS = 8
 

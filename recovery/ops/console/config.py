@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from recovery.settings import Settings, SettingsError
+from recovery.config.settings import Settings, SettingsError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 HASH_METHODS = ("scrypt:", "pbkdf2:")

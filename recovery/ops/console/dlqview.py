@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recovery.audit.queries import get_job
+from recovery.core.errors import ErrorCategory
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.purge import quarantined
 from recovery.dlq.store import EntryFilter, QueueList, dlq_client, envelope_view, parse_age
-from recovery.errors import ErrorCategory
-from recovery.redact import redact_text
-from recovery.runtime import Runtime
+from recovery.engine.runtime import Runtime
 
 PAGE_SIZE = 25
 MAX_PAGE_SIZE = 200
@@ -161,7 +160,6 @@ def quarantine_rows(rt: Runtime) -> list[dict[str, Any]]:
     """The quarantine as `dlq quarantine list --json` shows it."""
     rows = []
     for entry, record in quarantined(rt):
-        rows.append(record.to_message() if record is not None else
-                    {"kind": "unreadable",
-                     "raw": redact_text(entry.raw[:200].decode(errors="replace"))})
+        rows.append(record.view() if record is not None else  # never the sealed original
+                    {"kind": "unreadable", "bytes": len(entry.raw)})
     return rows

@@ -15,8 +15,8 @@ from sqlalchemy import Engine, Table, select
 
 from recovery.audit.models import Job, JobStatus
 from recovery.audit.queries import MAX_LIMIT
-from recovery.jobs import parse_time
-from recovery.report import iso
+from recovery.core.message import parse_time
+from recovery.ops.report import iso
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 STATUSES = tuple(status.value for status in JobStatus)

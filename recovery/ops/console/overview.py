@@ -15,11 +15,11 @@ from markupsafe import Markup
 from sqlalchemy import Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from recovery import monitor
 from recovery.audit.models import Attempt
+from recovery.engine.runtime import Runtime
+from recovery.ops import monitor
 from recovery.ops.console import charts
-from recovery.report import Window, failures_over_time
-from recovery.runtime import Runtime
+from recovery.ops.report import Window, failures_over_time
 
 _ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
 HOUR = timedelta(hours=1)

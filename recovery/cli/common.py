@@ -1,0 +1,41 @@
+"""Helpers every `recovery-cli` command module shares: one-sentence failures, JSON output and
+the process runtime."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from recovery.config.registry import RegistryError
+from recovery.config.settings import SettingsError
+from recovery.engine.runtime import get_runtime
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(jsonlib.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def runtime_or_exit() -> Any:
+    """The process runtime, or exit 2 with the settings/registry error as a sentence."""
+    try:
+        return get_runtime()
+    except (SettingsError, RegistryError) as exc:
+        fail(str(exc))
+
+
+class CliGroup(click.Group):
+    """Turns configuration errors raised anywhere under a command into one sentence, exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SettingsError, RegistryError) as exc:
+            fail(str(exc))

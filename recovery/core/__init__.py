@@ -1,0 +1,2 @@
+"""Pure domain code: the job message, error classification, retry policy, redaction, URL
+checks and encryption of stored originals. No I/O beyond what a caller passes in."""

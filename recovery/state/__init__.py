@@ -1,0 +1,2 @@
+"""Redis-shared state, each with an in-process twin: circuit breaker, rate limit, budget,
+idempotency, access tokens and the beat lock. Every Lua script lives in `state/lua/`."""

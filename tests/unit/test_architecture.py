@@ -1,0 +1,40 @@
+"""The layering of DESIGN.md, enforced: imports only go down, and enqueueing stays light."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_import_contract_holds() -> None:
+    """`lint-imports` checks the [importlinter] contract in setup.cfg (layers, top to bottom:
+    cli, demo, tasks, ops, engine, dlq/audit/state/telemetry, core, config)."""
+    command = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
+    result = subprocess.run([command, "--config", str(ROOT / "setup.cfg"), "--no-cache"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_enqueueing_does_not_import_the_engine() -> None:
+    """A producer imports `recovery` and builds a job without loading the pipeline, a database
+    engine, the Celery app or the beat schedule."""
+    script = (
+        "import sys, recovery\n"
+        "from recovery.config.loader import load_registry\n"
+        "from recovery.config.settings import get_settings\n"
+        "from recovery.engine.producer import build_job\n"
+        "registry = load_registry(get_settings())\n"
+        "job = build_job(registry, 'primary-api', 'POST', '/orders', json={'id': 1})\n"
+        "assert job.integration == 'primary-api'\n"
+        "heavy = ['recovery.engine.pipeline', 'recovery.engine.runtime', 'recovery.celery_app',\n"
+        "         'beat_schedule', 'recovery.audit.db', 'celery']\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
