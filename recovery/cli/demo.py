@@ -127,8 +127,9 @@ class ServicesBackend:
 
     def _start_worker(self, number: int, log_dir: Path) -> None:
         log_path = log_dir / f"worker{number}.log"
+        # The README's job worker: threads, WORKER_CONCURRENCY of them (64 by default).
         command = [sys.executable, "-m", "celery", "-A", "recovery.celery_app", "worker",
-                   "-P", "prefork", "-c", "2", "-Q", "integrations", "--without-gossip",
+                   "-Q", "integrations", "--without-gossip",
                    "--without-mingle", "--without-heartbeat", "-l", "info",
                    "-n", f"demo{number}-{uuid.uuid4().hex[:6]}@%h"]
         with log_path.open("wb") as log_file:

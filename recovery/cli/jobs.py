@@ -67,7 +67,9 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
                         headers=_parse_pairs(headers, ":", "header"),
                         idempotency_key=idempotency_key, on_success=on_success,
                         on_failure=on_failure)
-        job_id = submit(runtime, job)  # refuses a key reused with another request
+        # Refuses a key reused with another request; the queued row is written at once, so
+        # `recovery-cli jobs show` finds the job even before a worker's drain runs.
+        job_id = submit(runtime, job, spool_audit=False)
     except EnqueueError as exc:
         fail(str(exc))
     click.echo(job_id)

@@ -128,8 +128,8 @@ def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit 
                                      integration, failure).counts_against_breaker(failure),
                                  audit=taken[1] if taken is not None else None)
     finally:  # rows that did not ride along stay buffered, also when settle raised
-        if taken is not None and not spooled and batcher is not None:
-            batcher.restore(taken[0])
+        if taken is not None and batcher is not None:
+            batcher.taken_done(taken[0], spooled=spooled)
 
 
 def _token_failure(exc: Exception) -> Classification:

@@ -45,8 +45,10 @@ def enqueue(integration: str, method: str, path: str, *, json: Any = None,
     return submit(runtime, job)
 
 
-def submit(runtime: Runtime, job: JobSpec) -> JobHandle:
-    """Publish a validated job, then record it as queued (best effort) in the audit trail."""
+def submit(runtime: Runtime, job: JobSpec, *, spool_audit: bool = True) -> JobHandle:
+    """Publish a validated job, then record it as queued (best effort) in the audit trail:
+    through the Redis audit spool (`spool_audit`, a worker's drain writes it), or at once for
+    a caller that reads the job back right away (`recovery-cli enqueue`)."""
     try:
         runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
                                              request_fingerprint(job.method, job.path,
@@ -58,5 +60,5 @@ def submit(runtime: Runtime, job: JobSpec) -> JobHandle:
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
                              redact_params(job.params or {}, policy_for(job.integration)),
                              job.idempotency_key,
-                             seq=queued_seq)
+                             seq=queued_seq, spooled=spool_audit)
     return JobHandle(job.job_id)
