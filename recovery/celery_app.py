@@ -1,7 +1,9 @@
-"""The Celery application: JSON only, late acks, routing by `task_routes`.
+"""The Celery application: JSON only, late acks, routing by `task_routes`, a thread pool.
 
-`celery -A recovery.celery_app worker` consumes the work queues (`integrations`, `maintenance`)
-and never `dlq`: dead letters are envelopes for operators and the capped replay, not tasks.
+`celery -A recovery.celery_app worker -Q integrations` runs jobs on WORKER_CONCURRENCY threads
+(default 64); `celery -A recovery.celery_app worker -Q maintenance -c 2` runs the health checks
+and the capped replay beside it, so a backlog of jobs never delays a health check. No worker
+consumes `dlq`: dead letters are envelopes for operators and the capped replay, not tasks.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ MAINTENANCE_QUEUE = "maintenance"
 DLQ_QUEUE = "dlq"
 QUARANTINE_QUEUE = "dlq.quarantine"
 
-TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq"]
+TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq", "tasks.workflow"]
 
 TASK_ROUTES = {
     "tasks.integration.*": {"queue": WORK_QUEUE},
+    "tasks.workflow.*": {"queue": WORK_QUEUE},
     "tasks.health.*": {"queue": MAINTENANCE_QUEUE},
     "tasks.dlq.*": {"queue": MAINTENANCE_QUEUE},
 }
@@ -49,10 +52,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # API calls wait far more than they compute: threads by default, many of them
+        # (WORKER_CONCURRENCY). Choose another pool with WORKER_POOL: once an app configures
+        # a pool, Celery takes a `-P prefork` on the command line for its own default and
+        # ignores it (`-P solo` and `-c N` do work).
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
         # Off by default: Flower (and `celery control enable_events`) turns them on while
         # someone watches. Three events per task, published by the worker's main process.
         "worker_send_task_events": settings.task_events,
-        "task_send_sent_event": True,
+        # Flower learns a task's name from task-sent or task-received, and a worker sends
+        # task-received only once Flower has switched its events on: without task-sent, a job
+        # received before that shows in Flower without a name. It costs a producer about a
+        # fifth of its CPU per enqueue (one more publish): TASK_SENT_EVENTS=false without Flower.
+        "task_send_sent_event": settings.task_sent_events,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_default_queue": WORK_QUEUE,
         "task_routes": TASK_ROUTES,
@@ -125,6 +138,15 @@ def _batch_audit_writes(**_: Any) -> None:
     from recovery.audit.spool import enable_batching
 
     enable_batching()
+
+
+@signals.task_prerun.connect
+def _fresh_log_context(**_: Any) -> None:
+    """A pool thread runs job after job: nothing bound to the log context by one may show
+    on the next one's lines."""
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
 
 
 @signals.task_postrun.connect

@@ -310,3 +310,6 @@ class DeadLetterRecord:
     envelope: Mapping[str, Any]
     replay_count: int = 0
     dead_at: datetime | None = None
+
+
+from recovery.audit import workflow_models  # noqa: E402,F401  (registers the workflow tables)

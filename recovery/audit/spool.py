@@ -211,6 +211,11 @@ class AuditBatcher:
         self._drain_lock = threading.Lock()
         self._pending: deque[Op] = deque()
         self._carry: list[Op] = []
+        # Ops taken by `take_for_spool` whose round trip has not ended, under a condition of
+        # their own: waking `_cond` would wake the batcher thread, which would then spool a
+        # delivery's restored rows before the rest of its rows (its final status) arrive.
+        self._in_flight = 0
+        self._landed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
         self._retry_at = 0.0
@@ -252,24 +257,42 @@ class AuditBatcher:
             if self._carry or not self._pending or len(self._pending) > OPS_PER_ENTRY:
                 return None
             ops, self._pending = list(self._pending), deque()
-        self.counts["spooled"] += len(ops)
+            self.counts["spooled"] += len(ops)
+            with self._landed:
+                self._in_flight += len(ops)
         return ops, self._spool.append_call(ops)
+
+    def taken_done(self, ops: list[Op], *, spooled: bool) -> None:
+        """End a `take_for_spool`: its round trip spooled `ops`, or they go back to the head of
+        the buffer. Either way a `commit` waiting for them (another thread's) may go on."""
+        if not spooled:
+            with self._cond:
+                self.counts["spooled"] -= len(ops)
+                self._pending.extendleft(reversed(ops))
+        with self._landed:
+            self._in_flight -= len(ops)
+            self._landed.notify_all()
 
     def restore(self, ops: list[Op]) -> None:
         """Put ops from `take_for_spool` back at the head of the buffer."""
-        self.counts["spooled"] -= len(ops)
-        with self._cond:
-            self._pending.extendleft(reversed(ops))
+        self.taken_done(ops, spooled=False)
 
     def buffered(self) -> int:
         with self._cond:
             return len(self._pending) + len(self._carry)
 
-    def commit(self) -> bool:
+    def commit(self, in_flight_timeout_s: float = 10.0) -> bool:
         """Make every buffered op durable now: one XADD to the spool or, without Redis, a write
-        to the database. True when nothing is left only in this process's memory."""
+        to the database. True when nothing is left only in this process's memory.
+
+        Under a thread pool another job's settle round trip may have taken this job's ops
+        (`take_for_spool` takes the whole buffer): commit waits for such round trips to end
+        first, so that what it returns covers every op submitted before it was called.
+        """
         if os.getpid() != self._pid:
             return True
+        with self._landed:
+            self._landed.wait_for(lambda: self._in_flight == 0, in_flight_timeout_s)
         with self._move_lock:
             return self._move(force=False)
 
@@ -341,7 +364,7 @@ class AuditBatcher:
         if self._spool is not None:
             try:
                 self._spool.append(ops)
-                self.counts["spooled"] += len(ops)
+                self._count("spooled", len(ops))
                 return True
             except SpoolUnavailable as exc:
                 self._log_error("audit_spool_unavailable", error=str(exc), ops=len(ops))
@@ -360,7 +383,7 @@ class AuditBatcher:
                 self._keep(ops[start:])
                 return False
             self._recovered()
-            self.counts["written"] += min(self.max_rows, len(ops) - start) - len(orphans)
+            self._count("written", min(self.max_rows, len(ops) - start) - len(orphans))
             self._keep_orphans(orphans)
         return True
 
@@ -378,7 +401,7 @@ class AuditBatcher:
         self._keep_orphans(drained.orphans)
         if drained.written:
             self._recovered()
-            self.counts["drained"] += drained.written
+            self._count("drained", drained.written)
         if isinstance(drained.error, DatabaseUnavailable):
             self._failed(drained.error)
         elif drained.error is not None:
@@ -394,7 +417,7 @@ class AuditBatcher:
 
     def _reject(self, rejected: list[Rejected]) -> None:
         """Ops the database can never take: kept in the rejected stream, alerted."""
-        self.counts["rejected"] += len(rejected)
+        self._count("rejected", len(rejected))
         self._rejected.put(rejected)
 
     def _keep(self, ops: list[Op]) -> None:
@@ -415,8 +438,8 @@ class AuditBatcher:
             if now - op.born >= self.orphan_max_age_s:
                 log.error("audit_orphan_dropped", kind=op.kind, job_id=op.job_id,
                           why="Its job row never reached the audit trail.")
-        self.counts["dropped"] += len(orphans) - len(keep)
         with self._cond:
+            self.counts["dropped"] += len(orphans) - len(keep)
             self._carry.extend(keep)
 
     def _drop_oldest(self, count: int) -> None:
@@ -426,6 +449,11 @@ class AuditBatcher:
         self.counts["dropped"] += count
         log.error("audit_ops_dropped", count=count, limit=self.max_buffer,
                   why="The in-memory audit buffer is full (database and spool unavailable).")
+
+    def _count(self, name: str, amount: int) -> None:
+        """Counters are shared by the job threads and the batcher thread."""
+        with self._cond:
+            self.counts[name] += amount
 
     def _log_error(self, event: str, **details: Any) -> None:
         """Log an error at most every 5 s per event: loud, but not once per op."""

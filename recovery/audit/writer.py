@@ -108,6 +108,7 @@ class AuditWriter:
         idempotency_key: str | None,
         replay_count: int = 0,
         seq: int | None = None,
+        spooled: bool = False,
     ) -> bool:
         """Record a job the producer enqueued. A repeated write for the same job changes
         nothing, except that an operator's replay (a higher ``replay_count``) is counted and
@@ -117,6 +118,11 @@ class AuditWriter:
         ``seq`` (`recovery.audit.sql.next_seq`) orders this write among the job's others: a
         producer that publishes first takes it before publishing, so a worker's writes, even
         if they reach the database later, outrank "queued".
+
+        ``spooled``: hand the row to the Redis audit spool (one round trip) rather than insert
+        it now, which costs a producer several times the CPU of its publish; a worker's drain
+        writes it about a second later, and the database until then does not know the job. If
+        the spool refuses it, it is written at once after all.
         """
 
         def build() -> Op:
@@ -124,6 +130,8 @@ class AuditWriter:
             return Op("job_queued", job_id, next_seq() if seq is None else seq,
                       {**values, "replay_count": replay_count})
 
+        if spooled and self._batcher is None and self._spool is not None:
+            return self._record("jobs", build, job_id, spool_first=True)
         return self._record("jobs", build, job_id)
 
     def job_started(
@@ -318,8 +326,9 @@ class AuditWriter:
     def _now(self) -> str:
         return utc_iso(self._clock())
 
-    def _record(self, table: str, build: Callable[[], Op], job_id: str) -> bool:
-        """Build the op (bad input fails here, logged) and buffer or write it."""
+    def _record(self, table: str, build: Callable[[], Op], job_id: str, *,
+                spool_first: bool = False) -> bool:
+        """Build the op (bad input fails here, logged) and buffer, spool or write it."""
         try:
             op = build()
         except Exception as exc:
@@ -328,6 +337,12 @@ class AuditWriter:
             return False
         if self._batcher is not None:
             return self._batcher.submit(op)
+        if spool_first and self._spool is not None:
+            try:
+                self._spool.append([op])
+                return True
+            except SpoolUnavailable as exc:
+                log.warning("audit_spool_unavailable", error=str(exc), job_id=op.job_id)
         return self._write_now(table, op)
 
     def _write_now(self, table: str, op: Op) -> bool:

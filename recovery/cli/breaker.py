@@ -8,6 +8,7 @@ import click
 
 from recovery.cli.common import emit_json, fail, runtime_or_exit
 from recovery.config.registry import UnknownIntegrationError
+from recovery.ops.steering import steer_breaker
 
 
 def _snapshot_dict(runtime: Any, integration: Any) -> dict[str, Any]:
@@ -55,20 +56,13 @@ def breaker_status(as_json: bool) -> None:
 
 
 def _steer(integration_id: str, action: str, reason: str | None) -> None:
-
     runtime = runtime_or_exit()
+    why = reason or f"operator {action} from recovery-cli"
     try:
-        integration = runtime.registry.get(integration_id)
+        state = steer_breaker(runtime, integration_id, action, why, {})
     except UnknownIntegrationError as exc:
         fail(str(exc))
-    why = reason or f"operator {action} from recovery-cli"
-    target = runtime.breaker(integration)
-    if action == "open":
-        target.force_open(why)
-    else:
-        target.force_close(why)
-    runtime.audit.alert(f"breaker_manual_{action}", integration_id, why, {})
-    click.echo(f"Breaker for {integration_id!r} is now {target.snapshot().state}.")
+    click.echo(f"Breaker for {integration_id!r} is now {state}.")
 
 
 @breaker.command("open")

@@ -42,6 +42,7 @@ from recovery.demo.scenario import (
     summarise,
     write_integration,
 )
+from recovery.demo.workflow import WorkflowDemo, phase_workflows, workflow_problems
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.dlq.store import EntryFilter
 from recovery.engine.producer import publish_job
@@ -126,8 +127,9 @@ class ServicesBackend:
 
     def _start_worker(self, number: int, log_dir: Path) -> None:
         log_path = log_dir / f"worker{number}.log"
+        # The README's job worker: threads, WORKER_CONCURRENCY of them (64 by default).
         command = [sys.executable, "-m", "celery", "-A", "recovery.celery_app", "worker",
-                   "-P", "prefork", "-c", "2", "-Q", "integrations", "--without-gossip",
+                   "-Q", "integrations", "--without-gossip",
                    "--without-mingle", "--without-heartbeat", "-l", "info",
                    "-n", f"demo{number}-{uuid.uuid4().hex[:6]}@%h"]
         with log_path.open("wb") as log_file:
@@ -235,10 +237,14 @@ def run_demo(mode: str, fast: bool, say: Any) -> Summary:
     """Set up the mode, run every phase, and summarise; everything is torn down on the way out."""
     integration_id, prefix = demo_ids()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="recovery-demo-") as tmp, FaultServer() as upstream:
+    with (tempfile.TemporaryDirectory(prefix="recovery-demo-") as tmp, FaultServer() as upstream,
+          WorkflowDemo(integration_id) as workflows):
         workdir = Path(tmp)
         yaml_path = write_integration(workdir / "integrations.yaml", integration_id, upstream.url)
-        env = {**os.environ, **demo_env(yaml_path, prefix)}
+        if mode != "embedded":  # workflow steps are Celery tasks: they need the real workers
+            workflows.add_to(yaml_path)
+        env = {**os.environ, **demo_env(yaml_path, prefix),
+               "ORDER_STORE_DIR": str(workdir / "orders")}
         if mode == "embedded":
             env = {k: v for k, v in env.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         say(f"Flaky upstream listening on {upstream.url}; integration {integration_id!r} "
@@ -250,10 +256,15 @@ def run_demo(mode: str, fast: bool, say: Any) -> Summary:
                     f"{prefix!r}.")
             integration = backend.rt.registry.get(integration_id)
             run_flow(Flow(backend, upstream, integration, say, Pace(fast)))
+            if isinstance(backend, ServicesBackend):
+                phase_workflows(backend.rt, workflows, say)
             summary = summarise(backend.rt, upstream, integration_id, mode,
                                 time.monotonic() - started)
             if isinstance(backend, ServicesBackend):
                 summary.worker_pids = backend.pids
+                summary.workflow_runs, problems = workflow_problems(backend.rt, workflows)
+                summary.problems += problems
+                summary.ok = not summary.problems
             return summary
         finally:
             backend.close()
@@ -272,6 +283,8 @@ def render(summary: Summary) -> str:
         ("Breaker transitions", ", ".join(summary.breaker_transitions) or "none"),
         ("Dead letters", str(summary.dead_letters)),
         ("Replayed / then succeeded", f"{summary.replayed} / {summary.replayed_succeeded}"),
+        ("Workflow runs", ", ".join(f"{k}: {v}" for k, v in summary.workflow_runs.items())
+         or "none (embedded mode)"),
         ("Duration", f"{summary.duration_s:g} s"),
     ]
     width = max(len(name) for name, _ in rows)

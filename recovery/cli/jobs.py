@@ -48,9 +48,12 @@ def _parse_pairs(pairs: tuple[str, ...], sep: str, what: str) -> dict[str, str]:
 @click.option("--param", "params", multiple=True, help="Query parameter k=v (repeatable).")
 @click.option("--header", "headers", multiple=True, help="Header 'K: V' (repeatable).")
 @click.option("--idempotency-key", help="Reuse this key; a key that succeeded is not re-run.")
+@click.option("--on-success", help="Celery task of your app to receive the outcome.")
+@click.option("--on-failure", help="Celery task of your app to receive a failure's outcome.")
 def enqueue(integration: str, method: str, path: str, body: str | None,
             params: tuple[str, ...], headers: tuple[str, ...],
-            idempotency_key: str | None) -> None:
+            idempotency_key: str | None, on_success: str | None,
+            on_failure: str | None) -> None:
     """Validate and enqueue one call; prints the job id.
 
     \b
@@ -62,8 +65,11 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
         job = build_job(runtime.registry, integration, method, path, json=_parse_body(body),
                         params=_parse_pairs(params, "=", "parameter") or None,
                         headers=_parse_pairs(headers, ":", "header"),
-                        idempotency_key=idempotency_key)
-        job_id = submit(runtime, job)  # refuses a key reused with another request
+                        idempotency_key=idempotency_key, on_success=on_success,
+                        on_failure=on_failure)
+        # Refuses a key reused with another request; the queued row is written at once, so
+        # `recovery-cli jobs show` finds the job even before a worker's drain runs.
+        job_id = submit(runtime, job, spool_audit=False)
     except EnqueueError as exc:
         fail(str(exc))
     click.echo(job_id)

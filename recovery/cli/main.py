@@ -17,6 +17,9 @@ from recovery.cli.dlq import dlq_group, replay_dlq_command
 from recovery.cli.jobs import enqueue, jobs, test_call
 from recovery.cli.ops import monitor_command, report_command, simulate_command
 from recovery.cli.ratelimit import ratelimit
+from recovery.cli.results import jobs_result
+from recovery.cli.strategies import strategies_command
+from recovery.cli.workflow import workflow_group
 from recovery.config.settings import get_settings
 from recovery.ops.serve import serve_command
 from recovery.telemetry.logging import configure_logging
@@ -37,5 +40,7 @@ def main() -> None:
 
 for _command in (enqueue, test_call, jobs, db, breaker, demo_command, dlq_group,
                  replay_dlq_command, serve_command, simulate_command, monitor_command,
-                 report_command, ratelimit, console_group):
+                 report_command, ratelimit, console_group, workflow_group,
+                 strategies_command):
     main.add_command(_command)
+jobs.add_command(jobs_result)

@@ -215,6 +215,7 @@ def render_report(data: dict[str, Any]) -> str:
         ("Fallback use", data["fallbacks"], ("integration", "fallback", "jobs")),
         ("Slowest endpoints", data["slowest_endpoints"],
          ("integration", "method", "path", "calls", "p95_ms", "max_ms")),
+        ("Workflow runs", data["workflow_runs"], ("workflow", "status", "runs")),
     ]
     for title, rows, columns in sections:
         lines += ["", title]

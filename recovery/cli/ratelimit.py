@@ -13,6 +13,7 @@ import click
 
 from recovery.cli.common import emit_json, fail, runtime_or_exit
 from recovery.config.registry import UnknownIntegrationError
+from recovery.ops.steering import resume_rate_limit
 
 
 def _usage_dict(runtime: Any, integration: Any) -> dict[str, Any]:
@@ -66,14 +67,11 @@ def ratelimit_resume(integration: str, reason: str | None) -> None:
       recovery-cli ratelimit resume payments --reason "vendor confirmed the outage is over"
     """
     runtime = runtime_or_exit()
+    why = reason or "operator resume from recovery-cli"
     try:
-        runtime.registry.get(integration)
+        left_s = resume_rate_limit(runtime, integration, why, {})
     except UnknownIntegrationError as exc:
         fail(str(exc))
-    why = reason or "operator resume from recovery-cli"
-    left_s = runtime.limiter.resume(integration)
-    runtime.audit.alert("ratelimit_manual_resume", integration, why,
-                        {"pause_left_s": round(left_s, 3)})
     if left_s > 0:
         click.echo(f"Rate-limit pause for {integration!r} lifted ({left_s:.1f} s were left).")
     else:

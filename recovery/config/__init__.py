@@ -1,2 +1,3 @@
-"""Configuration, the bottom layer: settings from the environment, the integration models and
-the YAML loader that builds them. Imports nothing else from `recovery`."""
+"""Configuration, the bottom layer: settings from the environment, the integration,
+recovery-strategy and workflow models and the YAML loaders that build them. Imports nothing
+else from `recovery`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -47,6 +48,7 @@ from recovery.config.settings import (
     is_http_url,
     shown_base_url,
 )
+from recovery.config.strategies import parse_strategies
 from recovery.config.urlguard import (
     MAX_HEADER_BYTES,
     UnsafeHeaderError,
@@ -69,7 +71,7 @@ _MISSING_HINT = (
 _INTEGRATION_KEYS = (
     "id", "name", "base_url", "timeout_ms", "retry", "circuit_breaker", "fallbacks",
     "health_check", "rate_limit", "headers", "oauth", "retry_budget", "audit",
-    "max_response_bytes", "deadline_ms",
+    "max_response_bytes", "deadline_ms", "strategies",
 )
 _RETRY_KEYS = ("max_attempts", "initial_delay_ms", "backoff_factor", "max_delay_ms", "jitter")
 _BREAKER_KEYS = (
@@ -380,7 +382,9 @@ def _integration(
         deadline_ms=None if s.get("deadline_ms") is None else s.millis("deadline_ms", 1),
     )
     _check_countdowns(integration, s, settings)
-    return integration
+    strategies = parse_strategies(s, tuple(f.type for f in integration.fallbacks),
+                                  FALLBACK_TYPES, settings.visibility_timeout_s)
+    return replace(integration, strategies=MappingProxyType(strategies))
 
 
 def _integration_id(entry: Any, path: str, number: int) -> str:
@@ -404,10 +408,10 @@ def load_file(path: str, settings: Settings, environ: Mapping[str, str]) -> Regi
     if not isinstance(document, Mapping) or "integrations" not in document:
         raise RegistryError(f"{path}: the top level must be a mapping with an 'integrations' "
                             f"list, got {show_value(document)}.")
-    extra = sorted(str(key) for key in document if key != "integrations")
-    if extra:
+    extra = sorted(str(key) for key in document if key not in ("integrations", "workflows"))
+    if extra:  # workflows: read by recovery.config.workflow_file
         raise RegistryError(f"{path}: unknown top-level key {extra[0]!r} "
-                            "(known keys: integrations).")
+                            "(known keys: integrations, workflows).")
     entries = document["integrations"]
     if not isinstance(entries, list) or not entries:
         raise RegistryError(f"{path}: 'integrations' must be a non-empty list of integrations, "

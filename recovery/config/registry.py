@@ -19,6 +19,7 @@ from recovery.config.budget import (
     RetryBudgetConfig,
 )
 from recovery.config.settings import Settings
+from recovery.config.strategies import StrategyBlock
 
 PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2
@@ -139,6 +140,10 @@ class Integration:
     audit: AuditPolicy = HIDE_ALL  # what displays may show of its jobs' requests
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # larger answers are refused
     deadline_ms: int | None = None  # whole call (connect + every read); None: the call timeout
+    #: Recovery strategies by error category or status ("rate_limit", "503"), over the
+    #: default table (`recovery.core.strategies`).
+    strategies: Mapping[str, StrategyBlock] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 class Registry:

@@ -41,6 +41,17 @@ SERVE_TOKEN_LENGTH = (16, 256)
 CONSOLE_ROLES = ("viewer", "operator")
 #: Shortest CONSOLE_SECRET_KEY: it signs the session cookie.
 CONSOLE_SECRET_MIN = 32
+#: RESULT_MAX_BYTES bounds: an outcome lives in Redis for RESULT_TTL, so it stays small.
+RESULT_MAX_BYTES_RANGE = (0, 64 * 1024 * 1024)
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+#: Worker pools a deployment may choose (WORKER_POOL). gevent and eventlet are left out:
+#: psycopg 3 waits for PostgreSQL inside libpq, where their hub cannot switch away.
+WORKER_POOLS = ("threads", "prefork", "solo")
+#: Threads a worker runs jobs on by default: API calls mostly wait, so many per core.
+DEFAULT_WORKER_CONCURRENCY = 64
+#: Most threads one worker process may run; past this a process spends more on switching
+#: between threads (and holding sockets) than it gains, so run more processes instead.
+MAX_WORKER_CONCURRENCY = 1024
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
@@ -113,6 +124,13 @@ class Settings:
     console_auth_header: str | None = None
     console_header_roles: tuple[tuple[str, str], ...] = ()  # (user or "*", role)
     console_secure_cookies: bool | None = None  # None: secure unless bound to loopback
+    workflows_file: str | None = None  # RECOVERY_WORKFLOWS: a YAML file of workflows
+    result_ttl_ms: int = 86_400_000  # how long a job's outcome is kept in Redis
+    result_max_bytes: int = 1024 * 1024  # a larger body is not kept with the outcome
+    callback_queue: str = "celery"  # where on_success / on_failure tasks are sent
+    task_sent_events: bool = True  # producers publish a task-sent event per enqueue (Flower)
+    worker_pool: str = "threads"  # Celery's pool for `celery worker` (WORKER_POOLS)
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # threads (or processes) of the pool
     broker_url: str | None = None  # None: REDIS_URL is the broker too (recovery.config.broker)
     rabbitmq_consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, mirrored
 
@@ -408,6 +426,29 @@ def _console_settings(r: _Reader) -> dict[str, Any]:
             "console_secure_cookies": secure}
 
 
+def _result_settings(r: _Reader) -> dict[str, Any]:
+    """Results and callbacks (`recovery.state.results`, `recovery.engine.results`)."""
+    queue = r.text("CALLBACK_QUEUE", "celery")
+    if not _QUEUE_NAME.fullmatch(queue):
+        raise SettingsError(f"CALLBACK_QUEUE must be a queue name of letters, digits and "
+                            f"_.:- (at most 100), got {show(queue)}.")
+    return {"result_ttl_ms": r.whole("RESULT_TTL", 86_400_000, 1000, MAX_MS, "ms"),
+            "result_max_bytes": r.whole("RESULT_MAX_BYTES", 1024 * 1024,
+                                        *RESULT_MAX_BYTES_RANGE, "bytes"),
+            "callback_queue": queue}
+def _worker_settings(r: _Reader) -> dict[str, Any]:
+    """The pool and its size: 64 threads by default; a process pool defaults to one process
+    per core (64 processes would be 64 copies of the worker)."""
+    pool = r.text("WORKER_POOL", "threads").lower()
+    if pool not in WORKER_POOLS:
+        raise SettingsError(f"WORKER_POOL must be one of {', '.join(WORKER_POOLS)}, got "
+                            f"{show(r.raw('WORKER_POOL', ''))}.")
+    default = DEFAULT_WORKER_CONCURRENCY if pool == "threads" else os.cpu_count() or 1
+    return {"task_sent_events": r.flag("TASK_SENT_EVENTS", True), "worker_pool": pool,
+            "worker_concurrency": r.whole("WORKER_CONCURRENCY", default, 1,
+                                          MAX_WORKER_CONCURRENCY)}
+
+
 def _check_countdowns(settings: Settings) -> None:
     """Refuse settings whose longest countdown could outlast the broker's visibility timeout.
 
@@ -498,7 +539,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cache_max_body_bytes=r.whole("CACHE_MAX_BODY_BYTES", 256 * 1024, 0, MAX_BYTES, "bytes"),
         max_response_bytes=r.whole("MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1, MAX_BYTES,
                                    "bytes"),
+        **_worker_settings(r),
         **_console_settings(r),
+        workflows_file=r.optional("RECOVERY_WORKFLOWS"),
+        **_result_settings(r),
         broker_url=_broker_url(r, r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")),
         rabbitmq_consumer_timeout_s=r.whole("RABBITMQ_CONSUMER_TIMEOUT", 1800, 60,
                                             MAX_MS // 1000, "s"),

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from recovery.config.registry import Integration, RetryConfig
 from recovery.core.errors import UNREPAIRABLE_CATEGORIES, Classification
+from recovery.core.strategies import Strategy, WaitExponential, strategy_for
+
+if TYPE_CHECKING:
+    from recovery.config.registry import Integration, RetryConfig
 
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
 DelaySource = Literal["backoff", "retry-after", "retry-after-cap", "breaker", "rate-limit",
@@ -48,26 +51,13 @@ class Decision:
 
 
 def backoff_delay(retry: RetryConfig, attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed attempt number `attempt` (1-based).
+    """Seconds to wait after failed attempt number `attempt` (1-based) under a retry block.
 
     The delay is initial_delay * backoff_factor ** (attempt - 1), capped at max_delay; jitter
-    then draws it uniformly from [delay * (1 - jitter), delay], so it never exceeds the cap.
-    Without `rng` the module-level generator is used, which Python reseeds in forked workers,
-    so sibling workers do not retry in lockstep.
+    then draws it uniformly from [delay * (1 - jitter), delay], so it never exceeds the cap
+    (`recovery.core.strategies.WaitExponential`).
     """
-    if attempt < 1:
-        raise ValueError(f"The attempt number starts at 1, got {attempt}.")
-    cap_ms = max(0.0, float(retry.max_delay_ms))
-    try:
-        raw_ms = retry.initial_delay_ms * retry.backoff_factor ** (attempt - 1)
-    except OverflowError:
-        raw_ms = cap_ms
-    delay_ms = min(max(0.0, float(raw_ms)), cap_ms)
-    jitter = min(max(retry.jitter, 0.0), 1.0)
-    if jitter and delay_ms:
-        low = delay_ms * (1.0 - jitter)
-        delay_ms = rng.uniform(low, delay_ms) if rng is not None else random.uniform(low, delay_ms)
-    return min(delay_ms, cap_ms) / 1000.0
+    return WaitExponential.of(retry)(attempt, rng)
 
 
 def cap_retry_after(c: Classification, cap_s: float, integration_id: str) -> Classification:
@@ -99,8 +89,14 @@ def decide_after_failure(
     has_fallback: bool,
     dlq_enabled: bool,
     rng: random.Random | None = None,
+    strategy: Strategy | None = None,
 ) -> Decision:
     """Decide what follows failed attempt number `attempt` (1-based) of a call.
+
+    The failure's recovery `strategy` (by default resolved from the integration's strategy
+    table, `recovery.core.strategies`) gives the attempts, the delays, whether to retry at
+    all and whether the job goes straight to the dead-letter queue; `has_fallback` says
+    whether that strategy has a fallback to use.
 
     Retryable failures with attempts left are retried after the backoff delay, or after the
     server's Retry-After when that is longer. Every delay is capped at `max_countdown_s` (the
@@ -113,14 +109,18 @@ def decide_after_failure(
         raise ValueError(f"The attempt number starts at 1, got {attempt}.")
     if max_countdown_s < 0:
         raise ValueError(f"max_countdown_s must not be negative, got {max_countdown_s}.")
-    max_attempts = integration.retry.max_attempts
-    where = f"{c.message} on attempt {attempt} of {max_attempts}"
-    if not c.retryable:
+    chosen = strategy if strategy is not None else strategy_for(integration, c)
+    c = replace(c, strategy=chosen.name)
+    where = f"{c.message} on attempt {attempt} of {chosen.stop.attempts}"
+    if chosen.dead_letter:
+        return _park_or_fail(chosen.name, f"{where} is not retried (the {chosen.name} "
+                             "strategy)", dlq_enabled)
+    if not chosen.retryable(c):
         reason = f"{where} is not retryable ({c.primary})"
         return _give_up(c, reason, has_fallback, dlq_enabled)
-    if attempt >= max_attempts:
+    if chosen.stop(attempt):
         return _give_up(c, f"{where}; no attempts are left", has_fallback, dlq_enabled)
-    delay = backoff_delay(integration.retry, attempt, rng)
+    delay = chosen.wait(attempt, rng)
     source: DelaySource = "backoff"
     if c.retry_after_s is not None:
         delay = max(delay, c.retry_after_s)

@@ -29,6 +29,11 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 MAX_IDEMPOTENCY_KEY = 200
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: the key travels as a header value
+#: A Celery task name: dotted Python identifiers (`myapp.tasks.charge_done`).
+_TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+MAX_TASK_NAME = 200
+#: This system's own tasks (and Celery's): a callback must be a task of the producer's app.
+RESERVED_TASK_PREFIXES = ("tasks.integration.", "tasks.health.", "tasks.dlq.", "celery.")
 
 
 class EnqueueError(ValueError):
@@ -68,6 +73,21 @@ def _check_key(key: Any) -> str:
                            "characters (letters, digits, punctuation; no spaces), because it is "
                            f"sent as the {IDEMPOTENCY_HEADER} header; got {str(key)[:60]!r}.")
     return key
+
+
+def check_callback(option: str, name: Any) -> str | None:
+    """A callback task name (`on_success`, `on_failure`), or EnqueueError saying why not."""
+    if name is None:
+        return None
+    if (not isinstance(name, str) or len(name) > MAX_TASK_NAME
+            or not _TASK_NAME.fullmatch(name)):
+        raise EnqueueError(f"{option} must name a Celery task of your app, dotted Python names "
+                           f"of at most {MAX_TASK_NAME} characters such as "
+                           f"'myapp.tasks.charge_done'; got {str(name)[:60]!r}.")
+    if name.startswith(RESERVED_TASK_PREFIXES):
+        raise EnqueueError(f"{option} names {name!r}, a task of this system itself; name a "
+                           "task of your own app that takes the outcome as its argument.")
+    return name
 
 
 def _reserved_headers(integration: Integration) -> dict[str, str]:
@@ -116,7 +136,8 @@ def _check_size(json: Any, params: dict[str, Any] | None, headers: dict[str, str
 def build_job(registry: Registry, integration: str, method: str, path: str, *, json: Any = None,
               params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
               idempotency_key: str | None = None,
-              max_request_bytes: int | None = None) -> JobSpec:
+              max_request_bytes: int | None = None, on_success: str | None = None,
+              on_failure: str | None = None) -> JobSpec:
     """A validated job, or EnqueueError naming what was wrong.
 
     `max_request_bytes` defaults to the MAX_REQUEST_BYTES setting.
@@ -133,9 +154,12 @@ def build_job(registry: Registry, integration: str, method: str, path: str, *, j
     safe_headers = _check_headers(target, headers)
     key = _check_key(idempotency_key)
     checked_params = _check_params(params)
+    success_task = check_callback("on_success", on_success)
+    failure_task = check_callback("on_failure", on_failure)
     limit = get_settings().max_request_bytes if max_request_bytes is None else max_request_bytes
     _check_size(json, checked_params, safe_headers, limit)
     job_id = new_job_id()  # also the key when the caller gave none (`recovery.state.idempotency`)
     return JobSpec(job_id=job_id, integration=integration, method=verb, path=safe_path,
                    json=json, params=checked_params, headers=safe_headers,
-                   idempotency_key=key or job_id, enqueued_at=utc_now_iso())
+                   idempotency_key=key or job_id, enqueued_at=utc_now_iso(),
+                   on_success=success_task, on_failure=failure_task)

@@ -294,6 +294,9 @@ class FaultServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a pool of 64+ threads connecting at once
+    # would see SYNs dropped and retried a second later, which is not what we simulate.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], fault: FaultServer) -> None:
         self.fault = fault

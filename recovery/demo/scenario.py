@@ -275,6 +275,7 @@ class Summary:
     replayed: int
     replayed_succeeded: int
     worker_pids: list[int] = field(default_factory=list)
+    workflow_runs: dict[str, str] = field(default_factory=dict)  # services mode: label -> status
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 

@@ -40,6 +40,7 @@ from recovery.config.registry import (
     RetryConfig,
 )
 from recovery.config.settings import Settings, load_settings
+from recovery.config.strategies import StrategyBlock
 from recovery.core.message import JobSpec
 from recovery.core.redact import redact_params, redact_url
 from recovery.core.step import Step
@@ -60,6 +61,10 @@ MAX_DEFER_MS = 2_000
 DEGRADED = FallbackConfig(type="degraded", priority=1,
                           message="The simulated upstream failed; this is a degraded answer.")
 PURGE_REASON = "recovery-cli simulate: a simulated dead letter is never replayed."
+#: The default strategies, with rate-limit-backoff's 5 s first delay scaled down like the
+#: retry block's (attempts, factor and names stay those of the table).
+SCALED_STRATEGIES = MappingProxyType({"rate_limit": StrategyBlock(initial_delay_ms=100,
+                                                                  max_delay_ms=1000)})
 
 StepHook = Callable[[Step], None]
 
@@ -241,7 +246,7 @@ def build_integration(scenario: Scenario, integration_id: str, upstream_url: str
                                       reset_timeout_ms=BREAKER_RESET_MS, call_timeout_ms=2000),
         fallbacks=scenario.fallbacks, health_check=None,
         rate_limit=RateLimitConfig(window_ms=1000, max_requests=1000),
-        headers=MappingProxyType({}), oauth=oauth)
+        headers=MappingProxyType({}), oauth=oauth, strategies=SCALED_STRATEGIES)
 
 
 def simulation_settings(environ: Mapping[str, str], prefix: str,

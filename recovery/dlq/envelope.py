@@ -16,7 +16,7 @@ read; they have no original, so replay quarantines them instead of sending redac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from recovery.core.crypto import Cipher, UndecryptableError, current_cipher
@@ -152,10 +152,7 @@ class Envelope:
         if job.job_id != self.job_id or job.integration != self.integration:
             raise UnreadableOriginalError(
                 "the original request belongs to another job than the envelope")
-        return JobSpec(job_id=job.job_id, integration=job.integration, method=job.method,
-                       path=job.path, json=job.json, params=job.params, headers=job.headers,
-                       idempotency_key=job.idempotency_key, enqueued_at=job.enqueued_at,
-                       replay_count=self.replay_count)
+        return replace(job, replay_count=self.replay_count)  # callbacks and all
 
 
 def envelope_for(job: JobSpec, *, categories: list[str], last_status: int | None, message: str,

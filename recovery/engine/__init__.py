@@ -1,2 +1,3 @@
 """The engine: the runtime, the admission gate, the HTTP call, fallbacks, the pipeline that
-runs one delivery, and `outcome`, the one place that writes a job's final status."""
+runs one delivery, `outcome`, the one place that writes a job's final status, `results`, which
+keeps final outcomes and sends callbacks, and `workflows`, which runs multi-step workflows."""

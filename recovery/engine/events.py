@@ -105,8 +105,16 @@ class JobGaveUp:
     http_status: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowRunEnded:
+    """A workflow run reached its final status (succeeded, degraded, compensated, dead)."""
+
+    workflow: str
+    outcome: str
+
+
 Event = (DeliveryStarted | CallMade | AttemptRecorded | StatusChanged | RetryScheduled
-         | RecoveryTried | OperatorAlerted | JobFinished | JobGaveUp)
+         | RecoveryTried | OperatorAlerted | JobFinished | JobGaveUp | WorkflowRunEnded)
 Handler = Callable[[Any], None]
 
 
@@ -162,7 +170,8 @@ class MetricsSubscriber:
     """Prometheus counters and histograms."""
 
     def handlers(self) -> Mapping[type, Handler]:
-        return {CallMade: self._call, RetryScheduled: self._retry, RecoveryTried: self._recovery}
+        return {CallMade: self._call, RetryScheduled: self._retry, RecoveryTried: self._recovery,
+                WorkflowRunEnded: self._workflow_run}
 
     @staticmethod
     def _call(event: CallMade) -> None:
@@ -176,6 +185,10 @@ class MetricsSubscriber:
     @staticmethod
     def _recovery(event: RecoveryTried) -> None:
         metrics.observe_recovery(event.strategy, event.recovered)
+
+    @staticmethod
+    def _workflow_run(event: WorkflowRunEnded) -> None:
+        metrics.observe_workflow_run(event.workflow, event.outcome)
 
 
 class AlertsSubscriber:

@@ -169,11 +169,13 @@ def _serve(rt: Runtime, integration: Integration, job: JobSpec, fb: FallbackConf
                                        "message": message})
 
 
-def run_fallbacks(rt: Runtime, integration: Integration, job: JobSpec) -> FallbackResult | None:
-    """The first fallback that serves, or None when graceful degradation is off or all fail."""
+def run_fallbacks(rt: Runtime, integration: Integration, job: JobSpec,
+                  chain: tuple[FallbackConfig, ...] | None = None) -> FallbackResult | None:
+    """The first fallback of `chain` (by default all, in priority order) that serves, or None
+    when graceful degradation is off or all fail."""
     if not rt.settings.enable_graceful_degradation:
         return None
-    for fb in integration.fallbacks:
+    for fb in integration.fallbacks if chain is None else chain:
         try:
             return _serve(rt, integration, job, fb)
         except (LookupError, BreakerOpenError, requests.RequestException, redis.RedisError,
@@ -183,5 +185,7 @@ def run_fallbacks(rt: Runtime, integration: Integration, job: JobSpec) -> Fallba
     return None
 
 
-def has_fallback(rt: Runtime, integration: Integration) -> bool:
-    return rt.settings.enable_graceful_degradation and bool(integration.fallbacks)
+def has_fallback(rt: Runtime, integration: Integration,
+                 chain: tuple[FallbackConfig, ...] | None = None) -> bool:
+    chosen = integration.fallbacks if chain is None else chain
+    return rt.settings.enable_graceful_degradation and bool(chosen)

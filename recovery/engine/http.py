@@ -5,9 +5,13 @@ a 3xx cannot carry the request away from the integration's base URL; the caller 
 response. Sessions are dropped in a forked child (Celery's prefork pool forks after import),
 because sharing pooled sockets with the parent would interleave two processes' bytes.
 
-A session is only a connection pool: it holds no credentials. Each request carries the headers
-of the integration (or fallback) it is sent for, so a primary's API key can never ride along to
-a fallback's origin, however the two share a process.
+A session is only a connection pool: it holds no credentials. The job threads of a worker
+share it safely, because they use only what is safe to share: its headers are read, never
+written, after it is built; requests are prepared without its cookie jar or settings merging
+(`_prepare`); and they go straight to its adapter, whose urllib3 pool hands each thread a
+connection of its own (one kept per thread: the pool is as large as WORKER_CONCURRENCY).
+Each request carries the headers of the integration (or fallback) it is sent for, so a
+primary's API key can never ride along to a fallback's origin, however the two share a process.
 
 Every answer is read streamed under two limits: an overall deadline for the whole call (connect,
 headers and every body read; a slow drip that never trips a per-read timeout still ends) and a
@@ -35,6 +39,7 @@ from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
 from recovery.config.registry import Integration
+from recovery.config.settings import get_settings
 from recovery.config.urlguard import UnsafePathError, is_inside, join_url, validate_headers
 from recovery.core.errors import ResponseDeadlineError, ResponseTooLargeError
 
@@ -259,12 +264,19 @@ def _build_session() -> requests.Session:
     session = requests.Session()
     no_retries = Retry(total=0, connect=0, read=False, redirect=False, status=0,
                        raise_on_status=False)
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=no_retries)
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_pool_size(),
+                          max_retries=no_retries)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     session.trust_env = False  # the environment is read once per origin: environment_for
     return session
+
+
+def _pool_size() -> int:
+    """Connections kept per origin: one per job thread, so that none of a thread pool's calls
+    opens a connection only to throw it away after (urllib3 discards what exceeds the pool)."""
+    return max(POOL_SIZE, get_settings().worker_concurrency)
 
 
 def _check_method(method: str) -> str:

@@ -40,6 +40,7 @@ from recovery.core.step import Step
 from recovery.dlq import park as dlq_park
 from recovery.dlq.park import DeadLetterPublishError, park
 from recovery.engine.events import JobFinished, JobGaveUp, RecoveryTried, StatusChanged
+from recovery.engine.results import finish as finish_result
 
 if TYPE_CHECKING:
     from recovery.dlq.envelope import Envelope
@@ -173,10 +174,19 @@ def duplicate(rt: Runtime, job: JobSpec) -> None:
 
 def conclude(job: JobSpec, step: Step, rt: Runtime,
              sink: Callable[[Envelope], None] | None = None) -> None:
-    """Record a final failure: park the job in the DLQ (to `sink`, else the broker), or mark it
-    failed when the DLQ is off. Raises DeadLetterPublishError when the job was not parked."""
-    if step.status not in ("dead", "failed"):
+    """Record a final step: a failure parks the job in the DLQ (to `sink`, else the broker), or
+    marks it failed when the DLQ is off; then every final outcome is kept in the result store
+    and sent to the job's callback (`recovery.engine.results`). Raises DeadLetterPublishError
+    when the job was not parked (no result is written then: the job runs again)."""
+    if step.status not in FINAL_STATUSES:
         return
+    if step.status in ("dead", "failed"):
+        _record_failure(job, step, rt, sink)
+    finish_result(rt, job, step)
+
+
+def _record_failure(job: JobSpec, step: Step, rt: Runtime,
+                    sink: Callable[[Envelope], None] | None) -> None:
     _guarded("metrics", lambda: rt.events.publish(
         RecoveryTried(step.strategy or "dead-letter-queue", False)))
     _guarded("sentry", lambda: rt.events.publish(

@@ -26,6 +26,7 @@ from recovery.core.errors import Classification, ErrorCategory, classify
 from recovery.core.message import JobSpec, Progress
 from recovery.core.policy import BlockSource, Decision, decide_after_failure, decide_when_blocked
 from recovery.core.step import Step, StepStatus
+from recovery.core.strategies import Strategy, resolve, strategy_for
 from recovery.engine.events import (
     AttemptRecorded,
     CallMade,
@@ -48,6 +49,9 @@ from recovery.state.tokens import AuthConfigError, TokenRefreshError
 log = structlog.get_logger(__name__)
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+#: Whose fallbacks a job blocked beyond the defer window may use (the retry budget: all).
+_BLOCKED_BY: dict[str, ErrorCategory] = {"breaker": ErrorCategory.SERVER_ERROR,
+                                         "rate-limit": ErrorCategory.RATE_LIMIT}
 
 
 @dataclass(frozen=True)
@@ -120,11 +124,12 @@ def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit 
     try:
         spooled = rt.gate.settle(integration, permit, job.idempotency_key, job.job_id,
                                  job.job_id, success=failure is None,
-                                 counts=failure is None or failure.counts_against_breaker(),
+                                 counts=failure is None or strategy_for(
+                                     integration, failure).counts_against_breaker(failure),
                                  audit=taken[1] if taken is not None else None)
     finally:  # rows that did not ride along stay buffered, also when settle raised
-        if taken is not None and not spooled and batcher is not None:
-            batcher.restore(taken[0])
+        if taken is not None and batcher is not None:
+            batcher.taken_done(taken[0], spooled=spooled)
 
 
 def _token_failure(exc: Exception) -> Classification:
@@ -163,17 +168,23 @@ def _call_once(job: JobSpec, integration: Integration, rt: Runtime) -> CallResul
 
 def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime,
                     progress: Progress) -> CallResult:
-    """The call under the breaker permit; a 401 refreshes the shared token and retries once."""
+    """The call under the breaker permit; a 401 refreshes the shared token and calls again, as
+    often as the authentication strategy allows (`attempts`: once by default), unless its
+    `refresh_token` is off. The refreshed calls spend no attempt of the job."""
     result = _call_once(job, integration, rt)
-    if (result.failure is not None and result.failure.status == 401
-            and result.token is not None and not progress.auth_refreshed):
-        _record_attempt(job, progress.attempt, result, "retry", rt, strategy="auth-token-refresh")
+    auth = resolve(integration, ErrorCategory.AUTHENTICATION, 401)
+    refreshes = 0
+    while (result.failure is not None and result.failure.status == 401 and auth.refresh_token
+           and result.token is not None and not progress.auth_refreshed
+           and not auth.stop(refreshes + 1)):
+        _record_attempt(job, progress.attempt, result, "retry", rt, strategy=auth.name)
         rt.tokens.invalidate(integration, result.token)
         result = _call_once(job, integration, rt)
-        if result.failure is not None and result.failure.status == 401:
-            rt.events.publish(OperatorAlerted(
-                "token_refresh_failed", "The upstream refused a freshly refreshed token; "
-                "check the integration's OAuth client.", integration.id, {"job_id": job.job_id}))
+        refreshes += 1
+    if refreshes and result.failure is not None and result.failure.status == 401:
+        rt.events.publish(OperatorAlerted(
+            "token_refresh_failed", "The upstream refused a freshly refreshed token; "
+            "check the integration's OAuth client.", integration.id, {"job_id": job.job_id}))
     return result
 
 
@@ -203,9 +214,12 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
     failure = policy.cap_retry_after(failure, rt.settings.retry_after_max_ms / 1000, integration.id)
     if failure.retry_after_s:
         rt.limiter.pause(integration.id, failure.retry_after_s, failure.message)
+    strategy = strategy_for(integration, failure)
+    failure = replace(failure, strategy=strategy.name)
     decision = decide_after_failure(
         failure, progress.attempt, integration, max_countdown_s=max_countdown_s(rt),
-        has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)
+        has_fallback=has_fallback(rt, integration, strategy.chain(integration)),
+        dlq_enabled=rt.settings.dlq_enabled, strategy=strategy)
     _record_attempt(job, progress.attempt, result, decision.action, rt, decision=decision)
     if decision.action == "retry":
         rt.events.publish(StatusChanged(job.job_id, "retrying", {
@@ -221,14 +235,19 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
         return Step("retry", nxt, progress.attempt, countdown_s=decision.delay_s,
                     http_status=failure.status, strategy=decision.strategy, failure=failure,
                     reason=decision.reason)
-    return _end_without_retry(job, progress, rt, integration, decision, failure)
+    return _end_without_retry(job, progress, rt, integration, decision, failure, strategy)
 
 
 def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
              wait_s: float, source: BlockSource, why: str) -> Step:
+    strategy = _BLOCKED_BY.get(source)
+    chosen = resolve(integration, strategy) if strategy is not None else None
     decision = decide_when_blocked(
         wait_s, progress.blocked_s, max_defer_s=rt.settings.max_defer_ms / 1000, source=source,
-        has_fallback=has_fallback(rt, integration), dlq_enabled=rt.settings.dlq_enabled)
+        has_fallback=has_fallback(rt, integration, chosen.chain(integration) if chosen else None),
+        dlq_enabled=rt.settings.dlq_enabled)
+    if chosen is not None and decision.action != "dead_letter":
+        decision = replace(decision, strategy=chosen.name)
     rt.events.publish(AttemptRecorded(AttemptRecord(
         job_id=job.job_id, number=progress.attempt, kind="deferral",
         started_at=datetime.now(UTC), duration_ms=0, decision=decision.action,
@@ -241,17 +260,25 @@ def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
                                         {"deferrals": progress.deferrals + 1}))
         return Step("defer", progress.deferred(delay), progress.attempt - 1, countdown_s=delay,
                     strategy=decision.strategy, reason=decision.reason)
-    return _end_without_retry(job, progress, rt, integration, decision, None)
+    return _end_without_retry(job, progress, rt, integration, decision, None, chosen)
 
 
 def _end_without_retry(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
-             decision: Decision, failure: Classification | None) -> Step:
-    """Fall back if allowed and possible, else dead-letter or fail."""
+                       decision: Decision, failure: Classification | None,
+                       strategy: Strategy | None = None) -> Step:
+    """Fall back if allowed and possible (along the strategy's chain), else dead-letter or
+    fail; a strategy that alerts raises its alert first."""
     status = failure.status if failure else None
     message = failure.message if failure else decision.reason
     spent = progress.attempt if failure else progress.attempt - 1  # a blocked job made no call
+    if strategy is not None and strategy.alert:
+        rt.events.publish(OperatorAlerted(
+            "strategy_gave_up", f"The {strategy.name} strategy gave up on job {job.job_id}: "
+            f"{decision.reason}", integration.id,
+            {"job_id": job.job_id, "strategy": strategy.name}))
     if decision.action == "fallback":
-        served = run_fallbacks(rt, integration, job)
+        served = run_fallbacks(rt, integration, job,
+                               strategy.chain(integration) if strategy else None)
         rt.events.publish(RecoveryTried("graceful-degradation", served is not None))
         if served is not None:
             degraded(rt, job, spent, served.kind, status, message)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from recovery import JobHandle
 from recovery.audit.sql import next_seq
 from recovery.core.message import TASK_NAME, JobSpec, Progress, task_reprs
 from recovery.core.redact import policy_for, redact_params
@@ -30,20 +31,24 @@ def publish_job(job: JobSpec) -> str:
 
 def enqueue(integration: str, method: str, path: str, *, json: Any = None,
             params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-            idempotency_key: str | None = None) -> str:
-    """Validate and enqueue one integration call; returns the job id."""
+            idempotency_key: str | None = None, on_success: str | None = None,
+            on_failure: str | None = None) -> JobHandle:
+    """Validate and enqueue one integration call; returns its handle (the job id)."""
     # Imported when a job is sent: building one must not load Celery or the runtime.
     from recovery.engine.runtime import get_runtime
 
     runtime = get_runtime()
     job = build_job(runtime.registry, integration, method, path, json=json, params=params,
                     headers=headers, idempotency_key=idempotency_key,
-                    max_request_bytes=runtime.settings.max_request_bytes)
+                    max_request_bytes=runtime.settings.max_request_bytes,
+                    on_success=on_success, on_failure=on_failure)
     return submit(runtime, job)
 
 
-def submit(runtime: Runtime, job: JobSpec) -> str:
-    """Publish a validated job, then record it as queued (best effort) in the audit trail."""
+def submit(runtime: Runtime, job: JobSpec, *, spool_audit: bool = True) -> JobHandle:
+    """Publish a validated job, then record it as queued (best effort) in the audit trail:
+    through the Redis audit spool (`spool_audit`, a worker's drain writes it), or at once for
+    a caller that reads the job back right away (`recovery-cli enqueue`)."""
     try:
         runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
                                              request_fingerprint(job.method, job.path,
@@ -55,5 +60,5 @@ def submit(runtime: Runtime, job: JobSpec) -> str:
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
                              redact_params(job.params or {}, policy_for(job.integration)),
                              job.idempotency_key,
-                             seq=queued_seq)
-    return job.job_id
+                             seq=queued_seq, spooled=spool_audit)
+    return JobHandle(job.job_id)

@@ -20,6 +20,7 @@ from recovery.audit.writer import AuditWriter, make_audit_writer
 from recovery.config.loader import get_registry
 from recovery.config.registry import Integration, Registry
 from recovery.config.settings import Settings, get_settings
+from recovery.core.crypto import cipher_for
 from recovery.engine.events import EventBus, standard_bus
 from recovery.engine.gate import Gate
 from recovery.state.breaker import ClusterBreaker
@@ -27,6 +28,7 @@ from recovery.state.budget import RetryBudget
 from recovery.state.connection import redis_client
 from recovery.state.idempotency import IdempotencyStore
 from recovery.state.ratelimit import ClusterRateLimiter
+from recovery.state.results import ResultStore
 from recovery.state.tokens import TokenProvider
 from recovery.telemetry import alerts, metrics
 
@@ -44,6 +46,7 @@ class Runtime:
     tokens: TokenProvider
     idempotency: IdempotencyStore
     budget: RetryBudget
+    results: ResultStore
     _breakers: dict[str, ClusterBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: The folded pre- and post-call Redis decisions over these components (it opens its
@@ -126,6 +129,10 @@ def build_runtime(settings: Settings, registry: Registry,
                                      ttl_s=settings.idempotency_ttl_ms // 1000,
                                      redelivery_window_s=2 * settings.visibility_timeout_s),
         budget=RetryBudget(client, key_prefix=prefix),
+        results=ResultStore(client, key_prefix=prefix,
+                            ttl_s=max(1, settings.result_ttl_ms // 1000),
+                            max_body_bytes=settings.result_max_bytes,
+                            cipher=cipher_for(settings.encryption_keys)),
     )
 
 

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 
 from recovery.audit.models import Attempt, DeadLetter, Job
+from recovery.audit.workflow_models import WorkflowRun
 from recovery.core.errors import ErrorCategory
 from recovery.core.redact import redact_text, redact_url
 from recovery.dlq.store import parse_since
@@ -299,7 +300,20 @@ def build_report(engine: Engine, window: Window) -> dict[str, Any]:
         "dlq": dlq_state(engine, window.integration, window.until),
         "slowest_endpoints": slowest_endpoints(engine, window),
         "failures_over_time": failures_over_time(engine, window),
+        "workflow_runs": workflow_outcomes(engine, window),
     }
+
+
+def workflow_outcomes(engine: Engine, window: Window) -> list[dict[str, Any]]:
+    """Workflow runs started in the window, by workflow and status (their outcome so far)."""
+    query = (select(WorkflowRun.workflow, WorkflowRun.status, func.count().label("n"))
+             .where(WorkflowRun.created_at >= window.since,
+                    WorkflowRun.created_at < window.until)
+             .group_by(WorkflowRun.workflow, WorkflowRun.status)
+             .order_by(WorkflowRun.workflow, WorkflowRun.status))
+    with engine.connect() as conn:
+        return [{"workflow": row.workflow, "status": row.status, "runs": int(row.n)}
+                for row in conn.execute(query)]
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -65,6 +65,7 @@ def render_html(report: dict[str, Any]) -> str:
                  "No dead letters are parked."),
         _section("Slowest endpoints", report["slowest_endpoints"],
                  ["integration", "method", "path", "calls", "p95_ms", "max_ms"]),
+        _section("Workflow runs", report["workflow_runs"], ["workflow", "status", "runs"]),
         "</body></html>",
     ]
     return "\n".join(parts)

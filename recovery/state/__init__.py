@@ -1,2 +1,3 @@
 """Redis-shared state, each with an in-process twin: circuit breaker, rate limit, budget,
-idempotency, access tokens and the beat lock. Every Lua script lives in `state/lua/`."""
+idempotency, access tokens, job results and the beat lock. Every Lua script lives in
+`state/lua/`."""

@@ -75,6 +75,8 @@ SPECS = {
              "Retries and deferrals scheduled, by what set the delay.", ("integration", "source")),
         Spec("health_checks_total", "counter", "Health checks run, by result.",
              ("integration", "ok")),
+        Spec("workflow_runs_total", "counter", "Workflow runs ended, by workflow and outcome.",
+             ("workflow", "outcome")),
     )
 }
 
@@ -286,6 +288,11 @@ def observe_retry_scheduled(integration: str, source: str) -> None:
 
 def observe_health_check(integration: str, ok: bool) -> None:
     _record([_counter("health_checks_total", integration, _flag(ok))])
+
+
+def observe_workflow_run(workflow: str, outcome: str) -> None:
+    """A workflow run ended (succeeded, degraded, compensated, dead)."""
+    _record([_counter("workflow_runs_total", workflow, outcome)])
 
 
 def _flag(value: bool) -> str:

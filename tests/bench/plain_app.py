@@ -8,6 +8,8 @@ environment, read once at import:
     BENCH_REDIS_URL      broker (default redis://127.0.0.1:6379/15)
     BENCH_PREFIX         kombu global key prefix (the benchmark's throw-away prefix)
     BENCH_PLAIN_QUEUE    queue name (default "plain")
+    BENCH_PLAIN_PREFETCH worker_prefetch_multiplier (default 1, as ours; Celery's own is 4)
+    BENCH_PLAIN_POOL     connections the pooled session keeps (default 64, one per thread)
 
 Worker: `celery -A tests.bench.plain_app worker -P prefork -c 2 -Q plain`.
 """
@@ -17,14 +19,16 @@ from __future__ import annotations
 import os
 
 import requests
+import requests.adapters
 from celery import Celery
 
 QUEUE = os.environ.get("BENCH_PLAIN_QUEUE", "plain")
 TASK_NAME = "bench.plain.get"
 
-def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str) -> Celery:
+def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str,
+                 prefetch: int = 1) -> Celery:
     """A Celery app as a team would configure one without this project, on the same broker
-    settings as `recovery.celery_app` (JSON, late acks, prefetch 1, no results)."""
+    settings as `recovery.celery_app` (JSON, late acks, prefetch 1 unless told, no results)."""
     plain = Celery(name)
     plain.conf.update(
         broker_url=broker_url,
@@ -35,7 +39,7 @@ def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str) -> Cel
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=prefetch,
         task_default_queue=queue,
         timezone="UTC",
         enable_utc=True,
@@ -43,8 +47,15 @@ def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str) -> Cel
     return plain
 
 
+SESSION_TASK_NAME = "bench.plain.session_get"
+
 app = plain_celery("plain-bench", os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
-                   os.environ.get("BENCH_PREFIX", "bench-plain:"), QUEUE)
+                   os.environ.get("BENCH_PREFIX", "bench-plain:"), QUEUE,
+                   int(os.environ.get("BENCH_PLAIN_PREFETCH", "1")))
+
+_session = requests.Session()  # the strong baseline: one pooled session, kept-alive sockets
+_size = int(os.environ.get("BENCH_PLAIN_POOL", "64"))
+_session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=_size))
 
 @app.task(
     name=TASK_NAME,
@@ -56,5 +67,19 @@ app = plain_celery("plain-bench", os.environ.get("BENCH_REDIS_URL", "redis://127
 def get(url: str) -> int:
     """GET `url`; any requests error (a 5xx or 4xx through `raise_for_status` too) is retried."""
     response = requests.get(url, timeout=30)
+    response.raise_for_status()
+    return response.status_code
+
+
+@app.task(
+    name=SESSION_TASK_NAME,
+    autoretry_for=(requests.RequestException,),
+    retry_backoff=True,
+    max_retries=3,
+    acks_late=True,
+)
+def session_get(url: str) -> int:
+    """GET `url` through the process's pooled session (the strong baseline of the fast path)."""
+    response = _session.get(url, timeout=30)
     response.raise_for_status()
     return response.status_code

@@ -17,7 +17,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 AUDIT_TABLES = frozenset(
     {"jobs", "attempts", "breaker_transitions", "health_checks", "dead_letters", "alerts",
-     "dead_letter_archive"}
+     "dead_letter_archive", "workflow_runs", "step_runs"}
 )
 
 

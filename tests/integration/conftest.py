@@ -25,6 +25,8 @@ from recovery.engine.runtime import reset_runtime
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[2]
+#: The pool the README's worker command runs (recovery.celery_app: worker_pool).
+DEFAULT_POOL = "threads"
 
 
 def _admin(sql: str) -> None:
@@ -121,9 +123,13 @@ class WorkerProcess:
     def __init__(
         self, env: dict[str, str], concurrency: int, log_path: Path, queues: str | None,
         loglevel: str = "info", heartbeat: bool = False, include: str | None = None,
+        pool: str = DEFAULT_POOL,
     ) -> None:
         """`heartbeat`: run as deployed, with heartbeats (and so an event dispatcher that
-        `enable_events`, sent by Flower, can switch on); off, the worker starts faster."""
+        `enable_events`, sent by Flower, can switch on); off, the worker starts faster.
+        `pool`: the README's `threads` by default; `prefork` where a test needs pool
+        processes of its own (`pool_pids`, killing one)."""
+        self.pool = pool
         command = [
             sys.executable,
             "-m",
@@ -132,7 +138,7 @@ class WorkerProcess:
             "recovery.celery_app",
             "worker",
             "-P",
-            "prefork",
+            pool,
             "-c",
             str(concurrency),
             "--without-gossip",
@@ -151,7 +157,7 @@ class WorkerProcess:
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             command,
-            env=env,
+            env={**env, "WORKER_POOL": pool},  # Celery ignores `-P prefork` alone
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -173,6 +179,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def pool_pids(self) -> list[int]:
+        assert self.pool == "prefork", "Only a prefork worker has pool processes."
         out = subprocess.run(
             ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
         ).stdout
@@ -195,10 +202,10 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
     def start(
         env: dict[str, str], concurrency: int = 2, queues: str | None = None,
-        loglevel: str = "info", include: str | None = None,
+        loglevel: str = "info", include: str | None = None, pool: str = DEFAULT_POOL,
     ) -> WorkerProcess:
         worker = WorkerProcess(env, concurrency, tmp_path / f"worker{len(workers)}.log", queues,
-                               loglevel, include=include)
+                               loglevel, include=include, pool=pool)
         workers.append(worker)
         return worker
 

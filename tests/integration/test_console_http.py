@@ -379,7 +379,7 @@ def test_resume_lifts_a_rate_limit_pause_and_is_audited(setup) -> None:
     assert rt.limiter.paused_for("shop") == 0
     [alert] = alerts(rt, "ratelimit_manual_resume")
     assert alert["message"] == "vendor is back" and alert["details"]["actor"] == "alice"
-    assert alert["details"]["paused_for_s"] > 100
+    assert alert["details"]["pause_left_s"] > 100
     missing = alice.act("/breakers/nope/resume")
     assert missing.status_code == 404 and "nope" in html.unescape(missing.text)
 

@@ -63,6 +63,7 @@ def test_embedded_demo_runs_the_whole_flow_without_services() -> None:
     assert summary["mode"] == "embedded"
     assert summary["fallbacks_used"] == {"degraded": 6}  # no cache without Redis
     assert summary["worker_pids"] == []
+    assert summary["workflow_runs"] == {}  # workflow steps need real workers
     assert "Demo mode: embedded" in result.stderr
 
 
@@ -82,6 +83,8 @@ def test_services_demo_uses_redis_postgres_and_real_workers() -> None:
         assert summary["mode"] == "services"
         # /catalog, /prices and /stock were cached in the healthy phase; /reports never was.
         assert summary["fallbacks_used"] == {"cache": 4, "degraded": 2}
+        assert summary["workflow_runs"] == {"order": "succeeded", "replayed": "succeeded",
+                                            "saga": "compensated"}
         pids = summary["worker_pids"]
         assert len(pids) == 2 and not any(_alive(pid) for pid in pids)
         engine = create_engine(normalise_url(database_url))

@@ -225,8 +225,15 @@ def _guarded(url: str) -> list[dict[str, Any]]:
 
 def _audited_jobs() -> list[dict[str, Any]]:
     from recovery.audit.queries import list_jobs
+    from recovery.audit.spool import AuditBatcher, RedisSpool
 
-    return [dict(row) for row in list_jobs(get_runtime().engine)]
+    runtime = get_runtime()
+    assert runtime.redis is not None  # the producer's rows wait in the spool: drain it here
+    drainer = AuditBatcher(runtime.engine, RedisSpool(runtime.redis,
+                                                      runtime.settings.redis_key_prefix))
+    drainer.flush()
+    drainer.close()
+    return [dict(row) for row in list_jobs(runtime.engine)]
 
 
 def _only_the_sentinel_is_audited(sentinel: str) -> None:

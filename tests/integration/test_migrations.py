@@ -129,7 +129,7 @@ def test_alembic_command_line_uses_database_url_from_the_environment() -> None:
             timeout=120,
             check=False,
         )
-        assert "0003 (head)" in current.stdout
+        assert "0004 (head)" in current.stdout
 
 
 @pytest.mark.parametrize(

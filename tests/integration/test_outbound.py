@@ -207,9 +207,14 @@ def test_the_default_cache_cap_is_the_setting(configure, upstream: FaultServer,
 
 # --- 7. Retry-After capped, ratelimit CLI ----------------------------------------------------
 
+#: rate-limit-backoff starts at 5 s by default (the design table); these tests start it lower
+#: so that the Retry-After, not the backoff, sets the delay they check.
+FAST_RATE_LIMIT = {"rate_limit": {"initial_delay_ms": 100}}
+
+
 @pytest.mark.parametrize("retry_after", ["3153600000", "Fri, 31 Dec 2125 23:59:59 GMT"])
 def test_a_huge_retry_after_is_capped(configure, upstream: FaultServer, retry_after: str) -> None:
-    configure([integration(upstream.url)], RETRY_AFTER_MAX="4000")
+    configure([integration(upstream.url, strategies=FAST_RATE_LIMIT)], RETRY_AFTER_MAX="4000")
     upstream.set_mode("429", retry_after=retry_after)
     spec = job()
     with capture_logs() as logs:
@@ -224,7 +229,7 @@ def test_a_huge_retry_after_is_capped(configure, upstream: FaultServer, retry_af
 
 
 def test_retry_after_max_defaults_to_the_defer_window(configure, upstream: FaultServer) -> None:
-    configure([integration(upstream.url)], MAX_DEFER_WINDOW="3000")
+    configure([integration(upstream.url, strategies=FAST_RATE_LIMIT)], MAX_DEFER_WINDOW="3000")
     assert get_runtime().settings.retry_after_max_ms == 3000
     upstream.set_mode("429", retry_after="86400")
     assert one_delivery(job()).countdown_s == 3.0
@@ -232,7 +237,7 @@ def test_retry_after_max_defaults_to_the_defer_window(configure, upstream: Fault
 
 
 def test_a_retry_after_within_the_cap_is_kept(configure, upstream: FaultServer) -> None:
-    configure([integration(upstream.url)], RETRY_AFTER_MAX="60000")
+    configure([integration(upstream.url, strategies=FAST_RATE_LIMIT)], RETRY_AFTER_MAX="60000")
     upstream.set_mode("429", retry_after_s=2)
     spec = job()
     assert one_delivery(spec).countdown_s == 2.0

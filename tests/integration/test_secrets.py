@@ -86,9 +86,13 @@ def without_dlq_original(body: str) -> str:
 
 
 def redis_dump(client: redis.Redis, prefix: str) -> dict[str, str]:
-    """Every key of the run with its value(s) as text."""
+    """Every key of the run with its value(s) as text, except the result store's
+    (`result:*`): it keeps the upstream's answer for the producer, and the fault server's
+    answer echoes the request, secrets included (encrypted with RECOVERY_ENCRYPTION_KEYS)."""
     dumped: dict[str, str] = {}
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        if key.decode().removeprefix(prefix).startswith("result:"):
+            continue
         kind = client.type(key).decode()
         values: list[bytes] = []
         if kind == "string":

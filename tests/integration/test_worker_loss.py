@@ -91,7 +91,7 @@ def test_poison_job_is_dead_lettered_after_the_configured_deliveries(
         broker: str, configure, upstream: FaultServer, start_worker) -> None:
     env = configure([fast_integration(upstream.url)], POISON_MAX_DELIVERIES="2", **SHORT_TIMES)
     upstream.set_mode("slow", delay_ms=60000)
-    worker = start_worker(env, concurrency=1)
+    worker = start_worker(env, concurrency=1, pool="prefork")  # a pool process to kill
     engine = get_runtime().engine
     job_id = recovery.enqueue("shop", "GET", "/poison")
     for delivery in (1, 2):

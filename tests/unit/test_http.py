@@ -66,7 +66,8 @@ def test_session_is_pooled_per_origin_and_reused() -> None:
     assert http.session_for("http://api.example.test/v1") is not session
     adapter = session.get_adapter("https://api.example.test/")
     assert isinstance(adapter, HTTPAdapter)
-    assert adapter.poolmanager.connection_pool_kw["maxsize"] == http.POOL_SIZE
+    # One kept connection per job thread (WORKER_CONCURRENCY, 64 by default).
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 64
     assert adapter.max_retries.total == 0
     assert adapter.max_retries.redirect == 0
     assert adapter.max_retries.raise_on_redirect is False

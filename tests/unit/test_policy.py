@@ -185,7 +185,11 @@ def test_backoff_jitter_stays_between_the_lowered_and_the_plain_delay(
         (status(502), 1, {}, "retry", 1.0, "backoff", "server-error-circuit"),
         (status(408), 1, {}, "retry", 1.0, "backoff", "network-retry"),
         (classify(ConnectionResetError()), 1, {}, "retry", 1.0, "backoff", "network-retry"),
-        (status(429), 1, {}, "retry", 1.0, "backoff", "rate-limit-backoff"),
+        # rate-limit-backoff has its own numbers (5 attempts, 5 s, factor 3: the design table)
+        (status(429), 1, {}, "retry", 5.0, "backoff", "rate-limit-backoff"),
+        (status(429), 2, {}, "retry", 15.0, "backoff", "rate-limit-backoff"),
+        (status(429), 4, {}, "retry", 135.0, "backoff", "rate-limit-backoff"),
+        (status(429), 5, {}, "dead_letter", None, None, "dead-letter-queue"),
         # Retry-After longer than the backoff wins; shorter keeps the backoff
         (status(429, {"Retry-After": "10"}), 1, {}, "retry", 10.0, "retry-after",
          "rate-limit-backoff"),
@@ -210,8 +214,11 @@ def test_backoff_jitter_stays_between_the_lowered_and_the_plain_delay(
         (status(401), 1, {"has_fallback": True}, "fallback", None, None, "auth-token-refresh"),
         (status(401), 1, {}, "dead_letter", None, None, "dead-letter-queue"),
         (status(403), 1, {"dlq_enabled": False}, "fail", None, None, "auth-token-refresh"),
-        (classify(Exception("boom")), 1, {"has_fallback": True}, "fallback", None, None,
+        # unknown goes to the dead-letter queue at once (the design table), fallbacks or not
+        (classify(Exception("boom")), 1, {"has_fallback": True}, "dead_letter", None, None,
          "dead-letter-queue"),
+        (classify(Exception("boom")), 1, {"has_fallback": True, "dlq_enabled": False}, "fail",
+         None, None, "dead-letter-queue"),
         (classify(Exception("boom")), 1, {}, "dead_letter", None, None, "dead-letter-queue"),
     ],
 )
@@ -294,7 +301,9 @@ def test_decisions_hold_their_invariants(
         c, attempt, max_attempts=max_attempts, max_countdown_s=countdown,
         has_fallback=has_fallback, dlq_enabled=dlq_enabled, jitter=0.5,
     )
-    assert (decision.action == "retry") == (c.retryable and attempt < max_attempts)
+    # rate-limit-backoff has 5 attempts of its own (429 and 425 Too Early are rate limits)
+    allowed = 5 if c.strategy == "rate-limit-backoff" else max_attempts
+    assert (decision.action == "retry") == (c.retryable and attempt < allowed)
     if decision.action == "retry":
         assert decision.delay_s is not None
         assert 0.0 <= decision.delay_s <= countdown

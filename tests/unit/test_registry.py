@@ -288,7 +288,8 @@ def test_a_directory_instead_of_a_file(tmp_path: Path) -> None:
         ("", "the top level must be a mapping with an 'integrations' list, got nothing (null)."),
         ("services: []\n", "the top level must be a mapping with an 'integrations' list, "
                            "got a mapping."),
-        (MINIMAL + "extra: 1\n", "unknown top-level key 'extra' (known keys: integrations)."),
+        (MINIMAL + "extra: 1\n",
+         "unknown top-level key 'extra' (known keys: integrations, workflows)."),
         ("integrations: []\n", "'integrations' must be a non-empty list of integrations, "
                                "got a list."),
         ("integrations: {id: a}\n", "'integrations' must be a non-empty list of integrations, "
@@ -311,7 +312,7 @@ def test_file_level_errors(tmp_path: Path, text: str, message: str) -> None:
 
 INTEGRATION_KEYS = ("audit, base_url, circuit_breaker, deadline_ms, fallbacks, headers, "
                     "health_check, id, max_response_bytes, name, oauth, rate_limit, retry, "
-                    "retry_budget, timeout_ms")
+                    "retry_budget, strategies, timeout_ms")
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ def report(**overrides: Any) -> dict[str, Any]:
         "dlq": {"parked": 0, "oldest_dead_at": None, "oldest_age_s": None, "by_integration": []},
         "slowest_endpoints": [{"integration": "pay", "method": "GET", "path": HOSTILE,
                                "calls": 3, "p95_ms": 900, "max_ms": 1200}],
+        "workflow_runs": [{"workflow": "order<u>", "status": "degraded", "runs": 2}],
         "failures_over_time": {"bucket": "hour", "buckets": [
             {"start": "2024-05-01T10:00:00+00:00", "failures": 3,
              "by_class": {"network": 2, "server_error": 1}},
@@ -78,6 +79,7 @@ def test_values_from_the_audit_trail_are_escaped() -> None:
     assert "<script>" not in page and "<img>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;?a=1&amp;b=2" in page
     assert "crm&lt;img&gt;" in page
+    assert "order&lt;u&gt;" in page and "<u>" not in page
 
 
 def test_timeline_draws_one_bar_segment_per_class_and_bucket() -> None:
@@ -95,6 +97,7 @@ def test_timeline_draws_one_bar_segment_per_class_and_bucket() -> None:
 
 def test_empty_window_still_renders() -> None:
     empty = report(attempts=[], failures_by_class=[], recovery=[], slowest_endpoints=[],
+                   workflow_runs=[],
                    failures_over_time={"bucket": "minute", "buckets": [
                        {"start": "2024-05-01T10:00:00+00:00", "failures": 0, "by_class": {}}]})
     page = render_html(empty)

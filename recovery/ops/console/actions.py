@@ -1,7 +1,7 @@
 """What an operator can do from the console, each written to the audit trail with who and what.
 
-The work itself is done by the functions the CLI calls (the breaker's force_open/force_close,
-`replay_dlq`, `purge`); the breaker and rate-limit actions write the same `alerts` rows as
+The work itself is done by the functions the CLI calls (`recovery.ops.steering` for breakers
+and rate-limit pauses, `replay_dlq`, `purge`), so the console writes the same `alerts` rows as
 `recovery-cli breaker open|close` and `ratelimit resume`, with the operator in the details.
 Replay and purge also record their outcome as a `console_dlq_replay` / `console_dlq_purge`
 alert, besides the `replayed by` / `purged by` reason they leave on each dead letter.
@@ -17,56 +17,48 @@ from recovery.core.message import JobSpec
 from recovery.dlq.purge import PurgeReport, purge, release
 from recovery.dlq.replay import ReplayOptions, ReplayReport, replay_dlq
 from recovery.engine.runtime import Runtime
-from recovery.ops.console import ratelimits
+from recovery.ops import steering
 from recovery.ops.console.config import User
 from recovery.ops.console.dlqview import ConsoleFilter
 
 log = structlog.get_logger(__name__)
-
-BREAKER_ACTIONS = ("open", "close")
-
 
 def actor(user: User) -> str:
     """How the console names an operator in the audit trail and DLQ lock."""
     return f"console:{user.name}"
 
 
-def record(rt: Runtime, user: User, kind: str, integration: str | None, message: str,
-           details: dict[str, Any] | None = None) -> None:
-    """One `alerts` row and one log line for an operator action."""
-    shown = {"actor": user.name, "role": user.role, "via": "console", **(details or {})}
-    rt.audit.alert(kind, integration, message, shown)
+def _who(user: User) -> dict[str, Any]:
+    return {"actor": user.name, "role": user.role, "via": "console"}
+
+
+def _log_action(kind: str, integration: str | None, user: User, message: str) -> None:
     log.warning("console_action", kind=kind, integration=integration, actor=user.name,
                 message=message)
 
 
+def record(rt: Runtime, user: User, kind: str, integration: str | None, message: str,
+           details: dict[str, Any] | None = None) -> None:
+    """One `alerts` row and one log line for an operator action."""
+    rt.audit.alert(kind, integration, message, {**_who(user), **(details or {})})
+    _log_action(kind, integration, user, message)
+
+
 def steer_breaker(rt: Runtime, user: User, integration_id: str, action: str,
                   reason: str | None) -> str:
-    """Open or close a breaker by hand; returns its state afterwards.
-
-    Raises UnknownIntegrationError (from the registry) or ValueError for a bad action.
-    """
-    if action not in BREAKER_ACTIONS:
-        raise ValueError(f"Unknown breaker action {action!r}; use open or close.")
-    integration = rt.registry.get(integration_id)
+    """Open or close a breaker by hand; returns its state afterwards."""
     why = reason or f"operator {action} from the console by {user.name}"
-    target = rt.breaker(integration)
-    if action == "open":
-        target.force_open(why)
-    else:
-        target.force_close(why)
-    record(rt, user, f"breaker_manual_{action}", integration_id, why)
-    return target.snapshot().state
+    state = steering.steer_breaker(rt, integration_id, action, why, _who(user))
+    _log_action(f"breaker_manual_{action}", integration_id, user, why)
+    return state
 
 
 def resume_rate_limit(rt: Runtime, user: User, integration_id: str,
                       reason: str | None) -> float:
     """Lift an integration's rate-limit pause; returns the seconds that were left."""
-    rt.registry.get(integration_id)
     why = reason or f"operator resume from the console by {user.name}"
-    left = ratelimits.resume(rt, integration_id)
-    record(rt, user, "ratelimit_manual_resume", integration_id, why,
-           {"paused_for_s": round(left, 3)})
+    left = steering.resume_rate_limit(rt, integration_id, why, _who(user))
+    _log_action("ratelimit_manual_resume", integration_id, user, why)
     return left
 
 

@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 
 from recovery.audit.queries import get_job
 from recovery.config.registry import UnknownIntegrationError
-from recovery.ops.console import actions, jobsearch, ratelimits
+from recovery.ops.console import actions, jobsearch
 from recovery.ops.console import overview as overview_data
 from recovery.ops.console.app import runtime
 from recovery.ops.console.config import ConsoleConfig
@@ -101,7 +101,7 @@ def _breaker_row(rt: Any, integration: Any) -> dict[str, Any]:
                    window_calls=snap.window_calls, window_failures=snap.window_failures,
                    opened_at=snap.opened_at.isoformat() if snap.opened_at else None,
                    time_to_half_open_s=snap.time_to_half_open_s, backend=snap.backend)
-        row["rate"] = ratelimits.usage(rt, integration)
+        row["rate"] = rt.limiter.usage(integration.id, integration.rate_limit)
     except redis.RedisError as exc:
         row.update(state="unknown", error=str(exc).splitlines()[0][:200])
     return row
