@@ -65,7 +65,8 @@ class JobSpec:
                 "path": self.path, "json": self.json,
                 "params": None if self.params is None else dict(self.params),
                 "headers": dict(self.headers), "idempotency_key": self.idempotency_key,
-                "enqueued_at": self.enqueued_at, "replay_count": self.replay_count}
+                "enqueued_at": self.enqueued_at, "replay_count": self.replay_count,
+                "on_success": self.on_success, "on_failure": self.on_failure}
 
     @classmethod
     def from_message(cls, data: Any) -> JobSpec:

@@ -67,11 +67,13 @@ def test_health_checks_and_the_replay_route_to_the_maintenance_queue() -> None:
     for name in ("tasks.health.check", "tasks.dlq.replay"):
         assert name in app.tasks, f"{name} is not registered"
         assert router.route({}, name)["queue"].name == MAINTENANCE_QUEUE
-    assert router.route({}, "tasks.integration.call")["queue"].name == WORK_QUEUE
+    for name in ("tasks.integration.call", "tasks.workflow.step"):
+        assert router.route({}, name)["queue"].name == WORK_QUEUE
     maintenance = {name for name in app.tasks if not name.startswith("celery.")
                    and router.route({}, name)["queue"].name == MAINTENANCE_QUEUE}
     assert maintenance == {"tasks.health.check", "tasks.dlq.replay"}
-    assert set(TASK_MODULES) == {"tasks.integration", "tasks.health", "tasks.dlq"}
+    assert set(TASK_MODULES) == {"tasks.integration", "tasks.health", "tasks.dlq",
+                                 "tasks.workflow"}
 
 
 def worker_commands() -> dict[str, list[str]]:
