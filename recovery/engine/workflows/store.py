@@ -3,6 +3,11 @@
 Every change to a run's steps happens in one transaction that holds the run row
 (`SELECT ... FOR UPDATE`), so steps finishing at once on different workers are recorded one
 after the other and each sees the other's outcome when it plans what comes next.
+
+A run's input and its steps' outputs are kept because a replay resumes from them; with
+RECOVERY_ENCRYPTION_KEYS set they are stored as Fernet tokens (`{"__sealed__": token}`), like
+the DLQ's originals, so the upstream's answers and the producer's input are not readable in
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,11 +30,45 @@ from recovery.audit.workflow_models import (
     WorkflowRun,
 )
 from recovery.config.workflows import Workflow
+from recovery.core.crypto import UndecryptableError, current_cipher
 from recovery.engine.workflows.plan import Plan, decide, undoable
+
+SEALED = "__sealed__"
+SHOWN_SEALED = "[sealed: no configured key opens it]"
 
 
 class RunStateError(ValueError):
     """The run does not exist or is not in a state that allows what was asked."""
+
+
+def _kept(value: Any) -> Any:
+    """What is stored for an input or output: a Fernet token when encryption is on."""
+    cipher = current_cipher()
+    if cipher is None or value is None:
+        return value
+    return {SEALED: cipher.seal_json(value)}
+
+
+def _opened(value: Any) -> Any:
+    """The stored input or output as given; RunStateError when no configured key opens it."""
+    if not (isinstance(value, dict) and set(value) == {SEALED}):
+        return value
+    cipher = current_cipher()
+    try:
+        if cipher is None:
+            raise UndecryptableError("encryption is off")
+        return cipher.open_json(value[SEALED])
+    except UndecryptableError as exc:
+        raise RunStateError("A workflow run's stored input or output is encrypted and no key in "
+                            "RECOVERY_ENCRYPTION_KEYS opens it; configure the key it was "
+                            "written with.") from exc
+
+
+def _shown(value: Any) -> Any:
+    try:
+        return _opened(value)
+    except RunStateError:
+        return SHOWN_SEALED
 
 
 @dataclass(frozen=True)
@@ -78,7 +117,7 @@ def create_run(engine: Engine, workflow: Workflow, run_input: Any) -> str:
     undo = workflow.undo_steps
     with Session(engine) as session, session.begin():
         session.add(WorkflowRun(id=run_id, workflow=workflow.name, status=RunStatus.RUNNING,
-                                input=run_input, replay_count=0, created_at=now,
+                                input=_kept(run_input), replay_count=0, created_at=now,
                                 updated_at=now))
         session.flush()
         for step in workflow.steps:
@@ -111,7 +150,7 @@ def _record(session: Session, run_id: str, rows: list[StepRun], step_id: str,
     if row.status not in (StepStatus.QUEUED, StepStatus.RUNNING):
         return  # a redelivered step whose outcome is already recorded
     row.status = outcome.status
-    row.output, row.error = outcome.output, outcome.error
+    row.output, row.error = _kept(outcome.output), outcome.error
     row.attempts = max(row.attempts, outcome.attempts)
     row.finished_at = _now()
     if outcome.status == StepStatus.SUCCEEDED:
@@ -140,8 +179,9 @@ def start_step(engine: Engine, run_id: str, step_id: str) -> StepStart | None:
             return None
         if row.status == StepStatus.QUEUED:
             row.status, row.started_at, row.dispatched = StepStatus.RUNNING, _now(), True
-        outputs = {r.step_id: r.output for r in rows if r.status == StepStatus.SUCCEEDED}
-        return StepStart(run.workflow, run.input, outputs, row.job_id, row.claim,
+        outputs = {r.step_id: _opened(r.output) for r in rows
+                   if r.status == StepStatus.SUCCEEDED}
+        return StepStart(run.workflow, _opened(run.input), outputs, row.job_id, row.claim,
                          run.replay_count)
 
 
@@ -196,7 +236,7 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
         if run is None:
             return None
         steps = [_step_view(row) for row in _rows(session, run_id)]
-        return {**_run_view(run), "input": run.input, "steps": steps}
+        return {**_run_view(run), "input": _shown(run.input), "steps": steps}
 
 
 def list_runs(engine: Engine, *, status: str | None = None, workflow: str | None = None,
@@ -227,5 +267,5 @@ def _step_view(row: StepRun) -> dict[str, Any]:
         duration = int((row.finished_at - row.started_at).total_seconds() * 1000)
     return {"step": row.step_id, "type": row.type, "undo": row.undo, "critical": row.critical,
             "status": row.status, "attempts": row.attempts, "job_id": row.job_id,
-            "error": row.error, "output": row.output, "started_at": _iso(row.started_at),
+            "error": row.error, "output": _shown(row.output), "started_at": _iso(row.started_at),
             "finished_at": _iso(row.finished_at), "duration_ms": duration}
