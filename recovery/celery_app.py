@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
 from celery.worker.request import Request
-from kombu import Queue
 
+from recovery.config.broker import celery_broker_config
 from recovery.config.settings import Settings, get_settings
 from recovery.core.crypto import SERIALIZER, register_serializer
 
@@ -36,11 +36,8 @@ TASK_ROUTES = {
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting we rely on, in one place, derived from validated settings."""
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout_s,
-            "global_keyprefix": settings.redis_key_prefix,
-        },
+        # broker_url, broker_transport_options, task_queues: per broker (RabbitMQ or Redis)
+        **celery_broker_config(settings, (WORK_QUEUE, MAINTENANCE_QUEUE)),
         "broker_connection_retry_on_startup": True,
         # JSON, wrapped in Fernet when RECOVERY_ENCRYPTION_KEYS is set (recovery.core.crypto).
         "task_serializer": SERIALIZER if settings.encryption_keys else "json",
@@ -70,7 +67,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # fifth of its CPU per enqueue (one more publish): TASK_SENT_EVENTS=false without Flower.
         "task_send_sent_event": settings.task_sent_events,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": (Queue(WORK_QUEUE), Queue(MAINTENANCE_QUEUE)),
         "task_default_queue": WORK_QUEUE,
         "task_routes": TASK_ROUTES,
         "timezone": "UTC",

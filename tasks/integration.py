@@ -13,6 +13,8 @@ from celery import Task
 from celery.exceptions import Reject
 
 from recovery.celery_app import app
+from recovery.config.broker import delivery_countdown
+from recovery.config.settings import get_settings
 from recovery.core.message import JobSpec, Progress, task_reprs
 from recovery.dlq.park import DeadLetterPublishError
 from recovery.engine.outcome import (
@@ -59,7 +61,8 @@ def _again(task: Task, job: dict[str, Any], spec: JobSpec, step: Step) -> Except
     back to the queue instead, unchanged, and runs again."""
     try:
         return task.retry(kwargs={"job": job, "progress": step.progress.to_message()},
-                          countdown=step.countdown_s, throw=False,
+                          countdown=delivery_countdown(get_settings(), step.countdown_s),
+                          throw=False,
                           **task_reprs(spec, step.progress))
     except Reject as exc:
         return Reject(f"The broker did not take the job's next delivery ({exc.reason!r}); "

@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 import structlog
+from redis.cluster import RedisCluster
 from sqlalchemy import Engine
 
 from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
@@ -75,9 +76,11 @@ class RedisSpool:
     def __init__(self, client: redis.Redis, key_prefix: str, *,
                  max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._client = client
-        self.key = f"{key_prefix}audit:spool"
-        self.lock_key = f"{key_prefix}audit:spool:lock"
-        self.alarm_key = f"{key_prefix}audit:spool:alarm"
+        # On a Redis Cluster the append script's two keys need one slot: the hash tag {spool}.
+        spool = "{spool}" if isinstance(client, RedisCluster) else "spool"
+        self.key = f"{key_prefix}audit:{spool}"
+        self.lock_key = f"{key_prefix}audit:{spool}:lock"
+        self.alarm_key = f"{key_prefix}audit:{spool}:alarm"
         self.max_entries = max_entries
         self.alarm = SpoolAlarm(self.key, max_entries)
         self.rejected = RejectedRows(client, key_prefix)

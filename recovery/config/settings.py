@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from recovery.config import redis_urls
 from recovery.config.keys import check_keys
 
 #: Longest duration any millisecond setting may have; anything above is treated as a typo.
@@ -59,6 +60,7 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")  # RabbitMQ, as recovery.config.broker reads them
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750 b64token
 
 
@@ -129,6 +131,8 @@ class Settings:
     task_sent_events: bool = True  # producers publish a task-sent event per enqueue (Flower)
     worker_pool: str = "threads"  # Celery's pool for `celery worker` (WORKER_POOLS)
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # threads (or processes) of the pool
+    broker_url: str | None = None  # None: REDIS_URL is the broker too (recovery.config.broker)
+    rabbitmq_consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, mirrored
 
 
 def show(value: str) -> str:
@@ -322,6 +326,8 @@ class _Reader:
 
     def redis_url(self, name: str, default: str) -> str:
         text = self.raw(name, default).strip(_SPACE)
+        if redis_urls.kind_of(text) in ("cluster", "sentinel"):
+            return _state_store_url(name, text)
         try:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -329,7 +335,8 @@ class _Reader:
             parts = urlsplit("")
         if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
             raise SettingsError(
-                f"{name} must be a redis://host:port/db, rediss:// or unix:// URL, "
+                f"{name} must be a redis://host:port/db, rediss://, unix://, redis+cluster:// "
+                f"or redis+sentinel:// URL, "
                 f"got {show(_hide_password(text))}."
             )
         return text
@@ -342,6 +349,33 @@ class _Reader:
                 f"got {show(text)}."
             )
         return text
+
+
+def _state_store_url(name: str, text: str) -> str:
+    """A Redis Cluster or Sentinel URL (recovery.config.redis_urls), checked without sockets."""
+    try:
+        redis_urls.parse(text)
+    except redis_urls.RedisUrlError as exc:
+        raise SettingsError(f"{name} is not a usable Redis Cluster or Sentinel URL: {exc}. "
+                            f"It was {show(_hide_password(text))}; the README (Running in "
+                            "production) shows the forms.") from None
+    return text
+
+
+def _broker_url(r: _Reader, redis_url: str) -> str | None:
+    """BROKER_URL: RabbitMQ (amqp://) or a Redis of its own; unset, REDIS_URL is the broker."""
+    text = r.optional("BROKER_URL")
+    if text is None:
+        if redis_urls.kind_of(redis_url) != "single":
+            raise SettingsError("REDIS_URL names a Redis Cluster or Sentinel, which Celery "
+                                "cannot use as its broker; set BROKER_URL to RabbitMQ "
+                                "(amqp://user:password@host:5672/vhost) or a plain redis:// URL.")
+        return None
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme not in _AMQP_SCHEMES + _REDIS_SCHEMES:
+        raise SettingsError(f"BROKER_URL must be an amqp://, amqps:// (RabbitMQ) or redis:// "
+                            f"URL, got {show(_hide_password(text))}.")
+    return text
 
 
 _CONSOLE_NAME = re.compile(r"[A-Za-z0-9._@*-]{1,64}")
@@ -436,6 +470,19 @@ def _check_countdowns(settings: Settings) -> None:
             )
 
 
+def _check_consumer_timeout(settings: Settings) -> None:
+    """On RabbitMQ a job holds its message while it runs (late ack), and RabbitMQ closes the
+    channel of a delivery held longer than its consumer_timeout: the job would run again."""
+    scheme = (settings.broker_url or "").split("://", 1)[0].lower()
+    limit_s = settings.rabbitmq_consumer_timeout_s
+    if scheme in _AMQP_SCHEMES and settings.api_timeout_ms / 1000 >= limit_s / 2:
+        raise SettingsError(
+            f"API_TIMEOUT is {settings.api_timeout_ms} ms, which is not below half of "
+            f"RABBITMQ_CONSUMER_TIMEOUT ({limit_s} s): RabbitMQ closes the channel of a job "
+            "that holds its message that long, and the job runs again. Lower API_TIMEOUT, or "
+            "raise consumer_timeout in RabbitMQ and RABBITMQ_CONSUMER_TIMEOUT with it.")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting from `environ` (default: the process environment)."""
     r = _Reader(os.environ if environ is None else environ)
@@ -496,8 +543,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         **_console_settings(r),
         workflows_file=r.optional("RECOVERY_WORKFLOWS"),
         **_result_settings(r),
+        broker_url=_broker_url(r, r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")),
+        rabbitmq_consumer_timeout_s=r.whole("RABBITMQ_CONSUMER_TIMEOUT", 1800, 60,
+                                            MAX_MS // 1000, "s"),
     )
     _check_countdowns(settings)
+    _check_consumer_timeout(settings)
     return settings
 
 

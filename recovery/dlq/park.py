@@ -7,31 +7,27 @@ from typing import Any
 
 import redis
 import structlog
-from kombu import Queue
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.writer import DeadLetterRecord
+from recovery.config.broker import push_dead_letter
+from recovery.config.settings import get_settings
 from recovery.core.message import JobSpec, parse_time, utc_now_iso
 from recovery.core.step import Step
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope, envelope_for
+from recovery.state.connection import shared_client
 
 log = structlog.get_logger(__name__)
 
 DLQ_QUEUE = "dlq"
-PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 
 
 def publish_message(message: dict[str, Any], queue_name: str) -> None:
     """Publish one JSON message to a DLQ-side queue (the DLQ itself, the quarantine);
-    raises when the broker does not take it."""
-    from recovery.celery_app import app
-
-    queue = Queue(queue_name, routing_key=queue_name)
-    with app.producer_or_acquire() as producer:
-        producer.publish(message, exchange="", routing_key=queue_name, serializer="json",
-                         declare=[queue], retry=True, retry_policy=PUBLISH_RETRY_POLICY,
-                         delivery_mode=2)
+    raises when Redis does not take it. These are lists in the state store's Redis on any
+    broker (`recovery.config.broker`), written through this process's state-store client."""
+    settings = get_settings()
+    push_dead_letter(shared_client(settings.redis_url), settings, queue_name, message)
 
 
 def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
@@ -57,7 +53,7 @@ def park(rt: DlqRuntime, job: JobSpec, step: Step,
         attempts=step.attempts, dead_at=utc_now_iso())
     try:
         (sink or publish)(envelope)
-    except (KombuOperationalError, redis.RedisError, OSError) as exc:
+    except (redis.RedisError, OSError) as exc:
         raise DeadLetterPublishError(
             f"Could not publish job {job.job_id} to the dead-letter queue ({exc}); "
             "the broker will deliver the job again.") from exc

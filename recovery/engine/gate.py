@@ -24,6 +24,7 @@ from recovery.core.policy import BlockSource
 from recovery.state import lua
 from recovery.state.breaker import BreakerOpenError, ClusterBreaker, Permit
 from recovery.state.budget import RetryBudget, spread_deferral
+from recovery.state.connection import is_cluster
 from recovery.state.idempotency import Claim, ClaimResult, IdempotencyStore
 from recovery.state.ratelimit import ClusterRateLimiter, RedisOutage
 from recovery.state.scripts import ScriptArg, ScriptCache, ScriptCall, combine
@@ -62,6 +63,9 @@ class Gate:
                  limiter: ClusterRateLimiter, budget: RetryBudget,
                  breaker_for: Callable[[Integration], ClusterBreaker]) -> None:
         self._scripts = ScriptCache(client) if client is not None else None
+        # The audit spool is one stream for every integration: on a Redis Cluster it lives in
+        # another slot than an integration's keys, so it is appended on its own there.
+        self._fold_audit = not is_cluster(client)
         self._outage = RedisOutage("gate")
         self._idempotency = idempotency
         self._limiter = limiter
@@ -108,6 +112,8 @@ class Gate:
         steps: dict[str, ScriptCall] = {} if record is None else {"breaker_record": record}
         steps["idempotency_release"] = self._idempotency.release_call(
             integration.id, key, holder, job_id, succeeded=success)
+        if audit is not None and not self._fold_audit:
+            audit = None
         if audit is not None:
             steps["audit_spool"] = audit
         header: list[ScriptArg] = ["1" if record is not None else "0",

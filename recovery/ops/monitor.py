@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
+from recovery.config.broker import queue_depths
 from recovery.engine.runtime import Runtime
 from recovery.ops.report import Window, attempts_by_integration, recent_failures
 
@@ -69,16 +71,12 @@ def _read_queues(rt: Runtime, frame: Frame) -> None:
     if rt.redis is None:
         frame.queues_error = "no Redis client in this process (embedded mode)"
         return
-    prefix = rt.settings.redis_key_prefix
     try:
-        with rt.redis.pipeline(transaction=False) as pipe:
-            for queue in QUEUES:
-                pipe.llen(f"{prefix}{queue}")
-            depths = pipe.execute()
-    except redis.RedisError as exc:
+        depths = queue_depths(rt.settings, rt.redis, QUEUES[:2], QUEUES[2:])
+    except (redis.RedisError, KombuOperationalError, OSError) as exc:
         frame.queues_error = _short(exc)
         return
-    frame.queues = {queue: int(depth) for queue, depth in zip(QUEUES, depths, strict=True)}
+    frame.queues = {queue: depths[queue] for queue in QUEUES}
 
 
 def _read_audit(rt: Runtime, frame: Frame, window: Window) -> None:

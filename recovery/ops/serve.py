@@ -33,6 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 
 from recovery.audit.db import make_engine, normalise_url
+from recovery.config import redis_urls
+from recovery.config.broker import queue_depths
 from recovery.config.loader import load_registry
 from recovery.config.settings import Settings
 from recovery.core.redact import redact_text
@@ -51,7 +53,8 @@ Check = tuple[str, Callable[[], None]]
 
 def redis_check(url: str) -> Check:
     client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S,
-                                  socket_timeout=CHECK_TIMEOUT_S)
+                                  socket_timeout=CHECK_TIMEOUT_S) if (
+        redis_urls.kind_of(url) == "single") else redis_client(url)  # Cluster, Sentinel
     return "redis", lambda: _ping(client)
 
 
@@ -201,32 +204,18 @@ def metrics_source(settings: Settings, rt: Runtime) -> Callable[[], bytes] | Non
     def breaker_states() -> dict[str, str]:
         return {i.id: rt.breaker(i).snapshot().state for i in rt.registry}
 
-    live = metrics.LiveStateCollector(breaker_states, broker_queue_depths)
+    live = metrics.LiveStateCollector(breaker_states, lambda: broker_queue_depths(rt))
     return lambda: metrics.render(store, live)
 
 
-def broker_queue_depths() -> dict[str, int]:
-    """Messages waiting in each of our broker queues.
-
-    A plain declare, not a passive one: on Redis it writes nothing, and kombu's passive check
-    looks for unprefixed keys, so with `global_keyprefix` it calls every queue missing.
-    """
+def broker_queue_depths(rt: Runtime) -> dict[str, int]:
+    """Messages waiting in each of our queues (work queues on the broker, DLQ-side lists in
+    the state store: `recovery.config.broker`)."""
     # Imported when serving starts: `recovery-cli --help` imports this module.
-    from recovery.celery_app import (
-        DLQ_QUEUE,
-        MAINTENANCE_QUEUE,
-        QUARANTINE_QUEUE,
-        WORK_QUEUE,
-        app,
-    )
+    from recovery.celery_app import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
 
-    depths: dict[str, int] = {}
-    with app.connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1)
-        channel = conn.default_channel
-        for name in (WORK_QUEUE, MAINTENANCE_QUEUE, DLQ_QUEUE, QUARANTINE_QUEUE):
-            depths[name] = channel.queue_declare(queue=name).message_count
-    return depths
+    return queue_depths(rt.settings, rt.redis, (WORK_QUEUE, MAINTENANCE_QUEUE),
+                        (DLQ_QUEUE, QUARANTINE_QUEUE))
 
 
 def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer, list[Engine]]:

@@ -32,6 +32,7 @@ from recovery.config.budget import (
     RetryBudgetConfig,
 )
 from recovery.state import lua
+from recovery.state.connection import integration_tag
 from recovery.state.ratelimit import RedisOutage
 from recovery.state.scripts import ScriptCall
 
@@ -209,7 +210,7 @@ class RetryBudget:
 
     def _call(self, integration_id: str, op: Op, config: RetryBudgetConfig,
               now_ms: float | None = None) -> ScriptCall:
-        base = f"{self._prefix}budget:{integration_id}"
+        base = f"{self._prefix}budget:{integration_tag(self._redis, integration_id)}"
         at = "" if now_ms is None else repr(now_ms)
         return ScriptCall(self._source, [f"{base}:first", f"{base}:retry"],
                           [op, at, config.window_ms, config.slot_ms, repr(config.ratio),

@@ -35,6 +35,7 @@ import redis
 import structlog
 
 from recovery.state import lua
+from recovery.state.connection import integration_tag, is_cluster
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -121,7 +122,7 @@ class IdempotencyStore:
 
     def key_name(self, integration: str, key: str, part: str) -> str:
         """The Redis key of `part` (ok, claim, req) of an idempotency key on an integration."""
-        return f"{self._prefix}{integration}:{key}:{part}"
+        return f"{self._prefix}{integration_tag(self._redis, integration)}:{key}:{part}"
 
     def legacy_success_key(self, key: str) -> str:
         """Where versions before per-integration scoping recorded a success (for 7 days).
@@ -131,6 +132,16 @@ class IdempotencyStore:
         of them has expired; this check can go 7 days after every worker runs this version.
         """
         return f"{self._prefix}{key}:ok"
+
+    def _cluster_safe_keys(self, integration: str, key: str, delivery: str) -> list[str]:
+        """The delivery counter and the legacy success key of a claim. On a Redis Cluster
+        they carry the integration's hash tag like the rest of the claim's keys; no record
+        from before per-integration scoping can exist there (no earlier version ran on a
+        cluster), so the success key itself stands in for the legacy one."""
+        if not is_cluster(self._redis):
+            return [f"{self._prefix}deliveries:{delivery}", self.legacy_success_key(key)]
+        tag = integration_tag(self._redis, integration)
+        return [f"{self._prefix}{tag}:deliveries:{delivery}", self.key_name(integration, key, "ok")]
 
     def _keys(self, integration: str, key: str) -> list[str]:
         return [self.key_name(integration, key, "ok"), self.key_name(integration, key, "claim")]
@@ -178,8 +189,7 @@ class IdempotencyStore:
                    delivery: str) -> ScriptCall:
         """The Redis script run of `claim`; its reply goes to `claim_result`."""
         return ScriptCall(lua.load("idempotency_claim"), [*self._keys(integration, key),
-                                   f"{self._prefix}deliveries:{delivery}",
-                                   self.legacy_success_key(key)],
+                                   *self._cluster_safe_keys(integration, key, delivery)],
                           [holder, ttl_ms, self.redelivery_window_s])
 
     @staticmethod

@@ -27,6 +27,7 @@ from redis.commands.core import Script
 
 from recovery.config.registry import RateLimitConfig
 from recovery.state import lua
+from recovery.state.connection import integration_tag
 from recovery.state.scripts import ScriptArg, ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -280,13 +281,16 @@ class ClusterRateLimiter:
         self._local.pause(integration_id, seconds, reason)
         return self._local.paused_for(integration_id)
 
+    def _base(self, integration_id: str) -> str:
+        return f"{self._prefix}ratelimit:{integration_tag(self._redis, integration_id)}"
+
     def _keys(self, integration_id: str) -> list[str]:
-        base = f"{self._prefix}ratelimit:{integration_id}"
+        base = self._base(integration_id)
         return [f"{base}:log", f"{base}:not_before"]
 
     def _run(self, integration_id: str, op: ScriptArg, *args: ScriptArg) -> Any:
         """An operation with the pause-reason key too (acquire, in the gate, never needs it)."""
-        keys = [*self._keys(integration_id), f"{self._prefix}ratelimit:{integration_id}:reason"]
+        keys = [*self._keys(integration_id), f"{self._base(integration_id)}:reason"]
         return self._run_call(ScriptCall(self._source, keys, [op, *args]))
 
     def _run_call(self, call: ScriptCall) -> Any:

@@ -27,6 +27,7 @@ import redis
 
 from recovery.core.crypto import Cipher, UndecryptableError
 from recovery.core.outcome_value import MalformedOutcomeError, Outcome
+from recovery.state.connection import integration_tag, is_cluster
 
 DEFAULT_TTL_S = 24 * 3600
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -60,10 +61,12 @@ class ResultStore:
         self._cipher = cipher
 
     def key(self, job_id: str) -> str:
-        return f"{self._prefix}result:{job_id}"
+        # On a Redis Cluster a job's two keys share the hash tag {job id}: one slot, so the
+        # transactions below stay possible.
+        return f"{self._prefix}result:{integration_tag(self._client, job_id)}"
 
     def ready_key(self, job_id: str) -> str:
-        return f"{self._prefix}result:{job_id}:ready"
+        return f"{self.key(job_id)}:ready"
 
     def capped(self, outcome: Outcome) -> Outcome:
         """`outcome` as it will be kept: without its body when that is over the cap."""
@@ -194,7 +197,9 @@ def _block_limit(client: redis.Redis | None) -> float:
     """The longest BLPOP the client's socket timeout allows (one second of margin)."""
     if client is None:
         return _MAX_BLOCK_S
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    kwargs = (client.get_connection_kwargs() if is_cluster(client)
+              else client.connection_pool.connection_kwargs)
+    timeout = kwargs.get("socket_timeout")
     if not timeout:
         return _MAX_BLOCK_S * 15
     return max(0.5, min(float(timeout) - 1.0, _MAX_BLOCK_S * 15))

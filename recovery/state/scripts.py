@@ -21,6 +21,8 @@ from hiredis import pack_command
 from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
+from recovery.state.connection import is_cluster
+
 ScriptArg = str | int | float
 
 
@@ -65,12 +67,16 @@ class ScriptCache:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
+        # A Redis Cluster client routes each script to the node of its keys' slot (and refuses
+        # keys of several slots); it has no single pool to take connections from.
+        self._cluster = client if is_cluster(client) else None
         self._scripts: dict[str, tuple[str, bytes]] = {}  # name -> (sha1, source)
         self._local = threading.local()
         self._opened: list[AbstractConnection] = []
         self._lock = threading.Lock()
+        if self._cluster is None:
+            pool = client.connection_pool
+            self._connect = lambda: pool.connection_class(**pool.connection_kwargs)
 
     def run(self, name: str, source: Callable[[], str], keys: list[str],
             args: list[ScriptArg]) -> Any:
@@ -79,6 +85,8 @@ class ScriptCache:
         if script is None:
             text = source().encode()
             script = self._scripts[name] = (hashlib.sha1(text).hexdigest(), text)
+        if self._cluster is not None:
+            return _run_on_cluster(self._cluster, script, keys, args)
         command = ("EVALSHA", script[0], len(keys), *keys, *args)
         try:
             return self._send(command)
@@ -98,10 +106,12 @@ class ScriptCache:
         packed = [pack_command(command)]  # type: ignore[arg-type]
         connection = self._connection()
         try:
+            _connect(connection)
             connection.send_packed_command(packed, check_health=False)
             return connection.read_response()
         except redis.ConnectionError:
             connection.disconnect()
+        _connect(connection)
         connection.send_packed_command(packed, check_health=False)
         return connection.read_response()
 
@@ -113,3 +123,22 @@ class ScriptCache:
             with self._lock:
                 self._opened.append(connection)
         return connection
+
+
+def _connect(connection: AbstractConnection) -> None:
+    """Open the connection through its own `connect`, as the client's pool does: a Sentinel
+    connection asks the Sentinels for the master there (a bare send would open a socket to the
+    connection's default address, localhost:6379, instead)."""
+    if not connection.is_connected:
+        connection.connect()
+
+
+def _run_on_cluster(client: redis.Redis, script: tuple[str, bytes], keys: list[str],
+                    args: list[ScriptArg]) -> Any:
+    """EVALSHA through the cluster client (which checks that the keys share a slot); a script
+    the node does not know is loaded on every primary and run again."""
+    try:
+        return client.evalsha(script[0], len(keys), *keys, *args)
+    except NoScriptError:
+        client.script_load(script[1])
+        return client.evalsha(script[0], len(keys), *keys, *args)

@@ -27,6 +27,7 @@ import structlog
 
 from recovery.config.registry import Integration, OAuthConfig
 from recovery.state import lua
+from recovery.state.connection import integration_tag
 from recovery.state.ratelimit import RedisOutage
 
 log = structlog.get_logger(__name__)
@@ -296,5 +297,5 @@ class TokenProvider:
         oauth = _oauth(integration)
         client = f"{oauth.token_url}\n{oauth.client_id}\n{oauth.scope or ''}"
         fingerprint = hashlib.sha256(client.encode("utf-8")).hexdigest()[:16]
-        base = f"{self._prefix}oauth:{integration.id}:{fingerprint}"
+        base = f"{self._prefix}oauth:{integration_tag(self._redis, integration.id)}:{fingerprint}"
         return _Keys(token=f"{base}:token", lock=f"{base}:lock", failed=f"{base}:failed")

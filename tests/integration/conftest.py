@@ -228,3 +228,66 @@ def wait_for_status(
             return job
         time.sleep(0.2)
     raise AssertionError(f"Job {job_id} did not reach {statuses} in {timeout} s; last: {job}")
+
+
+RABBITMQ = ("127.0.0.1", 5672)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def _rabbitmq_answers() -> bool:
+    import shutil
+    import socket
+
+    if shutil.which("rabbitmqctl") is None:
+        return False
+    try:
+        socket.create_connection(RABBITMQ, timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def reconfigure_celery_app() -> None:
+    """Point this process's Celery app at the broker the environment names now (the app was
+    built at import time, from the environment of that moment)."""
+    from kombu import pools
+
+    from recovery.celery_app import app, celery_config
+    from recovery.config.settings import load_settings
+
+    pools.reset()  # closes and forgets kombu's process-wide connection and producer pools
+    app.conf.update(celery_config(load_settings()))
+    app._pool = None
+    app.__dict__.pop("amqp", None)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a cross-process test on each broker. On RabbitMQ the test gets a virtual host of
+    its own (created with rabbitmqctl, deleted afterwards with every queue in it), so runs
+    and tests never share a queue; the state store stays the test Redis."""
+    if request.param == "redis":
+        monkeypatch.delenv("BROKER_URL", raising=False)
+        yield "redis"
+        return
+    if not _rabbitmq_answers():
+        why = "RabbitMQ does not answer on 127.0.0.1:5672 (`bash .ci/run` starts it)"
+        if os.environ.get("REQUIRE_RABBITMQ"):
+            pytest.fail(why)
+        pytest.skip(why)
+    vhost = f"test-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        monkeypatch.setenv("BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
+        reset_settings()
+        reconfigure_celery_app()
+        yield "rabbitmq"
+    finally:
+        monkeypatch.delenv("BROKER_URL", raising=False)
+        reset_settings()
+        reconfigure_celery_app()
+        _rabbitmqctl("delete_vhost", vhost)

@@ -1,10 +1,10 @@
-"""A dead letter the broker refuses leaves the job unacknowledged and unrecorded as dead."""
+"""A dead letter Redis refuses leaves the job unacknowledged and unrecorded as dead."""
 
 from __future__ import annotations
 
 import pytest
 from celery.exceptions import Reject
-from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 import tasks.integration
 from recovery.audit.queries import get_job
@@ -16,7 +16,8 @@ from tests.integration.test_job_flow import integration
 
 
 def refuse(_: Envelope) -> None:
-    raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    """Dead letters are written to the state store's Redis on every broker."""
+    raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
 
 def test_failed_dead_letter_publish_rejects_for_redelivery(

@@ -21,7 +21,7 @@ FINAL = {"succeeded", "failed", "dead", "degraded"}
 
 
 def test_exhausted_and_non_retryable_jobs_reach_the_dlq_complete_and_without_secrets(
-        configure, upstream: FaultServer, start_worker, redis_client: redis.Redis,
+        broker: str, configure, upstream: FaultServer, start_worker, redis_client: redis.Redis,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOP_API_KEY", "int3g-s3cret")
     retry = {"max_attempts": 2, "initial_delay_ms": 100, "backoff_factor": 2,

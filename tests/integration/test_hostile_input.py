@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recovery
+from recovery.celery_app import app
 from recovery.config.urlguard import is_inside, join_url
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.producer import EnqueueError
@@ -76,25 +77,21 @@ def _kwargs(raw: bytes) -> dict[str, Any]:
 
 
 def test_pickled_message_is_refused_and_never_executed(
-        configure, upstream: FaultServer, redis_client: redis.Redis, start_worker) -> None:
+        broker: str, configure, upstream: FaultServer, start_worker) -> None:
     env = configure([integration(upstream.url)])
     worker = start_worker(env, concurrency=1)
-    prefix = get_runtime().settings.redis_key_prefix
     task_id = str(uuid.uuid4())
     job = {"job_id": task_id, "integration": "shop", "method": "GET", "path": "/pickled",
            "idempotency_key": task_id}
     body = pickle.dumps(((), {"job": job}, {}))
-    message = {
-        "body": base64.b64encode(body).decode(), "content-encoding": "binary",
-        "content-type": "application/x-python-serialize",
-        "headers": {"lang": "py", "task": "tasks.integration.call", "id": task_id,
-                    "root_id": task_id, "parent_id": None, "group": None},
-        "properties": {"correlation_id": task_id, "delivery_mode": 2,
-                       "delivery_info": {"exchange": "", "routing_key": "integrations"},
-                       "priority": 0, "body_encoding": "base64",
-                       "delivery_tag": str(uuid.uuid4())},
-    }
-    redis_client.lpush(f"{prefix}integrations", json.dumps(message))
+    queue = app.amqp.queues["integrations"]
+    with app.producer_or_acquire() as producer:  # through the broker, as a producer would
+        producer.publish(body, exchange=queue.exchange, routing_key=queue.routing_key,
+                         content_type="application/x-python-serialize",
+                         content_encoding="binary", delivery_mode=2,
+                         headers={"lang": "py", "task": "tasks.integration.call",
+                                  "id": task_id, "root_id": task_id, "parent_id": None,
+                                  "group": None}, correlation_id=task_id)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and "pickle" not in worker.log().lower():
         time.sleep(0.2)

@@ -44,7 +44,7 @@ def call_attempts(job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_503_503_200_succeeds_after_three_attempts_with_growing_delays(
-    configure, upstream: FaultServer, start_worker
+    broker: str, configure, upstream: FaultServer, start_worker
 ) -> None:
     env = configure([integration(upstream.url)])
     upstream.set_script([503, 503, 200])
@@ -78,7 +78,7 @@ def test_400_fails_after_one_attempt(configure, upstream: FaultServer, start_wor
 
 
 def test_429_retry_after_waits_at_least_the_given_time(
-    configure, upstream: FaultServer, start_worker
+    broker: str, configure, upstream: FaultServer, start_worker
 ) -> None:
     env = configure([integration(upstream.url)])
     upstream.set_mode("429", retry_after_s=2)

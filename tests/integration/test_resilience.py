@@ -32,7 +32,7 @@ def calls_to(upstream: FaultServer, prefix: str) -> list[dict[str, Any]]:
 
 
 def test_breaker_trips_defers_without_calls_probes_once_and_closes(
-        configure, upstream: FaultServer, start_worker) -> None:
+        broker: str, configure, upstream: FaultServer, start_worker) -> None:
     breaker = {"threshold": 3, "reset_timeout_ms": 3000}
     env = configure([one_shot(upstream.url, circuit_breaker=breaker)], DLQ_ENABLED="false")
     upstream.set_mode("5xx", status=503)
@@ -116,7 +116,7 @@ def test_token_refresh_on_401_once_then_success(
 
 
 def test_rate_limit_holds_across_two_worker_processes(
-        configure, upstream: FaultServer, start_worker) -> None:
+        broker: str, configure, upstream: FaultServer, start_worker) -> None:
     limit = {"window_ms": 1000, "max_requests": 4}
     env = configure([integration(upstream.url, rate_limit=limit)])
     start_worker(env, concurrency=2)

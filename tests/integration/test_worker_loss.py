@@ -56,7 +56,8 @@ def recorded_successes(engine: Any, client: redis.Redis) -> set[str]:
 
 
 def test_sigkill_worker_with_jobs_in_flight_loses_nothing(
-        configure, upstream: FaultServer, start_worker, redis_client: redis.Redis) -> None:
+        broker: str, configure, upstream: FaultServer, start_worker,
+        redis_client: redis.Redis) -> None:
     env = configure([fast_integration(upstream.url)], **SHORT_TIMES)
     upstream.set_mode("slow", delay_ms=100)
     first = start_worker(env, concurrency=4)
@@ -87,7 +88,7 @@ def test_sigkill_worker_with_jobs_in_flight_loses_nothing(
 
 
 def test_poison_job_is_dead_lettered_after_the_configured_deliveries(
-        configure, upstream: FaultServer, start_worker) -> None:
+        broker: str, configure, upstream: FaultServer, start_worker) -> None:
     env = configure([fast_integration(upstream.url)], POISON_MAX_DELIVERIES="2", **SHORT_TIMES)
     upstream.set_mode("slow", delay_ms=60000)
     worker = start_worker(env, concurrency=1, pool="prefork")  # a pool process to kill

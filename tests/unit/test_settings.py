@@ -195,7 +195,8 @@ def test_every_variable_is_read_from_the_environment() -> None:
          "DATABASE_URL must be a postgresql://, postgresql+psycopg:// or sqlite:///path URL, "
          "got 'sqlite:///'."),
         ({"REDIS_URL": "http://cache"},
-         "REDIS_URL must be a redis://host:port/db, rediss:// or unix:// URL, got 'http://cache'."),
+         "REDIS_URL must be a redis://host:port/db, rediss://, unix://, redis+cluster:// or "
+         "redis+sentinel:// URL, got 'http://cache'."),
         ({"RECOVERY_REDIS_PREFIX": "my prefix:"},
          "RECOVERY_REDIS_PREFIX must be 1 to 64 characters without spaces, such as 'recovery:', "
          "got 'my prefix:'."),

@@ -43,6 +43,7 @@ from recovery.state.breaker.types import (
     TransitionListener,
     utc_from_ms,
 )
+from recovery.state.connection import integration_tag
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -92,7 +93,7 @@ class ClusterBreaker:
     ) -> None:
         self.integration = integration_id
         self.config = config
-        self.key = f"{key_prefix}breaker:{integration_id}"
+        self.key = f"{key_prefix}breaker:{integration_tag(redis_client, integration_id)}"
         self._limits = Limits.from_config(integration_id, config, success_threshold) if (
             config.enabled) else None
         self._redis = RedisBackend(redis_client, self.key) if redis_client is not None else None
