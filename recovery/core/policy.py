@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
 DelaySource = Literal["backoff", "retry-after", "retry-after-cap", "breaker", "rate-limit",
-                      "retry-budget"]
-BlockSource = Literal["breaker", "rate-limit", "retry-budget"]
+                      "retry-budget", "idempotency-busy"]
+#: What holds a job back before its call. `idempotency-busy`: another delivery of the same
+#: idempotency key is running (16 characters, the width of the attempts' `delay_source`).
+BlockSource = Literal["breaker", "rate-limit", "retry-budget", "idempotency-busy"]
 
 log = structlog.get_logger(__name__)
 
@@ -31,11 +33,13 @@ _BLOCK_STRATEGY: dict[str, str] = {
     "breaker": "server-error-circuit",
     "rate-limit": "rate-limit-backoff",
     "retry-budget": "retry-budget",
+    "idempotency-busy": "idempotency-wait",
 }
 _BLOCK_WHAT: dict[str, str] = {
     "breaker": "The circuit breaker is open",
     "rate-limit": "The rate limit is exhausted",
     "retry-budget": "The integration's retry budget is spent",
+    "idempotency-busy": "Another delivery of the same idempotency key is running",
 }
 
 

@@ -87,8 +87,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
     if claimed.claim is Claim.SUCCEEDED:
         return _duplicate(job, progress, rt)
     if claimed.claim is Claim.BUSY:
-        return _blocked(job, progress, rt, integration, 1.0, "rate-limit", "another delivery "
-                        "of the same idempotency key is running")
+        return _blocked(job, progress, rt, integration, 1.0, "idempotency-busy",
+                        "Another delivery of the same idempotency key is running.")
     released = False
     try:
         if claimed.deliveries > rt.settings.poison_max_deliveries:

@@ -358,6 +358,21 @@ def test_full_rate_limit_defers_with_its_own_source() -> None:
     assert decision.reason.startswith("The rate limit is exhausted for another 5.0 s")
 
 
+def test_a_busy_idempotency_key_defers_with_its_own_source() -> None:
+    decision = blocked(1.0, 4.0, source="idempotency-busy")
+    assert decision == Decision(
+        action="defer",
+        delay_s=1.0,
+        delay_source="idempotency-busy",
+        strategy="idempotency-wait",
+        reason=(
+            "Another delivery of the same idempotency key is running for another 1.0 s; "
+            "deferring without spending an attempt (5.0 s of the 600.0 s defer window)."
+        ),
+    )
+    assert len("idempotency-busy") <= 16  # the width of attempts.delay_source
+
+
 def test_defer_window_boundary_is_inclusive() -> None:
     assert blocked(10.0, 590.0).action == "defer"
     assert blocked(10.0, 590.5).action == "dead_letter"
