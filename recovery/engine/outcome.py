@@ -35,6 +35,7 @@ from recovery.audit.spool import SpoolUnavailable
 from recovery.audit.sql import DatabaseUnavailable
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
+from recovery.core.policy import end_status
 from recovery.core.redact import redact_text
 from recovery.core.step import Step
 from recovery.dlq import park as dlq_park
@@ -133,14 +134,14 @@ def after_exception(job: JobSpec, progress: Progress, rt: Runtime,
                   f"({reason}).")
     else:
         reason = f"The job raised an unexpected error ({reason})."
-    _log_exception(job, exc, reason, "dead" if rt.settings.dlq_enabled else "failed")
+    status = end_status(rt.settings.dlq_enabled)
+    _log_exception(job, exc, reason, status)
     failure = Classification(
         categories=frozenset({ErrorCategory.UNKNOWN}), primary=ErrorCategory.UNKNOWN,
         retryable=False, status=None, retry_after_s=None, message=reason,
         strategy="dead-letter-queue")
-    return Step("dead" if rt.settings.dlq_enabled else "failed", progress,
-                progress.attempt - 1, strategy="dead-letter-queue", failure=failure,
-                reason=reason)
+    return Step(status, progress, progress.attempt - 1, strategy="dead-letter-queue",
+                failure=failure, reason=reason)
 
 
 def _log_exception(job: JobSpec, exc: BaseException, reason: str, action: str) -> None:
