@@ -26,14 +26,12 @@ import redis
 import structlog
 from celery import signals
 
-from recovery.config.env import env_int
 from recovery.config.settings import get_settings
 from recovery.state import lua
 from recovery.state.connection import redis_client
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TTL_S = 60
 
 
 
@@ -116,7 +114,7 @@ class LockKeeper:
 
 
 def lock_for(redis_url: str, prefix: str, ttl_s: float | None = None) -> BeatLock:
-    ttl = env_int("BEAT_LOCK_TTL", DEFAULT_TTL_S, 3, 3600) if ttl_s is None else ttl_s
+    ttl = get_settings().beat_lock_ttl_s if ttl_s is None else ttl_s
     return BeatLock(redis_client(redis_url), f"{prefix}beat:lock", ttl_s=ttl)
 
 
