@@ -139,8 +139,8 @@ class RedisSpool:
                     break
                 orphans.extend(write(ops))
                 self._client.xdel(self.key, *ids)
-                lock.reacquire()  # token-checked: a lock that expired is not taken back
                 written += len(ops)
+                lock.reacquire()  # token-checked: a lock that expired is not taken back
         except LockNotOwnedError:  # another drainer may run now: leave the rest to it
             log.warning("audit_spool_lock_lost", key=self.lock_key, written=written)
             return Drained(written, orphans)
