@@ -25,7 +25,6 @@ import atexit
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -35,6 +34,8 @@ from typing import Any
 import redis
 import structlog
 from redis.cluster import RedisCluster
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 from sqlalchemy import Engine
 
 from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
@@ -46,7 +47,6 @@ from recovery.audit.sql import (
     encode_ops,
     write_batch,
 )
-from recovery.state import lua
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -126,10 +126,10 @@ class RedisSpool:
         once. A database or Redis failure ends the drain and is returned in ``error``, with the
         orphans found so far.
         """
-        token = uuid.uuid4().hex
+        lock = Lock(self._client, self.lock_key, timeout=LOCK_TTL_MS / 1000, thread_local=False)
         written, orphans = 0, []
         try:
-            if not self._client.set(self.lock_key, token, nx=True, px=LOCK_TTL_MS):
+            if not lock.acquire(blocking=False):
                 return Drained(0, [])
         except redis.RedisError as exc:
             return Drained(0, [], SpoolUnavailable(f"Redis did not answer the lock: {exc}"))
@@ -142,14 +142,17 @@ class RedisSpool:
                     break
                 orphans.extend(write(ops))
                 self._client.xdel(self.key, *ids)
-                self._client.pexpire(self.lock_key, LOCK_TTL_MS)
                 written += len(ops)
+                lock.reacquire()  # token-checked: a lock that expired is not taken back
+        except LockNotOwnedError:  # another drainer may run now: leave the rest to it
+            log.warning("audit_spool_lock_lost", key=self.lock_key, written=written)
+            return Drained(written, orphans)
         except DatabaseUnavailable as exc:
             return Drained(written, orphans, exc)
         except redis.RedisError as exc:
             return Drained(written, orphans, SpoolUnavailable(f"Redis failed mid-drain: {exc}"))
         finally:
-            self._release(token)
+            self._release(lock)
         return Drained(written, orphans)
 
     def _read(self, max_ops: int) -> tuple[list[bytes], list[Op], bool]:
@@ -172,10 +175,10 @@ class RedisSpool:
             self._ops_per_entry = max(1, len(ops) // len(ids))
         return ids, ops, len(entries) == count or len(ids) < len(entries)
 
-    def _release(self, token: str) -> None:
+    def _release(self, lock: Lock) -> None:
         try:
-            self._client.eval(lua.load("compare_and_delete"), 1, self.lock_key, token)
-        except redis.RedisError:
+            lock.release()  # token-checked: never deletes another drainer's lock
+        except redis.RedisError:  # LockError included: it expired, or Redis did not answer
             log.warning("audit_spool_lock_not_released", key=self.lock_key)
 
 

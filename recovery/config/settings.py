@@ -133,6 +133,13 @@ class Settings:
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # threads (or processes) of the pool
     broker_url: str | None = None  # None: REDIS_URL is the broker too (recovery.config.broker)
     rabbitmq_consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, mirrored
+    health_check_tries: int = 2  # attempts per health check, retried with backoff
+    alert_webhook_url: str | None = None  # receives every alert as a JSON POST
+    alert_webhook_tries: int = 5  # attempts per alert delivery
+    beat_lock_ttl_s: int = 60  # how long the single-beat lock lives without renewal
+    sentry_environment: str | None = None  # Sentry's `environment` tag
+    serve_host: str = "127.0.0.1"  # default --host of `recovery-cli serve`
+    serve_port: int = 9808  # default --port of `recovery-cli serve`
 
 
 def show(value: str) -> str:
@@ -546,10 +553,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         broker_url=_broker_url(r, r.redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")),
         rabbitmq_consumer_timeout_s=r.whole("RABBITMQ_CONSUMER_TIMEOUT", 1800, 60,
                                             MAX_MS // 1000, "s"),
+        **_ops_settings(r),
     )
     _check_countdowns(settings)
     _check_consumer_timeout(settings)
     return settings
+
+
+def _ops_settings(r: _Reader) -> dict[str, Any]:
+    """Settings of the ops side: health checks, alerts, the beat lock, Sentry, `serve`."""
+    webhook = r.optional("ALERT_WEBHOOK_URL")
+    if webhook is not None and not is_http_url(webhook):
+        raise SettingsError(
+            "ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host, such as "
+            f"https://hooks.example.com/alerts, got {shown_base_url(webhook)}.")
+    return {
+        "health_check_tries": r.whole("HEALTH_CHECK_TRIES", 2, 1, 10),
+        "alert_webhook_url": webhook,
+        "alert_webhook_tries": r.whole("ALERT_WEBHOOK_TRIES", 5, 1, 20),
+        "beat_lock_ttl_s": r.whole("BEAT_LOCK_TTL", 60, 3, 3600),
+        "sentry_environment": r.optional("SENTRY_ENVIRONMENT"),
+        "serve_host": r.text("SERVE_HOST", "127.0.0.1"),
+        "serve_port": r.whole("SERVE_PORT", 9808, 0, 65535),
+    }
 
 
 @lru_cache(maxsize=1)

@@ -19,10 +19,15 @@ from recovery.core.strategies import Strategy, WaitExponential, strategy_for
 if TYPE_CHECKING:
     from recovery.config.registry import Integration, RetryConfig
 
+#: What follows an attempt, as its audit row records it (`attempts.decision`).
 Action = Literal["retry", "defer", "fallback", "dead_letter", "fail"]
+#: How a job ends when nothing serves it, as its status says it (`jobs.status`).
+FinalStatus = Literal["dead", "failed"]
 DelaySource = Literal["backoff", "retry-after", "retry-after-cap", "breaker", "rate-limit",
-                      "retry-budget"]
-BlockSource = Literal["breaker", "rate-limit", "retry-budget"]
+                      "retry-budget", "idempotency-busy"]
+#: What holds a job back before its call. `idempotency-busy`: another delivery of the same
+#: idempotency key is running (16 characters, the width of the attempts' `delay_source`).
+BlockSource = Literal["breaker", "rate-limit", "retry-budget", "idempotency-busy"]
 
 log = structlog.get_logger(__name__)
 
@@ -31,11 +36,13 @@ _BLOCK_STRATEGY: dict[str, str] = {
     "breaker": "server-error-circuit",
     "rate-limit": "rate-limit-backoff",
     "retry-budget": "retry-budget",
+    "idempotency-busy": "idempotency-wait",
 }
 _BLOCK_WHAT: dict[str, str] = {
     "breaker": "The circuit breaker is open",
     "rate-limit": "The rate limit is exhausted",
     "retry-budget": "The integration's retry budget is spent",
+    "idempotency-busy": "Another delivery of the same idempotency key is running",
 }
 
 
@@ -48,6 +55,9 @@ class Decision:
     delay_source: DelaySource | None
     strategy: str
     reason: str
+    #: The job's final status if this decision ends it: set for `dead_letter` and `fail`,
+    #: and for `fallback` (the status should the fallbacks serve nothing).
+    final: FinalStatus | None = None
 
 
 def backoff_delay(retry: RetryConfig, attempt: int, rng: random.Random | None = None) -> float:
@@ -171,7 +181,8 @@ def decide_when_blocked(
         f"beyond the {max_defer_s:.1f} s defer window"
     )
     if has_fallback:
-        return Decision("fallback", None, None, strategy, f"{reason}; using the fallbacks.")
+        return Decision("fallback", None, None, strategy, f"{reason}; using the fallbacks.",
+                        end_status(dlq_enabled))
     return _park_or_fail(strategy, reason, dlq_enabled)
 
 
@@ -187,20 +198,30 @@ def _give_up(c: Classification, reason: str, has_fallback: bool, dlq_enabled: bo
     """
     unrepairable = c.categories & UNREPAIRABLE_CATEGORIES
     if has_fallback and not unrepairable:
-        return Decision("fallback", None, None, c.strategy, f"{reason}; using the fallbacks.")
+        return Decision("fallback", None, None, c.strategy, f"{reason}; using the fallbacks.",
+                        end_status(dlq_enabled))
     if has_fallback:
         what = min(unrepairable, key=lambda category: category.value)
         reason = f"{reason}; fallbacks cannot repair a {what.value.replace('_', ' ')}"
     return _park_or_fail(c.strategy, reason, dlq_enabled)
 
 
+def end_status(dlq_enabled: bool) -> FinalStatus:
+    """How a job ends when nothing serves it: parked in the dead-letter queue (`dead`) or,
+    with the queue disabled, `failed`. The one place that decides it (the pipeline, a
+    poison message and an unexpected exception all ask here)."""
+    return "dead" if dlq_enabled else "failed"
+
+
 def _park_or_fail(strategy: str, reason: str, dlq_enabled: bool) -> Decision:
-    if dlq_enabled:
+    """The decision that ends a job; its audit word (`dead_letter`, `fail`) and its status
+    word (`dead`, `failed`) are paired here and nowhere else."""
+    if end_status(dlq_enabled) == "dead":
         return Decision(
             "dead_letter", None, None, DEAD_LETTER_STRATEGY,
-            f"{reason}; moving the job to the dead-letter queue.",
+            f"{reason}; moving the job to the dead-letter queue.", "dead",
         )
     return Decision(
         "fail", None, None, strategy,
-        f"{reason}; the dead-letter queue is disabled, so the job fails.",
+        f"{reason}; the dead-letter queue is disabled, so the job fails.", "failed",
     )

@@ -23,8 +23,7 @@ from recovery.core.message import JobSpec, Progress
 from recovery.core.redact import redact_params
 from recovery.core.step import Step
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import park
-from recovery.engine.outcome import after_exception, conclude, mark_crashed
+from recovery.engine.outcome import after_exception, conclude, mark_crashed, park_dead
 from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import Runtime, build_runtime
 
@@ -132,8 +131,8 @@ class EmbeddedBroker:
             conclude(delivery.job, step, self.rt)
 
     def _park(self, job: JobSpec, step: Step) -> None:
-        """Dead-letter a job into the in-memory list, recorded as `recovery.dlq.park` does."""
-        park(self.rt, job, step, sink=self._keep_dead)
+        """Dead-letter a job into the in-memory list, recorded as a worker records it."""
+        park_dead(self.rt, job, step, sink=self._keep_dead)
 
     def _keep_dead(self, envelope: Envelope) -> None:
         with self._cond:

@@ -46,8 +46,7 @@ from recovery.core.redact import redact_params, redact_url
 from recovery.core.step import Step
 from recovery.demo.faultserver import FaultServer
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import park
-from recovery.engine.outcome import mark_failed
+from recovery.engine.outcome import mark_failed, park_dead
 from recovery.engine.producer import build_job
 from recovery.engine.runtime import Runtime
 from recovery.engine.synchronous import run_synchronously
@@ -351,7 +350,7 @@ def _finish(rt: Runtime, job: JobSpec, final: Step) -> bool:
     """Record the final state a worker would record; True when the job was dead-lettered."""
     if final.status == "dead":
         kept: list[Envelope] = []
-        park(rt, job, final, sink=kept.append)
+        park_dead(rt, job, final, sink=kept.append)
         rt.audit.dead_letter_state(job.job_id, "purged", PURGE_REASON)
         return True
     if final.status == "failed":

@@ -40,11 +40,15 @@ class DeadLetterPublishError(RuntimeError):
 
 
 def park(rt: DlqRuntime, job: JobSpec, step: Step,
-         sink: Callable[[Envelope], None] | None = None) -> Envelope:
-    """Dead-letter a job. The publish (to `sink`, else the broker's `dlq`) comes first: if it
-    fails, DeadLetterPublishError propagates and the job is not recorded as dead (the task
-    adapter rejects the message so the broker delivers it again). The DLQ's cap is enforced
-    afterwards (`recovery.dlq.cap`): what it trims is archived in PostgreSQL, not dropped."""
+         sink: Callable[[Envelope], None] | None = None, *,
+         keep_bounded: bool | None = None) -> Envelope:
+    """Dead-letter a job and return the envelope it parked. The publish (to `sink`, else the
+    broker's `dlq`) comes first: if it fails, DeadLetterPublishError propagates and nothing is
+    recorded (the task adapter rejects the message so the broker delivers it again). Then the
+    `dead_letters` row is written; the job's own `dead` status is not: that is
+    `recovery.engine.outcome.park_dead`'s, the one writer of final statuses. The DLQ's cap
+    (`recovery.dlq.cap`; by default when publishing to the broker) is enforced last: what it
+    trims is archived in PostgreSQL, not dropped."""
     failure = step.failure
     envelope = envelope_for(
         job, categories=sorted(failure.categories) if failure else [],
@@ -64,11 +68,8 @@ def park(rt: DlqRuntime, job: JobSpec, step: Step,
         first_enqueued_at=parse_time(envelope.first_enqueued_at),
         envelope=envelope.view(), replay_count=envelope.replay_count,
         dead_at=parse_time(envelope.dead_at)))
-    rt.audit.job_status(job.job_id, "dead", attempts=step.attempts, outcome=step.reason,
-                        strategy="dead-letter-queue", last_status=envelope.last_status,
-                        last_error=envelope.message, finished=True)
     log.error("job_dead_lettered", job_id=job.job_id, reason=step.reason)
-    if sink is None:
+    if keep_bounded or (keep_bounded is None and sink is None):
         _keep_bounded(rt)
     return envelope
 

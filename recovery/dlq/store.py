@@ -23,6 +23,8 @@ from typing import Any
 
 import redis
 import structlog
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 
 from recovery.core.crypto import task_serializer
 from recovery.core.message import (
@@ -44,7 +46,6 @@ from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.park import DLQ_QUEUE, publish_message
 from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
-from recovery.state import lua
 
 log = structlog.get_logger(__name__)
 
@@ -397,9 +398,10 @@ class DlqLock:
         self._client = client
         self.key = f"{key_prefix}dlq:lock"
         self._token = f"{owner}:{uuid.uuid4().hex}"
+        self._lock = Lock(client, self.key, timeout=LOCK_TTL_MS / 1000, thread_local=False)
 
     def __enter__(self) -> DlqLock:
-        if not self._client.set(self.key, self._token, nx=True, px=LOCK_TTL_MS):
+        if not self._lock.acquire(blocking=False, token=self._token):
             holder = self._client.get(self.key)
             text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder)
             who = text.rsplit(":", 1)[0] if holder else "another run"
@@ -408,7 +410,15 @@ class DlqLock:
         return self
 
     def extend(self) -> None:
-        self._client.eval(lua.load("compare_and_pexpire"), 1, self.key, self._token, LOCK_TTL_MS)
+        """Give the lock its full TTL again; a lock that expired meanwhile is only logged."""
+        try:
+            self._lock.reacquire()
+        except LockNotOwnedError:
+            log.warning("dlq_lock_lost", key=self.key,
+                        detail="The DLQ lock expired during a long run; another run may start.")
 
     def __exit__(self, *_: object) -> None:
-        self._client.eval(lua.load("compare_and_delete"), 1, self.key, self._token)
+        try:
+            self._lock.release()  # token-checked: never deletes another run's lock
+        except LockNotOwnedError:
+            log.warning("dlq_lock_expired", key=self.key)

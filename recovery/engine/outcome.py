@@ -35,6 +35,7 @@ from recovery.audit.spool import SpoolUnavailable
 from recovery.audit.sql import DatabaseUnavailable
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
+from recovery.core.policy import end_status
 from recovery.core.redact import redact_text
 from recovery.core.step import Step
 from recovery.dlq import park as dlq_park
@@ -133,14 +134,14 @@ def after_exception(job: JobSpec, progress: Progress, rt: Runtime,
                   f"({reason}).")
     else:
         reason = f"The job raised an unexpected error ({reason})."
-    _log_exception(job, exc, reason, "dead" if rt.settings.dlq_enabled else "failed")
+    status = end_status(rt.settings.dlq_enabled)
+    _log_exception(job, exc, reason, status)
     failure = Classification(
         categories=frozenset({ErrorCategory.UNKNOWN}), primary=ErrorCategory.UNKNOWN,
         retryable=False, status=None, retry_after_s=None, message=reason,
         strategy="dead-letter-queue")
-    return Step("dead" if rt.settings.dlq_enabled else "failed", progress,
-                progress.attempt - 1, strategy="dead-letter-queue", failure=failure,
-                reason=reason)
+    return Step(status, progress, progress.attempt - 1, strategy="dead-letter-queue",
+                failure=failure, reason=reason)
 
 
 def _log_exception(job: JobSpec, exc: BaseException, reason: str, action: str) -> None:
@@ -192,7 +193,7 @@ def _record_failure(job: JobSpec, step: Step, rt: Runtime,
     _guarded("sentry", lambda: rt.events.publish(
         JobGaveUp(job, step.status, step.reason, step.http_status)))
     if step.status == "dead":
-        _park(rt, job, step, sink or _publish)
+        park_dead(rt, job, step, sink)
         return
     _guarded("audit", lambda: mark_failed(rt, job, step))
     log.error("job_failed", job_id=job.job_id, reason=step.reason)
@@ -216,17 +217,20 @@ def _publish(envelope: Envelope) -> None:
     dlq_park.publish(envelope)  # looked up at call time: tests replace it
 
 
-def _park(rt: Runtime, job: JobSpec, step: Step, sink: Callable[[Envelope], None]) -> None:
-    """`park`, knowing whether the envelope reached the queue: if it did, a later failure
-    (the audit rows) must not send the job round again; if not, the job must not be acked."""
+def park_dead(rt: Runtime, job: JobSpec, step: Step,
+              sink: Callable[[Envelope], None] | None = None) -> Envelope:
+    """Park a dead job (to `sink`, else the broker's `dlq`, whose cap is then enforced) and
+    write its final `dead` status. If the envelope reached the queue, a later failure (the
+    audit rows) must not send the job round again; if not, the job must not be acked:
+    DeadLetterPublishError."""
     published: list[Envelope] = []
 
     def tracked(envelope: Envelope) -> None:
-        sink(envelope)
+        (sink or _publish)(envelope)
         published.append(envelope)
 
     try:
-        park(rt, job, step, sink=tracked)
+        envelope = park(rt, job, step, sink=tracked, keep_bounded=sink is None)
     except DeadLetterPublishError:
         raise
     except Exception as exc:  # published or not decides what it means
@@ -236,9 +240,16 @@ def _park(rt: Runtime, job: JobSpec, step: Step, sink: Callable[[Envelope], None
                 f"Could not dead-letter job {job.job_id} ({reason}); the broker will deliver "
                 "the job again.") from None
         log.error("dead_letter_audit_failed", job_id=job.job_id, error=reason)
-        _guarded("audit", lambda: rt.events.publish(JobFinished(job.job_id, "dead", {
-            "attempts": step.attempts, "outcome": step.reason,
-            "strategy": "dead-letter-queue"})))
+        envelope = published[0]
+    _guarded("audit", lambda: mark_dead(rt, job, step, envelope))
+    return envelope
+
+
+def mark_dead(rt: Runtime, job: JobSpec, step: Step, envelope: Envelope) -> None:
+    """Write the final `dead` status of a job parked as `envelope`."""
+    rt.events.publish(JobFinished(job.job_id, "dead", {
+        "attempts": step.attempts, "outcome": step.reason, "strategy": "dead-letter-queue",
+        "last_status": envelope.last_status, "last_error": envelope.message}))
 
 
 def _guarded(what: str, action: Callable[[], object]) -> None:

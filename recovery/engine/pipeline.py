@@ -24,8 +24,14 @@ from recovery.config.registry import Integration
 from recovery.core import policy
 from recovery.core.errors import Classification, ErrorCategory, classify
 from recovery.core.message import JobSpec, Progress
-from recovery.core.policy import BlockSource, Decision, decide_after_failure, decide_when_blocked
-from recovery.core.step import Step, StepStatus
+from recovery.core.policy import (
+    DEAD_LETTER_STRATEGY,
+    BlockSource,
+    Decision,
+    decide_after_failure,
+    decide_when_blocked,
+)
+from recovery.core.step import Step
 from recovery.core.strategies import Strategy, resolve, strategy_for
 from recovery.engine.events import (
     AttemptRecorded,
@@ -87,8 +93,8 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
     if claimed.claim is Claim.SUCCEEDED:
         return _duplicate(job, progress, rt)
     if claimed.claim is Claim.BUSY:
-        return _blocked(job, progress, rt, integration, 1.0, "rate-limit", "another delivery "
-                        "of the same idempotency key is running")
+        return _blocked(job, progress, rt, integration, 1.0, "idempotency-busy",
+                        "Another delivery of the same idempotency key is running.")
     released = False
     try:
         if claimed.deliveries > rt.settings.poison_max_deliveries:
@@ -286,11 +292,11 @@ def _end_without_retry(job: JobSpec, progress: Progress, rt: Runtime, integratio
                         body=served.body, strategy="graceful-degradation",
                         fallback=served.kind, failure=failure,
                         reason=f"Served by the {served.kind} fallback. {decision.reason}")
-    if rt.settings.dlq_enabled:
-        return Step("dead", progress, spent, http_status=status, strategy="dead-letter-queue",
-                    failure=failure, reason=decision.reason)
-    return Step("failed", progress, spent, http_status=status, strategy=decision.strategy,
-                failure=failure, reason=decision.reason)
+    final = decision.final
+    assert final is not None, f"a {decision.action} decision does not end a job"
+    return Step(final, progress, spent, http_status=status, failure=failure,
+                strategy=DEAD_LETTER_STRATEGY if final == "dead" else decision.strategy,
+                reason=decision.reason)
 
 
 def _poison(job: JobSpec, progress: Progress, rt: Runtime, deliveries: int) -> Step:
@@ -305,9 +311,8 @@ def _poison(job: JobSpec, progress: Progress, rt: Runtime, deliveries: int) -> S
         categories=frozenset({ErrorCategory.UNKNOWN}), primary=ErrorCategory.UNKNOWN,
         retryable=False, status=None, retry_after_s=None, message=message,
         strategy="dead-letter-queue")
-    status: StepStatus = "dead" if rt.settings.dlq_enabled else "failed"
-    return Step(status, progress, progress.attempt, strategy="dead-letter-queue",
-                failure=failure, reason=message)
+    return Step(policy.end_status(rt.settings.dlq_enabled), progress, progress.attempt,
+                strategy="dead-letter-queue", failure=failure, reason=message)
 
 
 def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:

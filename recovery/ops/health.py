@@ -26,7 +26,6 @@ import redis
 import requests
 import structlog
 
-from recovery.config.env import env_int
 from recovery.config.registry import HealthCheckConfig, Integration
 from recovery.core.errors import classify
 from recovery.engine.http import send
@@ -36,7 +35,6 @@ from recovery.telemetry.metrics import observe_health_check
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TRIES = 2
 RETRY_BASE_DELAY_S = 0.2
 RETRY_MAX_DELAY_S = 2.0
 STREAK_MIN_TTL_S = 24 * 3600
@@ -177,7 +175,7 @@ def run_health_check(
             f"Integration {integration.id!r} has no health_check; add one to its entry in the "
             "integrations file to check it."
         )
-    count = env_int("HEALTH_CHECK_TRIES", DEFAULT_TRIES, 1, 10) if tries is None else tries
+    count = rt.settings.health_check_tries if tries is None else tries
     result, used = probe_with_retries(integration, config, count)
     rt.audit.health_check(integration.id, result.ok, result.latency_ms, result.http_status,
                           result.error)

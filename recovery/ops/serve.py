@@ -262,11 +262,13 @@ def serve(settings: Settings, host: str, port: int,
 
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="SERVE_HOST",
-              help="Address to listen on (0.0.0.0 in a container). Env: SERVE_HOST.")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
-              envvar="SERVE_PORT", help="Port to listen on; 0 picks a free one. Env: SERVE_PORT.")
-def serve_command(host: str, port: int) -> None:
+@click.option("--host", default=None,
+              help="Address to listen on (0.0.0.0 in a container). Default: SERVE_HOST, "
+                   "else 127.0.0.1.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help=f"Port to listen on; 0 picks a free one. Default: SERVE_PORT, else "
+                   f"{DEFAULT_PORT}.")
+def serve_command(host: str | None, port: int | None) -> None:
     """Serve /health (Redis and database) and /metrics (Prometheus) until SIGTERM/SIGINT.
 
     With SERVE_TOKEN set, both require 'Authorization: Bearer <token>'; set it whenever the
@@ -283,6 +285,8 @@ def serve_command(host: str, port: int) -> None:
 
     settings = get_settings()
     init_sentry(settings)
+    host = settings.serve_host if host is None else host
+    port = settings.serve_port if port is None else port
     try:
         serve(settings, host, port,
               on_ready=lambda address: click.echo(f"Serving /health and /metrics on {address}"))

@@ -25,15 +25,14 @@ from typing import Any
 import redis
 import structlog
 from celery import signals
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 
-from recovery.config.env import env_int
 from recovery.config.settings import get_settings
-from recovery.state import lua
 from recovery.state.connection import redis_client
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TTL_S = 60
 
 
 
@@ -42,7 +41,13 @@ class BeatLockHeld(SystemExit):
 
 
 class BeatLock:
-    """A Redis lock owned by one token, with a TTL that the owner renews."""
+    """A Redis lock owned by one token, with a TTL that the owner renews.
+
+    redis-py's `Lock` does the work (SET NX PX to take it; token-checked renew and release in
+    its own Lua). The token is fixed for the lock's life and readable (host:pid:random), so
+    `holder()` can name the beat that holds it; it is shared across threads because the
+    `LockKeeper` renews from its own thread.
+    """
 
     def __init__(self, client: redis.Redis, key: str, *, ttl_s: float,
                  token: str | None = None) -> None:
@@ -50,22 +55,33 @@ class BeatLock:
         self.key = key
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.token = token or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._renew = client.register_script(lua.load("compare_and_pexpire"))
-        self._release = client.register_script(lua.load("compare_and_delete"))
+        self._lock = Lock(client, key, timeout=self.ttl_ms / 1000, thread_local=False)
+
+    def _ours(self) -> Lock:
+        """The library lock, told our token (a release or a failed renew forgets it)."""
+        self._lock.local.token = self.token.encode()
+        return self._lock
 
     def acquire(self) -> bool:
         """Take the lock if it is free (or already ours)."""
-        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        if self._lock.acquire(blocking=False, token=self.token):
             return True
         return self.renew()
 
     def renew(self) -> bool:
-        """Extend our lock; False if it is not ours any more."""
-        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+        """Extend our lock to its full TTL; False if it is not ours any more."""
+        try:
+            return self._ours().reacquire()
+        except LockNotOwnedError:
+            return False
 
     def release(self) -> bool:
         """Give the lock up if it is ours; never deletes another owner's lock."""
-        return bool(self._release(keys=[self.key], args=[self.token]))
+        try:
+            self._ours().release()
+        except LockNotOwnedError:
+            return False
+        return True
 
     def holder(self) -> tuple[str | None, float | None]:
         """(owner token, seconds until it expires) of whoever holds the lock now."""
@@ -116,7 +132,7 @@ class LockKeeper:
 
 
 def lock_for(redis_url: str, prefix: str, ttl_s: float | None = None) -> BeatLock:
-    ttl = env_int("BEAT_LOCK_TTL", DEFAULT_TTL_S, 3, 3600) if ttl_s is None else ttl_s
+    ttl = get_settings().beat_lock_ttl_s if ttl_s is None else ttl_s
     return BeatLock(redis_client(redis_url), f"{prefix}beat:lock", ttl_s=ttl)
 
 

@@ -17,13 +17,14 @@ import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 import requests
 import structlog
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 
 from recovery.config.registry import Integration, OAuthConfig
 from recovery.state import lua
@@ -215,16 +216,18 @@ class TokenProvider:
         cached = self._redis.get(keys.token)
         if cached:
             return _text(cached)
-        owner = uuid.uuid4().hex
         lock_ms = 2 * integration.timeout_ms + 1000
+        # One fetch across all workers (redis-py's Lock: its release is token-checked, so a
+        # fetch that outlived the lock never frees another worker's).
+        lock = Lock(self._redis, keys.lock, timeout=lock_ms / 1000, thread_local=False)
         deadline = time.monotonic() + lock_ms / 1000 + 1
         waited = False
         while True:
-            if self._redis.set(keys.lock, owner, nx=True, px=lock_ms):
+            if lock.acquire(blocking=False):
                 try:
                     return self._fetch_holding_lock(integration, keys, waited=waited)
                 finally:
-                    self._compare_and_delete(keys.lock, owner)
+                    _release(lock)
             waited = True
             time.sleep(WAIT_POLL_S)
             cached = self._redis.get(keys.token)
@@ -299,3 +302,11 @@ class TokenProvider:
         fingerprint = hashlib.sha256(client.encode("utf-8")).hexdigest()[:16]
         base = f"{self._prefix}oauth:{integration_tag(self._redis, integration.id)}:{fingerprint}"
         return _Keys(token=f"{base}:token", lock=f"{base}:lock", failed=f"{base}:failed")
+
+
+def _release(lock: Lock) -> None:
+    """Free the refresh lock if it is still ours (it expires on its own otherwise)."""
+    try:
+        lock.release()
+    except LockNotOwnedError:
+        log.warning("oauth_refresh_lock_expired", key=lock.name)

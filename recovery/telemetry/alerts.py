@@ -27,7 +27,6 @@ import requests
 import structlog
 
 from recovery.audit.writer import AuditWriter
-from recovery.config.env import env_int, env_url
 from recovery.config.settings import get_settings
 from recovery.core.redact import redact_text, redact_url, scrub_data
 from recovery.telemetry.sentry import capture_alert
@@ -193,10 +192,10 @@ def _runtime_audit() -> AuditWriter | None:
 
 def build_alerter() -> Alerter:
     """The alerter configured from the environment (settings, ALERT_WEBHOOK_URL)."""
-    url = env_url("ALERT_WEBHOOK_URL")
-    webhook = (WebhookSender(url, tries=env_int("ALERT_WEBHOOK_TRIES", 5, 1, 20))
-               if url else None)
-    return Alerter(service=get_settings().service_name, audit=_runtime_audit, webhook=webhook,
+    settings = get_settings()
+    url = settings.alert_webhook_url
+    webhook = WebhookSender(url, tries=settings.alert_webhook_tries) if url else None
+    return Alerter(service=settings.service_name, audit=_runtime_audit, webhook=webhook,
                    sentry=capture_alert)
 
 

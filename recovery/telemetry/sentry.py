@@ -12,7 +12,6 @@ bodies and headers under any name, which no allowlist can reach.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,7 +48,7 @@ def init_sentry(settings: Settings) -> bool:
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
         release=RELEASE,
-        environment=os.environ.get("SENTRY_ENVIRONMENT") or None,
+        environment=settings.sentry_environment,
         server_name=settings.service_name,
         integrations=[CeleryIntegration(monitor_beat_tasks=False, propagate_traces=False)],
         before_send=scrub_event,

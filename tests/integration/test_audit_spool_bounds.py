@@ -297,3 +297,41 @@ def test_a_producer_write_with_bad_data_goes_to_the_rejected_stream(
     assert Op.from_json(kept[0]["op"]).values["method"] == "POST" * 10
     assert "alert_audit_rows_rejected" in events(logs)
     engine.dispose()
+
+
+def test_one_drainer_at_a_time_and_a_drain_never_frees_another_drainers_lock(
+        spool: RedisSpool, redis_client: redis.Redis) -> None:
+    append_entries(spool, 3)
+    redis_client.set(spool.lock_key, "other-drainer", px=60_000)
+    seen: list[Op] = []
+
+    def write(ops: list[Op]) -> list[Op]:
+        seen.extend(ops)
+        return []
+
+    busy = spool.drain(write)
+    assert (busy.written, busy.orphans, busy.error, seen) == (0, [], None, [])
+    assert redis_client.xlen(spool.key) == 3
+    assert redis_client.get(spool.lock_key) == b"other-drainer"  # untouched
+
+    redis_client.delete(spool.lock_key)
+    done = spool.drain(write)
+    assert (done.written, done.error, len(seen)) == (3, None, 3)
+    assert redis_client.xlen(spool.key) == 0
+    assert redis_client.exists(spool.lock_key) == 0  # released after the pass
+
+
+def test_a_drain_whose_lock_expired_stops_and_leaves_the_new_holders_lock(
+        spool: RedisSpool, redis_client: redis.Redis) -> None:
+    append_entries(spool, 2)
+
+    def write(ops: list[Op]) -> list[Op]:  # meanwhile the lock expired and another took it
+        redis_client.set(spool.lock_key, "next-drainer", px=60_000)
+        return []
+
+    with capture_logs() as logs:
+        drained = spool.drain(write, max_ops=1)
+    assert (drained.written, drained.error) == (1, None)
+    assert "audit_spool_lock_lost" in events(logs)
+    assert redis_client.get(spool.lock_key) == b"next-drainer"
+    assert redis_client.xlen(spool.key) == 1  # the rest waits for the lock's holder

@@ -21,6 +21,7 @@ from recovery.dlq.cap import enforce_cap
 from recovery.dlq.envelope import Envelope, envelope_for
 from recovery.dlq.park import park, publish
 from recovery.dlq.replay import ReplayOptions, replay_dlq
+from recovery.engine.outcome import mark_dead, park_dead
 from recovery.engine.runtime import Runtime, get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_dlq_original import ONE_TRY
@@ -119,7 +120,8 @@ def park_jobs(rt: Runtime, count: int) -> list[str]:
                       json={"password": "hunter2-b0dy", "n": n}, idempotency_key=f"key-{n}",
                       enqueued_at=utc_now_iso())
         rt.audit.job_queued(job.job_id, "shop", "POST", "/orders", None, job.idempotency_key)
-        park(rt, job, Step("dead", Progress(), 1, reason="HTTP 503: attempts exhausted"))
+        park_dead(rt, job, Step("dead", Progress(), 1,
+                                 reason="HTTP 503: attempts exhausted"))
         ids.append(job.job_id)
     return ids
 
@@ -216,3 +218,27 @@ def json_message(body: dict[str, Any]) -> bytes:
 
     return json.dumps({"body": json.dumps(body), "content-type": "application/json",
                        "content-encoding": "utf-8", "properties": {}}).encode()
+
+
+def test_park_records_the_dead_letter_and_the_outcome_writes_the_dead_status(
+        shop: Callable[..., Runtime]) -> None:
+    """`park` returns what it parked and leaves the job's status alone; the outcome module is
+    the one writer of the final `dead` status."""
+    rt = shop()
+    job = JobSpec(job_id=new_job_id(), integration="shop", method="GET", path="/orders/9",
+                  idempotency_key="key-9", enqueued_at=utc_now_iso())
+    rt.audit.job_queued(job.job_id, "shop", "GET", "/orders/9", None, job.idempotency_key)
+    step = Step("dead", Progress(), 3, reason="HTTP 503: attempts exhausted")
+    kept: list[Envelope] = []
+    envelope = park(rt, job, step, sink=kept.append)
+    assert kept == [envelope] and envelope.job_id == job.job_id and envelope.attempts == 3
+    rt.audit.flush()
+    with rt.engine.connect() as conn:
+        parked = conn.execute(text("SELECT state FROM dead_letters WHERE job_id = :j"),
+                              {"j": job.job_id}).scalars().all()
+    assert parked == ["parked"]
+    assert wait_for_status(rt.engine, job.job_id, {"queued"}, timeout=5)["status"] == "queued"
+    mark_dead(rt, job, step, envelope)
+    row = wait_for_status(rt.engine, job.job_id, {"dead"}, timeout=10)
+    assert (row["strategy"], row["outcome"]) == ("dead-letter-queue",
+                                                 "HTTP 503: attempts exhausted")

@@ -13,11 +13,14 @@ from sqlalchemy import func, select
 
 import recovery
 from recovery.audit.models import Job
+from recovery.core.message import JobSpec, Progress
 from recovery.demo.faultserver import FaultServer
+from recovery.engine.pipeline import run_job
 from recovery.engine.producer import EnqueueError
 from recovery.engine.runtime import get_runtime
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_job_flow import integration, queue_depth
+from tests.integration.test_outbound import wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +137,27 @@ def test_every_idempotency_and_audit_key_has_a_bound(
         if redis_client.type(key) == b"stream":
             continue  # the spool and the rejected rows: capped streams (test_audit_spool_bounds)
         assert redis_client.ttl(key) > 0, f"{key} never expires"
+
+
+def test_a_busy_key_defers_and_the_audit_trail_says_why(
+        configure, upstream: FaultServer) -> None:
+    """A delivery finding its key held by another delivery calls nothing and is recorded as
+    an idempotency wait, not as a rate-limit block."""
+    configure([integration(upstream.url, id="alpha")])
+    rt = get_runtime()
+    spec = JobSpec(job_id="busy-job-1", integration="alpha", method="GET", path="/orders/1",
+                   idempotency_key="order-busy")
+    rt.audit.job_queued(spec.job_id, "alpha", "GET", "/orders/1", None, "order-busy")
+    rt.idempotency.claim("alpha", "order-busy", "other-job", 30_000, "other-job:0:1:0")
+    step = run_job(spec, Progress(), rt)
+    assert (step.status, step.countdown_s, step.strategy) == ("defer", 1.0, "idempotency-wait")
+    assert step.reason.startswith(
+        "Another delivery of the same idempotency key is running for another 1.0 s; deferring "
+        "without spending an attempt")
+    assert upstream.requests() == []
+    rows = wait_rows("SELECT kind, decision, delay_ms, delay_source, strategy, error_message "
+                     "FROM attempts WHERE job_id = :job", job="busy-job-1")
+    assert rows == [{"kind": "deferral", "decision": "defer", "delay_ms": 1000,
+                     "delay_source": "idempotency-busy", "strategy": "idempotency-wait",
+                     "error_message": "Another delivery of the same idempotency key is "
+                                      "running."}]

@@ -22,7 +22,7 @@ from recovery.audit.models import Attempt, AttemptRecord, DeadLetterRecord, Job
 from recovery.audit.writer import AuditWriter
 from recovery.cli.ops import monitor_command, report_command, simulate_command
 from recovery.demo.faultserver import FaultServer
-from recovery.dlq.park import park
+from recovery.engine.outcome import park_dead
 from recovery.engine.producer import build_job
 from recovery.engine.runtime import get_runtime
 from recovery.engine.synchronous import run_synchronously
@@ -195,7 +195,7 @@ def test_report_after_real_jobs(configure, upstream: FaultServer,
         job = build_job(rt.registry, "shop", method, path)
         final = run_synchronously(job, rt)[-1]
         if final.status == "dead":
-            park(rt, job, final, sink=lambda envelope: None)
+            park_dead(rt, job, final, sink=lambda envelope: None)
         return final.status
 
     assert run("/orders/1", [503, 200]) == "succeeded"

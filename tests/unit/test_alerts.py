@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from recovery.audit.models import Alert, Base
 from recovery.audit.writer import AuditWriter
-from recovery.config.settings import SettingsError
+from recovery.config.settings import SettingsError, reset_settings
 from recovery.telemetry import alerts
 
 SECRET = "sk_live_4f9a8b7c6d5e"
@@ -208,8 +208,13 @@ def test_breaker_trips_alert_but_reopening_after_a_probe_does_not(
 def test_a_bad_webhook_url_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALERT_WEBHOOK_URL", f"ftp://hooks.example.com/?token={SECRET}")
 
-    with pytest.raises(SettingsError, match="ALERT_WEBHOOK_URL must be an http") as caught:
-        alerts.build_alerter()
+    reset_settings()  # the URL is validated with every other setting, when they are read
+    try:
+        with pytest.raises(SettingsError, match="ALERT_WEBHOOK_URL must be an http") as caught:
+            alerts.build_alerter()
+    finally:
+        monkeypatch.delenv("ALERT_WEBHOOK_URL")
+        reset_settings()
 
     assert SECRET not in str(caught.value)
 

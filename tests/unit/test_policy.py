@@ -24,6 +24,7 @@ from recovery.core.policy import (
     cap_retry_after,
     decide_after_failure,
     decide_when_blocked,
+    end_status,
 )
 
 
@@ -356,6 +357,55 @@ def test_full_rate_limit_defers_with_its_own_source() -> None:
     assert decision.delay_source == "rate-limit"
     assert decision.strategy == "rate-limit-backoff"
     assert decision.reason.startswith("The rate limit is exhausted for another 5.0 s")
+
+
+@pytest.mark.parametrize(
+    ("c", "options", "action", "final"),
+    [
+        (status(503), {"has_fallback": True}, "fallback", "dead"),
+        (status(503), {"has_fallback": True, "dlq_enabled": False}, "fallback", "failed"),
+        (status(503), {}, "dead_letter", "dead"),
+        (status(503), {"dlq_enabled": False}, "fail", "failed"),
+        (status(400), {"has_fallback": True}, "dead_letter", "dead"),
+        (classify(Exception("boom")), {"dlq_enabled": False}, "fail", "failed"),
+    ],
+)
+def test_a_decision_that_ends_the_job_names_its_final_status(
+        c: Classification, options: dict[str, Any], action: str, final: str) -> None:
+    """The policy decides `dead` or `failed` once; the pipeline only reads `final`."""
+    decision = decide(c, 3, **options)
+    assert (decision.action, decision.final) == (action, final)
+
+
+@pytest.mark.parametrize(
+    ("options", "action", "final"),
+    [({}, "defer", None), ({"has_fallback": True}, "defer", None)],
+)
+def test_a_decision_that_does_not_end_the_job_has_no_final_status(
+        options: dict[str, Any], action: str, final: str | None) -> None:
+    assert decide(status(503), 1, **options).final is None
+    assert (blocked(5.0, **options).action, blocked(5.0, **options).final) == (action, final)
+    assert blocked(60.0, 570.0, **options).final == "dead"
+    assert blocked(60.0, 570.0, dlq_enabled=False, **options).final == "failed"
+
+
+def test_end_status_is_dead_with_the_queue_and_failed_without() -> None:
+    assert (end_status(True), end_status(False)) == ("dead", "failed")
+
+
+def test_a_busy_idempotency_key_defers_with_its_own_source() -> None:
+    decision = blocked(1.0, 4.0, source="idempotency-busy")
+    assert decision == Decision(
+        action="defer",
+        delay_s=1.0,
+        delay_source="idempotency-busy",
+        strategy="idempotency-wait",
+        reason=(
+            "Another delivery of the same idempotency key is running for another 1.0 s; "
+            "deferring without spending an attempt (5.0 s of the 600.0 s defer window)."
+        ),
+    )
+    assert len("idempotency-busy") <= 16  # the width of attempts.delay_source
 
 
 def test_defer_window_boundary_is_inclusive() -> None:

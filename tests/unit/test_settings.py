@@ -226,6 +226,41 @@ def test_outbound_limits_are_validated(env: dict[str, str], message: str) -> Non
     assert error_for(**env) == message
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HEALTH_CHECK_TRIES": "two"}, "HEALTH_CHECK_TRIES must be a whole number, got 'two'."),
+        ({"HEALTH_CHECK_TRIES": "0"}, "HEALTH_CHECK_TRIES must be at least 1, got '0'."),
+        ({"HEALTH_CHECK_TRIES": "11"}, "HEALTH_CHECK_TRIES must be at most 10, got '11'; a "
+         "value this large is almost certainly a mistake."),
+        ({"ALERT_WEBHOOK_TRIES": "21"}, "ALERT_WEBHOOK_TRIES must be at most 20, got '21'; a "
+         "value this large is almost certainly a mistake."),
+        ({"ALERT_WEBHOOK_URL": "ftp://hooks.example.com/?token=s3cr3t"},
+         "ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host, such as "
+         "https://hooks.example.com/alerts, got 'ftp://hooks.example.com/?...'."),
+        ({"BEAT_LOCK_TTL": "2"}, "BEAT_LOCK_TTL must be at least 3, got '2'."),
+        ({"BEAT_LOCK_TTL": "1h"}, "BEAT_LOCK_TTL must be a whole number, got '1h'."),
+        ({"SERVE_PORT": "65536"}, "SERVE_PORT must be at most 65535, got '65536'; a value "
+         "this large is almost certainly a mistake."),
+        ({"SERVE_PORT": "-1"}, "SERVE_PORT must be at least 0, got '-1'."),
+        ({"SERVE_HOST": "  "}, "SERVE_HOST must not be empty; unset it to use '127.0.0.1'."),
+    ],
+)
+def test_ops_settings_are_validated_at_start(env: dict[str, str], message: str) -> None:
+    assert error_for(**env) == message
+
+
+def test_ops_settings_are_read_once_with_the_others() -> None:
+    settings = load_settings({"HEALTH_CHECK_TRIES": "4", "ALERT_WEBHOOK_URL":
+                              "https://hooks.example.com/a", "ALERT_WEBHOOK_TRIES": "7",
+                              "BEAT_LOCK_TTL": "30", "SENTRY_ENVIRONMENT": "staging",
+                              "SERVE_HOST": "0.0.0.0", "SERVE_PORT": "0"})
+    assert (settings.health_check_tries, settings.alert_webhook_url,
+            settings.alert_webhook_tries, settings.beat_lock_ttl_s,
+            settings.sentry_environment, settings.serve_host, settings.serve_port) == (
+        4, "https://hooks.example.com/a", 7, 30, "staging", "0.0.0.0", 0)
+
+
 def test_retry_after_max_follows_the_defer_window_unless_set() -> None:
     assert load_settings({"MAX_DEFER_WINDOW": "90000"}).retry_after_max_ms == 90000
     assert load_settings({"MAX_DEFER_WINDOW": "90000",
