@@ -320,7 +320,8 @@ def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
         job_id=job.job_id, number=progress.attempt, kind="duplicate",
         started_at=datetime.now(UTC), duration_ms=0, decision="duplicate", worker=WORKER,
         error_message="This idempotency key already succeeded; the call was not repeated.")))
-    duplicate(rt, job)
+    if rt.idempotency.succeeded_job(job.integration, job.idempotency_key) != job.job_id:
+        duplicate(rt, job)  # another job's success; a redelivery of this one stays succeeded
     return Step("duplicate", progress, progress.attempt - 1,
                 reason="The idempotency key already succeeded.")
 

@@ -94,7 +94,7 @@ def all_redis_bytes(client: redis.Redis, prefix: str) -> bytes:
             chunks += [k + b" " + v for k, v in client.hgetall(name).items()]
             chunks += list(client.hvals(name))
         elif kind == b"stream":
-            chunks += [json.dumps(fields, default=repr).encode()
+            chunks += [b" ".join(part for pair in fields.items() for part in pair)
                        for _, fields in client.xrange(name)]
     decoded = []
     for chunk in chunks:

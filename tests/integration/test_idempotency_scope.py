@@ -161,3 +161,26 @@ def test_a_busy_key_defers_and_the_audit_trail_says_why(
                      "delay_source": "idempotency-busy", "strategy": "idempotency-wait",
                      "error_message": "Another delivery of the same idempotency key is "
                                       "running."}]
+
+
+@pytest.mark.parametrize("key", [None, "caller-key-1"], ids=["generated", "caller"])
+def test_a_redelivered_job_that_succeeded_stays_succeeded(
+        key: str | None, configure, upstream: FaultServer, start_worker) -> None:
+    """The same message again (a redelivery after a broker restart, say) is answered from the
+    success record without a call, and the job's status stays `succeeded`: `duplicate` is for
+    another job reusing the key."""
+    from recovery.core.request import build_job
+    from recovery.engine.producer import publish_job
+
+    env = configure([integration(upstream.url)])
+    start_worker(env)
+    rt = get_runtime()
+    job = build_job(rt.registry, "shop", "POST", "/orders", json={"n": 1}, idempotency_key=key)
+    publish_job(job)
+    assert wait_for_status(rt.engine, job.job_id, FINAL)["status"] == "succeeded"
+    publish_job(job)  # the same message, same job id
+    rows = wait_rows("SELECT decision FROM attempts WHERE job_id = :job_id AND kind = "
+                     "'duplicate'", job_id=job.job_id)
+    assert rows[0]["decision"] == "duplicate"
+    assert wait_for_status(rt.engine, job.job_id, FINAL)["status"] == "succeeded"
+    assert len([r for r in upstream.requests() if r["path"] == "/orders"]) == 1
