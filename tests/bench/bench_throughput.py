@@ -5,6 +5,12 @@ Run from the repository root (PostgreSQL on 127.0.0.1:5432; the benchmark starts
 
     .venv/bin/python -m tests.bench.bench_throughput                 # everything, ~6 minutes
     .venv/bin/python -m tests.bench.bench_throughput --only slow100 --rounds 1
+    .venv/bin/python -m tests.bench.bench_throughput --only slow100 --rounds 1 --broker rabbitmq
+
+`--broker rabbitmq` puts both sides' queues on RabbitMQ (127.0.0.1:5672, guest/guest, a
+virtual host of the run's own, created and deleted with rabbitmqctl; quorum queues and
+publisher confirms on both sides, as `recovery.config.broker` sets ours); the state stays in
+the benchmark's Redis, whose counts then leave the broker's commands out.
 
 Comparisons (plain and ours interleaved, plain first, `--rounds` times, so drifts in the
 machine's load hit both):
@@ -63,8 +69,10 @@ class Services:
     """A private Redis, a fresh audit database, the fault server, and the settings for both
     sides; `close` removes them."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, broker: str = "redis") -> None:
         self.work = work
+        self.broker = broker
+        self.vhost: str | None = None
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -95,6 +103,15 @@ class Services:
             "LOG_LEVEL": "info", "BENCH_REDIS_URL": self.redis_url, "BENCH_PREFIX": self.prefix,
             "BENCH_PLAIN_PREFETCH": "4", "PYTHONPATH": str(REPO)})
         os.environ.pop("SENTRY_DSN", None)
+        os.environ.pop("BROKER_URL", None)
+        os.environ.pop("BENCH_BROKER_URL", None)
+        if broker == "rabbitmq":
+            self.vhost = f"bench-{uuid.uuid4().hex[:12]}"
+            _rabbitmqctl("add_vhost", self.vhost)
+            _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+            amqp = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+            os.environ.update({"BROKER_URL": amqp, "BENCH_BROKER_URL": amqp})
+        _reconfigure_celery_app()
         from recovery.audit.db import upgrade
 
         upgrade(self.database_url)
@@ -120,6 +137,12 @@ class Services:
         return calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
     def backlog(self, queue: str) -> int:
+        if self.vhost is not None:  # ready + unacknowledged messages in the run's vhost
+            out = subprocess.run(
+                ["rabbitmqctl", "-q", "list_queues", "-p", self.vhost, "--no-table-headers",
+                 "name", "messages"], check=True, capture_output=True, text=True, timeout=60)
+            return sum(int(fields[1]) for fields in map(str.split, out.stdout.splitlines())
+                       if len(fields) == 2 and fields[0] == queue)
         return int(self.redis.llen(f"{self.prefix}{queue}")) + int(
             self.redis.hlen(f"{self.prefix}unacked"))
 
@@ -152,6 +175,27 @@ class Services:
         reset_runtime()
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        if self.vhost is not None:
+            _rabbitmqctl("delete_vhost", self.vhost)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def _reconfigure_celery_app() -> None:
+    """Point this process's Celery app (built at import) at the broker the environment names
+    now, as the integration tests' `broker` fixture does."""
+    from kombu import pools
+
+    from recovery.celery_app import app, celery_config
+    from recovery.config.settings import load_settings, reset_settings
+
+    reset_settings()
+    pools.reset()
+    app.conf.update(celery_config(load_settings()))
+    app._pool = None
+    app.__dict__.pop("amqp", None)
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -394,15 +438,18 @@ def main() -> None:
                         help=f"comparisons, from {','.join(COMPARISONS)}")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--out", default="throughput.json", help="results file in results/")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis",
+                        help="both sides' broker (default redis; rabbitmq: 127.0.0.1:5672)")
     args = parser.parse_args()
     names = [name for name in args.only.split(",") if name]
     unknown = sorted(set(names) - set(COMPARISONS))
     if unknown:
         parser.error(f"Unknown comparisons {unknown}; choose from {', '.join(COMPARISONS)}.")
     RESULTS.mkdir(exist_ok=True)
-    report: dict[str, Any] = {"machine": _machine(), "started": time.strftime("%H:%M:%S")}
+    report: dict[str, Any] = {"machine": _machine(), "broker": args.broker,
+                              "started": time.strftime("%H:%M:%S")}
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
-        svc = Services(Path(tmp))
+        svc = Services(Path(tmp), args.broker)
         try:
             for name in names:
                 report[name] = compare(svc, name, args.n, args.rounds)

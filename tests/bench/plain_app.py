@@ -6,6 +6,8 @@ only difference measured is the task body and what our app adds around it. Confi
 environment, read once at import:
 
     BENCH_REDIS_URL      broker (default redis://127.0.0.1:6379/15)
+    BENCH_BROKER_URL     broker instead of BENCH_REDIS_URL when set (`amqp://...`: RabbitMQ,
+                         configured as `recovery.config.broker` configures ours there)
     BENCH_PREFIX         kombu global key prefix (the benchmark's throw-away prefix)
     BENCH_PLAIN_QUEUE    queue name (default "plain")
     BENCH_PLAIN_PREFETCH worker_prefetch_multiplier (default 1, as ours; Celery's own is 4)
@@ -21,6 +23,7 @@ import os
 import requests
 import requests.adapters
 from celery import Celery
+from kombu import Exchange, Queue
 
 QUEUE = os.environ.get("BENCH_PLAIN_QUEUE", "plain")
 TASK_NAME = "bench.plain.get"
@@ -28,11 +31,26 @@ TASK_NAME = "bench.plain.get"
 def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str,
                  prefetch: int = 1) -> Celery:
     """A Celery app as a team would configure one without this project, on the same broker
-    settings as `recovery.celery_app` (JSON, late acks, prefetch 1 unless told, no results)."""
+    settings as `recovery.celery_app` (JSON, late acks, prefetch 1 unless told, no results).
+    On RabbitMQ (`amqp://`) as ours there: a durable quorum queue on a topic exchange of its own
+    name, publisher confirms, quorum-queue detection (per-consumer prefetch)."""
     plain = Celery(name)
+    if broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+        plain.conf.update(
+            broker_transport_options={"confirm_publish": True},
+            task_queues=(Queue(queue, Exchange(queue, type="topic", durable=True),
+                               routing_key=queue, durable=True,
+                               queue_arguments={"x-queue-type": "quorum"}),),
+            worker_detect_quorum_queues=True,
+            broker_native_delayed_delivery_queue_type="quorum",
+            task_default_queue_type="quorum",
+            task_create_missing_queue_type="quorum",
+        )
+    else:
+        plain.conf.broker_transport_options = {"visibility_timeout": 3600,
+                                               "global_keyprefix": key_prefix}
     plain.conf.update(
         broker_url=broker_url,
-        broker_transport_options={"visibility_timeout": 3600, "global_keyprefix": key_prefix},
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],
@@ -49,7 +67,8 @@ def plain_celery(name: str, broker_url: str, key_prefix: str, queue: str,
 
 SESSION_TASK_NAME = "bench.plain.session_get"
 
-app = plain_celery("plain-bench", os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+app = plain_celery("plain-bench", os.environ.get("BENCH_BROKER_URL")
+                   or os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
                    os.environ.get("BENCH_PREFIX", "bench-plain:"), QUEUE,
                    int(os.environ.get("BENCH_PLAIN_PREFETCH", "1")))
 
