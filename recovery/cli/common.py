@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -39,3 +40,17 @@ class CliGroup(click.Group):
             return super().invoke(ctx)
         except (SettingsError, RegistryError) as exc:
             fail(str(exc))
+
+
+def read_json_option(text: str, option: str, file_what: str) -> Any:
+    """A JSON option's value, or the JSON of the file named by `@path`; exit 2 with a sentence
+    naming the option (`--json`) or the file (`file_what`, e.g. "JSON body file")."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            fail(f"Cannot read the {file_what} {text[1:]!r}: {exc.strerror}.")
+    try:
+        return jsonlib.loads(text)
+    except ValueError as exc:
+        fail(f"The {option} value is not valid JSON ({exc}).")

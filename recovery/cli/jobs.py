@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from recovery.audit.queries import get_job, list_jobs
-from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.cli.common import emit_json, fail, read_json_option, runtime_or_exit
 from recovery.engine.producer import EnqueueError, build_job, submit
 from recovery.engine.synchronous import run_synchronously
 
 
 def _parse_body(text: str | None) -> Any:
-    if text is None:
-        return None
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as exc:
-            fail(f"Cannot read the JSON body file {text[1:]!r}: {exc.strerror}.")
-    try:
-        return jsonlib.loads(text)
-    except ValueError as exc:
-        fail(f"The --json value is not valid JSON ({exc}).")
+    return None if text is None else read_json_option(text, "--json", "JSON body file")
 
 
 def _parse_pairs(pairs: tuple[str, ...], sep: str, what: str) -> dict[str, str]:

@@ -6,13 +6,11 @@ Exit codes: 0 done, 1 the run or state does not allow it (unknown run, not dead)
 
 from __future__ import annotations
 
-import json as jsonlib
-from pathlib import Path
 from typing import Any
 
 import click
 
-from recovery.cli.common import emit_json, fail, runtime_or_exit
+from recovery.cli.common import emit_json, fail, read_json_option, runtime_or_exit
 from recovery.config.workflows import WorkflowError
 from recovery.core.redact import HIDE_ALL, policy_for, redact_body
 from recovery.engine.workflows.runs import (
@@ -36,18 +34,6 @@ def _runtime() -> Any:
     return runtime
 
 
-def _read_input(text: str) -> Any:
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as exc:
-            fail(f"Cannot read the input file {text[1:]!r}: {exc.strerror}.")
-    try:
-        return jsonlib.loads(text)
-    except ValueError as exc:
-        fail(f"The --input value is not valid JSON ({exc}).")
-
-
 @click.group("workflow")
 def workflow_group() -> None:
     """Multi-step workflows: run, show, list, replay, compensate."""
@@ -65,7 +51,7 @@ def workflow_run(name: str, input_text: str) -> None:
       recovery-cli workflow run order --input @order.json
     """
     runtime = _runtime()
-    run_input = _read_input(input_text)
+    run_input = read_json_option(input_text, "--input", "input file")
     try:
         click.echo(start_run(runtime, name, run_input))
     except WorkflowInputError as exc:

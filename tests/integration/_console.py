@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import html
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,7 @@ from pathlib import Path
 import requests
 
 from recovery.ops.console.config import hash_password
+from tests.integration._process import stop_group
 from tests.integration.conftest import REPO
 
 SECRET_KEY = "k" * 48
@@ -66,13 +65,7 @@ class ConsoleProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_group(self.process, grace_s=15)
         self._log.close()
         return self.process.returncode
 

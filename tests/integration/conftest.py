@@ -4,7 +4,6 @@ upstream, and real `celery worker` processes."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from recovery.config.loader import reset_registry
 from recovery.config.settings import reset_settings
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import reset_runtime
+from tests.integration._process import stop_group
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[2]
@@ -186,13 +186,7 @@ class WorkerProcess:
         return [int(pid) for pid in out.split()]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_group(self.process, grace_s=20)
         self._log.close()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from recovery.config.settings import reset_settings
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import get_runtime, reset_runtime
 from tests.integration import _chromium
+from tests.integration._process import stop_group
 from tests.integration.conftest import ADMIN_DSN, REPO, WorkerProcess, wait_for_status
 from tests.integration.test_job_flow import integration
 
@@ -91,13 +91,7 @@ class FlowerProcess:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_group(self.process, grace_s=15)
         self._log.close()
 
 
