@@ -12,7 +12,7 @@ from recovery.audit.sql import next_seq
 from recovery.core.message import TASK_NAME, JobSpec, Progress, task_reprs
 from recovery.core.redact import policy_for, redact_params
 from recovery.core.request import EnqueueError, build_job
-from recovery.state.idempotency import KeyReusedError, request_fingerprint
+from recovery.state.idempotency import KeyReusedError, is_generated, request_fingerprint
 
 if TYPE_CHECKING:
     from recovery.engine.runtime import Runtime
@@ -49,12 +49,13 @@ def submit(runtime: Runtime, job: JobSpec, *, spool_audit: bool = True) -> JobHa
     """Publish a validated job, then record it as queued (best effort) in the audit trail:
     through the Redis audit spool (`spool_audit`, a worker's drain writes it), or at once for
     a caller that reads the job back right away (`recovery-cli enqueue`)."""
-    try:
-        runtime.idempotency.remember_request(job.integration, job.idempotency_key, job.job_id,
-                                             request_fingerprint(job.method, job.path,
-                                                                 job.params, job.json))
-    except KeyReusedError as exc:
-        raise EnqueueError(str(exc)) from exc
+    if not is_generated(job.idempotency_key, job.job_id):  # only a caller's key can be reused
+        try:
+            runtime.idempotency.remember_request(
+                job.integration, job.idempotency_key, job.job_id,
+                request_fingerprint(job.method, job.path, job.params, job.json))
+        except KeyReusedError as exc:
+            raise EnqueueError(str(exc)) from exc
     queued_seq = next_seq()  # before the publish: every write a worker makes must outrank it
     publish_job(job)
     runtime.audit.job_queued(job.job_id, job.integration, job.method, job.path,
