@@ -91,7 +91,7 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
                             max_deliveries=rt.settings.poison_max_deliveries)
     claimed = admission.claim
     if claimed.claim is Claim.SUCCEEDED:
-        return _duplicate(job, progress, rt)
+        return _duplicate(job, progress, rt, claimed.succeeded_job)
     if claimed.claim is Claim.BUSY:
         return _blocked(job, progress, rt, integration, 1.0, "idempotency-busy",
                         "Another delivery of the same idempotency key is running.")
@@ -315,12 +315,13 @@ def _poison(job: JobSpec, progress: Progress, rt: Runtime, deliveries: int) -> S
                 strategy="dead-letter-queue", failure=failure, reason=message)
 
 
-def _duplicate(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
+def _duplicate(job: JobSpec, progress: Progress, rt: Runtime, succeeded_job: str | None
+               ) -> Step:
     rt.events.publish(AttemptRecorded(AttemptRecord(
         job_id=job.job_id, number=progress.attempt, kind="duplicate",
         started_at=datetime.now(UTC), duration_ms=0, decision="duplicate", worker=WORKER,
         error_message="This idempotency key already succeeded; the call was not repeated.")))
-    if rt.idempotency.succeeded_job(job.integration, job.idempotency_key) != job.job_id:
+    if succeeded_job != job.job_id:
         duplicate(rt, job)  # another job's success; a redelivery of this one stays succeeded
     return Step("duplicate", progress, progress.attempt - 1,
                 reason="The idempotency key already succeeded.")

@@ -58,6 +58,7 @@ class Claim(StrEnum):
 class ClaimResult:
     claim: Claim
     deliveries: int  # how often this exact message was delivered (poison detection)
+    succeeded_job: str | None = None  # with SUCCEEDED: the job whose success the key records
 
 
 class KeyReusedError(ValueError):
@@ -194,9 +195,9 @@ class IdempotencyStore:
 
     @staticmethod
     def claim_result(reply: Any) -> ClaimResult:
-        answer, deliveries = reply
-        text = answer.decode() if isinstance(answer, bytes) else answer
-        return ClaimResult(Claim(text), int(deliveries))
+        answer, deliveries, *done = (part.decode() if isinstance(part, bytes) else part
+                                     for part in reply)
+        return ClaimResult(Claim(answer), int(deliveries), done[0] if done else None)
 
     def release_call(self, integration: str, key: str, holder: str, job_id: str, *,
                      succeeded: bool) -> ScriptCall:
@@ -244,7 +245,9 @@ class IdempotencyStore:
             deliveries = self._local_deliveries.get(delivery, 0) + 1
             self._local_deliveries.put(delivery, deliveries)
             if scoped in self._local_success:
-                return ClaimResult(Claim.SUCCEEDED, deliveries)
+                done = self._local_success.get(scoped)
+                return ClaimResult(Claim.SUCCEEDED, deliveries,
+                                   done if isinstance(done, str) else None)
             current = self._local_claims.get(scoped)
             if current and current[0] != holder and current[1] > now:
                 return ClaimResult(Claim.BUSY, deliveries)
