@@ -103,6 +103,11 @@ def parked_run(rt: Runtime) -> tuple[str, dict[str, str]]:
     return run_id, jobs
 
 
+def step_row(page: str, step_id: str, table: str = "data-step") -> str:
+    """The HTML of a step's row in the steps table (or, with "data-output", its output's)."""
+    return page.split(f'{table}="{step_id}"', 1)[1].split("</tr>", 1)[0]
+
+
 def cli_show(run_id: str) -> dict[str, Any]:
     result = CliRunner().invoke(main, ["workflow", "show", run_id, "--json"])
     assert result.exit_code == 0, result.output
@@ -135,20 +140,19 @@ def test_viewer_and_operator_see_the_run_and_its_steps_redacted_like_the_cli(con
         page = html.unescape(response.text)
         assert 'id="run-status">dead<' in page
         for step in shown["steps"]:
-            row = page.split(f'data-step="{step["step"]}"', 1)[1].split("</tr>", 1)[0]
-            assert f'status-{step["status"]}">{step["status"]}<' in row
+            assert f'status-{step["status"]}">{step["status"]}<' in step_row(page, step["step"])
             output = "-" if step["output"] is None else json.dumps(step["output"],
                                                                     sort_keys=True)
-            assert f"<code>{output}</code>" in row
+            assert f"<code>{output}</code>" in step_row(page, step["step"], "data-output")
         assert json.dumps(shown["input"], sort_keys=True) in page
         assert "captured-ok" in page  # the field payments' audit policy shows
         for text in (listing.text, page):
             assert not any(secret in text for secret in SECRETS)
-    charge = page.split('data-step="charge"', 1)[1].split("</tr>", 1)[0]
+    charge = step_row(page, "charge")
     assert f'href="/jobs/{jobs["charge"]}"' in charge and "payments" in charge
     assert "refund: pending" in charge  # its undo step has not run (the run is parked)
-    notify = page.split('data-step="notify"', 1)[1].split("</tr>", 1)[0]
-    assert "server_error" in notify and "HTTP 503" in notify
+    assert "server_error" in step_row(page, "notify")
+    assert "HTTP 503" in step_row(page, "notify", "data-output")
 
 
 def test_a_steps_job_page_links_to_its_run(console) -> None:
