@@ -161,8 +161,12 @@ def test_a_steps_job_page_links_to_its_run(console) -> None:
     job_page = alice.page(f"/jobs/{jobs['charge']}").text
     assert f'href="/workflows/{run_id}" id="job-run-link"' in job_page
     assert "step charge of" in job_page and "an earlier try" not in job_page
+    earlier = _job(get_runtime(), run_id, "charge")  # the step's key, not its job now
     lone = _job(get_runtime(), run_id, "ship")  # a key naming a step the run does not have
     get_runtime().audit.flush()
+    earlier_page = html.unescape(alice.page(f"/jobs/{earlier}").text)
+    assert f'href="/workflows/{run_id}" id="job-run-link"' in earlier_page
+    assert "(an earlier try: a replay ran the step again as another job)" in earlier_page
     assert 'id="job-run-link"' not in alice.page(f"/jobs/{lone}").text
 
 
