@@ -12,16 +12,15 @@ import click
 
 from recovery.cli.common import emit_json, fail, read_json_option, runtime_or_exit
 from recovery.config.workflows import WorkflowError
-from recovery.core.redact import HIDE_ALL, policy_for, redact_body
 from recovery.engine.workflows.runs import (
     WorkflowInputError,
     compensate_run,
-    get_workflow,
     replay_run,
     start_run,
     workflows,
 )
-from recovery.engine.workflows.store import RunStateError, get_run, list_runs
+from recovery.engine.workflows.store import RunFilter, RunStateError, get_run, list_runs
+from recovery.engine.workflows.view import shown_run
 
 
 def _runtime() -> Any:
@@ -58,27 +57,6 @@ def workflow_run(name: str, input_text: str) -> None:
         fail(str(exc))
 
 
-def _redacted(runtime: Any, run: dict[str, Any]) -> dict[str, Any]:
-    """The run as displays show it: the input and each output summarised, an api_call's body
-    with only the fields its integration's `audit.show_body_fields` allows."""
-    try:
-        workflow: Any = get_workflow(runtime, run["workflow"])
-    except (WorkflowError, WorkflowInputError):  # removed or broken: show nothing of bodies
-        workflow = None
-
-    def output(step: dict[str, Any]) -> Any:
-        value = step["output"]
-        if step["type"] != "api_call" or not isinstance(value, dict):
-            return redact_body(value)
-        known = workflow is not None and step["step"] in {s.id for s in workflow.steps}
-        integration = workflow.step(step["step"]).config["integration"] if known else None
-        policy = policy_for(integration) if integration else HIDE_ALL
-        return {**value, "body": redact_body(value.get("body"), policy)}
-
-    steps = [{**step, "output": output(step)} for step in run["steps"]]
-    return {**run, "input": redact_body(run["input"]), "steps": steps}
-
-
 @workflow_group.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an object).")
@@ -95,7 +73,7 @@ def workflow_show(run_id: str, as_json: bool) -> None:
     if found is None:
         fail(f"There is no workflow run {run_id!r}; `recovery-cli workflow list` shows the "
              "runs.", 1)
-    run = _redacted(runtime, found)
+    run = shown_run(runtime, found)
     if as_json:
         emit_json(run)
         return
@@ -125,7 +103,7 @@ def workflow_list(status: str | None, name: str | None, limit: int, as_json: boo
       recovery-cli workflow list --status dead --workflow order
     """
     runtime = runtime_or_exit()
-    runs = list_runs(runtime.engine, status=status, workflow=name, limit=limit)
+    runs = list_runs(runtime.engine, RunFilter(status=status, workflow=name), limit=limit)
     if as_json:
         emit_json(runs)
         return

@@ -3,7 +3,9 @@
 One operator session against real services: jobs die through a real worker (the upstream
 answers 503), the upstream recovers, and the operator logs in, filters the dead letters, dry-runs
 and then replays two of them, sees them succeed, opens and closes a breaker and reads a job's
-timeline. Screenshots of every page go to $CONSOLE_ARTIFACTS (default: the test's tmp_path).
+timeline. A second session runs a small workflow through a real worker and follows it from
+the Workflow runs page to a step's job. Screenshots of every page go to $CONSOLE_ARTIFACTS
+(default: the test's tmp_path).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -27,11 +30,13 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 import recovery
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import get_runtime
+from recovery.engine.workflows.runs import start_workflow
 from tests.integration._console import PASSWORDS, ConsoleProcess, console_env
 from tests.integration.conftest import wait_for_status
 from tests.integration.test_console_http import alerts
 from tests.integration.test_dlq_support import dlq_ids
 from tests.integration.test_job_flow import integration
+from tests.integration.test_workflows import wait_run
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +253,59 @@ def recovery_key(rt: Any, job_id: str) -> str:
     job = get_job(rt.engine, job_id)
     assert job is not None
     return str(job["idempotency_key"])
+
+
+WORKFLOW_STEPS = [
+    {"id": "validate", "type": "validation",
+     "config": {"callable": "recovery.demo.order.validate_order", "inputs": "${input}"}},
+    {"id": "charge", "type": "api_call", "depends_on": ["validate"],
+     "config": {"integration": "shop", "method": "POST", "path": "/charges",
+                "json": {"order_id": "${input.order_id}", "amount": "${steps.validate.amount}"}}},
+]
+
+
+def _follow_the_run(browser: WebDriver, run_id: str, shots: Callable[..., Path]) -> None:
+    """Workflow runs -> the run -> its steps succeeded -> the charge step's job timeline."""
+    browser.find_element(By.ID, "nav-workflows").click()
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f"#runs tr[data-run='{run_id}']"))
+    assert "1 matching of 1 runs" in text_of(browser, "run-count")
+    shots(browser, "09-workflow-runs")
+    browser.find_element(By.LINK_TEXT, run_id).click()
+    wait(browser, lambda b: text_of(b, "run-status") == "succeeded")
+    assert text_of(browser, "run-workflow") == "order"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#steps tr[data-step]")
+    assert [row.get_attribute("data-step") for row in rows] == ["validate", "charge"]
+    assert all(row.find_element(By.CSS_SELECTOR, ".status").text == "succeeded"
+               for row in rows)
+    assert "ada@example.test" not in browser.page_source  # the input is shown redacted
+    shots(browser, "10-workflow-run")
+    rows[1].find_element(By.CSS_SELECTOR, "a.step-job").click()
+    wait(browser, lambda b: text_of(b, "job-status") == "succeeded")
+    assert "step charge of order run" in text_of(browser, "job-run")
+    [row] = browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-row")
+    assert row.text.startswith("#1 call +0 ms") and "HTTP 200" in row.text
+    shots(browser, "11-workflow-step-job")
+    browser.find_element(By.ID, "job-run-link").click()
+    wait(browser, lambda b: b.current_url.endswith(f"/workflows/{run_id}"))
+
+
+def test_operator_follows_a_workflow_run_to_its_steps_job(
+        configure, upstream: FaultServer, start_worker, driver: WebDriver,
+        shots: Callable[..., Path], tmp_path: Path) -> None:
+    path = tmp_path / "workflows.yaml"
+    path.write_text(yaml.safe_dump({"workflows": [{"name": "order", "steps": WORKFLOW_STEPS}]}))
+    env = configure([integration(upstream.url)], RECOVERY_WORKFLOWS=str(path))
+    start_worker(env)
+    run_id = start_workflow("order", {"order_id": "A-17", "amount": 2500,
+                                      "email": "ada@example.test"})
+    run = wait_run(run_id, {"succeeded", "degraded", "dead", "compensated"})
+    assert run["status"] == "succeeded", run
+    charge_job = run["steps"][1]["job_id"]
+    wait_for_status(get_runtime().engine, charge_job, {"succeeded"})
+    _wait_for_attempts(charge_job, 1)
+    console = ConsoleProcess(console_env(env), tmp_path / "console.log")
+    try:
+        _log_in(driver, console.base, shots)
+        _follow_the_run(driver, run_id, shots)
+    finally:
+        console.stop()

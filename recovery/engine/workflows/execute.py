@@ -37,6 +37,7 @@ from recovery.engine.outcome import Step, after_exception, conclude, describe
 from recovery.engine.pipeline import run_job
 from recovery.engine.runtime import Runtime
 from recovery.engine.workflows import store
+from recovery.engine.workflows.keys import step_key
 from recovery.engine.workflows.refs import UnresolvedReference, resolve
 from recovery.engine.workflows.store import StepOutcome, StepStart
 
@@ -82,7 +83,7 @@ def _api_call(rt: Runtime, run_id: str, step: WorkflowStep, config: dict[str, An
         job = build_job(rt.registry, config["integration"], config["method"], config["path"],
                         json=config.get("json"), params=config.get("params"),
                         headers=config.get("headers"),
-                        idempotency_key=f"wf-{run_id}-{step.id}",
+                        idempotency_key=step_key(run_id, step.id),
                         max_request_bytes=rt.settings.max_request_bytes)
     except EnqueueError as exc:
         return failed(f"Step {step.id!r} did not run: its request was refused: {exc}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from recovery.audit.workflow_models import (
@@ -239,15 +239,53 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
         return {**_run_view(run), "input": _shown(run.input), "steps": steps}
 
 
-def list_runs(engine: Engine, *, status: str | None = None, workflow: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
-    query = select(WorkflowRun).order_by(WorkflowRun.created_at.desc()).limit(limit)
-    if status:
-        query = query.where(WorkflowRun.status == status)
-    if workflow:
-        query = query.where(WorkflowRun.workflow == workflow)
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a listing shows: by status, workflow and creation time (UTC, inclusive)."""
+
+    status: str | None = None
+    workflow: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        for column, value in ((WorkflowRun.status, self.status),
+                              (WorkflowRun.workflow, self.workflow)):
+            if value:
+                query = query.where(column == value)
+        if self.since is not None:
+            query = query.where(WorkflowRun.created_at >= self.since)
+        if self.until is not None:
+            query = query.where(WorkflowRun.created_at <= self.until)
+        return query
+
+
+def list_runs(engine: Engine, matching: RunFilter = RunFilter(), *, limit: int = 50,
+              offset: int = 0) -> list[dict[str, Any]]:
+    """Matching runs, newest first."""
+    query = matching.apply(select(WorkflowRun)).order_by(WorkflowRun.created_at.desc(),
+                                                         WorkflowRun.id.desc())
     with Session(engine) as session:
-        return [_run_view(run) for run in session.scalars(query)]
+        return [_run_view(run) for run in session.scalars(query.limit(limit).offset(offset))]
+
+
+def count_runs(engine: Engine, matching: RunFilter) -> int:
+    with Session(engine) as session:
+        return int(session.scalar(matching.apply(select(func.count())
+                                                 .select_from(WorkflowRun))) or 0)
+
+
+def find_step(engine: Engine, run_id: str, step_id: str) -> dict[str, Any] | None:
+    """The run's workflow and the step's current job id, without opening any input or output;
+    None when the run or the step does not exist."""
+    query = (select(WorkflowRun.workflow, StepRun.job_id)
+             .join(StepRun, StepRun.run_id == WorkflowRun.id)
+             .where(WorkflowRun.id == run_id, StepRun.step_id == step_id))
+    with Session(engine) as session:
+        row = session.execute(query).one_or_none()
+    if row is None:
+        return None
+    return {"run_id": run_id, "step": step_id, "workflow": row.workflow, "job_id": row.job_id}
 
 
 def _iso(value: datetime | None) -> str | None:

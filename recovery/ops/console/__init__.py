@@ -1,4 +1,5 @@
-"""The operator console: dead letters, breakers, rate-limit pauses, jobs and an overview.
+"""The operator console: dead letters, breakers, rate-limit pauses, jobs, workflow runs and an
+overview.
 
 Server-rendered Flask pages served by waitress (`recovery-cli console`). Every page shows what
 the CLI's `--json` output shows (redacted by the same functions); every action calls the same

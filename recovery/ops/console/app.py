@@ -27,6 +27,7 @@ def create_app(rt: Runtime, config: ConsoleConfig) -> Flask:
     """A console for this runtime; `config` decides who may log in and the cookie flags."""
     from recovery.ops.console.views_dlq import dlq
     from recovery.ops.console.views_ops import auth, breakers, jobs, overview
+    from recovery.ops.console.views_workflows import workflows
 
     app = Flask(__name__)
     app.config.update(
@@ -42,7 +43,7 @@ def create_app(rt: Runtime, config: ConsoleConfig) -> Flask:
     app.extensions["recovery"] = {"runtime": rt, "config": config, "throttle": LoginThrottle()}
     security.install(app, config)
     app.jinja_env.globals["config_header_mode"] = config.auth_header is not None
-    for blueprint in (auth, overview, dlq, breakers, jobs):
+    for blueprint in (auth, overview, dlq, breakers, jobs, workflows):
         app.register_blueprint(blueprint)
     _error_pages(app, rt)
     return app

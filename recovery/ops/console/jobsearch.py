@@ -38,7 +38,9 @@ class JobQuery:
     limit: int = DEFAULT_LIMIT
 
 
-def _time(form: Mapping[str, str], name: str, label: str) -> datetime | None:
+def time_field(form: Mapping[str, str], name: str, label: str) -> datetime | None:
+    """The form's time field `name` (None when blank; UTC unless it names a zone); a bad one
+    is a SearchError naming it by `label`."""
     text = (form.get(name) or "").strip()
     if not text:
         return None
@@ -63,7 +65,8 @@ def parse_query(form: Mapping[str, str]) -> JobQuery:
     query = JobQuery(job_id=_text(form, "job_id"),
                      idempotency_key=_text(form, "idempotency_key"),
                      integration=_text(form, "integration"), status=status,
-                     since=_time(form, "since", "From"), until=_time(form, "until", "Until"))
+                     since=time_field(form, "since", "From"),
+                     until=time_field(form, "until", "Until"))
     if query.since and query.until and query.since > query.until:
         raise SearchError("From must not be later than Until.")
     return query

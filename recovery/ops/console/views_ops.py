@@ -1,4 +1,4 @@
-"""Pages: login, overview, breakers and rate limits, jobs."""
+"""Pages: login, overview, breakers and rate limits, jobs (workflow runs: views_workflows)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 
 from recovery.audit.queries import get_job
 from recovery.config.registry import UnknownIntegrationError
-from recovery.ops.console import actions, jobsearch
+from recovery.ops.console import actions, jobsearch, workflowview
 from recovery.ops.console import overview as overview_data
 from recovery.ops.console.app import runtime
 from recovery.ops.console.config import ConsoleConfig
@@ -153,4 +153,5 @@ def job_detail(job_id: str) -> str:
     if job is None:
         abort(404, f"No job {job_id[:64]!r} is in the audit trail; search for it on the Jobs "
                    "page.")
-    return render_template("job.html", job=job, timeline=jobsearch.timeline(job))
+    return render_template("job.html", job=job, timeline=jobsearch.timeline(job),
+                           run_link=workflowview.job_run_link(runtime(), job))
