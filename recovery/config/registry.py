@@ -19,7 +19,7 @@ from recovery.config.budget import (
     RetryBudgetConfig,
 )
 from recovery.config.settings import Settings
-from recovery.config.strategies import StrategyBlock
+from recovery.config.strategies import FALLBACK_TYPES, StrategyBlock
 
 PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2
@@ -27,7 +27,6 @@ DEFAULT_CACHE_TTL_MS = 3_600_000
 DEFAULT_RESET_BACKOFF_FACTOR = 2.0
 #: Without `max_reset_timeout_ms`, the open time grows to at most this many reset timeouts.
 DEFAULT_RESET_CAP_MULTIPLE = 4
-FALLBACK_TYPES = ("api", "cache", "default", "degraded")
 #: What the cache fallback keeps unless it lists `methods`: only safe, repeatable reads.
 DEFAULT_CACHE_METHODS = ("GET", "HEAD")
 DEFAULT_CACHE_MAX_BODY_BYTES = 256 * 1024
