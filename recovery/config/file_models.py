@@ -41,10 +41,9 @@ from recovery.config.registry import (
     DEFAULT_CACHE_TTL_MS,
     DEFAULT_JITTER,
     DEFAULT_RESET_BACKOFF_FACTOR,
-    FALLBACK_TYPES,
 )
 from recovery.config.settings import MAX_BYTES, base_url_problem, is_http_url, shown_base_url
-from recovery.config.strategies import StrategyModel, StrategyTable
+from recovery.config.strategies import FALLBACK_TYPES, StrategyModel, StrategyTable
 from recovery.config.urlguard import UnsafePathError, validate_path
 from recovery.config.workflow_models import WorkflowModel
 from recovery.config.yamlconfig import show_value

@@ -19,7 +19,7 @@ from recovery.config.budget import (
     RetryBudgetConfig,
 )
 from recovery.config.settings import Settings
-from recovery.config.strategies import FALLBACK_TYPES, StrategyBlock
+from recovery.config.strategies import StrategyBlock
 
 PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2
