@@ -329,3 +329,9 @@ class IntegrationsFile(IntegrationsSection):
     model_config = FileModel.model_config | {"title": "api-recovery integrations file"}
     workflows: list[WorkflowModel] | None = None
     """Workflows: named graphs of steps (also possible in the RECOVERY_WORKFLOWS file)."""
+
+
+def integrations_file_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the integrations file, for editors and checks."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **IntegrationsFile.model_json_schema()}
