@@ -65,15 +65,19 @@ def test_the_example_files_pass_the_schema_and_load(tmp_path: Path) -> None:
 
 
 def test_the_readme_snippets_pass_the_schema_and_load(tmp_path: Path) -> None:
-    whole, strategies, workflows, audit = readme_yaml_blocks()
-    document = yaml.safe_load(whole)
-    payments = document["integrations"][0]
-    payments.update(yaml.safe_load(strategies) | yaml.safe_load(audit))
-    crm = {"id": "crm", "base_url": "https://crm.example.com"}
-    document["integrations"].append(crm)
-    document.update(yaml.safe_load(workflows))
+    """Every YAML block of the README: a whole file, a workflows list, or keys of one
+    integration (merged into the file's first integration)."""
+    parts = [yaml.safe_load(block) for block in readme_yaml_blocks()]
+    document = next(part for part in parts if "integrations" in part)
+    document["integrations"].append({"id": "crm", "base_url": "https://crm.example.com"})
+    for part in parts:
+        if "workflows" in part:
+            document["workflows"] = part["workflows"]
+        elif "integrations" not in part:
+            document["integrations"][0].update(part)
     VALIDATOR.validate(document)
     assert loads(tmp_path, document) == (2, 1)
+    assert {"strategies", "audit"} <= set(document["integrations"][0])
 
 
 WHOLE_KEYS = [
