@@ -46,7 +46,6 @@ class Problem:
     phrase: str
     unknown: bool = False
     missing: bool = False
-    is_mapping_error: bool = False
 
     def tail(self, start: int) -> str:
         """The sentence after the entry's label, naming the keys from `place[start]` on."""
@@ -64,8 +63,7 @@ def first_problem(error: ValidationError, document: Any) -> Problem:
         place += (context["at"],)
     if kind == UNKNOWN:
         return Problem(place, context["note"], unknown=True)
-    return Problem(place, _phrase(detail), missing=kind == "missing",
-                   is_mapping_error=kind in _MAPPING_TYPES)
+    return Problem(place, _phrase(detail), missing=kind == "missing")
 
 
 def _phrase(detail: ErrorDetails) -> str:

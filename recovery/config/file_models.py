@@ -39,7 +39,12 @@ from recovery.config.file_types import (
 from recovery.config.registry import (
     DEFAULT_CACHE_METHODS,
     DEFAULT_CACHE_TTL_MS,
+    DEFAULT_HALF_OPEN_CALLS,
+    DEFAULT_HEALTH_ENDPOINT,
+    DEFAULT_HEALTH_FAILURES,
     DEFAULT_JITTER,
+    DEFAULT_MINIMUM_CALLS,
+    DEFAULT_RATE_WINDOW_MS,
     DEFAULT_RESET_BACKOFF_FACTOR,
 )
 from recovery.config.settings import MAX_BYTES, base_url_problem, is_http_url, shown_base_url
@@ -164,13 +169,13 @@ class BreakerModel(FileModel):
     """How long it stays open before a probe (default: CIRCUIT_BREAKER_RESET_TIMEOUT)."""
     call_timeout_ms: Millis | None = None
     """A call slower than this counts as a failure (default: CIRCUIT_BREAKER_TIMEOUT)."""
-    half_open_max_calls: Count | None = default(1)
+    half_open_max_calls: Count | None = default(DEFAULT_HALF_OPEN_CALLS)
     """Probe calls let through while half open."""
     failure_rate: Annotated[float, Number(0.01, 1.0)] | None = None
     """Open when this share of the calls in window_ms failed (unset: count failures in a row)."""
-    window_ms: Millis | None = default(60000)
+    window_ms: Millis | None = default(DEFAULT_RATE_WINDOW_MS)
     """The window the failure rate is measured over."""
-    minimum_calls: Count | None = default(10)
+    minimum_calls: Count | None = default(DEFAULT_MINIMUM_CALLS)
     """Calls in the window before the failure rate counts."""
     reset_backoff_factor: Annotated[float, Number(1.0, 100.0)] | None = default(
         DEFAULT_RESET_BACKOFF_FACTOR)
@@ -247,12 +252,12 @@ Fallback = Annotated[ApiFallback | CacheFallback | DefaultFallback | DegradedFal
 class HealthCheckModel(FileModel):
     """A scheduled GET of the endpoint; a healthy answer can close an open breaker."""
 
-    endpoint: Annotated[str, Endpoint()] | None = default("/health")
+    endpoint: Annotated[str, Endpoint()] | None = default(DEFAULT_HEALTH_ENDPOINT)
     interval_ms: Millis | None = None
     """Time between checks (default: HEALTH_CHECK_INTERVAL)."""
     timeout_ms: Millis | None = None
     """Default: HEALTH_CHECK_TIMEOUT."""
-    failure_threshold: Count | None = default(3)
+    failure_threshold: Count | None = default(DEFAULT_HEALTH_FAILURES)
     """Failed checks in a row before the integration counts as unhealthy."""
 
 

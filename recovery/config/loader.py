@@ -42,7 +42,12 @@ from recovery.config.file_models import (
 from recovery.config.registry import (
     DEFAULT_CACHE_METHODS,
     DEFAULT_CACHE_TTL_MS,
+    DEFAULT_HALF_OPEN_CALLS,
+    DEFAULT_HEALTH_ENDPOINT,
+    DEFAULT_HEALTH_FAILURES,
     DEFAULT_JITTER,
+    DEFAULT_MINIMUM_CALLS,
+    DEFAULT_RATE_WINDOW_MS,
     DEFAULT_RESET_BACKOFF_FACTOR,
     DEFAULT_RESET_CAP_MULTIPLE,
     BreakerConfig,
@@ -100,10 +105,10 @@ def _breaker(m: BreakerModel, where: Where, settings: Settings) -> BreakerConfig
         threshold=_given(m.threshold, settings.circuit_breaker_threshold),
         reset_timeout_ms=reset_ms,
         call_timeout_ms=_given(m.call_timeout_ms, settings.circuit_breaker_timeout_ms),
-        half_open_max_calls=_given(m.half_open_max_calls, 1),
+        half_open_max_calls=_given(m.half_open_max_calls, DEFAULT_HALF_OPEN_CALLS),
         failure_rate=m.failure_rate,
-        window_ms=_given(m.window_ms, 60000),
-        minimum_calls=_given(m.minimum_calls, 10),
+        window_ms=_given(m.window_ms, DEFAULT_RATE_WINDOW_MS),
+        minimum_calls=_given(m.minimum_calls, DEFAULT_MINIMUM_CALLS),
         reset_backoff_factor=_given(m.reset_backoff_factor, DEFAULT_RESET_BACKOFF_FACTOR),
         max_reset_timeout_ms=cap_ms,
     )
@@ -135,10 +140,10 @@ def _health(m: HealthCheckModel | None, settings: Settings) -> HealthCheckConfig
     if m is None:
         return None
     return HealthCheckConfig(
-        endpoint=_given(m.endpoint, "/health"),
+        endpoint=_given(m.endpoint, DEFAULT_HEALTH_ENDPOINT),
         interval_ms=_given(m.interval_ms, settings.health_check_interval_ms),
         timeout_ms=_given(m.timeout_ms, settings.health_check_timeout_ms),
-        failure_threshold=_given(m.failure_threshold, 3),
+        failure_threshold=_given(m.failure_threshold, DEFAULT_HEALTH_FAILURES),
     )
 
 
@@ -316,7 +321,7 @@ def _refusal(error: ValidationError, entries: list[Any], path: str) -> RegistryE
     return RegistryError(f"{where}: {problem.tail(2)}.")
 
 
-def read_integrations(document: Any, path: str) -> list[IntegrationModel]:
+def _read_integrations(document: Any, path: str) -> list[IntegrationModel]:
     """The validated integrations of a parsed integrations file (its workflows are not read)."""
     _check_top_level(document, path)
     entries = document["integrations"]
@@ -336,7 +341,7 @@ def read_integrations(document: Any, path: str) -> list[IntegrationModel]:
 
 def load_file(path: str, settings: Settings, environ: Mapping[str, str]) -> Registry:
     """Load and validate the integrations file at `path`."""
-    models = read_integrations(read_yaml(path, RegistryError, _MISSING_HINT), path)
+    models = _read_integrations(read_yaml(path, RegistryError, _MISSING_HINT), path)
     return Registry([
         _integration(m, Where(path, f"integration {m.id!r}", RegistryError), settings, environ)
         for m in models])

@@ -39,7 +39,7 @@ _MISSING = "no such file; set RECOVERY_WORKFLOWS to the path of a workflows YAML
 def _step(m: StepModel) -> WorkflowStep:
     return WorkflowStep(
         id=m.id, type=m.type, name=m.name or "", config=dict(m.config or {}),
-        depends_on=tuple(m.depends_on or ()), critical=m.critical is not False,
+        depends_on=tuple(m.depends_on or ()), critical=True if m.critical is None else m.critical,
         compensate=m.compensate,
         timeout_ms=DEFAULT_STEP_TIMEOUT_MS if m.timeout_ms is None else m.timeout_ms)
 
