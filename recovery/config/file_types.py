@@ -47,12 +47,20 @@ def choice_problem(options: tuple[str, ...], value: Any) -> str:
     return f"must be one of {', '.join(options)}, got {show_value(value)}"
 
 
+def _without_null_defaults(schema: dict[str, Any]) -> None:
+    """A key left out takes an environment default, which the schema cannot know: say none."""
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+
+
 class FileModel(BaseModel):
     """A mapping of a configuration file: unknown keys refused first, naming the known ones;
     no value coerced (YAML's "5" is not a number, true is not 1)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              use_attribute_docstrings=True)
+                              use_attribute_docstrings=True,
+                              json_schema_extra=_without_null_defaults)
     #: Said after an unknown key, e.g. " for a fallback of type 'api'".
     unknown_key_note: ClassVar[str] = ""
 
