@@ -47,11 +47,14 @@ def choice_problem(options: tuple[str, ...], value: Any) -> str:
     return f"must be one of {', '.join(options)}, got {show_value(value)}"
 
 
-def _without_null_defaults(schema: dict[str, Any]) -> None:
-    """A key left out takes an environment default, which the schema cannot know: say none."""
-    for prop in schema.get("properties", {}).values():
-        if "default" in prop and prop["default"] is None:
-            del prop["default"]
+def _tidy(schema: dict[str, Any]) -> None:
+    """Descriptions on one line (docstrings wrap), and no default for a key whose default
+    comes from the environment, which the schema cannot know."""
+    for part in (schema, *schema.get("properties", {}).values()):
+        if "description" in part:
+            part["description"] = " ".join(part["description"].split())
+        if "default" in part and part["default"] is None:
+            del part["default"]
 
 
 class FileModel(BaseModel):
@@ -60,7 +63,7 @@ class FileModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
                               use_attribute_docstrings=True,
-                              json_schema_extra=_without_null_defaults)
+                              json_schema_extra=_tidy)
     #: Said after an unknown key, e.g. " for a fallback of type 'api'".
     unknown_key_note: ClassVar[str] = ""
 
