@@ -10,6 +10,7 @@ import click
 
 from recovery.cli.breaker import breaker
 from recovery.cli.common import CliGroup
+from recovery.cli.config import config_group
 from recovery.cli.console import console_group
 from recovery.cli.db import db
 from recovery.cli.demo import demo_command
@@ -41,6 +42,6 @@ def main() -> None:
 for _command in (enqueue, test_call, jobs, db, breaker, demo_command, dlq_group,
                  replay_dlq_command, serve_command, simulate_command, monitor_command,
                  report_command, ratelimit, console_group, workflow_group,
-                 strategies_command):
+                 strategies_command, config_group):
     main.add_command(_command)
 jobs.add_command(jobs_result)

@@ -25,9 +25,14 @@ PRIMARY_ID = "primary-api"
 DEFAULT_JITTER = 0.2
 DEFAULT_CACHE_TTL_MS = 3_600_000
 DEFAULT_RESET_BACKOFF_FACTOR = 2.0
+DEFAULT_HALF_OPEN_CALLS = 1
+#: The failure-rate breaker's window and the calls it needs before the rate counts.
+DEFAULT_RATE_WINDOW_MS = 60_000
+DEFAULT_MINIMUM_CALLS = 10
+DEFAULT_HEALTH_ENDPOINT = "/health"
+DEFAULT_HEALTH_FAILURES = 3
 #: Without `max_reset_timeout_ms`, the open time grows to at most this many reset timeouts.
 DEFAULT_RESET_CAP_MULTIPLE = 4
-FALLBACK_TYPES = ("api", "cache", "default", "degraded")
 #: What the cache fallback keeps unless it lists `methods`: only safe, repeatable reads.
 DEFAULT_CACHE_METHODS = ("GET", "HEAD")
 DEFAULT_CACHE_MAX_BODY_BYTES = 256 * 1024
@@ -67,10 +72,10 @@ class BreakerConfig:
     threshold: int
     reset_timeout_ms: int
     call_timeout_ms: int
-    half_open_max_calls: int = 1
+    half_open_max_calls: int = DEFAULT_HALF_OPEN_CALLS
     failure_rate: float | None = None
-    window_ms: int = 60000
-    minimum_calls: int = 10
+    window_ms: int = DEFAULT_RATE_WINDOW_MS
+    minimum_calls: int = DEFAULT_MINIMUM_CALLS
     # After each failed probe in a row the open time is multiplied by this factor, up to the cap:
     # open_ms = min(reset_timeout_ms * reset_backoff_factor ** failed_probes, cap).
     reset_backoff_factor: float = DEFAULT_RESET_BACKOFF_FACTOR
@@ -114,7 +119,7 @@ class HealthCheckConfig:
     endpoint: str
     interval_ms: int
     timeout_ms: int
-    failure_threshold: int = 3
+    failure_threshold: int = DEFAULT_HEALTH_FAILURES
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ def primary_integration(settings: Settings) -> Integration:
         ),
         fallbacks=tuple(sorted(fallbacks, key=lambda f: f.priority)),
         health_check=HealthCheckConfig(
-            endpoint="/health",
+            endpoint=DEFAULT_HEALTH_ENDPOINT,
             interval_ms=settings.health_check_interval_ms,
             timeout_ms=settings.health_check_timeout_ms,
         ),

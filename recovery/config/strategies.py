@@ -10,17 +10,31 @@
 A key is an error category or an HTTP status (400-599, which wins over its category). Each
 block is a `StrategyBlock`; a key it leaves out keeps the default table's value
 (`recovery.core.strategies.DEFAULT_TABLE`). Everything is checked at load: an unknown
-category, key ("action") or fallback is refused with the file, the integration and the key.
+category, key ("action") or fallback is refused with the file, the integration and the key:
+the model `StrategyModel` checks each key, `build_strategies` what depends on the integration.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Annotated, Any
 
+from recovery.config.file_errors import Where
+from recovery.config.file_types import (
+    Bool,
+    FileModel,
+    FractionOrFlag,
+    Names,
+    Number,
+    Pattern,
+    Rule,
+    Whole,
+    refuse,
+)
 from recovery.config.settings import MAX_MS
-from recovery.config.yamlconfig import Section, show_value
+from recovery.config.yamlconfig import show_value
 
 #: `recovery.core.errors.ErrorCategory`'s values (config sits below the taxonomy; a test keeps
 #: the two lists equal).
@@ -31,8 +45,8 @@ UNREPAIRABLE = ("client_error", "response_too_large")
 #: In a `fallbacks` list: the integration's fallbacks not named before it, in priority order.
 OTHERS = "others"
 STATUS_RANGE = (400, 599)
-BLOCK_KEYS = ("name", "attempts", "initial_delay_ms", "factor", "max_delay_ms", "jitter",
-              "retry", "breaker", "fallbacks", "alert", "refresh_token", "dead_letter")
+#: The kinds of fallback an integration may have (the registry builds on this module).
+FALLBACK_TYPES = ("api", "cache", "default", "degraded")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _REFRESHABLE = ("authentication", "401", "403")
 
@@ -82,105 +96,118 @@ def strategy_key(raw: Any) -> str | None:
     return None
 
 
-def _optional_whole(s: Section, key: str, minimum: int, maximum: int,
-                    unit: str = "") -> int | None:
-    return None if s.get(key) is None else s.whole(key, minimum, minimum, maximum, unit)
+class StrategyTable(Rule):
+    """The `strategies` mapping: keys are categories or error statuses, stored as strings."""
+
+    def check(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            refuse(f"must be a mapping of error categories to strategies, got "
+                   f"{show_value(value)}")
+        table: dict[str, Any] = {}
+        for raw, block in value.items():
+            key = strategy_key(raw)
+            if key is None:
+                refuse(f"is not an error category or HTTP error status; use one of "
+                       f"{', '.join(CATEGORY_NAMES)}, or a status from {STATUS_RANGE[0]} to "
+                       f"{STATUS_RANGE[1]}", at=str(raw))
+            if key in table:
+                refuse("is given twice (as a number and as a string)", at=str(raw))
+            table[key] = {} if block is None else block
+        return table
+
+    def schema(self) -> dict[str, Any]:
+        return {"propertyNames": {"anyOf": [{"enum": list(CATEGORY_NAMES)},
+                                            {"pattern": "^[45][0-9][0-9]$"}]}}
 
 
-def _optional_flag(s: Section, key: str) -> bool | None:
-    return None if s.get(key) is None else s.flag(key, False)
+class StrategyFallbacks(Rule):
+    """Fallback types (and `others`) in the order they may serve, each once."""
+
+    def check(self, value: Any) -> list[str]:
+        names = Names("a list of fallback types such as [api, cache]").check(value)
+        for name in names:
+            if name not in (*FALLBACK_TYPES, OTHERS):
+                refuse(f"names {name!r}, which is not a fallback type; use some of "
+                       f"{', '.join(FALLBACK_TYPES)} (and {OTHERS} for the rest in priority "
+                       "order)")
+        if len(set(names)) != len(names):
+            refuse(f"names a fallback twice in {show_value(names)}")
+        return names
+
+    def schema(self) -> dict[str, Any]:
+        return {"items": {"enum": [*FALLBACK_TYPES, OTHERS]}, "uniqueItems": True}
 
 
-def _fallbacks(s: Section, key: str, configured: tuple[str, ...],
-               types: tuple[str, ...]) -> tuple[str, ...] | None:
-    value = s.get("fallbacks")
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        s.fail("fallbacks", f"must be a list of fallback types such as [api, cache], got "
-                            f"{show_value(value)}")
-    if value and key in UNREPAIRABLE:
-        s.fail("fallbacks", f"cannot name fallbacks for {key.replace('_', ' ')}s: the "
-                            "request itself is wrong, and a stand-in answer would hide it; "
-                            "use an empty list or remove the key")
-    for name in value:
-        if name not in (*types, OTHERS):
-            s.fail("fallbacks", f"names {name!r}, which is not a fallback type; use some of "
-                                f"{', '.join(types)} (and {OTHERS} for the rest in priority "
-                                "order)")
+class StrategyModel(FileModel):
+    """One strategy: the keys it sets replace the default table's (see `StrategyBlock`)."""
+
+    name: Annotated[str, Pattern(_NAME, "must be 1 to 40 lowercase letters, digits or '-', "
+                                        "such as 'payments-backoff'")] | None = None
+    """Shown in the audit trail and by `recovery-cli strategies`."""
+    attempts: Annotated[int, Whole(1, 100)] | None = None
+    """Calls in all, the first one included."""
+    initial_delay_ms: Annotated[int, Whole(0, MAX_MS, "ms")] | None = None
+    factor: Annotated[float, Number(1.0, 100.0)] | None = None
+    """Each delay is the previous one times this."""
+    max_delay_ms: Annotated[int, Whole(1, MAX_MS, "ms")] | None = None
+    jitter: Annotated[float, FractionOrFlag(0.2)] | None = None
+    """Fraction 0..1 of each delay that is randomised; true means 0.2."""
+    retry: Bool | None = None
+    """Whether the failure is retried at all (default: its class decides)."""
+    breaker: Bool | None = None
+    """Whether the failure counts toward the circuit breaker."""
+    fallbacks: Annotated[list[str], StrategyFallbacks()] | None = None
+    """Which fallback types may serve, in order; `others` for the rest by priority."""
+    alert: Bool | None = None
+    """Raise an alert when the strategy gives up."""
+    refresh_token: Bool | None = None
+    """Refresh the OAuth token before the next call (authentication failures only)."""
+    dead_letter: Bool | None = None
+    """Send the job to the dead-letter queue at once."""
+
+
+def _check(where: Where, key: str, block: StrategyBlock, configured: tuple[str, ...],
+           visibility_s: int) -> None:
+    """Refuse a block whose keys contradict each other, the integration or the broker."""
+    if block.fallbacks and key in UNREPAIRABLE:
+        where.fail("fallbacks", f"cannot name fallbacks for {key.replace('_', ' ')}s: the "
+                                "request itself is wrong, and a stand-in answer would hide it; "
+                                "use an empty list or remove the key")
+    for name in block.fallbacks or ():
         if name != OTHERS and name not in configured:
-            s.fail("fallbacks", f"names {name!r}, but the integration has no {name} "
-                                "fallback; add one under 'fallbacks' or remove it here")
-    if len(set(value)) != len(value):
-        s.fail("fallbacks", f"names a fallback twice in {show_value(value)}")
-    return tuple(value)
-
-
-def _check(s: Section, key: str, block: StrategyBlock, visibility_s: int) -> None:
-    """Refuse a block whose keys contradict each other or could not be honoured."""
+            where.fail("fallbacks", f"names {name!r}, but the integration has no {name} "
+                                    "fallback; add one under 'fallbacks' or remove it here")
     if block.dead_letter:
         clash = [name for name, on in (("attempts", (block.attempts or 1) > 1),
                                        ("retry", bool(block.retry)),
                                        ("fallbacks", bool(block.fallbacks)),
                                        ("refresh_token", bool(block.refresh_token))) if on]
         if clash:
-            s.fail("dead_letter", f"sends the job straight to the dead-letter queue, which "
-                                  f"contradicts '{clash[0]}' in the same block; remove one")
+            where.fail("dead_letter", f"sends the job straight to the dead-letter queue, "
+                                      f"which contradicts '{clash[0]}' in the same block; "
+                                      "remove one")
     if block.refresh_token and key not in _REFRESHABLE:
-        s.fail("refresh_token", f"applies to authentication failures only (authentication, "
-                                f"401 or 403), not to {key!r}")
+        where.fail("refresh_token", f"applies to authentication failures only "
+                                    f"(authentication, 401 or 403), not to {key!r}")
     for name in ("initial_delay_ms", "max_delay_ms"):
         millis = getattr(block, name)
         if millis is not None and millis / 1000 >= visibility_s:
-            s.fail(name, f"is {millis} ms, which is not below REDIS_VISIBILITY_TIMEOUT "
-                         f"({visibility_s} s): Redis would redeliver a job waiting that long "
-                         "and it would run twice; lower it")
+            where.fail(name, f"is {millis} ms, which is not below REDIS_VISIBILITY_TIMEOUT "
+                             f"({visibility_s} s): Redis would redeliver a job waiting that "
+                             "long and it would run twice; lower it")
 
 
-def parse_block(s: Section, key: str, configured: tuple[str, ...], types: tuple[str, ...],
-                visibility_s: int) -> StrategyBlock:
-    name = s.optional_text("name")
-    if name is not None and not _NAME.fullmatch(name):
-        s.fail("name", f"must be 1 to 40 lowercase letters, digits or '-', such as "
-                       f"'payments-backoff', got {show_value(name)}")
-    block = StrategyBlock(
-        name=name,
-        attempts=_optional_whole(s, "attempts", 1, 100),
-        initial_delay_ms=_optional_whole(s, "initial_delay_ms", 0, MAX_MS, "ms"),
-        factor=None if s.get("factor") is None else s.number("factor", 1.0, 1.0, 100.0),
-        max_delay_ms=_optional_whole(s, "max_delay_ms", 1, MAX_MS, "ms"),
-        jitter=None if s.get("jitter") is None else s.fraction_or_flag("jitter", 0.2),
-        retry=_optional_flag(s, "retry"), breaker=_optional_flag(s, "breaker"),
-        fallbacks=_fallbacks(s, key, configured, types), alert=_optional_flag(s, "alert"),
-        refresh_token=_optional_flag(s, "refresh_token"),
-        dead_letter=_optional_flag(s, "dead_letter"))
-    _check(s, key, block, visibility_s)
-    return block
-
-
-def parse_strategies(s: Section, configured: tuple[str, ...], types: tuple[str, ...],
+def build_strategies(table: Mapping[str, StrategyModel] | None, where: Where,
+                     configured: tuple[str, ...],
                      visibility_s: int) -> dict[str, StrategyBlock]:
-    """The integration's `strategies` mapping; `configured` are its fallbacks' types."""
-    value = s.get("strategies")
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        s.fail("strategies", f"must be a mapping of error categories to strategies, got "
-                             f"{show_value(value)}")
+    """The validated `strategies` table as blocks; `configured` are the integration's
+    fallback types. `where` names the integration."""
     blocks: dict[str, StrategyBlock] = {}
-    keys: dict[Any, str] = {}
-    for raw in value:
-        key = strategy_key(raw)
-        if key is None:
-            s.fail(f"strategies.{raw}", f"is not an error category or HTTP error status; use "
-                                        f"one of {', '.join(CATEGORY_NAMES)}, or a status "
-                                        f"from {STATUS_RANGE[0]} to {STATUS_RANGE[1]}")
-        if key in keys.values():
-            s.fail(f"strategies.{raw}", "is given twice (as a number and as a string)")
-        keys[raw] = key
-    table = s.section("strategies", list(value))
-    assert table is not None
-    for raw, key in keys.items():
-        child = table.section(raw, BLOCK_KEYS) or table.empty(str(raw))
-        blocks[key] = parse_block(child, key, configured, types, visibility_s)
+    for key, model in (table or {}).items():
+        values = model.model_dump()
+        if values["fallbacks"] is not None:
+            values["fallbacks"] = tuple(values["fallbacks"])
+        block = StrategyBlock(**values)
+        _check(where.below(f"strategies.{key}"), key, block, configured, visibility_s)
+        blocks[key] = block
     return blocks

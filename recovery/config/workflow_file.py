@@ -20,6 +20,10 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from pydantic import ValidationError
+
+from recovery.config.file_errors import first_problem
+from recovery.config.workflow_models import StepModel, WorkflowModel, WorkflowsFile
 from recovery.config.workflows import (
     DEFAULT_STEP_TIMEOUT_MS,
     Workflow,
@@ -27,60 +31,45 @@ from recovery.config.workflows import (
     WorkflowStep,
     validate,
 )
-from recovery.config.yamlconfig import Section, read_yaml, show_value
+from recovery.config.yamlconfig import read_yaml, show_value
 
-STEP_KEYS = ("id", "name", "type", "config", "depends_on", "critical", "compensate",
-             "timeout_ms")
 _MISSING = "no such file; set RECOVERY_WORKFLOWS to the path of a workflows YAML file"
 
 
-def _names(s: Section, key: str) -> tuple[str, ...]:
-    value = s.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        s.fail(key, f"must be a list of step ids, got {show_value(value)}")
-    return tuple(value)
-
-
-def _step(entry: Any, path: str, workflow: str, number: int) -> WorkflowStep:
-    where = f"{path}: workflow {workflow!r}: step #{number}"
-    if not isinstance(entry, Mapping):
-        raise WorkflowError(f"{where} must be a mapping with keys id, type and config, got "
-                            f"{show_value(entry)}.")
-    ident = entry.get("id")
-    if not isinstance(ident, str):
-        raise WorkflowError(f"{where}: key 'id' is required (a string such as 'charge').")
-    s = Section(entry, path, f"workflow {workflow!r}: step {ident!r}", WorkflowError)
-    s.reject_unknown(STEP_KEYS)
-    config = s.get("config")
-    if config is None:
-        config = {}
-    if not isinstance(config, Mapping):
-        s.fail("config", f"must be a mapping, got {show_value(config)}")
-    compensate = s.get("compensate")
-    if compensate is not None and not isinstance(compensate, str):
-        s.fail("compensate", f"must be a step id, got {show_value(compensate)}")
+def _step(m: StepModel) -> WorkflowStep:
     return WorkflowStep(
-        id=ident, type=s.required_text("type"), name=s.text("name", ""), config=dict(config),
-        depends_on=_names(s, "depends_on"), critical=s.flag("critical", True),
-        compensate=compensate, timeout_ms=s.whole("timeout_ms", DEFAULT_STEP_TIMEOUT_MS, 1,
-                                                  3_600_000, "ms"))
+        id=m.id, type=m.type, name=m.name or "", config=dict(m.config or {}),
+        depends_on=tuple(m.depends_on or ()), critical=True if m.critical is None else m.critical,
+        compensate=m.compensate,
+        timeout_ms=DEFAULT_STEP_TIMEOUT_MS if m.timeout_ms is None else m.timeout_ms)
 
 
-def _workflow(entry: Any, path: str, number: int, integrations: Iterable[str] | None) -> Workflow:
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-        raise WorkflowError(f"{path}: workflow #{number} must be a mapping with a 'name' "
-                            "(a string such as 'order') and a 'steps' list.")
-    name = entry["name"]
-    s = Section(entry, path, f"workflow {name!r}", WorkflowError)
-    s.reject_unknown(("name", "steps", "on_failure"))
-    steps = s.get("steps")
-    if not isinstance(steps, list) or not steps:
-        s.fail("steps", f"must be a non-empty list of steps, got {show_value(steps)}")
-    built = tuple(_step(item, path, name, n) for n, item in enumerate(steps, 1))
-    on_failure = s.text("on_failure", "compensate")
-    return validate(Workflow(name, built, source=path, on_failure=on_failure), integrations)
+def _workflow(m: WorkflowModel, path: str, integrations: Iterable[str] | None) -> Workflow:
+    workflow = Workflow(m.name, tuple(_step(step) for step in m.steps), source=path,
+                        on_failure=m.on_failure or "compensate")
+    return validate(workflow, integrations)
+
+
+def _refusal(error: ValidationError, entries: list[Any], path: str) -> WorkflowError:
+    """The first problem the models found, as a sentence naming file, workflow, step and key."""
+    problem = first_problem(error, {"workflows": entries})
+    place, number = problem.place, int(problem.place[1])
+    name = entries[number].get("name") if isinstance(entries[number], Mapping) else None
+    if len(place) == 2 or place[2:] == ("name",) or not isinstance(name, str):
+        return WorkflowError(f"{path}: workflow #{number + 1} must be a mapping with a 'name' "
+                             "(a string such as 'order') and a 'steps' list.")
+    where = f"{path}: workflow {name!r}"
+    if place[2] != "steps" or len(place) == 3:
+        return WorkflowError(f"{where}: {problem.tail(2)}.")
+    step_number = int(place[3])
+    step = entries[number]["steps"][step_number]
+    if len(place) == 4:
+        return WorkflowError(f"{where}: step #{step_number + 1} must be a mapping with keys id, "
+                             f"type and config, got {show_value(step)}.")
+    if place[4:] == ("id",) or not isinstance(step.get("id"), str):
+        return WorkflowError(f"{where}: step #{step_number + 1}: key 'id' is required (a "
+                             "string such as 'charge').")
+    return WorkflowError(f"{where}: step {step['id']!r}: {problem.tail(4)}.")
 
 
 def parse_workflows(entries: Any, path: str,
@@ -89,14 +78,17 @@ def parse_workflows(entries: Any, path: str,
     if not isinstance(entries, list):
         raise WorkflowError(f"{path}: 'workflows' must be a list of workflows, got "
                             f"{show_value(entries)}.")
+    try:
+        models = WorkflowsFile.model_validate({"workflows": entries}).workflows
+    except ValidationError as exc:
+        raise _refusal(exc, entries, path) from None
     known = list(integrations) if integrations is not None else None
     found: dict[str, Workflow] = {}
-    for number, entry in enumerate(entries, 1):
-        workflow = _workflow(entry, path, number, known)
-        if workflow.name in found:
-            raise WorkflowError(f"{path}: workflow {workflow.name!r} is defined twice; give "
+    for model in models:
+        if model.name in found:
+            raise WorkflowError(f"{path}: workflow {model.name!r} is defined twice; give "
                                 "each workflow its own name.")
-        found[workflow.name] = workflow
+        found[model.name] = _workflow(model, path, known)
     return found
 
 
