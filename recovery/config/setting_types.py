@@ -12,6 +12,7 @@ into the text the environment would hold, so it goes through the very same check
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -60,11 +61,12 @@ def as_text(value: object) -> str:
     return str(value)
 
 
-class SettingKind:
+class SettingKind(ABC):
     """Base of the kinds: pydantic calls `parse` with the variable's text (see the module)."""
 
+    @abstractmethod
     def parse(self, text: str) -> Any:
-        raise NotImplementedError
+        """The field's value for `text`; raises `refusal(...)` when the text is not accepted."""
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string"}

@@ -122,7 +122,6 @@ def _default_concurrency(validated: dict[str, Any]) -> int:
 
 _QUEUE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
-Bytes = Whole(0, MAX_BYTES, "bytes")
 
 
 class Settings(BaseSettings):
@@ -222,7 +221,7 @@ class Settings(BaseSettings):
     retry_after_max_ms: Annotated[int, Whole(0, MAX_MS, "ms")] = derived(
         "RETRY_AFTER_MAX", lambda validated: validated["max_defer_ms"],
         "Longest pause in ms one Retry-After may set; defaults to MAX_DEFER_WINDOW.")
-    cache_max_body_bytes: Annotated[int, Bytes] = setting(
+    cache_max_body_bytes: Annotated[int, Whole(0, MAX_BYTES, "bytes")] = setting(
         "CACHE_MAX_BODY_BYTES", 256 * 1024, "Largest answer the cache fallback keeps.")
     max_response_bytes: Annotated[int, Whole(1, MAX_BYTES, "bytes")] = setting(
         "MAX_RESPONSE_BYTES", 10 * 1024 * 1024, "Largest answer read; larger ones are refused.")
