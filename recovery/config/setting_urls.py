@@ -52,17 +52,15 @@ class BaseUrl(HttpUrl):
     def parse(self, text: str) -> str | None:
         value = super().parse(text)
         problem = None if value is None else base_url_problem(value)
-        if value is not None and problem:
+        if problem:
             what, hint = problem
-            raise refusal(f"{what}, got {shown_base_url(value)}; {hint}.")
+            raise refusal(f"{what}, got {shown_base_url(str(value))}; {hint}.")
         return value
 
 
 @dataclass(frozen=True)
-class WebhookUrl(HttpUrl):
+class WebhookUrl(SettingKind):
     """An optional http(s) URL shown without its query (a webhook's often holds a token)."""
-
-    optional: bool = True
 
     def parse(self, text: str) -> str | None:
         value = text.strip(SPACE) or None
@@ -70,6 +68,9 @@ class WebhookUrl(HttpUrl):
             raise refusal("must be an http:// or https:// URL with a host, such as "
                           f"https://hooks.example.com/alerts, got {shown_base_url(value)}.")
         return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "format": "uri"}
 
 
 @dataclass(frozen=True)
