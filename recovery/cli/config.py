@@ -1,4 +1,5 @@
-"""`recovery-cli config`: the integrations file's JSON Schema, and a check of a file."""
+"""`recovery-cli config`: the JSON Schema of the integrations file (or of the environment's
+settings), and a check of a file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from recovery.cli.common import fail
 from recovery.config.file_models import integrations_file_schema
 from recovery.config.loader import load_file as load_integrations
 from recovery.config.registry import RegistryError
-from recovery.config.settings import get_settings
+from recovery.config.settings import get_settings, settings_json_schema
 from recovery.config.workflow_file import load_file as load_workflows
 from recovery.config.workflows import WorkflowError
 
@@ -24,14 +25,20 @@ def config_group() -> None:
 @config_group.command("schema")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
               help="Write the schema to this file instead of standard output.")
-def schema_command(output: str | None) -> None:
-    """Print the JSON Schema of the integrations file, for an editor's YAML language server.
+@click.option("--settings", "of_settings", is_flag=True,
+              help="The schema of the environment's settings (one property per variable) "
+                   "instead of the integrations file's.")
+def schema_command(output: str | None, of_settings: bool) -> None:
+    """Print the JSON Schema of the integrations file, for an editor's YAML language server
+    (with --settings: of the environment variables, their defaults and bounds).
 
     \b
     Example:
       recovery-cli config schema --output integrations.schema.json
+      recovery-cli config schema --settings
     """
-    text = json.dumps(integrations_file_schema(), indent=2) + "\n"
+    schema = settings_json_schema() if of_settings else integrations_file_schema()
+    text = json.dumps(schema, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
         return

@@ -94,16 +94,18 @@ class SettingsError(ValueError):
     """A setting in the environment is missing, malformed or out of range."""
 
 
-def setting(variable: str, default: Any, description: str, *, secret: bool = False) -> Any:
+def setting(variable: str, default: Any, description: str, *, secret: bool = False,
+            url_with_password: bool = False) -> Any:
     """A field read from `variable`. A secret is left out of repr and marked writeOnly in the
-    JSON Schema; a default of None or () means unset and is not shown there."""
+    JSON Schema; a URL that may carry a password is left out of repr too. A default of None or
+    () means unset and is not shown in the schema."""
     def edit(schema: dict[str, Any]) -> None:
         if default is None or default == ():
             schema.pop("default", None)
         if secret:
             schema["writeOnly"] = True
     return Field(default, alias=variable, title=variable, description=description,
-                 repr=not secret, json_schema_extra=edit)
+                 repr=not (secret or url_with_password), json_schema_extra=edit)
 
 
 def derived(variable: str, factory: Callable[[dict[str, Any]], Any], description: str) -> Any:
@@ -136,11 +138,12 @@ class Settings(BaseSettings):
         "SERVICE_NAME", "api-recovery", "Celery app name and log field.")
     database_url: Annotated[str, DatabaseUrl()] = setting(
         "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres",
-        "The audit trail's database: postgresql:// (psycopg 3) or sqlite:///file for demos.")
+        "The audit trail's database: postgresql:// (psycopg 3) or sqlite:///file for demos.",
+        url_with_password=True)
     redis_url: Annotated[str, RedisUrl()] = setting(
         "REDIS_URL", "redis://127.0.0.1:6379/0",
         "The state store (and the broker unless BROKER_URL is set); also redis+cluster:// "
-        "and redis+sentinel://.")
+        "and redis+sentinel://.", url_with_password=True)
     redis_key_prefix: Annotated[str, KeyPrefix()] = setting(
         "RECOVERY_REDIS_PREFIX", "recovery:", "Prefix of every Redis key, queues included.")
     primary_api_url: Annotated[str, BaseUrl()] = setting(
@@ -181,7 +184,7 @@ class Settings(BaseSettings):
         "RECOVERY_ENCRYPTION_KEYS", (), "Comma-separated Fernet keys for job payloads in Redis.",
         secret=True)
     sentry_dsn: Annotated[str | None, HttpUrl(optional=True)] = setting(
-        "SENTRY_DSN", None, "Sentry reporting (secrets scrubbed).")
+        "SENTRY_DSN", None, "Sentry reporting (secrets scrubbed).", url_with_password=True)
     metrics_enabled: Annotated[bool, Flag()] = setting(
         "METRICS_ENABLED", True, "Prometheus metrics.")
     task_events: Annotated[bool, Flag()] = setting(
@@ -261,7 +264,8 @@ class Settings(BaseSettings):
         f"Threads (or processes) per worker; defaults to {DEFAULT_WORKER_CONCURRENCY} with "
         "threads, else one per core.")
     broker_url: Annotated[str | None, BrokerUrl()] = setting(
-        "BROKER_URL", None, "The Celery broker (amqp:// or redis://); unset: REDIS_URL.")
+        "BROKER_URL", None, "The Celery broker (amqp:// or redis://); unset: REDIS_URL.",
+        url_with_password=True)
     rabbitmq_consumer_timeout_s: Annotated[int, Whole(60, MAX_MS // 1000, "s")] = setting(
         "RABBITMQ_CONSUMER_TIMEOUT", 1800, "RabbitMQ's consumer_timeout in seconds, mirrored.")
     alert_webhook_url: Annotated[str | None, WebhookUrl()] = setting(

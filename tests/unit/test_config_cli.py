@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from recovery.cli.main import main
 from recovery.config.file_models import integrations_file_schema
-from recovery.config.settings import reset_settings
+from recovery.config.settings import reset_settings, settings_json_schema
 
 GOOD = """\
 integrations:
@@ -40,6 +40,15 @@ def test_schema_prints_the_integrations_file_schema() -> None:
     code, out, _ = run("schema")
     assert code == 0
     assert json.loads(out) == integrations_file_schema()
+
+
+def test_schema_of_the_settings_names_every_variable() -> None:
+    code, out, _ = run("schema", "--settings")
+    assert code == 0
+    schema = json.loads(out)
+    assert schema == settings_json_schema()
+    assert {"REDIS_URL", "API_TIMEOUT", "CONSOLE_SECRET_KEY"} <= set(schema["properties"])
+    assert schema["properties"]["CONSOLE_SECRET_KEY"]["writeOnly"] is True
 
 
 def test_schema_writes_the_output_file(tmp_path: Path) -> None:

@@ -111,6 +111,18 @@ def test_secrets_never_appear_in_repr_or_str() -> None:
             assert secret not in shown
 
 
+def test_urls_that_may_carry_a_password_stay_out_of_repr() -> None:
+    loaded = load_settings({
+        "DATABASE_URL": "postgresql://app:Db-Passw0rd@db.internal/app",
+        "REDIS_URL": "redis://:Redis-Passw0rd@cache.internal:6379/0",
+        "BROKER_URL": "amqp://app:Amqp-Passw0rd@mq.internal:5672/app",
+        "SENTRY_DSN": "https://Dsn-Key0123@sentry.example.com/1"})
+    assert loaded.database_url.endswith("@db.internal/app")
+    for shown in (repr(loaded), str(loaded)):
+        for secret in ("Db-Passw0rd", "Redis-Passw0rd", "Amqp-Passw0rd", "Dsn-Key0123"):
+            assert secret not in shown
+
+
 @pytest.mark.parametrize(
     ("env", "secret"),
     [({"SERVE_TOKEN": "Short-S3cret"}, "Short-S3cret"),
