@@ -26,6 +26,7 @@ import structlog
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
+from recovery.celery_base import app
 from recovery.core.crypto import task_serializer
 from recovery.core.message import (
     TASK_NAME,
@@ -368,8 +369,6 @@ def publish_jobs(jobs: Sequence[JobSpec]) -> None:
     The producer's batch (kombu 5.7+) sends every message of the call in one round trip;
     an older kombu publishes them one by one.
     """
-    from recovery.celery_app import app
-
     with app.producer_or_acquire() as producer:
         batch: AbstractContextManager[Any] = (
             producer.batch(max_size=4 * len(jobs) + 4) if hasattr(producer, "batch")
