@@ -30,7 +30,7 @@ from recovery.celery_base import (
 )
 from recovery.config.settings import get_settings
 from recovery.core.crypto import register_serializer
-from recovery.dlq.store import keep_undecryptable
+from recovery.dlq.quarantine import keep_undecryptable
 
 __all__ = ["BEAT_SCHEDULER", "DLQ_QUEUE", "MAINTENANCE_QUEUE", "QUARANTINE_QUEUE", "TASK_MODULES",
            "TASK_ROUTES", "WORK_QUEUE", "RedactedRequest", "RedactedTask", "app", "celery_config",
