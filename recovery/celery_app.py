@@ -30,14 +30,10 @@ from recovery.celery_base import (
 )
 from recovery.config.settings import get_settings
 from recovery.core.crypto import register_serializer
-from recovery.dlq.quarantine import keep_undecryptable
 
 __all__ = ["BEAT_SCHEDULER", "DLQ_QUEUE", "MAINTENANCE_QUEUE", "QUARANTINE_QUEUE", "TASK_MODULES",
            "TASK_ROUTES", "WORK_QUEUE", "RedactedRequest", "RedactedTask", "app", "celery_config",
            "make_celery"]
-
-# A work message no key opens goes to the quarantine (still encrypted), not nowhere.
-register_serializer(keep_undecryptable)
 
 
 @signals.celeryd_init.connect
@@ -50,6 +46,15 @@ def _start_reporting(**_: Any) -> None:
 
     init_sentry(get_settings())
     install_breaker_alerts()
+
+
+@signals.worker_init.connect
+def _quarantine_undecryptable(**_: Any) -> None:
+    """A work message no key opens goes to the quarantine (still encrypted), not nowhere.
+    Only workers decode work messages; a forked pool process inherits the hook."""
+    from recovery.dlq.quarantine import keep_undecryptable
+
+    register_serializer(keep_undecryptable)
 
 
 @signals.worker_init.connect
