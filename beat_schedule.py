@@ -1,6 +1,8 @@
-"""Celery Beat's schedule, built from the integration registry.
+"""Celery Beat's schedule, built from the integration registry, and the scheduler that uses it.
 
-`celery -A recovery.celery_app beat` runs, for every integration that has a `health_check`, the
+`celery -A recovery.celery_app beat` loads this module when it starts, through the app's
+`beat_scheduler` setting (`Scheduler` below), so importing the app never builds the schedule.
+It runs, for every integration that has a `health_check`, the
 task `tasks.health.check` every `health_check.interval_ms` (default `HEALTH_CHECK_INTERVAL`),
 and, when `DLQ_ENABLED` and `ENABLE_AUTO_RECOVERY` are both true, the capped replay
 `tasks.dlq.replay` every `DLQ_RETRY_DELAY` (it leaves client errors and poison entries to an
@@ -11,14 +13,17 @@ check has no entry.
 Each entry expires after one period: if no worker takes it in time, the next one replaces it
 instead of piling up behind it.
 
-Exactly one beat may run. Importing this module installs the guard (`recovery.state.beatlock`): a
-second beat exits at start with a message naming the one that holds the lock.
+Exactly one beat may run. Importing this module installs the guard (`recovery.state.beatlock`),
+which takes its lock on `beat_init`, before the first tick: a second beat exits at start with a
+message naming the one that holds the lock.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+
+from celery.beat import PersistentScheduler
 
 from recovery.config.loader import get_registry
 from recovery.config.registry import Registry
@@ -56,6 +61,16 @@ def build_schedule(registry: Registry, settings: Settings) -> dict[str, dict[str
             "options": {"expires": period_s},
         }
     return schedule
+
+
+class Scheduler(PersistentScheduler):
+    """Celery's default scheduler (the `--schedule` file keeps last-run times) over our
+    schedule: the app's `beat_schedule` is set from the registry before the entries load.
+    Beat also makes a lazy instance for its banner, which reads no schedule."""
+
+    def setup_schedule(self) -> None:
+        self.app.conf.beat_schedule = beat_schedule
+        super().setup_schedule()
 
 
 install_beat_guard()

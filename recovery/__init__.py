@@ -36,9 +36,9 @@ class JobHandle(str):
         A failed or dead-lettered job returns its outcome too (`outcome.ok` is False); a
         dead job that is replayed and succeeds later replaces it with the new outcome.
         """
-        from recovery.engine.runtime import get_runtime
+        from recovery.engine.producer_runtime import get_producer_runtime
 
-        found = get_runtime().results.wait(self.job_id, timeout)
+        found = get_producer_runtime().results.wait(self.job_id, timeout)
         if found is None:
             raise ResultTimeout(
                 f"Job {self.job_id} had not finished after {timeout} s (or its result expired "
@@ -60,6 +60,6 @@ def enqueue(integration: str, method: str, path: str, **options: Any) -> JobHand
 
 def result(job_id: str) -> Outcome | None:
     """The job's final outcome, or None while it runs (or after RESULT_TTL)."""
-    from recovery.engine.runtime import get_runtime
+    from recovery.engine.producer_runtime import get_producer_runtime
 
-    return get_runtime().results.get(str(job_id))
+    return get_producer_runtime().results.get(str(job_id))

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from recovery.audit.sql import Rejected
+from recovery.audit.ops import Rejected
 from recovery.state import lua
 
 log = structlog.get_logger(__name__)
@@ -74,7 +74,20 @@ class SpoolAlarm:
             log.error("audit_spool_alarm_failed", error=str(exc), error_type=type(exc).__name__)
 
     def report(self, appended: Appended) -> None:
-        from recovery.telemetry.alerts import alert  # the alerter writes through the audit writer
+        if appended.crossed or appended.first_trim:
+            self._alert(appended)
+        if appended.trimmed:
+            self.trimmed += appended.trimmed
+            now = time.monotonic()
+            if now - self._trim_logged_at >= TRIM_LOG_EVERY_S:
+                self._trim_logged_at = now
+                log.error("audit_spool_trimmed", trimmed_total=self.trimmed,
+                          max_entries=self.max_entries, spool=self.key)
+
+    def _alert(self, appended: Appended) -> None:
+        # Imported only when there is something to say: the alerter writes through the audit
+        # writer (SQLAlchemy), which a producer appending its "queued" row never loads.
+        from recovery.telemetry.alerts import alert
 
         if appended.crossed:
             alert("audit_spool_filling",
@@ -89,13 +102,6 @@ class SpoolAlarm:
                   "rows are being trimmed and are lost. Bring PostgreSQL back, or raise "
                   "AUDIT_SPOOL_MAX_ENTRIES if Redis has the memory.",
                   trimmed=appended.trimmed, max_entries=self.max_entries, spool=self.key)
-        if appended.trimmed:
-            self.trimmed += appended.trimmed
-            now = time.monotonic()
-            if now - self._trim_logged_at >= TRIM_LOG_EVERY_S:
-                self._trim_logged_at = now
-                log.error("audit_spool_trimmed", trimmed_total=self.trimmed,
-                          max_entries=self.max_entries, spool=self.key)
 
 
 class RejectedRows:

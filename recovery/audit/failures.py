@@ -10,20 +10,11 @@ from __future__ import annotations
 import psycopg
 from sqlalchemy import exc as sa_exc
 
+from recovery.audit.ops import DatabaseUnavailable
 from recovery.core.redact import redact_text
 
-
-class DatabaseUnavailable(RuntimeError):
-    """The database did not take the writes for a reason that passes: it is down, restarting
-    or unreachable (`refused` False), or it answered but refused them for now: read-only
-    during a failover, a missing privilege or table (`refused` True, `sqlstate` says which).
-    Nothing was written; writing the same ops again later is safe."""
-
-    def __init__(self, message: str, *, sqlstate: str | None = None,
-                 refused: bool = False) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.refused = refused
+__all__ = ["DatabaseUnavailable", "describe", "is_data_error", "is_kept", "is_unavailable",
+           "sqlstate"]
 
 
 #: SQLSTATE classes of errors that pass: connection (08), transaction state such as a read-only

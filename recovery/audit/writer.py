@@ -5,7 +5,7 @@ here ever raises: a failed write is logged (``audit_write_failed``) and reported
 False, and the job carries on. Free text and request details are redacted again on the way in,
 so a caller that forgot cannot put a secret into the database.
 
-Job and attempt writes become `recovery.audit.sql.Op` values: written at once, or, in Celery
+Job and attempt writes become `recovery.audit.ops.Op` values: written at once, or, in Celery
 workers, buffered and written in batches by `recovery.audit.spool.AuditBatcher`, which spools
 them to Redis while the database is away (see those modules).
 """
@@ -34,20 +34,19 @@ from recovery.audit.models import (
     HealthCheck,
     JobStatus,
 )
-from recovery.audit.spool import AuditBatcher, RedisSpool, SpoolUnavailable, batching_enabled
-from recovery.audit.sql import (
+from recovery.audit.ops import (
     Op,
     Rejected,
-    describe,
-    dialect_insert,
-    execute_op,
-    is_kept,
+    job_values,
     new_dedupe_key,
     next_seq,
-    sqlstate,
+    queued_op,
     utc_iso,
 )
-from recovery.core.redact import policy_for, redact_params, redact_text, redact_url
+from recovery.audit.spool import AuditBatcher, batching_enabled
+from recovery.audit.sql import describe, dialect_insert, execute_op, is_kept, sqlstate
+from recovery.audit.stream import RedisSpool, SpoolUnavailable
+from recovery.core.redact import redact_text
 
 __all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord", "make_audit_writer"]
 
@@ -108,30 +107,22 @@ class AuditWriter:
         idempotency_key: str | None,
         replay_count: int = 0,
         seq: int | None = None,
-        spooled: bool = False,
     ) -> bool:
         """Record a job the producer enqueued. A repeated write for the same job changes
         nothing, except that an operator's replay (a higher ``replay_count``) is counted and
         queues a finished job again. A replay that a worker already picked up (the message is
         published before this write) stays running.
 
-        ``seq`` (`recovery.audit.sql.next_seq`) orders this write among the job's others: a
+        ``seq`` (`recovery.audit.ops.next_seq`) orders this write among the job's others: a
         producer that publishes first takes it before publishing, so a worker's writes, even
-        if they reach the database later, outrank "queued".
-
-        ``spooled``: hand the row to the Redis audit spool (one round trip) rather than insert
-        it now, which costs a producer several times the CPU of its publish; a worker's drain
-        writes it about a second later, and the database until then does not know the job. If
-        the spool refuses it, it is written at once after all.
+        if they reach the database later, outrank "queued". (`recovery.enqueue` hands this
+        row to the Redis spool instead: `recovery.engine.producer_runtime`.)
         """
 
         def build() -> Op:
-            values = _job_values(integration, method, path, params, idempotency_key, self._now())
-            return Op("job_queued", job_id, next_seq() if seq is None else seq,
-                      {**values, "replay_count": replay_count})
+            return queued_op(job_id, integration, method, path, params, idempotency_key,
+                             now=self._clock(), seq=seq, replay_count=replay_count)
 
-        if spooled and self._batcher is None and self._spool is not None:
-            return self._record("jobs", build, job_id, spool_first=True)
         return self._record("jobs", build, job_id)
 
     def job_started(
@@ -149,7 +140,7 @@ class AuditWriter:
         """
 
         def build() -> Op:
-            values = _job_values(integration, method, path, params, idempotency_key, self._now())
+            values = job_values(integration, method, path, params, idempotency_key, self._now())
             return Op("job_started", job_id, next_seq(), {**values, "attempt": int(attempt)})
 
         return self._record("jobs", build, job_id)
@@ -326,8 +317,7 @@ class AuditWriter:
     def _now(self) -> str:
         return utc_iso(self._clock())
 
-    def _record(self, table: str, build: Callable[[], Op], job_id: str, *,
-                spool_first: bool = False) -> bool:
+    def _record(self, table: str, build: Callable[[], Op], job_id: str) -> bool:
         """Build the op (bad input fails here, logged) and buffer, spool or write it."""
         try:
             op = build()
@@ -337,12 +327,6 @@ class AuditWriter:
             return False
         if self._batcher is not None:
             return self._batcher.submit(op)
-        if spool_first and self._spool is not None:
-            try:
-                self._spool.append([op])
-                return True
-            except SpoolUnavailable as exc:
-                log.warning("audit_spool_unavailable", error=str(exc), job_id=op.job_id)
         return self._write_now(table, op)
 
     def _write_now(self, table: str, op: Op) -> bool:
@@ -391,24 +375,6 @@ class AuditWriter:
                 **context,
             )
             return False
-
-
-def _job_values(
-    integration: str,
-    method: str,
-    path: str,
-    params: Mapping[str, Any] | None,
-    idempotency_key: str | None,
-    now: str,
-) -> dict[str, Any]:
-    return {
-        "integration": integration,
-        "method": method.upper(),
-        "path": redact_url(path),
-        "params": redact_params(params or {}, policy_for(integration)),
-        "idempotency_key": idempotency_key,
-        "now": now,
-    }
 
 
 def make_audit_writer(engine: Engine, client: redis.Redis | None, key_prefix: str, *,

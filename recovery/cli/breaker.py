@@ -6,12 +6,12 @@ from typing import Any
 
 import click
 
-from recovery.cli.common import emit_json, fail, runtime_or_exit
-from recovery.config.registry import UnknownIntegrationError
+from recovery.cli.common import Row, act_on_integration, show_per_integration
+from recovery.config.registry import Integration
 from recovery.ops.steering import steer_breaker
 
 
-def _snapshot_dict(runtime: Any, integration: Any) -> dict[str, Any]:
+def _snapshot_dict(runtime: Any, integration: Integration) -> Row:
     snap = runtime.breaker(integration).snapshot()
     return {
         "integration": integration.id,
@@ -42,26 +42,21 @@ def breaker_status(as_json: bool) -> None:
     Example:
       recovery-cli breaker status --json
     """
-    runtime = runtime_or_exit()
-    rows = [_snapshot_dict(runtime, integration) for integration in runtime.registry]
-    if as_json:
-        emit_json(rows)
-        return
-    for row in rows:
-        half_open = row["time_to_half_open_s"]
-        wait = f"  half-open in {half_open:.1f} s" if half_open else ""
-        click.echo(f"{row['integration']:<20} {row['state']:<9} failures="
-                   f"{row['consecutive_failures']} window={row['window_failures']}/"
-                   f"{row['window_calls']} opened_at={row['opened_at'] or '-'}{wait}")
+    show_per_integration(_snapshot_dict, _status_line, as_json)
+
+
+def _status_line(row: Row) -> str:
+    half_open = row["time_to_half_open_s"]
+    wait = f"  half-open in {half_open:.1f} s" if half_open else ""
+    return (f"{row['integration']:<20} {row['state']:<9} failures="
+            f"{row['consecutive_failures']} window={row['window_failures']}/"
+            f"{row['window_calls']} opened_at={row['opened_at'] or '-'}{wait}")
 
 
 def _steer(integration_id: str, action: str, reason: str | None) -> None:
-    runtime = runtime_or_exit()
-    why = reason or f"operator {action} from recovery-cli"
-    try:
-        state = steer_breaker(runtime, integration_id, action, why, {})
-    except UnknownIntegrationError as exc:
-        fail(str(exc))
+    state = act_on_integration(
+        lambda runtime, name, why: steer_breaker(runtime, name, action, why, {}),
+        integration_id, reason or f"operator {action} from recovery-cli")
     click.echo(f"Breaker for {integration_id!r} is now {state}.")
 
 

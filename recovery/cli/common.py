@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from recovery.config.registry import RegistryError
+from recovery.config.registry import Integration, RegistryError, UnknownIntegrationError
 from recovery.config.settings import SettingsError
 from recovery.engine.runtime import get_runtime
 
@@ -54,3 +55,31 @@ def read_json_option(text: str, option: str, file_what: str) -> Any:
         return jsonlib.loads(text)
     except ValueError as exc:
         fail(f"The {option} value is not valid JSON ({exc}).")
+
+
+Row = dict[str, Any]
+T = TypeVar("T")
+
+
+def show_per_integration(row: Callable[[Any, Integration], Row], line: Callable[[Row], str],
+                         as_json: bool) -> None:
+    """The body of a `status` command (`breaker`, `ratelimit`): one row per integration of the
+    registry, printed as a JSON array or as one `line` each."""
+    runtime = runtime_or_exit()
+    rows = [row(runtime, integration) for integration in runtime.registry]
+    if as_json:
+        emit_json(rows)
+        return
+    for found in rows:
+        click.echo(line(found))
+
+
+def act_on_integration(action: Callable[[Any, str, str], T], integration_id: str,
+                       why: str) -> T:
+    """Run an operator's action (`action(runtime, integration_id, why)`, which audits it) on
+    one integration; an unknown integration exits 2 with the registry's sentence."""
+    runtime = runtime_or_exit()
+    try:
+        return action(runtime, integration_id, why)
+    except UnknownIntegrationError as exc:
+        fail(str(exc))

@@ -202,14 +202,14 @@ class ServicesBackend:
 def _services(env: dict[str, str], log_dir: Path) -> ServicesBackend:
     """Point this process (the producer) at the demo settings, migrate, start the workers."""
     # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.celery_app import celery_config
+    from recovery.celery_base import celery_config
 
     os.environ.update(env)
     reset_settings()
     reset_registry()
     reset_runtime()
     # Imported when the command runs: `--help` and the other commands skip its cost.
-    from recovery.celery_app import app
+    from recovery.celery_base import app
 
     app.conf.update(celery_config(get_settings()))
     upgrade(get_settings().database_url)

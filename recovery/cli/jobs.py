@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
+from functools import partial
 from typing import Any
 
 import click
 
 from recovery.audit.queries import get_job, list_jobs
+from recovery.audit.writer import AuditWriter
 from recovery.cli.common import emit_json, fail, read_json_option, runtime_or_exit
+from recovery.core.message import JobSpec
 from recovery.engine.producer import EnqueueError, build_job, submit
 from recovery.engine.synchronous import run_synchronously
 
@@ -27,6 +30,11 @@ def _parse_pairs(pairs: tuple[str, ...], sep: str, what: str) -> dict[str, str]:
             fail(f"The {what} {pair!r} must look like 'name{sep}value'.")
         parsed[name.strip()] = value.strip() if what == "header" else value
     return parsed
+
+
+def _write_queued(audit: AuditWriter, job: JobSpec, seq: int) -> bool:
+    return audit.job_queued(job.job_id, job.integration, job.method, job.path, job.params,
+                            job.idempotency_key, seq=seq)
 
 
 @click.command()
@@ -58,7 +66,7 @@ def enqueue(integration: str, method: str, path: str, body: str | None,
                         on_failure=on_failure)
         # Refuses a key reused with another request; the queued row is written at once, so
         # `recovery-cli jobs show` finds the job even before a worker's drain runs.
-        job_id = submit(runtime, job, spool_audit=False)
+        job_id = submit(runtime.idempotency, job, partial(_write_queued, runtime.audit))
     except EnqueueError as exc:
         fail(str(exc))
     click.echo(job_id)

@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from recovery.cli.common import emit_json, fail, runtime_or_exit
-from recovery.config.registry import UnknownIntegrationError
+from recovery.cli.common import Row, act_on_integration, show_per_integration
+from recovery.config.registry import Integration
 from recovery.ops.steering import resume_rate_limit
 
 
-def _usage_dict(runtime: Any, integration: Any) -> dict[str, Any]:
+def _usage_dict(runtime: Any, integration: Integration) -> Row:
     usage = runtime.limiter.usage(integration.id, integration.rate_limit)
     paused = round(float(usage["paused_for_s"]), 3)
     return {
@@ -44,16 +44,14 @@ def ratelimit_status(as_json: bool) -> None:
     Example:
       recovery-cli ratelimit status --json
     """
-    runtime = runtime_or_exit()
-    rows = [_usage_dict(runtime, integration) for integration in runtime.registry]
-    if as_json:
-        emit_json(rows)
-        return
-    for row in rows:
-        pause = (f"paused {row['paused_for_s']:.1f} s ({row['pause_reason'] or 'no reason'})"
-                 if row["paused_for_s"] > 0 else "not paused")
-        click.echo(f"{row['integration']:<20} window={row['window_used']}/"
-                   f"{row['window_limit']} per {row['window_ms']} ms  {pause}")
+    show_per_integration(_usage_dict, _status_line, as_json)
+
+
+def _status_line(row: Row) -> str:
+    pause = (f"paused {row['paused_for_s']:.1f} s ({row['pause_reason'] or 'no reason'})"
+             if row["paused_for_s"] > 0 else "not paused")
+    return (f"{row['integration']:<20} window={row['window_used']}/"
+            f"{row['window_limit']} per {row['window_ms']} ms  {pause}")
 
 
 @ratelimit.command("resume")
@@ -66,12 +64,9 @@ def ratelimit_resume(integration: str, reason: str | None) -> None:
     Example:
       recovery-cli ratelimit resume payments --reason "vendor confirmed the outage is over"
     """
-    runtime = runtime_or_exit()
-    why = reason or "operator resume from recovery-cli"
-    try:
-        left_s = resume_rate_limit(runtime, integration, why, {})
-    except UnknownIntegrationError as exc:
-        fail(str(exc))
+    left_s = act_on_integration(
+        lambda runtime, name, why: resume_rate_limit(runtime, name, why, {}),
+        integration, reason or "operator resume from recovery-cli")
     if left_s > 0:
         click.echo(f"Rate-limit pause for {integration!r} lifted ({left_s:.1f} s were left).")
     else:

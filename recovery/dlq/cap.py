@@ -30,17 +30,8 @@ from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import FERNET
 from recovery.dlq.marks import mark_dead_letters
 from recovery.dlq.park import DLQ_QUEUE
-from recovery.dlq.store import (
-    QUARANTINE_QUEUE,
-    DlqBusyError,
-    DlqLock,
-    Entry,
-    QuarantineRecord,
-    QueueList,
-    decode_entry,
-    envelope_view,
-    shown_raw,
-)
+from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord, shown_raw
+from recovery.dlq.store import DlqBusyError, DlqLock, Entry, QueueList, decode_entry, envelope_view
 from recovery.telemetry.alerts import alert
 
 log = structlog.get_logger(__name__)

@@ -15,12 +15,11 @@ from recovery.core.message import JobSpec, MalformedJobError
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
+from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord
 from recovery.dlq.store import (
-    QUARANTINE_QUEUE,
     DlqLock,
     Entry,
     EntryFilter,
-    QuarantineRecord,
     QueueList,
     decode_body,
     dlq_client,

@@ -37,17 +37,15 @@ from recovery.core.message import JobSpec
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
+from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord, publish_record
 from recovery.dlq.store import (
-    QUARANTINE_QUEUE,
     Cursor,
     DlqLock,
     Entry,
     EntryFilter,
-    QuarantineRecord,
     QueueList,
     dlq_client,
     publish_jobs,
-    publish_record,
 )
 from recovery.dlq.validate import UnreplayableError, replayable_job
 from recovery.telemetry.alerts import alert

@@ -52,12 +52,18 @@ class AttemptRecorded:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusChanged:
-    """A job moved to a non-final status (retrying, deferred, queued again)."""
+class JobStatusEvent:
+    """A job's new status and the details that came with it (`AuditWriter.job_status`'s
+    keywords). Subscribers handle its two kinds below: dispatch is by the exact class."""
 
     job_id: str
     status: str
     fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged(JobStatusEvent):
+    """A job moved to a non-final status (retrying, deferred, queued again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +93,9 @@ class OperatorAlerted:
 
 
 @dataclass(frozen=True, slots=True)
-class JobFinished:
-    """A job reached its final status (succeeded, degraded, duplicate, failed, dead)."""
-
-    job_id: str
-    status: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
+class JobFinished(JobStatusEvent):
+    """A job reached its final status (succeeded, degraded, duplicate, failed, dead); only
+    `recovery.engine.outcome` publishes it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ import sqlalchemy.exc
 import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from recovery.audit.spool import SpoolUnavailable
-from recovery.audit.sql import DatabaseUnavailable
+from recovery.audit.ops import DatabaseUnavailable
+from recovery.audit.stream import SpoolUnavailable
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
 from recovery.core.policy import end_status

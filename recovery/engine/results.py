@@ -96,7 +96,7 @@ def send_callback(rt: Runtime, job: JobSpec, outcome: Outcome) -> str | None:
     if chosen is None:
         return None
     which, name = chosen
-    from recovery.celery_app import app
+    from recovery.celery_base import app
 
     task_id = f"{job.job_id}.{which}.{job.replay_count}"
     shown = f"<outcome of {job.job_id}: {outcome.status}>"

@@ -20,9 +20,13 @@ from recovery.audit.writer import AuditWriter, make_audit_writer
 from recovery.config.loader import get_registry
 from recovery.config.registry import Integration, Registry
 from recovery.config.settings import Settings, get_settings
-from recovery.core.crypto import cipher_for
 from recovery.engine.events import EventBus, standard_bus
 from recovery.engine.gate import Gate
+from recovery.engine.producer_runtime import (
+    idempotency_store,
+    reset_producer_runtime,
+    result_store,
+)
 from recovery.state.breaker import ClusterBreaker
 from recovery.state.budget import RetryBudget
 from recovery.state.connection import redis_client
@@ -125,14 +129,9 @@ def build_runtime(settings: Settings, registry: Registry,
                                 spool_max_entries=settings.audit_spool_max_entries),
         limiter=ClusterRateLimiter(client, key_prefix=prefix),
         tokens=TokenProvider(client, key_prefix=prefix),
-        idempotency=IdempotencyStore(client, key_prefix=prefix,
-                                     ttl_s=settings.idempotency_ttl_ms // 1000,
-                                     redelivery_window_s=2 * settings.visibility_timeout_s),
+        idempotency=idempotency_store(settings, client),
         budget=RetryBudget(client, key_prefix=prefix),
-        results=ResultStore(client, key_prefix=prefix,
-                            ttl_s=max(1, settings.result_ttl_ms // 1000),
-                            max_body_bytes=settings.result_max_bytes,
-                            cipher=cipher_for(settings.encryption_keys)),
+        results=result_store(settings, client),
     )
 
 
@@ -153,7 +152,8 @@ def set_runtime(runtime: Runtime | None) -> None:
 
 
 def reset_runtime() -> None:
-    """Forget the process's runtime; the next job builds a fresh one with fresh sockets."""
+    """Forget the process's runtime and its producer runtime; the next job or enqueue builds a
+    fresh one with fresh sockets."""
     global _runtime
     with _runtime_lock:
         if _runtime is not None:
@@ -161,6 +161,7 @@ def reset_runtime() -> None:
             _runtime.engine.dispose(close=False)
             _runtime.gate.close()
         _runtime = None
+    reset_producer_runtime()
 
 
 # Telemetry sits below the engine: it learns where the runtime's Redis and audit writer are,

@@ -21,7 +21,7 @@ from recovery.config.broker import queue_depths
 from recovery.engine.runtime import Runtime
 from recovery.ops.report import Window, attempts_by_integration, recent_failures
 
-#: The broker queues shown: recovery.celery_app's work, maintenance, dlq and quarantine queues.
+#: The broker queues shown: recovery.celery_base's work, maintenance, dlq and quarantine queues.
 QUEUES = ("integrations", "maintenance", "dlq", "dlq.quarantine")
 WINDOW = timedelta(minutes=5)
 RECENT = 8

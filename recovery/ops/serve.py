@@ -212,7 +212,7 @@ def broker_queue_depths(rt: Runtime) -> dict[str, int]:
     """Messages waiting in each of our queues (work queues on the broker, DLQ-side lists in
     the state store: `recovery.config.broker`)."""
     # Imported when serving starts: `recovery-cli --help` imports this module.
-    from recovery.celery_app import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
+    from recovery.celery_base import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
 
     return queue_depths(rt.settings, rt.redis, (WORK_QUEUE, MAINTENANCE_QUEUE),
                         (DLQ_QUEUE, QUARANTINE_QUEUE))

@@ -233,9 +233,9 @@ def enqueue(side: str, svc: Services, n: int, start: int = 0) -> tuple[float, fl
     """Enqueue n jobs from this process: (wall seconds, CPU seconds of this process)."""
     if side == "ours":
         import recovery
-        from recovery.engine.runtime import get_runtime
+        from recovery.engine.producer_runtime import get_producer_runtime
 
-        get_runtime()
+        get_producer_runtime()
 
         def send(i: int) -> Any:
             return recovery.enqueue("bench", "GET", f"/ours/{i}")
@@ -306,7 +306,7 @@ def drain_run(svc: Services, side: str, n: int, *, delay_ms: int | None, concurr
 def producer_only(svc: Services, side: str, n: int) -> dict[str, Any]:
     """The producer alone (no worker running): enqueues per second and CPU per enqueue.
     `ours-quiet` is ours with TASK_SENT_EVENTS=false (no task-sent event per enqueue)."""
-    from recovery.celery_app import app
+    from recovery.celery_base import app
 
     default = app.conf.task_send_sent_event
     app.conf.task_send_sent_event = default and side != "ours-quiet"

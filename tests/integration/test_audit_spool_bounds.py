@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 
 from recovery.audit import AuditWriter, db
 from recovery.audit.models import Attempt, Job
+from recovery.audit.ops import Op, next_seq, utc_iso
 from recovery.audit.spool import AuditBatcher, RedisSpool
-from recovery.audit.sql import Op, next_seq, utc_iso
 from recovery.telemetry.alerts import Alerter, set_alerter
 from tests.integration._db import PG_ADMIN_URL, postgres_database
 from tests.integration.test_audit_batch import T0, new_id, scenario
@@ -185,7 +185,7 @@ def test_a_row_with_bad_data_goes_to_the_rejected_stream_with_an_alert_and_the_r
 
 
 def test_the_rejected_stream_is_capped(spool: RedisSpool, redis_client: redis.Redis) -> None:
-    from recovery.audit.sql import Rejected
+    from recovery.audit.ops import Rejected
 
     spool.rejected.max_entries = 100
     bad = Op("attempt", "j", 1, {"n": 1})

@@ -191,7 +191,8 @@ def test_the_quarantine_is_capped_too_and_keeps_its_reasons_in_the_archive(
         shop: Callable[..., Runtime], redis_client: redis.Redis) -> None:
     from cryptography.fernet import Fernet
 
-    from recovery.dlq.store import QUARANTINE_QUEUE, QuarantineRecord, decode_entry, publish_record
+    from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord, publish_record
+    from recovery.dlq.store import decode_entry
 
     key = Fernet.generate_key().decode()
     rt = shop(DLQ_MAX_ENTRIES="2", RECOVERY_ENCRYPTION_KEYS=key)

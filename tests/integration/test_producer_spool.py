@@ -8,10 +8,12 @@ from structlog.testing import capture_logs
 
 import recovery
 from recovery.audit import AuditWriter
+from recovery.audit.ops import decode_ops, next_seq
 from recovery.audit.queries import get_job
 from recovery.audit.spool import AuditBatcher, RedisSpool
-from recovery.audit.sql import decode_ops, next_seq
+from recovery.core.message import JobSpec
 from recovery.demo.faultserver import FaultServer
+from recovery.engine.producer_runtime import build_producer_runtime
 from recovery.engine.runtime import get_runtime
 from tests.integration.test_audit_batch import DEAD_REDIS, call, started
 from tests.integration.test_job_flow import integration, queue_depth
@@ -60,9 +62,9 @@ def test_a_spooled_queued_row_behind_a_fast_workers_rows_hides_none_of_its_progr
     worker.attempt(call(job_id, 1, http_status=200))
     worker.job_status(job_id, "succeeded", attempts=1, last_status=200, finished=True)
     assert worker.commit()  # the worker's rows are in the spool first
-    producer = AuditWriter(runtime.engine, spool=spool)
-    assert producer.job_queued(job_id, "shop", "GET", "/x", {}, "k", seq=queued_seq,
-                               spooled=True)
+    producer = build_producer_runtime(runtime.settings, runtime.registry, redis_client)
+    assert producer.record_queued(JobSpec(job_id, "shop", "GET", "/x", idempotency_key="k"),
+                                  queued_seq)
     kinds = [kind for kind, _, _ in spooled_ops(redis_client, spool.key)]
     assert kinds == ["job_started", "attempt", "job_status", "job_queued"]
 
@@ -73,18 +75,21 @@ def test_a_spooled_queued_row_behind_a_fast_workers_rows_hides_none_of_its_progr
     assert (job["status"], job["attempt_count"]) == ("succeeded", 1)
 
 
-def test_a_spool_that_refuses_the_row_means_it_is_written_at_once(
+def test_a_spool_that_refuses_the_row_leaves_the_enqueue_done_and_the_row_to_the_worker(
         configure, upstream: FaultServer) -> None:
+    """The producer has no database connection: a "queued" row Redis refuses is logged, not
+    written, and the enqueue still succeeds (the worker's first write creates the row)."""
     configure([integration(upstream.url)])
     runtime = get_runtime()
     dead = redis.Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.5)
-    producer = AuditWriter(runtime.engine, spool=RedisSpool(dead, "nowhere:"))
+    producer = build_producer_runtime(runtime.settings, runtime.registry, dead)
     with capture_logs() as logs:
-        assert producer.job_queued("spool-down-job", "shop", "GET", "/x", {}, "k",
-                                   seq=next_seq(), spooled=True)
-    job = get_job(runtime.engine, "spool-down-job")
-    assert job is not None and job["status"] == "queued"
-    assert [entry["event"] for entry in logs] == ["audit_spool_unavailable"]
+        recorded = producer.record_queued(JobSpec("spool-down-job", "shop", "GET", "/x"),
+                                          next_seq())
+    assert recorded is False
+    assert get_job(runtime.engine, "spool-down-job") is None
+    assert [(entry["event"], entry["job_id"]) for entry in logs] == [
+        ("audit_queued_not_spooled", "spool-down-job")]
     dead.close()
 
 

@@ -103,6 +103,24 @@ def test_every_scheduled_task_is_a_task_of_the_real_app() -> None:
     assert names <= set(app.tasks)
 
 
+def test_beat_loads_the_registrys_schedule_through_the_apps_scheduler(tmp_path: Path) -> None:
+    """`celery -A recovery.celery_app beat` takes `beat_scheduler` from the app (no `-S`):
+    its scheduler sets the schedule up from the registry when beat starts."""
+    from celery.utils.imports import symbol_by_name
+
+    from recovery.celery_app import app
+
+    scheduler = symbol_by_name(app.conf.beat_scheduler)(
+        app=app, schedule_filename=str(tmp_path / "schedule"))
+    try:
+        assert isinstance(scheduler, beat_schedule.Scheduler)
+        assert set(beat_schedule.beat_schedule) <= set(scheduler.schedule)
+        entry = scheduler.schedule["health-check:primary-api"]
+        assert (entry.task, entry.args) == ("tasks.health.check", ("primary-api",))
+    finally:
+        scheduler.close()
+
+
 def test_importing_the_schedule_guards_beat_against_a_second_instance() -> None:
     uids = [key[0] for key, _ in signals.beat_init.receivers]
 

@@ -136,9 +136,8 @@ def step_reprs(workflow: Workflow, run_id: str, step_id: str) -> dict[str, str]:
 
 
 def send_step(workflow: Workflow, run_id: str, step_id: str) -> None:
-    # Imported when a step is sent, like publish_job: the Celery app module wires the worker's
-    # signal handlers and sits outside the layers (setup.cfg [importlinter]).
-    from recovery.celery_app import app
+    # Imported when a step is sent, like publish_job: building a run must not load Celery.
+    from recovery.celery_base import app
 
     app.send_task(STEP_TASK, kwargs={"run_id": run_id, "step_id": step_id},
                   **step_reprs(workflow, run_id, step_id))
