@@ -443,7 +443,7 @@ def test_any_text_is_stored_rather_than_losing_the_write(
     writer: AuditWriter, engine: Engine, text: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shows_q = AuditPolicy.of(show_params=["q"])  # the integration's audit block shows q
-    monkeypatch.setattr("recovery.audit.writer.policy_for", lambda _: shows_q)
+    monkeypatch.setattr("recovery.audit.ops.policy_for", lambda _: shows_q)
     job_id = new_id()
     assert queue(writer, job_id, params={"q": value})
     assert writer.job_status(job_id, "failed", last_error=text, outcome=text)

@@ -177,7 +177,7 @@ def test_a_single_write_stores_what_the_portable_statements_store(engine: Engine
 def test_params_holding_a_nul_are_stored_by_a_batch_too(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     shows_q = AuditPolicy.of(show_params=["q"])  # the integration's audit block shows q
-    monkeypatch.setattr("recovery.audit.writer.policy_for", lambda _: shows_q)
+    monkeypatch.setattr("recovery.audit.ops.policy_for", lambda _: shows_q)
     job_id = new_id()
     batched = AuditWriter(engine, batcher=AuditBatcher(engine, interval_s=60))
     with capture_logs() as logs:
