@@ -91,9 +91,10 @@ class Gate:
             Link("breaker_record", replace(record, on_reply=breaker.recorded))]
         links.append(Link("idempotency_release", self._idempotency.release_call(
             integration.id, key, holder, job_id, succeeded=success)))
-        spools = audit is not None and self._fold_audit
-        if audit is not None and spools:
+        spools = False
+        if audit is not None and self._fold_audit:
             links.append(Link("audit_spool", audit))
+            spools = True
 
         def combined() -> bool:
             assert self._scripts is not None
