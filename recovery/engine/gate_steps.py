@@ -27,6 +27,7 @@ RATE_LIMITED = "the integration's rate limit is full or paused"
 BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
 
 T = TypeVar("T")
+BreakerAnswer = Permit | BreakerOpenError  # a permit, or the refusal acquire would raise
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,11 @@ class Step(ABC, Generic[T]):
     go_on: ClassVar[str] = "any"  # the test of its reply in `lua/chain.lua`
 
     def applies(self, entry: Entry) -> bool:
+        """Whether this delivery takes the step at all (on both paths alike)."""
         return True
 
     def test_arg(self, entry: Entry) -> ScriptArg:
+        """The argument of its `go_on` test (the claim's: the poison limit)."""
         return ""
 
     @abstractmethod
@@ -124,6 +127,9 @@ class Step(ABC, Generic[T]):
 
 
 class ClaimStep(Step[ClaimResult]):
+    """The key claimed and the delivery counted: a key that succeeded already, a key another
+    delivery holds, or a message delivered too often goes no further."""
+
     name = "idempotency_claim"
     go_on = "claimed"
 
@@ -171,6 +177,8 @@ class RetryChargeStep(Step[float]):
 
 
 class RateLimitStep(Step[float]):
+    """A slot of the integration's rate limit, or how long until one is free."""
+
     name = "rate_limit"
     go_on = "zero"
 
@@ -186,12 +194,13 @@ class RateLimitStep(Step[float]):
         return progress.refused(Block("rate-limit", value, RATE_LIMITED)) if value > 0 else None
 
 
-class BreakerStep(Step["Permit | BreakerOpenError"]):
+class BreakerStep(Step[BreakerAnswer]):
+    """The breaker's permit (a probe's while half-open), or how long it stays open."""
+
     name = "breaker_acquire"
     go_on = "granted"
 
-    def plan(self, entry: Entry) -> Planned[Permit | BreakerOpenError] | Known[
-            Permit | BreakerOpenError] | None:
+    def plan(self, entry: Entry) -> Planned[BreakerAnswer] | Known[BreakerAnswer] | None:
         breaker = entry.breaker
         acquire = breaker.acquire_call()
         if acquire is not None:
@@ -202,11 +211,10 @@ class BreakerStep(Step["Permit | BreakerOpenError"]):
         # moment ago, and it decides in this process.
         return None if breaker.config.enabled else Known(breaker.acquire())
 
-    def run(self, entry: Entry) -> Permit | BreakerOpenError:
+    def run(self, entry: Entry) -> BreakerAnswer:
         return _permit(entry.breaker.acquire)
 
-    def judge(self, entry: Entry, value: Permit | BreakerOpenError,
-              progress: Progress) -> Admission | None:
+    def judge(self, entry: Entry, value: BreakerAnswer, progress: Progress) -> Admission | None:
         if isinstance(value, BreakerOpenError):
             return progress.refused(Block("breaker", value.retry_after_s, str(value)))
         progress.permit = value
@@ -236,7 +244,7 @@ ENTER_STEPS: tuple[Step[Any], ...] = (ClaimStep(), RetryChargeStep(), RateLimitS
                                       BreakerStep(), FirstAttemptStep())
 
 
-def _permit(acquire: Callable[[], Permit]) -> Permit | BreakerOpenError:
+def _permit(acquire: Callable[[], Permit]) -> BreakerAnswer:
     try:
         return acquire()
     except BreakerOpenError as exc:
