@@ -38,7 +38,7 @@ class FaultHTTPServer(ThreadingHTTPServer):
         self.fault = fault
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, FaultHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -58,7 +58,10 @@ class FaultHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class FaultHandler(BaseHTTPRequestHandler):
+    """One connection's requests: API calls answered as the `FaultServer` decides, /_control
+    calls applied to it."""
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else every kept-alive response waits ~40 ms for an ACK
     server: FaultHTTPServer
