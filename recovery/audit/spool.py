@@ -1,6 +1,6 @@
 """Where audit writes wait between a worker and PostgreSQL.
 
-`AuditBatcher` buffers job and attempt writes (`recovery.audit.ops.Op`) in memory. At every
+`AuditBatcher` buffers job and attempt writes (`recovery.audit.sql.Op`) in memory. At every
 commit point (`commit`: a Celery task ends, before its message is acknowledged), every second,
 and whenever 500 ops are waiting, the buffer moves to the Redis stream ``{prefix}audit:spool``
 in one XADD. A background thread per process drains the stream into PostgreSQL every second,

@@ -5,7 +5,7 @@ here ever raises: a failed write is logged (``audit_write_failed``) and reported
 False, and the job carries on. Free text and request details are redacted again on the way in,
 so a caller that forgot cannot put a secret into the database.
 
-Job and attempt writes become `recovery.audit.ops.Op` values: written at once, or, in Celery
+Job and attempt writes become `recovery.audit.sql.Op` values: written at once, or, in Celery
 workers, buffered and written in batches by `recovery.audit.spool.AuditBatcher`, which spools
 them to Redis while the database is away (see those modules).
 """
@@ -106,7 +106,7 @@ class AuditWriter:
         queues a finished job again. A replay that a worker already picked up (the message is
         published before this write) stays running.
 
-        ``seq`` (`recovery.audit.ops.next_seq`) orders this write among the job's others: a
+        ``seq`` (`recovery.audit.sql.next_seq`) orders this write among the job's others: a
         producer that publishes first takes it before publishing, so a worker's writes, even
         if they reach the database later, outrank "queued".
 
