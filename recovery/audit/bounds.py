@@ -1,6 +1,6 @@
 """The bounds of the audit spool and of the stream of rows the database can never take.
 
-The spool (`recovery.audit.spool_stream.RedisSpool`) grows while PostgreSQL is away. It is capped at
+The spool (`recovery.audit.spool.RedisSpool`) grows while PostgreSQL is away. It is capped at
 AUDIT_SPOOL_MAX_ENTRIES entries (an entry holds one commit's ops, up to 500), far above what a
 long outage writes, so that a Redis running with ``maxmemory-policy noeviction`` never fills
 up with audit rows and starts refusing the broker's writes. Nothing is trimmed silently: the

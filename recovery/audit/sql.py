@@ -1,8 +1,11 @@
-"""Writing audit ops (`recovery.audit.ops.Op`): one at a time, or a batch in one transaction.
+"""Audit writes as data (`Op`), and writing a batch of them in one transaction.
 
-Writing an op twice changes nothing: attempts carry a unique ``dedupe_key`` (ON CONFLICT DO
-NOTHING), and every job write carries ``seq``, stored in ``jobs.status_seq``, so a write never
-overwrites a newer one, whatever order the two reach the database in.
+The four writes every delivery makes (job_queued, job_started, job_status, attempt) become an
+`Op`: plain JSON-ready data, already redacted, so one op can be written at once, buffered and
+written in a batch, or parked in the Redis spool and replayed later. Writing an op twice changes
+nothing: attempts carry a unique ``dedupe_key`` (ON CONFLICT DO NOTHING), and every job write
+carries ``seq``, a per-process monotonic sequence stored in ``jobs.status_seq``, so a write
+never overwrites a newer one, whatever order the two reach the database in.
 
 On PostgreSQL a batch runs as a few set-based statements over unnest(...) arrays: job writes in
 rounds (`rounds`), then every attempt in one INSERT. Attempts commute with job writes (they only
@@ -12,10 +15,15 @@ databases (SQLite, for the demo) run the SQLAlchemy statements one by one.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -31,14 +39,13 @@ from recovery.audit.failures import (
     sqlstate,
 )
 from recovery.audit.models import TERMINAL_STATUSES, Attempt, Job
-from recovery.audit.ops import Op
-from recovery.audit.ops import next_seq as next_seq  # still imported from here by the producer
 
 log = structlog.get_logger(__name__)
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
 
+OP_KINDS = frozenset({"job_queued", "job_started", "job_status", "attempt"})
 CREATES_JOB = frozenset({"job_queued", "job_started"})
 JOB_STATUS_FIELDS = ("attempts", "deferrals", "outcome", "strategy", "fallback_used",
                      "last_status", "last_error")
@@ -58,6 +65,88 @@ class Rejected:
 
 
 Reject = Callable[[list[Rejected]], None]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One audit write. ``values`` is JSON-ready: times are ISO 8601 strings in UTC."""
+
+    kind: str
+    job_id: str
+    seq: int
+    values: Mapping[str, Any]
+    born: float = field(default_factory=time.time)  # when made; bounds how long an orphan waits
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.kind, "j": self.job_id, "s": self.seq, "v": dict(self.values),
+                "b": self.born}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Op:
+        """Rebuild an op from `to_json` output; ValueError names what is wrong."""
+        try:
+            op = cls(kind=data["k"], job_id=data["j"], seq=data["s"], values=data["v"],
+                     born=float(data["b"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"A spooled audit op is malformed ({exc!r}); it is skipped.") from exc
+        if (op.kind not in OP_KINDS or not isinstance(op.job_id, str)
+                or not isinstance(op.seq, int) or not isinstance(op.values, dict)):
+            raise ValueError(f"A spooled audit op is malformed: kind {op.kind!r}; it is skipped.")
+        return op
+
+
+def encode_ops(ops: Iterable[Op]) -> str:
+    return json.dumps([op.to_json() for op in ops], separators=(",", ":"))
+
+
+def decode_ops(payload: str | bytes) -> list[Op]:
+    """The ops of one spool entry; ValueError when the entry is not a list of ops."""
+    try:
+        items = json.loads(payload)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"A spooled audit entry is not JSON ({exc}); it is skipped.") from exc
+    if not isinstance(items, list):
+        raise ValueError("A spooled audit entry is not a list of ops; it is skipped.")
+    return [Op.from_json(item) for item in items]
+
+
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def next_seq() -> int:
+    """Microseconds since the epoch, strictly increasing within this process.
+
+    Deliveries of one job are milliseconds apart at least (a broker round trip), so on one
+    host, and across hosts whose clocks agree to within that, later writes get larger numbers.
+    """
+    global _last_seq
+    with _seq_lock:
+        _last_seq = max(time.time_ns() // 1000, _last_seq + 1)
+        return _last_seq
+
+
+_key_lock = threading.Lock()
+_key_state: tuple[int, str, Iterator[int]] = (0, "", iter(()))
+
+
+def new_dedupe_key() -> str:
+    """A key no other attempt has: a random prefix per process and a counter.
+
+    Cheaper than a uuid4 per row; the prefix is drawn again in a forked child.
+    """
+    global _key_state
+    with _key_lock:
+        pid, prefix, counter = _key_state
+        if pid != os.getpid():
+            _key_state = pid, prefix, counter = os.getpid(), uuid.uuid4().hex, itertools.count()
+        return f"{prefix}-{next(counter)}"
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC; a naive datetime is taken to be UTC already."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat()
 
 
 def _when(value: str) -> datetime:

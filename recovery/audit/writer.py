@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, update
 
 from recovery.audit.bounds import DEFAULT_MAX_ENTRIES
-from recovery.audit.failures import describe, is_data_error, is_kept, sqlstate
+from recovery.audit.failures import is_data_error
 from recovery.audit.models import (
     Alert,
     AttemptDecision,
@@ -34,10 +34,19 @@ from recovery.audit.models import (
     HealthCheck,
     JobStatus,
 )
-from recovery.audit.ops import Op, new_dedupe_key, next_seq, utc_iso
-from recovery.audit.spool import AuditBatcher, batching_enabled
-from recovery.audit.spool_stream import RedisSpool, SpoolUnavailable
-from recovery.audit.sql import Rejected, dialect_insert, execute_op
+from recovery.audit.spool import AuditBatcher, RedisSpool, SpoolUnavailable, batching_enabled
+from recovery.audit.sql import (
+    Op,
+    Rejected,
+    describe,
+    dialect_insert,
+    execute_op,
+    is_kept,
+    new_dedupe_key,
+    next_seq,
+    sqlstate,
+    utc_iso,
+)
 from recovery.core.redact import policy_for, redact_params, redact_text, redact_url
 
 __all__ = ["AttemptRecord", "AuditWriter", "DeadLetterRecord", "make_audit_writer"]

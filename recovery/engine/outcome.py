@@ -31,7 +31,7 @@ import sqlalchemy.exc
 import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from recovery.audit.spool_stream import SpoolUnavailable
+from recovery.audit.spool import SpoolUnavailable
 from recovery.audit.sql import DatabaseUnavailable
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress

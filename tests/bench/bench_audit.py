@@ -35,8 +35,7 @@ from sqlalchemy import Engine, func, select  # noqa: E402
 from recovery.audit import AttemptRecord, AuditWriter  # noqa: E402
 from recovery.audit.db import make_engine, upgrade  # noqa: E402
 from recovery.audit.models import Attempt  # noqa: E402
-from recovery.audit.spool import AuditBatcher  # noqa: E402
-from recovery.audit.spool_stream import RedisSpool  # noqa: E402
+from recovery.audit.spool import AuditBatcher, RedisSpool  # noqa: E402
 
 NOW = datetime.now(UTC)
 PREFIX = f"bench-{uuid.uuid4().hex[:8]}:"

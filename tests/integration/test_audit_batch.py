@@ -30,10 +30,15 @@ from structlog.testing import capture_logs
 from recovery.audit import AttemptRecord, AuditWriter, db
 from recovery.audit import spool as spool_module
 from recovery.audit.models import Attempt, Job
-from recovery.audit.ops import Op, next_seq, utc_iso
-from recovery.audit.spool import AuditBatcher, enable_batching
-from recovery.audit.spool_stream import RedisSpool
-from recovery.audit.sql import execute_op, execute_op_portable, write_batch
+from recovery.audit.spool import AuditBatcher, RedisSpool, enable_batching
+from recovery.audit.sql import (
+    Op,
+    execute_op,
+    execute_op_portable,
+    next_seq,
+    utc_iso,
+    write_batch,
+)
 from recovery.audit.writer import make_audit_writer
 from recovery.core.redact import AuditPolicy
 from tests.integration._db import PG_ADMIN_URL, database
@@ -424,8 +429,7 @@ from datetime import UTC, datetime
 import redis
 from recovery.audit import db
 from recovery.audit import AttemptRecord, AuditWriter
-from recovery.audit.spool import AuditBatcher
-from recovery.audit.spool_stream import RedisSpool
+from recovery.audit.spool import AuditBatcher, RedisSpool
 
 url, redis_url, prefix, job_id = sys.argv[1:]
 engine = db.make_engine(url)

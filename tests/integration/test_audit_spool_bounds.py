@@ -17,9 +17,8 @@ from structlog.testing import capture_logs
 
 from recovery.audit import AuditWriter, db
 from recovery.audit.models import Attempt, Job
-from recovery.audit.ops import Op, next_seq, utc_iso
-from recovery.audit.spool import AuditBatcher
-from recovery.audit.spool_stream import RedisSpool
+from recovery.audit.spool import AuditBatcher, RedisSpool
+from recovery.audit.sql import Op, next_seq, utc_iso
 from recovery.telemetry.alerts import Alerter, set_alerter
 from tests.integration._db import PG_ADMIN_URL, postgres_database
 from tests.integration.test_audit_batch import T0, new_id, scenario

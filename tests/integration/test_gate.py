@@ -397,9 +397,8 @@ def test_a_disabled_breaker_is_left_out_of_the_script(rig_for: Callable[..., Rig
 
 def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
                                                    client: redis.Redis) -> None:
-    from recovery.audit.ops import Op, decode_ops
-    from recovery.audit.spool import AuditBatcher
-    from recovery.audit.spool_stream import RedisSpool
+    from recovery.audit.spool import AuditBatcher, RedisSpool
+    from recovery.audit.sql import Op, decode_ops
 
     shop = make_integration()
     rig = rig_for(shop)
@@ -424,9 +423,8 @@ def test_audit_rows_ride_on_the_settle_round_trip(rig_for: Callable[..., Rig],
 
 
 def test_audit_rows_go_back_to_the_buffer_when_the_settle_cannot_run() -> None:
-    from recovery.audit.ops import Op
-    from recovery.audit.spool import AuditBatcher
-    from recovery.audit.spool_stream import RedisSpool
+    from recovery.audit.spool import AuditBatcher, RedisSpool
+    from recovery.audit.sql import Op
 
     shop = make_integration()
     dead = redis_client("redis://127.0.0.1:1/0")

@@ -225,8 +225,7 @@ def _guarded(url: str) -> list[dict[str, Any]]:
 
 def _audited_jobs() -> list[dict[str, Any]]:
     from recovery.audit.queries import list_jobs
-    from recovery.audit.spool import AuditBatcher
-    from recovery.audit.spool_stream import RedisSpool
+    from recovery.audit.spool import AuditBatcher, RedisSpool
 
     runtime = get_runtime()
     assert runtime.redis is not None  # the producer's rows wait in the spool: drain it here

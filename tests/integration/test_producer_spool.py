@@ -8,10 +8,9 @@ from structlog.testing import capture_logs
 
 import recovery
 from recovery.audit import AuditWriter
-from recovery.audit.ops import decode_ops, next_seq
 from recovery.audit.queries import get_job
-from recovery.audit.spool import AuditBatcher
-from recovery.audit.spool_stream import RedisSpool
+from recovery.audit.spool import AuditBatcher, RedisSpool
+from recovery.audit.sql import decode_ops, next_seq
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import get_runtime
 from tests.integration.test_audit_batch import DEAD_REDIS, call, started

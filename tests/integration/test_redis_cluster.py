@@ -24,8 +24,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 import recovery
-from recovery.audit.ops import Op
-from recovery.audit.spool_stream import RedisSpool
+from recovery.audit.spool import RedisSpool
+from recovery.audit.sql import Op
 from recovery.config.broker import push_dead_letter
 from recovery.config.registry import Integration
 from recovery.config.settings import load_settings

@@ -10,8 +10,8 @@ from typing import Any
 import redis
 
 import recovery
-from recovery.audit.ops import decode_ops
 from recovery.audit.queries import get_job, list_jobs
+from recovery.audit.sql import decode_ops
 from recovery.demo.faultserver import FaultServer
 from recovery.engine.runtime import get_runtime
 from tests.integration.test_job_flow import integration
