@@ -18,55 +18,28 @@ POST /_reset. As a process: python -m recovery.demo.faultserver --port 8080
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import secrets
 import signal
 import socket
-import struct
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-MODES = ("ok", "5xx", "429", "slow", "reset", "auth", "drip", "huge", "down")
-STREAMING_MODES = ("drip", "huge")
-SCRIPT_WORDS = ("ok", "slow", "reset")
-CONTROL_KEYS = ("mode", "status", "retry_after_s", "delay_ms", "token", "for_ms", "script",
-                "revoke_tokens", "interval_ms", "drip_bytes", "size_bytes", "declare_length",
-                "retry_after")
-REDIRECT_TARGET = "http://redirect.invalid/moved"
-_OPTION_KEYS = ("status", "retry_after_s", "delay_ms", "token", "interval_ms", "drip_bytes",
-                "size_bytes", "declare_length", "retry_after")
-_STREAM_PIECE = 64 * 1024
-_NO_BODY = (204, 304)
-
-ScriptItem = int | str
-
-
-class FaultConfigError(ValueError):
-    """A mode, option or script given to the fault server is not valid."""
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """How the server answers API requests when no script entry is pending."""
-
-    mode: str = "ok"
-    status: int = 503  # the 5xx mode's status
-    retry_after_s: int = 1  # the Retry-After of every 429
-    delay_ms: int = 1000  # the slow mode's delay
-    token: str | None = None  # the auth mode's accepted bearer token
-    interval_ms: int = 200  # the drip mode's pause between bytes
-    drip_bytes: int = 300  # the drip mode's body length (60 s at the default interval)
-    size_bytes: int = 20 * 1024 * 1024  # the huge mode's body length
-    declare_length: bool = False  # huge: send Content-Length instead of chunks
-    retry_after: str | None = None  # 429: this Retry-After text as is (an HTTP date, a huge
-    #                                  number) instead of retry_after_s
+from recovery.demo.fault_http import FaultHTTPServer
+from recovery.demo.fault_modes import (
+    CONTROL_KEYS,
+    MODES,
+    OPTION_KEYS,
+    STREAMING_MODES,
+    Behaviour,
+    FaultConfigError,
+    ScriptItem,
+    behaviour_for,
+    check_int,
+    checked_script,
+)
 
 
 class FaultServer:
@@ -85,12 +58,12 @@ class FaultServer:
         self.host, self.port = host, port
         self.token_ttl_s = token_ttl_s
         self.client_secret = client_secret  # when set, /oauth/token checks it
-        self._initial = _behaviour(mode, options)
+        self._initial = behaviour_for(mode, options)
         self._lock = threading.Lock()
         self._listener_lock = threading.RLock()
         self._stopped = threading.Event()
         self._stopped.set()  # until start()
-        self._server: _Server | None = None
+        self._server: FaultHTTPServer | None = None
         self._timer: threading.Timer | None = None
         self._clear()
 
@@ -101,6 +74,20 @@ class FaultServer:
     @property
     def is_up(self) -> bool:
         return self._server is not None
+
+    @property
+    def behaviour(self) -> Behaviour:
+        """How API requests are answered now (when no script entry is pending)."""
+        return self._behaviour
+
+    @property
+    def stopped(self) -> bool:
+        """Whether stop() was called (streams and delays end early then)."""
+        return self._stopped.is_set()
+
+    def wait_stopped(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True as soon as stop() is called."""
+        return self._stopped.wait(seconds)
 
     def start(self) -> FaultServer:
         self._stopped.clear()
@@ -123,7 +110,7 @@ class FaultServer:
             self._cancel_timer()
             if self._server is not None or self._stopped.is_set():
                 return
-            server = _Server((self.host, self.port), self)
+            server = FaultHTTPServer((self.host, self.port), self)
             self.port = server.server_address[1]
             self._server = server
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -163,17 +150,17 @@ class FaultServer:
             allowed = ", ".join(CONTROL_KEYS)
             raise FaultConfigError(f"Unknown control keys {unknown}; use only {allowed}.")
         mode, for_ms = payload.get("mode"), payload.get("for_ms")
-        options = {key: payload[key] for key in _OPTION_KEYS if key in payload}
+        options = {key: payload[key] for key in OPTION_KEYS if key in payload}
         if (options or for_ms is not None) and mode is None:
             raise FaultConfigError("Options such as 'status' need a 'mode' in the same request.")
         if for_ms is not None and mode != "down":
             raise FaultConfigError("'for_ms' only applies to the mode 'down'.")
         if for_ms is not None:
-            _check_int("for_ms", for_ms, 1, 3_600_000)
+            check_int("for_ms", for_ms, 1, 3_600_000)
         behaviour = None
         if mode is not None and (mode != "down" or options):
-            behaviour = _behaviour(mode, options)
-        script = _checked_script(payload["script"]) if "script" in payload else None
+            behaviour = behaviour_for(mode, options)
+        script = checked_script(payload["script"]) if "script" in payload else None
         with self._lock:
             if script is not None:
                 self._script = deque(script)
@@ -231,7 +218,7 @@ class FaultServer:
             self._timer.cancel()
             self._timer = None
 
-    def _record(self, method: str, path: str, headers: Mapping[str, str],
+    def record_request(self, method: str, path: str, headers: Mapping[str, str],
                 peer: str, body: bytes = b"") -> dict[str, Any]:
         key = headers.get("Idempotency-Key") or headers.get("X-Idempotency-Key")
         with self._lock:
@@ -241,13 +228,13 @@ class FaultServer:
             self._records.append(record)
         return record
 
-    def _streaming(self, route: str) -> Behaviour | None:
+    def streaming(self, route: str) -> Behaviour | None:
         """The behaviour when the answer to `route` is a drip or huge body, else None."""
         with self._lock:
             behaviour = self._behaviour
         return behaviour if behaviour.mode in STREAMING_MODES and route != "/health" else None
 
-    def _decide(self, route: str, authorization: str | None) -> tuple[int | None, float]:
+    def decide(self, route: str, authorization: str | None) -> tuple[int | None, float]:
         """(status or None for a reset, delay in seconds) for one API or health request."""
         health = route == "/health"
         with self._lock:
@@ -270,14 +257,14 @@ class FaultServer:
             return False
         return token.strip() == behaviour.token or token.strip() in self._issued
 
-    def _finish(self, record: dict[str, Any], status: int | None, counted: bool) -> None:
+    def finish_request(self, record: dict[str, Any], status: int | None, counted: bool) -> None:
         with self._lock:
             record["status"] = "reset" if status is None else status
             key = record["idempotency_key"]
             if counted and key and status is not None and 200 <= status < 300:
                 self._successes[key] += 1
 
-    def _issue_token(self, form: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
+    def issue_token(self, form: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
         if form.get("grant_type", [""])[0] != "client_credentials":
             return 400, {"error": "unsupported_grant_type"}
         secret = form.get("client_secret", [""])[0]
@@ -289,249 +276,6 @@ class FaultServer:
             self._issued.add(token)
         return 200, {"access_token": token, "token_type": "Bearer",
                      "expires_in": self.token_ttl_s}
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # socketserver listens with a backlog of 5: a pool of 64+ threads connecting at once
-    # would see SYNs dropped and retried a second later, which is not what we simulate.
-    request_queue_size = 1024
-
-    def __init__(self, address: tuple[str, int], fault: FaultServer) -> None:
-        self.fault = fault
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self, keep: socket.socket | None) -> None:
-        with self.connections_lock:
-            doomed = [sock for sock in self.connections if sock is not keep]
-        for sock in doomed:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else every kept-alive response waits ~40 ms for an ACK
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def do_GET(self) -> None:
-        try:
-            body = self._read_body()
-        except ValueError:
-            self.close_connection = True
-            self._reply(400, {"error": "Send the body with a valid Content-Length (not chunked)."})
-            return
-        fault = self.server.fault
-        route = urlsplit(self.path).path
-        if route.startswith("/_"):
-            self._control(fault, route, body)
-            return
-        peer = "{}:{}".format(*self.client_address[:2])
-        record = fault._record(self.command, self.path, dict(self.headers.items()), peer, body)
-        if route == "/oauth/token" and self.command == "POST":
-            code, payload = fault._issue_token(parse_qs(body.decode("utf-8", "replace")))
-            fault._finish(record, code, counted=False)
-            self._reply(code, payload)
-            return
-        status: int | None
-        status, delay_s = fault._decide(route, self.headers.get("Authorization"))
-        if delay_s and fault._stopped.wait(delay_s):
-            status = None
-        fault._finish(record, status, counted=route != "/health")
-        streaming = fault._streaming(route) if status == 200 else None
-        if status is None:
-            self._reset_connection()
-        elif streaming is not None and self.command != "HEAD":
-            self._stream(fault, streaming)
-        else:
-            self._reply(status, self._payload(status, route, record, body),
-                        self._extra_headers(status, fault))
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def _control(self, fault: FaultServer, route: str, body: bytes) -> None:
-        if (self.command, route) == ("GET", "/_requests"):
-            self._reply(200, fault.requests())
-        elif (self.command, route) == ("GET", "/_stats"):
-            self._reply(200, fault.stats())
-        elif (self.command, route) == ("POST", "/_reset"):
-            fault.reset()
-            self._reply(200, fault.stats())
-        elif (self.command, route) == ("POST", "/_control"):
-            try:
-                payload = json.loads(body or b"{}")
-                if not isinstance(payload, dict):
-                    raise FaultConfigError("The control body must be a JSON object.")
-                fault.configure(payload, keep=self.connection)
-            except (ValueError, TypeError) as exc:  # FaultConfigError and bad JSON
-                self._reply(400, {"error": str(exc)})
-                return
-            self.close_connection = not fault.is_up
-            self._reply(200, fault.stats())
-        else:
-            self._reply(404, {"error": f"No control endpoint {self.command} {route}."})
-
-    def _payload(self, status: int, route: str, record: Mapping[str, Any], body: bytes) -> Any:
-        if 200 <= status < 300 and route == "/health":
-            return {"status": "ok"}
-        if 200 <= status < 300:
-            return {"ok": True, "path": self.path, "method": self.command,
-                    "idempotency_key": record["idempotency_key"], "n": record["n"],
-                    "json": _json_or_none(body)}
-        return {"error": self.responses.get(status, ("Error",))[0], "status": status}
-
-    def _extra_headers(self, status: int, fault: FaultServer) -> dict[str, str]:
-        if status == 429:
-            behaviour = fault._behaviour
-            return {"Retry-After": behaviour.retry_after or str(behaviour.retry_after_s)}
-        if status == 401:
-            return {"WWW-Authenticate": 'Bearer realm="faultserver"'}
-        if 300 <= status < 400:
-            return {"Location": REDIRECT_TARGET}
-        return {}
-
-    def _reply(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
-        data = b"" if status in _NO_BODY else json.dumps(payload).encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if status not in _NO_BODY:
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _stream(self, fault: FaultServer, behaviour: Behaviour) -> None:
-        """A drip or huge 200; a client that hangs up ends it (and the connection) quietly."""
-        self.close_connection = True
-        try:
-            if behaviour.mode == "drip":
-                self._drip(fault, behaviour)
-            else:
-                self._huge(fault, behaviour)
-        except OSError:  # the client gave up: exactly what these modes provoke
-            return
-
-    def _drip(self, fault: FaultServer, behaviour: Behaviour) -> None:
-        total = max(behaviour.drip_bytes, 2)
-        body = b" " * (total - 2) + b"{}"  # leading spaces keep the finished body valid JSON
-        self._stream_headers({"Content-Length": str(total)})
-        for index in range(total):
-            if fault._stopped.wait(behaviour.interval_ms / 1000):
-                return
-            self.wfile.write(body[index:index + 1])
-            self.wfile.flush()
-
-    def _huge(self, fault: FaultServer, behaviour: Behaviour) -> None:
-        size = max(behaviour.size_bytes, 2)
-        declared = behaviour.declare_length
-        self._stream_headers({"Content-Length": str(size)} if declared
-                             else {"Transfer-Encoding": "chunked"})
-        sent = 0
-        while sent < size and not fault._stopped.is_set():
-            piece = min(_STREAM_PIECE, size - sent)
-            data = (b'"' + b"x" * (piece - 1)) if sent == 0 else b"x" * piece
-            if sent + piece == size:
-                data = data[:-1] + b'"'  # the whole body is one JSON string
-            self.wfile.write(data if declared else b"%x\r\n%s\r\n" % (len(data), data))
-            sent += piece
-        if not declared:
-            self.wfile.write(b"0\r\n\r\n")
-
-    def _stream_headers(self, headers: Mapping[str, str]) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.flush()
-
-    def _reset_connection(self) -> None:
-        """Close with SO_LINGER 0, so the client sees a reset rather than an orderly close."""
-        self.close_connection = True
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.rfile.close()  # the socket only really closes once its file objects are closed
-        self.connection.close()
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise ValueError("chunked request bodies are not supported")
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-
-def _behaviour(mode: str, options: Mapping[str, Any]) -> Behaviour:
-    if mode == "down":
-        raise FaultConfigError("The mode 'down' takes no response options, only 'for_ms'.")
-    if mode not in MODES:
-        raise FaultConfigError(f"Unknown fault mode {mode!r}; use one of {', '.join(MODES)}.")
-    unknown = sorted(set(options) - set(_OPTION_KEYS))
-    if unknown:
-        raise FaultConfigError(f"Unknown options {unknown}; use {', '.join(_OPTION_KEYS)}.")
-    behaviour = replace(Behaviour(mode=mode), **options)
-    _check_int("status", behaviour.status, 400, 599)
-    _check_int("retry_after_s", behaviour.retry_after_s, 0, 86_400)
-    _check_int("delay_ms", behaviour.delay_ms, 0, 600_000)
-    _check_int("interval_ms", behaviour.interval_ms, 1, 60_000)
-    _check_int("drip_bytes", behaviour.drip_bytes, 2, 1_000_000)
-    _check_int("size_bytes", behaviour.size_bytes, 2, 1024 ** 3)
-    if behaviour.retry_after is not None and (
-            not isinstance(behaviour.retry_after, str) or not behaviour.retry_after.isprintable()
-            or not behaviour.retry_after.strip()):
-        raise FaultConfigError("'retry_after' must be a non-empty line of text, e.g. "
-                               "'Wed, 21 Oct 2125 07:28:00 GMT'.")
-    if not isinstance(behaviour.declare_length, bool):
-        raise FaultConfigError("'declare_length' must be true or false.")
-    if behaviour.token is not None and (not isinstance(behaviour.token, str)
-                                        or not behaviour.token.strip()):
-        raise FaultConfigError("'token' must be a non-empty string.")
-    return behaviour
-
-
-def _checked_script(items: Sequence[ScriptItem]) -> list[ScriptItem]:
-    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-        raise FaultConfigError("'script' must be a list such as [503, 503, 200].")
-    for item in items:
-        if isinstance(item, str):
-            if item not in SCRIPT_WORDS:
-                raise FaultConfigError(
-                    f"Script entry {item!r} is not valid; use a status or one of {SCRIPT_WORDS}."
-                )
-        else:
-            _check_int("a script status", item, 200, 599)
-    return list(items)
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise FaultConfigError(f"{name} must be a whole number {low}-{high}, got {value!r}.")
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body else None
-    except ValueError:
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,59 +1,40 @@
 """The Redis round trips of one delivery, folded into one before the call and one after it.
 
-Before the call, `Gate.enter` claims the idempotency key (counting the delivery), takes a
-rate-limit slot, gets a breaker permit and counts a first attempt for the retry budget, in one
-atomic script that stops at the first refusal, where the separate calls would have stopped.
-After the call, `Gate.settle` records the breaker outcome and releases the claim in one script.
-Each step runs its component's own script unchanged (`recovery.state.scripts`).
+Before the call, `Gate.enter` takes the steps of `gate_steps.ENTER_STEPS` (claim the
+idempotency key, charge a pending retry to the retry budget, take a rate-limit slot, get a
+breaker permit, count a first attempt) in one atomic script that stops at the first refusal,
+where the separate calls would have stopped. After the call, `Gate.settle` records the breaker
+outcome and releases the claim in one script. Each step runs its component's own script
+unchanged (`recovery.state.scripts.run_chain`).
 
-A retry waiting for the retry budget, a process without Redis, or Redis failing: the
-components are called one by one, as before, and each falls back to its in-process state the
-way it always has.
+A process without Redis, or Redis failing: the same steps are called one by one, and each
+component falls back to its in-process state the way it always has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from recovery.config.registry import Integration
-from recovery.core.policy import BlockSource
-from recovery.state import lua
-from recovery.state.breaker import BreakerOpenError, ClusterBreaker, Permit
-from recovery.state.budget import RetryBudget, spread_deferral
+from recovery.engine.gate_steps import (
+    ENTER_STEPS,
+    Admission,
+    Entry,
+    Known,
+    Planned,
+    Progress,
+    Step,
+)
+from recovery.state.breaker import ClusterBreaker, Permit
+from recovery.state.budget import RetryBudget
 from recovery.state.connection import is_cluster
-from recovery.state.idempotency import Claim, ClaimResult, IdempotencyStore
+from recovery.state.idempotency import IdempotencyStore
 from recovery.state.ratelimit import ClusterRateLimiter, RedisOutage
-from recovery.state.scripts import ScriptArg, ScriptCache, ScriptCall, combine
-
-RATE_LIMITED = "the integration's rate limit is full or paused"
-BUDGET_SPENT = "the integration's retry budget has no room for another retry yet"
-
-
-
-
-
-@dataclass(frozen=True)
-class Block:
-    """Why a delivery may not call now, and for how long (a retry-budget wait is already
-    spread, so deferred retries do not all come back at once)."""
-
-    source: BlockSource
-    wait_s: float
-    why: str
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What `enter` decided. Call the upstream only when `claim` is CLAIMED, the delivery count
-    is within the poison limit and `block` is None; then `permit` is the breaker's."""
-
-    claim: ClaimResult
-    block: Block | None = None
-    permit: Permit | None = None
+from recovery.state.scripts import Link, ScriptCache, ScriptCall, run_chain
 
 
 class Gate:
@@ -75,19 +56,16 @@ class Gate:
     def enter(self, integration: Integration, key: str, holder: str, claim_ttl_ms: int,
               delivery: str, *, first_attempt: bool, budget_pending: bool,
               max_deliveries: int) -> Admission:
-        """Claim, rate limit, breaker permit, budget: one round trip, or one call each when a
-        retry still has to be charged to the retry budget or Redis is not shared."""
-
-        def one_by_one() -> Admission:
-            return self._enter_one_by_one(integration, key, holder, claim_ttl_ms, delivery,
-                                          first_attempt, budget_pending, max_deliveries)
-
-        if budget_pending or not self._combinable():
-            return one_by_one()
-        return self._outage.run(
-            lambda: self._enter_combined(integration, key, holder, claim_ttl_ms, delivery,
-                                         first_attempt, max_deliveries),
-            one_by_one)
+        """Claim, retry charge, rate limit, breaker permit, first attempt: one round trip, or
+        one call each when Redis is not shared."""
+        entry = Entry(integration, key, holder, claim_ttl_ms, delivery, first_attempt,
+                      budget_pending, max_deliveries, self._idempotency, self._limiter,
+                      self._budget, self._breaker_for(integration))
+        steps = [step for step in ENTER_STEPS if step.applies(entry)]
+        if not self._combinable():
+            return _one_by_one(entry, steps, Progress())
+        return self._outage.run(lambda: self._enter_combined(entry, steps),
+                                lambda: _one_by_one(entry, steps, Progress()))
 
     def settle(self, integration: Integration, permit: Permit | None, key: str, holder: str,
                job_id: str, *, success: bool, counts: bool,
@@ -109,23 +87,22 @@ class Gate:
                                                                  counts=counts)
         if record is None and permit is not None:
             breaker.record(permit, success=success, counts=counts)  # breaker off, or local
-        steps: dict[str, ScriptCall] = {} if record is None else {"breaker_record": record}
-        steps["idempotency_release"] = self._idempotency.release_call(
-            integration.id, key, holder, job_id, succeeded=success)
-        if audit is not None and not self._fold_audit:
-            audit = None
-        if audit is not None:
-            steps["audit_spool"] = audit
-        header: list[ScriptArg] = ["1" if record is not None else "0",
-                                   "1" if audit is not None else "0"]
+        links = [] if record is None else [
+            Link("breaker_record", replace(record, on_reply=breaker.recorded))]
+        links.append(Link("idempotency_release", self._idempotency.release_call(
+            integration.id, key, holder, job_id, succeeded=success)))
+        spools = False
+        if audit is not None and self._fold_audit:
+            links.append(Link("audit_spool", audit))
+            spools = True
 
         def combined() -> bool:
-            reply = self._run("settle", lua.load("gate_settle"), steps, header)
-            if record is not None:
-                breaker.recorded(reply[0])
-            if audit is not None and audit.on_reply is not None:
-                audit.on_reply(reply[1])
-            return audit is not None
+            assert self._scripts is not None
+            for link, reply in zip(links, run_chain(self._scripts, "settle", links),
+                                   strict=True):
+                if link.call.on_reply is not None:
+                    link.call.on_reply(reply)
+            return spools
 
         return self._outage.run(combined, one_by_one)
 
@@ -137,75 +114,43 @@ class Gate:
     def _combinable(self) -> bool:
         return self._scripts is not None and self._idempotency.shared and self._limiter.shared
 
-    def _enter_combined(self, integration: Integration, key: str, holder: str,
-                        claim_ttl_ms: int, delivery: str, first_attempt: bool,
-                        max_deliveries: int) -> Admission:
-        breaker = self._breaker_for(integration)
-        acquire = breaker.acquire_call()
-        # None with the breaker on: Redis failed for it a moment ago and it decides in this
-        # process, after the script; the first attempt is counted only once it is granted.
-        decides_here = acquire is None and breaker.config.enabled
-        note = self._budget.note_call(integration.id, integration.retry_budget) if (
-            first_attempt and not decides_here) else None
-        steps: dict[str, ScriptCall] = {
-            "idempotency_claim": self._idempotency.claim_call(integration.id, key, holder,
-                                                              claim_ttl_ms, delivery),
-            "rate_limit": self._limiter.acquire_call(integration.id, integration.rate_limit),
-        }
-        if acquire is not None:
-            steps["breaker_acquire"] = acquire[0]
-        if note is not None:
-            steps["retry_budget"] = note
-        header: list[ScriptArg] = [max_deliveries, "1" if acquire else "0", "1" if note else "0"]
-        reply = self._run("enter", lua.load("gate_enter"), steps, header)
-        claim = self._idempotency.claim_result(reply[0])
-        if len(reply) == 1:
-            return Admission(claim)
-        wait_s = self._limiter.wait_s(reply[1])
-        if wait_s > 0:
-            return Admission(claim, Block("rate-limit", wait_s, RATE_LIMITED))
-        try:
-            permit = (breaker.permit_from(reply[2], acquire[1]) if acquire is not None
-                      else breaker.acquire())
-        except BreakerOpenError as exc:
-            return Admission(claim, Block("breaker", exc.retry_after_s, str(exc)))
-        if decides_here and first_attempt:
-            self._budget.note_first_attempt(integration.id, integration.retry_budget)
-        return Admission(claim, permit=permit)
-
-    def _enter_one_by_one(self, integration: Integration, key: str, holder: str,
-                          claim_ttl_ms: int, delivery: str, first_attempt: bool,
-                          budget_pending: bool, max_deliveries: int) -> Admission:
-        claim = self._idempotency.claim(integration.id, key, holder, claim_ttl_ms, delivery)
-        if claim.claim is not Claim.CLAIMED or claim.deliveries > max_deliveries:
-            return Admission(claim)
-        if budget_pending:
-            wait_s = self._budget.try_charge_retry(integration.id, integration.retry_budget)
-            if wait_s > 0:
-                return Admission(claim, Block("retry-budget", spread_deferral(
-                    wait_s, integration.retry_budget), BUDGET_SPENT))
-        wait_s = self._limiter.acquire(integration.id, integration.rate_limit)
-        if wait_s > 0:
-            return Admission(claim, Block("rate-limit", wait_s, RATE_LIMITED))
-        try:
-            permit = self._breaker_for(integration).acquire()
-        except BreakerOpenError as exc:
-            return Admission(claim, Block("breaker", exc.retry_after_s, str(exc)))
-        if first_attempt:
-            self._budget.note_first_attempt(integration.id, integration.retry_budget)
-        return Admission(claim, permit=permit)
-
-    def _run(self, name: str, driver: str, steps: dict[str, ScriptCall],
-             header: list[ScriptArg]) -> Any:
-        """Run `steps` (in the order the driver takes them) as one script."""
+    def _enter_combined(self, entry: Entry, steps: Sequence[Step[Any]]) -> Admission:
+        """The steps up to the first one this process must decide run in one script; their
+        replies are judged in order, then the steps left run one by one."""
+        plans: list[tuple[Step[Any], Planned[Any] | Known[Any]]] = []
+        links: list[Link] = []
+        for step in steps:
+            plan = step.plan(entry)
+            if plan is None:
+                break
+            plans.append((step, plan))
+            if isinstance(plan, Planned):
+                links.append(Link(step.name, plan.call, step.go_on, step.test_arg(entry)))
         assert self._scripts is not None
-        calls = list(steps.values())
-        counts = [n for call in calls for n in (len(call.keys), len(call.args))]
-        keys = [k for call in calls for k in call.keys]
-        args = [*header, *counts, *(a for call in calls for a in call.args)]
-        take = lua.render("gate_take", first_count=len(header) + 1,
-                          first_arg=len(header) + len(counts) + 1)
-        return self._scripts.run(f"{name}:{','.join(steps)}",
-                                 lambda: combine({n: c.source for n, c in steps.items()},
-                                                 take + driver),
-                                 keys, args)
+        replies = iter(run_chain(self._scripts, "enter", links))
+        progress = Progress()
+        for step, plan in plans:
+            if isinstance(plan, Known):
+                value = plan.value
+            else:
+                reply = next(replies, _STOPPED)
+                if reply is _STOPPED:
+                    raise RuntimeError(f"the gate's script stopped before {step.name}, but the "
+                                       "gate found no refusal in the replies before it")
+                value = plan.read(reply)
+            refusal = step.judge(entry, value, progress)
+            if refusal is not None:
+                return refusal
+        return _one_by_one(entry, steps[len(plans):], progress)
+
+
+_STOPPED = object()
+
+
+def _one_by_one(entry: Entry, steps: Sequence[Step[Any]], progress: Progress) -> Admission:
+    """Each step through its component, in order, up to the first refusal."""
+    for step in steps:
+        refusal = step.judge(entry, step.run(entry), progress)
+        if refusal is not None:
+            return refusal
+    return progress.admitted()

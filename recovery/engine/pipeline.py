@@ -43,7 +43,7 @@ from recovery.engine.events import (
     StatusChanged,
 )
 from recovery.engine.fallback import has_fallback, remember, response_body, run_fallbacks
-from recovery.engine.gate import BUDGET_SPENT
+from recovery.engine.gate_steps import BUDGET_SPENT
 from recovery.engine.http import send
 from recovery.engine.outcome import degraded, duplicate, succeeded
 from recovery.engine.runtime import Runtime

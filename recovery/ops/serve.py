@@ -40,7 +40,7 @@ from recovery.config.settings import Settings
 from recovery.core.redact import redact_text
 from recovery.engine.runtime import Runtime, build_runtime
 from recovery.state.connection import redis_client
-from recovery.telemetry import metrics
+from recovery.telemetry import exposition, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -204,8 +204,8 @@ def metrics_source(settings: Settings, rt: Runtime) -> Callable[[], bytes] | Non
     def breaker_states() -> dict[str, str]:
         return {i.id: rt.breaker(i).snapshot().state for i in rt.registry}
 
-    live = metrics.LiveStateCollector(breaker_states, lambda: broker_queue_depths(rt))
-    return lambda: metrics.render(store, live)
+    live = exposition.LiveStateCollector(breaker_states, lambda: broker_queue_depths(rt))
+    return lambda: exposition.render(store, live)
 
 
 def broker_queue_depths(rt: Runtime) -> dict[str, int]:

@@ -166,6 +166,18 @@ class RetryBudget:
             return None
         return self._call(integration_id, "note", config)
 
+    def charge_call(self, integration_id: str, config: RetryBudgetConfig) -> ScriptCall | None:
+        """The Redis script run of `try_charge_retry`, its reply for `charge_wait_s`; None when
+        the budget is off."""
+        if not config.enabled:
+            return None
+        return self._call(integration_id, "charge", config)
+
+    @staticmethod
+    def charge_wait_s(reply: Any) -> float:
+        """The seconds until there is room, from the reply of a charge (0.0: charged)."""
+        return float(reply) / 1000
+
     def note_first_attempt(
         self, integration_id: str, config: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
     ) -> None:
@@ -185,7 +197,7 @@ class RetryBudget:
         if not config.enabled:
             return 0.0
         return self._with_redis(
-            lambda: float(self._run(integration_id, "charge", config)) / 1000,
+            lambda: self.charge_wait_s(self._run(integration_id, "charge", config)),
             lambda: self._local.try_charge_retry(integration_id, config),
         )
 

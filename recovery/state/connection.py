@@ -16,6 +16,7 @@ the records (idempotency above all) where earlier versions wrote them.
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any, cast
 
 import redis
@@ -67,7 +68,14 @@ def _sentinel_master(target: redis_urls.RedisTarget) -> redis.Redis:
 
 def is_cluster(client: Any) -> bool:
     """Whether `client` speaks to a Redis Cluster."""
-    return isinstance(client, RedisCluster)
+    return _is_cluster_type(client.__class__)
+
+
+@cache
+def _is_cluster_type(kind: type) -> bool:
+    """Asked once per client class: `RedisCluster` is a typing Protocol underneath, which makes
+    every isinstance check against it slow, and the gate asks for each key it names."""
+    return issubclass(kind, RedisCluster)
 
 
 def integration_tag(client: Any, integration: str) -> str:

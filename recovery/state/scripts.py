@@ -3,8 +3,9 @@
 Each component (idempotency, rate limit, breaker, retry budget) owns a script and can describe
 one run of it as a `ScriptCall`. `combine` wraps each source, unchanged, as a Lua function of
 `(KEYS, ARGV)`, so inside it `KEYS` and `ARGV` are that step's own, and appends a driver that
-calls the steps in order and decides when to stop. The combined script runs atomically, like
-each of its parts.
+calls the steps in order and decides when to stop. `run_chain` does so with the one driver
+(`lua/chain.lua`): the steps in the order given, up to the first whose reply fails its `go_on`
+test. The combined script runs atomically, like each of its parts.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from hiredis import pack_command
 from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
+from recovery.state import lua
 from recovery.state.connection import is_cluster
 
 ScriptArg = str | int | float
@@ -51,6 +53,40 @@ def combine(steps: Mapping[str, str], driver: str) -> str:
         parts.append(f"local function {name}(KEYS, ARGV)\n{source}\nend\n")
     parts.append(driver)
     return "\n".join(parts)
+
+
+class Link(NamedTuple):
+    """One step of a chain: its function's name in the combined script (one name, one source
+    and one test, in every chain: the script is known by its steps' names), its run, and the
+    test of its reply that lets the chain go on (`go_on` in `lua/chain.lua`: any, zero,
+    granted, claimed), with that test's argument."""
+
+    name: str
+    call: ScriptCall
+    go_on: str = "any"
+    test_arg: ScriptArg = ""
+
+
+def run_chain(scripts: ScriptCache, label: str, links: Sequence[Link]) -> list[Any]:
+    """Run `links` in order as one script, stopping after the first whose reply fails its
+    test; the replies of the steps that ran (a step's nil reply is None)."""
+    keys: list[str] = []
+    args: list[ScriptArg] = []
+    step_args: list[ScriptArg] = []
+    for link in links:
+        keys += link.call.keys
+        args += (len(link.call.keys), len(link.call.args), link.test_arg)
+        step_args += link.call.args
+    args += step_args
+    name = f"{label}:{','.join([link.name for link in links])}"
+    replies: list[Any] = scripts.run(name, lambda: _chain_source(links), keys, args)
+    return replies
+
+
+def _chain_source(links: Sequence[Link]) -> str:
+    steps = ", ".join(f"{{ {link.name}, '{link.go_on}' }}" for link in links)
+    return combine({link.name: link.call.source for link in links},
+                   lua.render("chain", steps=f"{{ {steps} }}"))
 
 
 class ScriptCache:

@@ -8,7 +8,8 @@ all workers did, and the numbers survive a worker restart. An observation is one
 trip (HINCRBYFLOAT), and a failed one is logged and dropped: metrics never fail a job.
 
 State that has its own source of truth is read at scrape time instead of being pushed: the
-breaker state from `ClusterBreaker.snapshot()`, queue depths from the broker.
+breaker state from `ClusterBreaker.snapshot()`, queue depths from the broker
+(`recovery.telemetry.exposition` turns both into the Prometheus text).
 Without Redis (the demo's embedded mode) the numbers stay in the process. `METRICS_ENABLED=false`
 turns every observation into a no-op and `/metrics` off.
 """
@@ -21,19 +22,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 from prometheus_client.utils import floatToGoString
 
 from recovery.config.settings import get_settings
@@ -46,7 +40,6 @@ from recovery.telemetry.metric_labels import endpoint_label as endpoint_label  #
 log = structlog.get_logger(__name__)
 
 BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-BREAKER_STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 WARN_EVERY_S = 60.0
 FLUSH_INTERVAL_S = 1.0
 
@@ -331,93 +324,3 @@ def _warn(exc: Exception) -> None:
     if now - _last_warning >= WARN_EVERY_S:
         _last_warning = now
         log.warning("metrics_write_failed", error=str(exc), error_type=type(exc).__name__)
-
-
-# --- exposition -----------------------------------------------------------------------------
-
-
-class StoredCollector:
-    """Turns the stored hashes into Prometheus metric families."""
-
-    def __init__(self, store: MetricStore) -> None:
-        self._store = store
-
-    def collect(self) -> Iterator[Metric]:
-        for spec in SPECS.values():
-            fields = self._store.read(spec.name)
-            if spec.kind == "counter":
-                family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-                for field, value in sorted(fields.items()):
-                    family.add_metric(json.loads(field), value)
-                yield family
-            else:
-                yield _histogram_family(spec, fields)
-
-
-def _histogram_family(spec: Spec, fields: Mapping[str, float]) -> HistogramMetricFamily:
-    per_labels: dict[tuple[str, ...], dict[str, float]] = {}
-    width = len(spec.labels)
-    for field, value in fields.items():
-        parts = json.loads(field)
-        labels, kind, bound = tuple(parts[:width]), parts[width], parts[width + 1]
-        per_labels.setdefault(labels, {})[bound if kind == "le" else "sum"] = value
-    family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
-    for labels, counts in sorted(per_labels.items()):
-        running = 0.0
-        buckets: list[tuple[str, float]] = []
-        for bound in [floatToGoString(b) for b in BUCKETS] + ["+Inf"]:
-            running += counts.get(bound, 0.0)
-            buckets.append((bound, running))
-        family.add_metric(list(labels), buckets, counts.get("sum", 0.0))
-    return family
-
-
-class LiveStateCollector:
-    """Gauges read from their source of truth at scrape time: breakers and queue depths."""
-
-    def __init__(
-        self,
-        breaker_states: Callable[[], Mapping[str, str]],
-        queue_depths: Callable[[], Mapping[str, int]],
-        dlq_queue: str = "dlq",
-    ) -> None:
-        self._breaker_states = breaker_states
-        self._queue_depths = queue_depths
-        self._dlq_queue = dlq_queue
-
-    def collect(self) -> Iterator[Metric]:
-        breakers = GaugeMetricFamily(
-            "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            labels=("integration",))
-        for integration, state in sorted(_safely(self._breaker_states).items()):
-            if state in BREAKER_STATE_VALUES:
-                breakers.add_metric([integration], BREAKER_STATE_VALUES[state])
-        yield breakers
-        depths = _safely(self._queue_depths)
-        queues = GaugeMetricFamily("queue_depth", "Messages waiting in a broker queue.",
-                                   labels=("queue",))
-        for name, depth in sorted(depths.items()):
-            queues.add_metric([name], depth)
-        yield queues
-        if self._dlq_queue in depths:
-            yield GaugeMetricFamily("dlq_depth", "Jobs parked in the dead-letter queue.",
-                                    value=depths[self._dlq_queue])
-
-
-def _safely(read: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any]:
-    """A scrape shows what it can: a failing source is logged and left out."""
-    try:
-        return read()
-    except Exception as exc:
-        log.warning("metrics_source_failed", source=getattr(read, "__name__", "?"),
-                    error=str(exc), error_type=type(exc).__name__)
-        return {}
-
-
-def render(store: MetricStore, live: LiveStateCollector | None = None) -> bytes:
-    """The Prometheus text exposition of the stored metrics and, if given, the live gauges."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoredCollector(store))
-    if live is not None:
-        registry.register(live)
-    return generate_latest(registry)

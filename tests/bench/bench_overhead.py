@@ -125,7 +125,8 @@ def _steps() -> list[tuple[Any, str, str]]:
 def _disable(features: set[str]) -> None:
     """Remove whole costs (ablations): what throughput would be without them."""
     from recovery.audit.writer import AuditWriter
-    from recovery.engine.gate import Gate, Passage
+    from recovery.engine.gate import Gate
+    from recovery.engine.gate_steps import Admission
     from recovery.state.breaker import Permit
     from recovery.state.idempotency import Claim, ClaimResult
 
@@ -133,9 +134,9 @@ def _disable(features: set[str]) -> None:
         for name in ("job_started", "attempt", "job_status"):
             setattr(AuditWriter, name, lambda *_, **__: True)
     if "no-gates" in features:
-        Gate.enter = lambda _self, integration, *_, **__: Passage(  # type: ignore[method-assign]
+        Gate.enter = lambda _self, integration, *_, **__: Admission(  # type: ignore[method-assign]
             ClaimResult(Claim.CLAIMED, 1), permit=Permit(integration.id, False, None))
-        Gate.settle = lambda *_, **__: None  # type: ignore[method-assign]
+        Gate.settle = lambda *_, **__: False  # type: ignore[method-assign]
 
 
 def _install(features: set[str], out_dir: Path) -> None:
@@ -421,9 +422,9 @@ def upstream_main(argv: list[str]) -> None:
     connection the second waits for the client's delayed ACK, about 40 ms per request, which
     would hide everything else a pooled client does.
     """
-    from recovery.demo import faultserver
+    from recovery.demo import fault_http, faultserver
 
-    faultserver._Handler.disable_nagle_algorithm = True
+    fault_http.FaultHandler.disable_nagle_algorithm = True
     faultserver.main(argv)
 
 

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import redis
 
+from recovery.config.budget import RetryBudgetConfig
 from recovery.config.registry import BreakerConfig, Integration, RateLimitConfig, RetryConfig
-from recovery.engine.gate import Admission, Gate
+from recovery.engine.gate import Gate
+from recovery.engine.gate_steps import ENTER_STEPS, Admission
 from recovery.state.breaker import ClusterBreaker
 from recovery.state.budget import RetryBudget
 from recovery.state.connection import redis_client
@@ -71,16 +73,19 @@ class Rig:
         return self.breakers[integration.id]
 
     def enter(self, integration: Integration, key: str = "k1", holder: str = "job-1",
-              delivery: str = "job-1:0:1:0", *, first: bool = True,
+              delivery: str = "job-1:0:1:0", *, first: bool = True, pending: bool = False,
               max_deliveries: int = 3) -> Admission:
         return self.gate.enter(integration, key, holder, 10_000, delivery, first_attempt=first,
-                               budget_pending=False, max_deliveries=max_deliveries)
+                               budget_pending=pending, max_deliveries=max_deliveries)
 
     def rate_used(self, integration: Integration) -> int:
         return self.limiter.usage(integration.id, integration.rate_limit)["used"]
 
     def first_attempts(self, integration: Integration) -> int:
         return self.budget.usage(integration.id, integration.retry_budget)["first_attempts"]
+
+    def retries(self, integration: Integration) -> int:
+        return self.budget.usage(integration.id, integration.retry_budget)["retries"]
 
 
 @pytest.fixture
@@ -229,6 +234,75 @@ def test_the_combined_gate_decides_as_the_components_one_by_one(
     expected_claim = {"duplicate": Claim.SUCCEEDED, "legacy-duplicate": Claim.SUCCEEDED,
                       "busy": Claim.BUSY}.get(name, Claim.CLAIMED)
     assert outcomes[0]["claim"][0] is expected_claim
+
+
+NO_RETRIES = RetryBudgetConfig(ratio=0.0, floor=0)
+
+
+def _refused_by(step: str, rig: Rig, shop: Integration) -> Admission:
+    """A delivery that passes through every step (a budget charge pending, a first attempt to
+    count: the two never come together in a real job, but each adds its step), refused by
+    `step`."""
+    if step == "idempotency_claim":
+        rig.idempotency.claim(shop.id, "k1", "job-0", 10_000, "job-0:0:1:0")
+    elif step == "rate_limit":
+        rig.limiter.acquire(shop.id, shop.rate_limit)
+    elif step == "breaker_acquire":
+        rig.breaker(shop).force_open("test", duration_s=30)
+    return rig.enter(shop, pending=True)
+
+
+REFUSALS: dict[str, tuple[Integration, str | None, Claim]] = {
+    "idempotency_claim": (make_integration(), None, Claim.BUSY),
+    "retry_budget_charge": (replace(make_integration(), retry_budget=NO_RETRIES),
+                            "retry-budget", Claim.CLAIMED),
+    "rate_limit": (make_integration(max_requests=1), "rate-limit", Claim.CLAIMED),
+    "breaker_acquire": (make_integration(), "breaker", Claim.CLAIMED),
+}
+
+
+@pytest.mark.parametrize("step", [step.name for step in ENTER_STEPS if step.go_on != "any"])
+def test_whichever_step_refuses_both_paths_stop_there_alike(
+        step: str, rig_for: Callable[..., Rig]) -> None:
+    """Every step that can refuse (a new one needs a case in REFUSALS): the script's test of
+    its reply and the gate's reading of it agree, and nothing after it ran on either path."""
+    shop, source, claim = REFUSALS[step]
+    outcomes = []
+    for combined in (True, False):
+        rig = rig_for(shop, combined=combined)
+        passage = _refused_by(step, rig, shop)
+        block = passage.block
+        outcomes.append({
+            "claim": passage.claim.claim,
+            "block": None if block is None else (block.source, block.why, block.wait_s > 0),
+            "permit": passage.permit,
+            "rate used": rig.rate_used(shop),
+            "retries": rig.retries(shop),
+            "first attempts": rig.first_attempts(shop),
+            "probes": rig.breaker(shop).snapshot().probes_in_flight,
+        })
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0]["claim"] is claim and outcomes[0]["permit"] is None
+    assert (outcomes[0]["block"] or (None,))[0] == source
+    order = [s.name for s in ENTER_STEPS]
+    ran_after = {"rate used": "rate_limit", "retries": "retry_budget_charge"}
+    for counter, counting_step in ran_after.items():
+        if order.index(counting_step) > order.index(step):
+            assert outcomes[0][counter] == 0, f"{counting_step} ran after {step} refused"
+    assert outcomes[0]["first attempts"] == 0  # counted only once every step granted
+
+
+def test_a_pending_retry_is_charged_in_the_one_round_trip(rig_for: Callable[..., Rig]) -> None:
+    shop = make_integration()
+    for combined in (True, False):
+        rig = rig_for(shop, combined=combined)
+        rig.enter(shop, key="warm", holder="job-0", delivery="job-0:0:1:0", first=False,
+                  pending=True)  # loads the script
+        rig.sent.clear()
+        passage = rig.enter(shop, first=False, pending=True)
+        assert (rig.sent == ["EVALSHA"]) is combined
+        assert passage.permit is not None and passage.block is None
+        assert rig.retries(shop) == 2
 
 
 def test_failures_recorded_by_settle_open_the_breaker_once(rig_for: Callable[..., Rig]) -> None:

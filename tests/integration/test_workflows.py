@@ -20,7 +20,8 @@ from recovery.engine.runtime import get_runtime
 from recovery.engine.workflows import store
 from recovery.engine.workflows.runs import get_workflow, send_step
 from recovery.engine.workflows.store import StepOutcome, get_run
-from recovery.telemetry.metrics import RedisStore, render
+from recovery.telemetry.exposition import render
+from recovery.telemetry.metrics import RedisStore
 from tests.integration.conftest import wait_for_status
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import requests
 
-from recovery.demo.faultserver import FaultConfigError, FaultServer
+from recovery.demo.fault_modes import FaultConfigError
+from recovery.demo.faultserver import FaultServer
 
 TIMEOUT = (1.0, 2.0)
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from recovery.config.settings import reset_settings
-from recovery.telemetry import metric_labels, metrics
+from recovery.telemetry import exposition, metric_labels, metrics
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_calls_are_counted_by_integration_endpoint_method_and_status(
     metrics.observe_call("payments", "POST", "/orders/456", 201, 0.3)
     metrics.observe_call("payments", "GET", "/orders", "network", 1.5)
 
-    found = samples(metrics.render(store))
+    found = samples(exposition.render(store))
 
     labels = (("endpoint", "/orders/:id"), ("integration", "payments"), ("method", "POST"),
               ("status", "201"))
@@ -57,7 +57,7 @@ def test_duration_histogram_has_the_original_buckets_and_is_cumulative(
     for seconds in (0.05, 0.7, 0.7, 45.0):
         metrics.observe_call("crm", "GET", "/contacts", 200, seconds)
 
-    found = samples(metrics.render(store))
+    found = samples(exposition.render(store))
 
     base = (("endpoint", "/contacts"), ("integration", "crm"), ("method", "GET"))
     buckets = {le: found[("api_call_duration_seconds_bucket", tuple(sorted(
@@ -76,7 +76,7 @@ def test_recoveries_retries_and_health_checks_are_counted(store: metrics.MemoryS
     metrics.observe_retry_scheduled("crm", "retry-after")
     metrics.observe_health_check("crm", False)
 
-    found = samples(metrics.render(store))
+    found = samples(exposition.render(store))
 
     assert found[("error_recovery_attempts_total",
                   (("strategy", "network-retry"), ("success", "true")))] == 2
@@ -115,12 +115,12 @@ def test_a_failing_store_never_fails_the_caller(store: metrics.MemoryStore) -> N
 
 
 def test_live_gauges_show_breaker_states_and_queue_depths(store: metrics.MemoryStore) -> None:
-    live = metrics.LiveStateCollector(
+    live = exposition.LiveStateCollector(
         lambda: {"crm": "open", "payments": "closed", "ids": "half_open", "off": "disabled"},
         lambda: {"integrations": 4, "dlq": 7},
     )
 
-    found = samples(metrics.render(store, live))
+    found = samples(exposition.render(store, live))
 
     assert found[("circuit_breaker_state", (("integration", "crm"),))] == 1
     assert found[("circuit_breaker_state", (("integration", "payments"),))] == 0
@@ -137,9 +137,9 @@ def test_a_failing_live_source_is_left_out_and_the_rest_still_renders(
         raise OSError("connection refused")
 
     metrics.observe_recovery("network-retry", True)
-    live = metrics.LiveStateCollector(lambda: {"crm": "closed"}, broker_down)
+    live = exposition.LiveStateCollector(lambda: {"crm": "closed"}, broker_down)
     with capture_logs() as logs:
-        found = samples(metrics.render(store, live))
+        found = samples(exposition.render(store, live))
 
     assert found[("circuit_breaker_state", (("integration", "crm"),))] == 0
     assert ("dlq_depth", ()) not in found
