@@ -16,18 +16,15 @@ from celery import bootsteps, signals
 
 from recovery.celery_base import (
     BEAT_SCHEDULER,
-    DLQ_QUEUE,
-    MAINTENANCE_QUEUE,
-    QUARANTINE_QUEUE,
     TASK_MODULES,
     TASK_ROUTES,
-    WORK_QUEUE,
     RedactedRequest,
     RedactedTask,
     app,
     celery_config,
     make_celery,
 )
+from recovery.config.queues import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
 from recovery.config.settings import get_settings
 from recovery.core.crypto import register_serializer
 

@@ -19,13 +19,9 @@ from celery import Celery, Task
 from celery.worker.request import Request
 
 from recovery.config.broker import celery_broker_config
+from recovery.config.queues import MAINTENANCE_QUEUE, WORK_QUEUE
 from recovery.config.settings import Settings, get_settings
 from recovery.core.crypto import SERIALIZER, register_serializer
-
-WORK_QUEUE = "integrations"
-MAINTENANCE_QUEUE = "maintenance"
-DLQ_QUEUE = "dlq"
-QUARANTINE_QUEUE = "dlq.quarantine"
 
 TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq", "tasks.workflow"]
 

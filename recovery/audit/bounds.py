@@ -85,8 +85,8 @@ class SpoolAlarm:
                           max_entries=self.max_entries, spool=self.key)
 
     def _alert(self, appended: Appended) -> None:
-        # Imported only when there is something to say: the alerter writes through the audit
-        # writer (SQLAlchemy), which a producer appending its "queued" row never loads.
+        # Imported only when there is something to say: the alerter loads Sentry's SDK, which a
+        # producer appending its "queued" row has no use for.
         from recovery.telemetry.alerts import alert
 
         if appended.crossed:
@@ -115,7 +115,7 @@ class RejectedRows:
 
     def put(self, rejected: list[Rejected]) -> None:
         """Keep `rejected` (in Redis when there is one, else in the log) and raise one alert."""
-        from recovery.telemetry.alerts import alert  # cycle: the alerter writes audit rows
+        from recovery.telemetry.alerts import alert  # when used, as in SpoolAlarm._alert
 
         if not rejected:
             return

@@ -24,13 +24,13 @@ import structlog
 from sqlalchemy import Table, insert
 
 from recovery.audit.models import DeadLetterArchive
+from recovery.config.queues import DLQ_QUEUE, QUARANTINE_QUEUE
 from recovery.core.message import MalformedJobError, parse_time
 from recovery.core.redact import redact_text
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import FERNET
 from recovery.dlq.marks import mark_dead_letters
-from recovery.dlq.park import DLQ_QUEUE
-from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord, shown_raw
+from recovery.dlq.quarantine import QuarantineRecord, shown_raw
 from recovery.dlq.store import DlqBusyError, DlqLock, Entry, QueueList, decode_entry, envelope_view
 from recovery.telemetry.alerts import alert
 

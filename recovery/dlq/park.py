@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import redis
 import structlog
 
 from recovery.audit.writer import DeadLetterRecord
-from recovery.config.broker import push_dead_letter
-from recovery.config.settings import get_settings
+from recovery.config.queues import DLQ_QUEUE
 from recovery.core.message import JobSpec, parse_time, utc_now_iso
 from recovery.core.step import Step
+from recovery.dlq.cap import enforce_cap
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope, envelope_for
-from recovery.state.connection import shared_client
+from recovery.dlq.publishing import publish_message
 
 log = structlog.get_logger(__name__)
-
-DLQ_QUEUE = "dlq"
-
-
-def publish_message(message: dict[str, Any], queue_name: str) -> None:
-    """Publish one JSON message to a DLQ-side queue (the DLQ itself, the quarantine);
-    raises when Redis does not take it. These are lists in the state store's Redis on any
-    broker (`recovery.config.broker`), written through this process's state-store client."""
-    settings = get_settings()
-    push_dead_letter(shared_client(settings.redis_url), settings, queue_name, message)
 
 
 def publish(envelope: Envelope, queue_name: str = DLQ_QUEUE) -> None:
@@ -76,6 +65,4 @@ def park(rt: DlqRuntime, job: JobSpec, step: Step,
 
 def _keep_bounded(rt: DlqRuntime) -> None:
     """Trim the DLQ to its cap (archiving what goes); never fails the park."""
-    from recovery.dlq.cap import enforce_cap  # cycle: the cap archives with park's queue names
-
     enforce_cap(rt, actor="park")

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from recovery.config.queues import QUARANTINE_QUEUE
 from recovery.core.crypto import cipher_for
 from recovery.core.message import JobSpec, MalformedJobError
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
-from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord
+from recovery.dlq.quarantine import QuarantineRecord
 from recovery.dlq.store import (
     DlqLock,
     Entry,

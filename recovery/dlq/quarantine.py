@@ -13,14 +13,14 @@ from typing import Any
 
 import structlog
 
+from recovery.config.queues import QUARANTINE_QUEUE
 from recovery.core.message import MalformedJobError
 from recovery.core.redact import redact_text
-from recovery.dlq.park import publish_message
+from recovery.dlq.publishing import publish_message
 from recovery.dlq.store import Entry
 
 log = structlog.get_logger(__name__)
 
-QUARANTINE_QUEUE = "dlq.quarantine"
 QUARANTINE_KIND = "api-recovery.quarantine/1"
 
 

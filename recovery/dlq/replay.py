@@ -32,12 +32,13 @@ from typing import Any, Literal
 import redis
 import structlog
 
+from recovery.config.queues import QUARANTINE_QUEUE
 from recovery.core.crypto import cipher_for
 from recovery.core.message import JobSpec
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.marks import mark_dead_letters, mark_requeued, revert_requeued
-from recovery.dlq.quarantine import QUARANTINE_QUEUE, QuarantineRecord, publish_record
+from recovery.dlq.quarantine import QuarantineRecord, publish_record
 from recovery.dlq.store import (
     Cursor,
     DlqLock,

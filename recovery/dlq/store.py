@@ -28,6 +28,7 @@ from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 from recovery.celery_base import app
+from recovery.config.queues import DLQ_QUEUE
 from recovery.core.crypto import task_serializer
 from recovery.core.message import (
     TASK_NAME,
@@ -46,7 +47,6 @@ from recovery.core.redact import (
 )
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.park import DLQ_QUEUE
 from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
 
 log = structlog.get_logger(__name__)

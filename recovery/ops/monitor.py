@@ -18,11 +18,12 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.config.broker import queue_depths
+from recovery.config.queues import ALL_QUEUES
 from recovery.engine.runtime import Runtime
 from recovery.ops.report import Window, attempts_by_integration, recent_failures
 
 #: The broker queues shown: recovery.celery_base's work, maintenance, dlq and quarantine queues.
-QUEUES = ("integrations", "maintenance", "dlq", "dlq.quarantine")
+QUEUES = ALL_QUEUES
 WINDOW = timedelta(minutes=5)
 RECENT = 8
 MESSAGE_CHARS = 70

@@ -20,16 +20,18 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backoff
 import requests
 import structlog
 
-from recovery.audit.writer import AuditWriter
 from recovery.config.settings import get_settings
 from recovery.core.redact import redact_text, redact_url, scrub_data
 from recovery.telemetry.sentry import capture_alert
+
+if TYPE_CHECKING:  # the engine hands the writer in (set_audit_source); alerts never build one
+    from recovery.audit.writer import AuditWriter
 
 log = structlog.get_logger(__name__)
 

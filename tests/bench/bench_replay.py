@@ -32,9 +32,9 @@ from sqlalchemy import func, insert, select  # noqa: E402
 
 from recovery.audit.db import upgrade  # noqa: E402
 from recovery.audit.models import DeadLetter, Job  # noqa: E402
+from recovery.config.queues import DLQ_QUEUE  # noqa: E402
 from recovery.core.message import JobSpec, new_job_id, parse_time, utc_now_iso  # noqa: E402
 from recovery.dlq.envelope import Envelope, envelope_for  # noqa: E402
-from recovery.dlq.park import DLQ_QUEUE  # noqa: E402
 from recovery.dlq.replay import ReplayOptions, replay_dlq  # noqa: E402
 from recovery.dlq.store import decode_body  # noqa: E402
 from recovery.engine.runtime import Runtime, get_runtime, reset_runtime  # noqa: E402

@@ -27,7 +27,8 @@ from recovery.core.crypto import CONTENT_TYPE, Cipher
 from recovery.core.message import JobSpec, new_job_id, utc_now_iso
 from recovery.demo.faultserver import FaultServer
 from recovery.dlq.envelope import LEGACY_KIND, envelope_for
-from recovery.dlq.park import publish, publish_message
+from recovery.dlq.park import publish
+from recovery.dlq.publishing import publish_message
 from recovery.dlq.replay import ReplayOptions, replay_dlq
 from recovery.engine.producer import EnqueueError, build_job
 from recovery.engine.runtime import Runtime, get_runtime
