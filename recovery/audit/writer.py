@@ -211,19 +211,9 @@ class AuditWriter:
         reason: str,
         at: datetime | None = None,
     ) -> bool:
-        def write(conn: Connection) -> bool:
-            conn.execute(
-                _TRANSITIONS.insert().values(
-                    integration=integration,
-                    from_state=from_state,
-                    to_state=to_state,
-                    reason=_redacted_text(reason),
-                    at=at or self._clock(),
-                )
-            )
-            return True
-
-        return self._guarded("breaker_transitions", write, integration=integration)
+        return self._insert(_TRANSITIONS, integration=integration, from_state=from_state,
+                            to_state=to_state, reason=_redacted_text(reason),
+                            at=at or self._clock())
 
     def health_check(
         self,
@@ -234,20 +224,9 @@ class AuditWriter:
         error: str | None = None,
         at: datetime | None = None,
     ) -> bool:
-        def write(conn: Connection) -> bool:
-            conn.execute(
-                _HEALTH.insert().values(
-                    integration=integration,
-                    ok=ok,
-                    http_status=http_status,
-                    latency_ms=latency_ms,
-                    error=_redacted_text(error),
-                    at=at or self._clock(),
-                )
-            )
-            return True
-
-        return self._guarded("health_checks", write, integration=integration)
+        return self._insert(_HEALTH, integration=integration, ok=ok, http_status=http_status,
+                            latency_ms=latency_ms, error=_redacted_text(error),
+                            at=at or self._clock())
 
     def dead_letter(self, record: DeadLetterRecord) -> bool:
         """Park a job in ``dead_letters``; a job dead again after a replay is parked afresh."""
@@ -300,19 +279,9 @@ class AuditWriter:
         details: Mapping[str, Any] | None = None,
         at: datetime | None = None,
     ) -> bool:
-        def write(conn: Connection) -> bool:
-            conn.execute(
-                _ALERTS.insert().values(
-                    kind=kind,
-                    integration=integration,
-                    message=_redacted_text(message),
-                    details=dict(details or {}),
-                    at=at or self._clock(),
-                )
-            )
-            return True
-
-        return self._guarded("alerts", write, integration=integration)
+        return self._insert(_ALERTS, kind=kind, integration=integration,
+                            message=_redacted_text(message), details=dict(details or {}),
+                            at=at or self._clock())
 
     def _now(self) -> str:
         return utc_iso(self._clock())
@@ -356,6 +325,15 @@ class AuditWriter:
             return False
         log.warning("audit_spooled", kind=op.kind, job_id=op.job_id)
         return True
+
+    def _insert(self, table: Table, *, integration: str | None, **values: Any) -> bool:
+        """Insert one row of an ops table (transitions, health checks, alerts), guarded."""
+
+        def write(conn: Connection) -> bool:
+            conn.execute(table.insert().values(integration=integration, **values))
+            return True
+
+        return self._guarded(table.name, write, integration=integration)
 
     def _guarded(self, table: str, write: Callable[[Connection], bool], **context: Any) -> bool:
         """Run ``write`` in one transaction; log and swallow any failure.
