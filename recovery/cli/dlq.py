@@ -235,22 +235,19 @@ def _terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _confirmed(runtime: Any, options: ReplayOptions) -> bool:
-    """Ask on a terminal, after showing the plan; refuse (exit 2) when nobody can answer."""
-    if not _interactive():
-        fail("Replay needs confirmation and stdin is not a terminal; pass --yes to replay.")
-    plan = replay_dlq(runtime, replace(options, dry_run=True)).summary()
-    return click.confirm(f"Replay {plan['replayed']} entries, quarantine {plan['quarantined']} "
-                         f"and skip {plan['skipped']}?")
+def _confirmed(plan: ReplayReport) -> bool:
+    """Ask on the terminal, after showing the dry run's plan."""
+    counts = plan.summary()
+    return click.confirm(f"Replay {counts['replayed']} entries, quarantine "
+                         f"{counts['quarantined']} and skip {counts['skipped']}?")
 
 
-def _run(runtime: Any, options: ReplayOptions, show_progress: bool) -> ReplayReport:
-    """The run; on a terminal with a progress bar whose length is the entries the run selects
-    (from a dry run first), not the whole DLQ."""
-    if not show_progress:
+def _run(runtime: Any, options: ReplayOptions, plan: ReplayReport | None) -> ReplayReport:
+    """The run; given the dry run's `plan`, with a progress bar whose length is the entries
+    the run selects, not the whole DLQ."""
+    if plan is None:
         return replay_dlq(runtime, options)
-    total = len(replay_dlq(runtime, replace(options, dry_run=True)).items)
-    with click.progressbar(length=total, label="Replaying", file=sys.stderr) as bar:
+    with click.progressbar(length=len(plan.items), label="Replaying", file=sys.stderr) as bar:
         update: Callable[[int], None] = bar.update
         return replay_dlq(runtime, options, on_progress=update)
 
@@ -302,11 +299,18 @@ def replay_dlq_command(integration: str | None, error_class: str | None, since: 
     """
     runtime = runtime_or_exit()
     options = _options(runtime, integration, error_class, since, job_id, limit, rate, dry_run)
+    ask = not dry_run and not yes
+    if ask and not _interactive():
+        fail("Replay needs confirmation and stdin is not a terminal; pass --yes to replay.")
+    show_progress = _terminal() and not as_json
     with dlq_errors():
-        if not dry_run and not yes and not _confirmed(runtime, options):
+        # One dry run serves both the question and the progress bar's length.
+        plan = (replay_dlq(runtime, replace(options, dry_run=True))
+                if ask or (show_progress and not dry_run) else None)
+        if ask and plan is not None and not _confirmed(plan):
             click.echo("Nothing was replayed.")
             return
-        report = _run(runtime, options, _terminal() and not as_json)
+        report = _run(runtime, options, plan if show_progress else None)
     if as_json:
         emit_json(report.to_dict())
     else:
