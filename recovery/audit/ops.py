@@ -44,7 +44,6 @@ class Rejected:
     sqlstate: str | None
 
 
-
 @dataclass(frozen=True)
 class Op:
     """One audit write. ``values`` is JSON-ready: times are ISO 8601 strings in UTC."""

@@ -34,8 +34,6 @@ from recovery.state.connection import redis_client
 log = structlog.get_logger(__name__)
 
 
-
-
 class BeatLockHeld(SystemExit):
     """Another beat holds the lock; raised from `beat_init`, it ends this beat with exit 1."""
 

@@ -45,9 +45,6 @@ DEFAULT_REDELIVERY_WINDOW_S = 2 * 3600
 LOCAL_ENTRIES_KEPT = 100_000
 
 
-
-
-
 class Claim(StrEnum):
     CLAIMED = "claimed"
     SUCCEEDED = "succeeded"
