@@ -15,12 +15,12 @@ from typing import Any
 
 import redis
 import structlog
-from redis.cluster import RedisCluster
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
 from recovery.audit.bounds import APPEND, DEFAULT_MAX_ENTRIES, RejectedRows, SpoolAlarm
 from recovery.audit.ops import DatabaseUnavailable, Op, decode_ops, encode_ops
+from recovery.state.connection import is_cluster
 from recovery.state.scripts import ScriptCall
 
 log = structlog.get_logger(__name__)
@@ -51,7 +51,7 @@ class RedisSpool:
                  max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._client = client
         # On a Redis Cluster the append script's two keys need one slot: the hash tag {spool}.
-        spool = "{spool}" if isinstance(client, RedisCluster) else "spool"
+        spool = "{spool}" if is_cluster(client) else "spool"
         self.key = f"{key_prefix}audit:{spool}"
         self.lock_key = f"{key_prefix}audit:{spool}:lock"
         self.alarm_key = f"{key_prefix}audit:{spool}:alarm"

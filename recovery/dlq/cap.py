@@ -23,10 +23,10 @@ import redis
 import structlog
 from sqlalchemy import Table, insert
 
+from recovery.audit.failures import describe
 from recovery.audit.models import DeadLetterArchive
 from recovery.config.queues import DLQ_QUEUE, QUARANTINE_QUEUE
 from recovery.core.message import MalformedJobError, parse_time
-from recovery.core.redact import redact_text
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import FERNET
 from recovery.dlq.marks import mark_dead_letters
@@ -154,7 +154,7 @@ def _archive(rt: DlqRuntime, dlq: QueueList, batch: list[tuple[Entry, str]],
         with rt.audit.engine.begin() as conn:
             conn.execute(insert(_ARCHIVE), rows)
     except Exception as exc:
-        report.errors.append(redact_text(str(exc))[:300])
+        report.errors.append(describe(exc))
         return False
     dlq.remove_many([entry.raw for entry, _ in batch])
     ids = [row["job_id"] for row in rows if row["job_id"] and row["integration"]]
@@ -219,7 +219,7 @@ def enforce_cap(rt: DlqRuntime, actor: str) -> TrimReport | None:
     except DlqBusyError:
         return None
     except Exception as exc:
-        log.warning("dlq_cap_failed", error=redact_text(str(exc))[:300],
+        log.warning("dlq_cap_failed", error=describe(exc),
                     error_type=type(exc).__name__)
         return None
     return TrimReport(queue=",".join(r.queue for r in reports),

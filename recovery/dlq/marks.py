@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 
+from recovery.audit.failures import describe
 from recovery.audit.models import DeadLetter, DeadLetterState, Job, JobStatus
 from recovery.audit.writer import AuditWriter
 from recovery.core.message import JobSpec
@@ -30,7 +31,7 @@ def _guarded(engine: Engine, table: str, write: Callable[[Connection], None]) ->
             write(conn)
         return True
     except Exception as exc:
-        log.warning("audit_write_failed", table=table, error=redact_text(str(exc))[:500],
+        log.warning("audit_write_failed", table=table, error=describe(exc),
                     error_type=type(exc).__name__)
         return False
 

@@ -30,14 +30,14 @@ class DeadLetterPublishError(RuntimeError):
 
 def park(rt: DlqRuntime, job: JobSpec, step: Step,
          sink: Callable[[Envelope], None] | None = None, *,
-         keep_bounded: bool | None = None) -> Envelope:
+         keep_bounded: bool = False) -> Envelope:
     """Dead-letter a job and return the envelope it parked. The publish (to `sink`, else the
     broker's `dlq`) comes first: if it fails, DeadLetterPublishError propagates and nothing is
     recorded (the task adapter rejects the message so the broker delivers it again). Then the
     `dead_letters` row is written; the job's own `dead` status is not: that is
     `recovery.engine.outcome.park_dead`'s, the one writer of final statuses. The DLQ's cap
-    (`recovery.dlq.cap`; by default when publishing to the broker) is enforced last: what it
-    trims is archived in PostgreSQL, not dropped."""
+    (`recovery.dlq.cap`) is enforced last when `keep_bounded`: what it trims is archived in
+    PostgreSQL, not dropped."""
     failure = step.failure
     envelope = envelope_for(
         job, categories=sorted(failure.categories) if failure else [],
@@ -58,11 +58,6 @@ def park(rt: DlqRuntime, job: JobSpec, step: Step,
         envelope=envelope.view(), replay_count=envelope.replay_count,
         dead_at=parse_time(envelope.dead_at)))
     log.error("job_dead_lettered", job_id=job.job_id, reason=step.reason)
-    if keep_bounded or (keep_bounded is None and sink is None):
-        _keep_bounded(rt)
+    if keep_bounded:
+        enforce_cap(rt, actor="park")  # never fails the park
     return envelope
-
-
-def _keep_bounded(rt: DlqRuntime) -> None:
-    """Trim the DLQ to its cap (archiving what goes); never fails the park."""
-    enforce_cap(rt, actor="park")

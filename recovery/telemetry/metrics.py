@@ -31,7 +31,7 @@ import structlog
 from prometheus_client.utils import floatToGoString
 
 from recovery.config.settings import get_settings
-from recovery.state.connection import redis_client
+from recovery.state.connection import shared_client
 from recovery.telemetry.metric_labels import MAX_SEGMENT_CHARS as MAX_SEGMENT_CHARS  # re-exported
 from recovery.telemetry.metric_labels import MAX_SEGMENTS as MAX_SEGMENTS  # re-exported
 from recovery.telemetry.metric_labels import EndpointBound, local_admit, redis_admit
@@ -187,12 +187,6 @@ def set_redis_source(source: Callable[[], redis.Redis | None] | None) -> None:
     _redis_source = source
 
 
-@functools.lru_cache(maxsize=4)
-def _own_client(url: str) -> redis.Redis:
-    """The client of a process that observes without an engine runtime (a script, `serve`)."""
-    return redis_client(url)
-
-
 def use_store(store: MetricStore | None) -> None:
     """Send observations to `store` (tests, the demo); None goes back to the runtime's Redis."""
     global _override
@@ -207,7 +201,7 @@ def current_store() -> MetricStore | None:
     if _override is not None:
         return _override
     client = (_redis_source() if _redis_source is not None
-              else _own_client(settings.redis_url))
+              else shared_client(settings.redis_url))
     return store_for(client, settings.redis_key_prefix)
 
 
