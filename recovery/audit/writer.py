@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, update
 
 from recovery.audit.bounds import DEFAULT_MAX_ENTRIES
-from recovery.audit.failures import is_data_error
+from recovery.audit.failures import describe, is_data_error, is_kept, sqlstate
 from recovery.audit.models import (
     Alert,
     AttemptDecision,
@@ -44,7 +44,7 @@ from recovery.audit.ops import (
     utc_iso,
 )
 from recovery.audit.spool import AuditBatcher, batching_enabled
-from recovery.audit.sql import describe, dialect_insert, execute_op, is_kept, sqlstate
+from recovery.audit.sql import dialect_insert, execute_op
 from recovery.audit.stream import RedisSpool, SpoolUnavailable
 from recovery.core.redact import redact_text
 

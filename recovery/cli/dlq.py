@@ -30,9 +30,8 @@ from recovery.dlq.store import (
     QueueList,
     dlq_client,
     envelope_view,
-    parse_age,
-    parse_since,
 )
+from recovery.dlq.timeargs import parse_age, parse_since
 
 ERROR_CLASSES = click.Choice([category.value for category in ErrorCategory],
                              case_sensitive=False)

@@ -51,8 +51,7 @@ from recovery.dlq.store import (
 from recovery.dlq.validate import UnreplayableError, replayable_job
 from recovery.telemetry.alerts import alert
 
-__all__ = ["ReplayOptions", "ReplayReport", "Replayer", "decide", "mark_dead_letters",
-           "mark_requeued", "replay_dlq", "revert_requeued"]
+__all__ = ["ReplayOptions", "ReplayReport", "Replayer", "decide", "replay_dlq"]
 
 log = structlog.get_logger(__name__)
 

@@ -47,7 +47,6 @@ from recovery.core.redact import (
 )
 from recovery.dlq.context import DlqRuntime
 from recovery.dlq.envelope import Envelope
-from recovery.dlq.timeargs import parse_age, parse_since  # noqa: F401  (re-exported)
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +54,6 @@ READ_CHUNK = 500
 LOCK_TTL_MS = 60_000
 #: How `recovery.engine.pipeline` starts the message of a job dead-lettered as a poison message.
 POISON_PREFIX = "poison:"
-
-# Delete the lock only if we still hold it; extend it only if we still hold it.
 
 
 class DlqBusyError(RuntimeError):

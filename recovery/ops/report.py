@@ -41,7 +41,7 @@ from recovery.audit.models import Attempt, DeadLetter, Job
 from recovery.audit.workflow_models import WorkflowRun
 from recovery.core.errors import ErrorCategory
 from recovery.core.redact import redact_text, redact_url
-from recovery.dlq.store import parse_since
+from recovery.dlq.timeargs import parse_since
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from recovery.config.queues import DLQ_QUEUE
 from recovery.telemetry.metrics import BUCKETS, SPECS, MetricStore, Spec
 
 log = structlog.get_logger(__name__)
@@ -68,7 +69,7 @@ class LiveStateCollector:
         self,
         breaker_states: Callable[[], Mapping[str, str]],
         queue_depths: Callable[[], Mapping[str, int]],
-        dlq_queue: str = "dlq",
+        dlq_queue: str = DLQ_QUEUE,
     ) -> None:
         self._breaker_states = breaker_states
         self._queue_depths = queue_depths

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from recovery.core.message import JobSpec
 from recovery.dlq.envelope import Envelope, UnreadableOriginalError, envelope_for
 from recovery.dlq.quarantine import QuarantineRecord
-from recovery.dlq.store import EntryFilter, decode_entry, envelope_view, parse_age, parse_since
+from recovery.dlq.store import EntryFilter, decode_entry, envelope_view
+from recovery.dlq.timeargs import parse_age, parse_since
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,8 @@ from recovery.audit.queries import get_job
 from recovery.core.errors import ErrorCategory
 from recovery.dlq.envelope import Envelope
 from recovery.dlq.purge import quarantined
-from recovery.dlq.store import EntryFilter, QueueList, dlq_client, envelope_view, parse_age
+from recovery.dlq.store import EntryFilter, QueueList, dlq_client, envelope_view
+from recovery.dlq.timeargs import parse_age
 from recovery.engine.runtime import Runtime
 
 PAGE_SIZE = 25
