@@ -16,7 +16,6 @@ from celery import bootsteps, signals
 
 from recovery.celery_base import (
     BEAT_SCHEDULER,
-    TASK_MODULES,
     TASK_ROUTES,
     RedactedRequest,
     RedactedTask,
@@ -24,7 +23,13 @@ from recovery.celery_base import (
     celery_config,
     make_celery,
 )
-from recovery.config.queues import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
+from recovery.config.queues import (
+    DLQ_QUEUE,
+    MAINTENANCE_QUEUE,
+    QUARANTINE_QUEUE,
+    TASK_MODULES,
+    WORK_QUEUE,
+)
 from recovery.config.settings import get_settings
 from recovery.core.crypto import register_serializer
 

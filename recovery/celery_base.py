@@ -19,11 +19,9 @@ from celery import Celery, Task
 from celery.worker.request import Request
 
 from recovery.config.broker import celery_broker_config
-from recovery.config.queues import MAINTENANCE_QUEUE, WORK_QUEUE
+from recovery.config.queues import MAINTENANCE_QUEUE, TASK_MODULES, WORK_QUEUE
 from recovery.config.settings import Settings, get_settings
 from recovery.core.crypto import SERIALIZER, register_serializer
-
-TASK_MODULES = ["tasks.integration", "tasks.health", "tasks.dlq", "tasks.workflow"]
 
 BEAT_SCHEDULER = "beat_schedule:Scheduler"
 
@@ -73,7 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": TASK_ROUTES,
         "timezone": "UTC",
         "enable_utc": True,
-        "include": TASK_MODULES,
+        "include": list(TASK_MODULES),
         # Beat builds its schedule from the registry when it starts (`beat_schedule`), so
         # importing this app (a producer, a worker) never loads the registry or the guard.
         "beat_scheduler": BEAT_SCHEDULER,

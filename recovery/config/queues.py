@@ -1,5 +1,5 @@
-"""The names of the system's queues, in one place: routing, the DLQ, the monitor and the
-deploy files all mean these."""
+"""The names of the system's queues and task modules, in one place: routing, the DLQ, the
+monitor, the deploy files and the producer's callback check all mean these."""
 
 from __future__ import annotations
 
@@ -13,3 +13,5 @@ DLQ_QUEUE = "dlq"
 QUARANTINE_QUEUE = "dlq.quarantine"
 #: Every queue, in the order the monitor shows them.
 ALL_QUEUES = (WORK_QUEUE, MAINTENANCE_QUEUE, DLQ_QUEUE, QUARANTINE_QUEUE)
+#: The modules of this system's Celery tasks (a producer's callback may not name one).
+TASK_MODULES = ("tasks.integration", "tasks.health", "tasks.dlq", "tasks.workflow")

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from recovery.config.queues import TASK_MODULES
 from recovery.config.registry import Integration, Registry, UnknownIntegrationError
 from recovery.config.settings import get_settings
 from recovery.config.urlguard import (
@@ -33,7 +34,7 @@ _KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: the key travels as a 
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 MAX_TASK_NAME = 200
 #: This system's own tasks (and Celery's): a callback must be a task of the producer's app.
-RESERVED_TASK_PREFIXES = ("tasks.integration.", "tasks.health.", "tasks.dlq.", "celery.")
+RESERVED_TASK_PREFIXES = (*(f"{module}." for module in TASK_MODULES), "celery.")
 
 
 class EnqueueError(ValueError):

@@ -9,6 +9,7 @@ from recovery.config.settings import SettingsError, load_settings
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
 from recovery.core.outcome_value import Outcome
+from recovery.core.request import EnqueueError, check_callback
 from recovery.core.step import Step
 from recovery.engine.results import callback_for, outcome_of
 
@@ -149,3 +150,15 @@ def test_a_callback_that_cannot_be_sent_is_logged_without_the_body(
     [event] = [e for e in logs if e["event"] == "callback_not_sent"]
     assert event["job_id"] == "j" and event["error_type"] == "ConnectionError"
     assert rt.results.get("j") is not None  # the outcome was kept all the same
+
+
+@pytest.mark.parametrize("name", ["tasks.integration.call", "tasks.workflow.step",
+                                  "tasks.health.check", "tasks.dlq.replay",
+                                  "celery.backend_cleanup"])
+def test_a_callback_may_not_name_a_task_of_this_system(name: str) -> None:
+    with pytest.raises(EnqueueError) as refused:
+        check_callback("on_success", name)
+    assert str(refused.value) == (
+        f"on_success names {name!r}, a task of this system itself; name a task of your own "
+        "app that takes the outcome as its argument.")
+    assert check_callback("on_success", "app.tasks.workflow_done") == "app.tasks.workflow_done"
