@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 NEVER_SHOWN_HEADERS = frozenset({"cookie", "set-cookie"})
-#: Authorization schemes kept in front of "[REDACTED]"; any other first word may be the secret.
 
 
 def never_shown(header: str) -> bool:

@@ -38,17 +38,16 @@ from typing import Any, Literal
 
 from kombu import Connection, Exchange, Queue
 
+from recovery.config.setting_urls import AMQP_SCHEMES, REDIS_SCHEMES, url_scheme
 from recovery.config.settings import Settings
 
 BrokerKind = Literal["redis", "amqp"]
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 QUORUM = {"x-queue-type": "quorum"}
 
 
 def kind_of(url: str) -> BrokerKind | None:
     """`redis` or `amqp` by the URL's scheme; None for a scheme we do not run on."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    scheme = url_scheme(url)
     if scheme in AMQP_SCHEMES:
         return "amqp"
     return "redis" if scheme in REDIS_SCHEMES else None

@@ -21,8 +21,8 @@ from recovery.config.values import (
 )
 
 _DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg://", "sqlite:///")
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
-#: RabbitMQ's schemes, as recovery.config.broker reads them.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: RabbitMQ's schemes (recovery.config.broker tells the broker's kind by them).
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
@@ -98,7 +98,7 @@ class RedisUrl(SettingKind):
             parts.port  # noqa: B018 - raises ValueError for a malformed port
         except ValueError:
             parts = urlsplit("")
-        if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
+        if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
             raise refusal("must be a redis://host:port/db, rediss://, unix://, redis+cluster:// "
                           f"or redis+sentinel:// URL, got {show(hide_password(value))}.")
         return value
@@ -121,7 +121,7 @@ class BrokerUrl(SettingKind):
 
     def parse(self, text: str) -> str | None:
         value = text.strip(SPACE) or None
-        if value is not None and url_scheme(value) not in AMQP_SCHEMES + _REDIS_SCHEMES:
+        if value is not None and url_scheme(value) not in AMQP_SCHEMES + REDIS_SCHEMES:
             raise refusal("must be an amqp://, amqps:// (RabbitMQ) or redis:// URL, got "
                           f"{show(hide_password(value))}.")
         return value

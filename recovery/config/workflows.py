@@ -20,7 +20,6 @@ STEP_TYPES = ("api_call", "validation", "transformation", "persistence")
 #: What a critical failure does: unwind the saga at once, or park the run (dead, replayable;
 #: an operator may still `workflow compensate` it).
 ON_FAILURE = ("compensate", "park")
-CALLABLE_TYPES = ("validation", "transformation", "persistence")
 DEFAULT_STEP_TIMEOUT_MS = 30_000
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
