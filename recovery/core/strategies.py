@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from recovery.config.strategies import OTHERS, StrategyBlock
-from recovery.core.errors import Classification, ErrorCategory
+from recovery.core.errors import Classification
 
 if TYPE_CHECKING:
     from recovery.config.registry import FallbackConfig, Integration, RetryConfig
@@ -167,7 +167,3 @@ def resolve(integration: Integration, key: str, status: int | None = None) -> St
 def strategy_for(integration: Integration, c: Classification) -> Strategy:
     """The strategy for a classified failure (its primary category and its status)."""
     return resolve(integration, str(c.primary), c.status)
-
-
-def strategy_for_category(integration: Integration, category: ErrorCategory | str) -> Strategy:
-    return resolve(integration, str(category))

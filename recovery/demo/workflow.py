@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from recovery.audit.workflow_models import FINAL_RUN_STATUSES
 from recovery.demo.faultserver import FaultServer
 from recovery.demo.scenario import DemoError
 from recovery.engine.runtime import Runtime
@@ -23,7 +24,6 @@ from recovery.engine.workflows.runs import replay_run, start_run
 from recovery.engine.workflows.store import get_run
 
 RUN_TIMEOUT_S = 60.0
-FINAL = frozenset({"succeeded", "degraded", "compensated", "dead"})
 
 
 def order_steps(payments: str, crm: str) -> list[dict[str, Any]]:
@@ -107,7 +107,7 @@ def wait_run(rt: Runtime, run_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         run = get_run(rt.engine, run_id)
-        if run is not None and run["status"] in FINAL:
+        if run is not None and run["status"] in FINAL_RUN_STATUSES:
             return run
         time.sleep(0.1)
     raise DemoError(f"Workflow run {run_id} did not finish within {RUN_TIMEOUT_S:.0f} s; check "
