@@ -28,3 +28,4 @@ class Step:
     fallback: str | None = None
     failure: Classification | None = None
     reason: str = ""
+    duplicate_of: str | None = None  # duplicate: the job whose success the key records

@@ -109,11 +109,13 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
             try:
                 return _succeeded(job, progress, rt, integration, result)
             finally:
-                _settle(job, integration, rt, admission.permit, None)
+                _settle(job, integration, rt, admission.permit, None, counts=True)
                 released = True
-        _settle(job, integration, rt, admission.permit, result.failure)
+        strategy = strategy_for(integration, result.failure)
+        _settle(job, integration, rt, admission.permit, result.failure,
+                counts=strategy.counts_against_breaker(result.failure))
         released = True
-        return _failed(job, progress, rt, integration, result)
+        return _failed(job, progress, rt, integration, result, strategy)
     finally:  # also when anything above raised: the next delivery must find the key free
         if not released:
             rt.idempotency.release(job.integration, job.idempotency_key, job.job_id, job.job_id,
@@ -121,17 +123,16 @@ def run_job(job: JobSpec, progress: Progress, rt: Runtime) -> Step:
 
 
 def _settle(job: JobSpec, integration: Integration, rt: Runtime, permit: Permit | None,
-            failure: Classification | None) -> None:
-    """Breaker outcome and claim release in one round trip; after a success the delivery's
-    audit rows ride along to the spool (the task's end-of-run commit then has nothing left)."""
+            failure: Classification | None, *, counts: bool) -> None:
+    """Breaker outcome (`counts`: whether a failure counts against the breaker, as its
+    strategy says) and claim release in one round trip; after a success the delivery's audit
+    rows ride along to the spool (the task's end-of-run commit then has nothing left)."""
     batcher = rt.audit.batcher
     taken = batcher.take_for_spool() if batcher is not None and failure is None else None
     spooled = False
     try:
         spooled = rt.gate.settle(integration, permit, job.idempotency_key, job.job_id,
-                                 job.job_id, success=failure is None,
-                                 counts=failure is None or strategy_for(
-                                     integration, failure).counts_against_breaker(failure),
+                                 job.job_id, success=failure is None, counts=counts,
                                  audit=taken[1] if taken is not None else None)
     finally:  # rows that did not ride along stay buffered, also when settle raised
         if taken is not None and batcher is not None:
@@ -178,6 +179,8 @@ def _call_with_auth(job: JobSpec, integration: Integration, rt: Runtime,
     often as the authentication strategy allows (`attempts`: once by default), unless its
     `refresh_token` is off. The refreshed calls spend no attempt of the job."""
     result = _call_once(job, integration, rt)
+    if result.failure is None or result.failure.status != 401:
+        return result
     auth = resolve(integration, ErrorCategory.AUTHENTICATION, 401)
     refreshes = 0
     while (result.failure is not None and result.failure.status == 401 and auth.refresh_token
@@ -214,13 +217,14 @@ def progress_strategy(progress: Progress) -> str | None:
 
 
 def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integration,
-            result: CallResult) -> Step:
+            result: CallResult, strategy: Strategy) -> Step:
+    """A failed call's decision. `strategy` is the failure's (its primary category and status,
+    which the Retry-After cap below leaves as they are)."""
     failure = result.failure
     assert failure is not None
     failure = policy.cap_retry_after(failure, rt.settings.retry_after_max_ms / 1000, integration.id)
     if failure.retry_after_s:
         rt.limiter.pause(integration.id, failure.retry_after_s, failure.message)
-    strategy = strategy_for(integration, failure)
     failure = replace(failure, strategy=strategy.name)
     decision = decide_after_failure(
         failure, progress.attempt, integration, max_countdown_s=max_countdown_s(rt),
@@ -324,7 +328,7 @@ def _duplicate(job: JobSpec, progress: Progress, rt: Runtime, succeeded_job: str
     if succeeded_job != job.job_id:
         duplicate(rt, job)  # another job's success; a redelivery of this one stays succeeded
     return Step("duplicate", progress, progress.attempt - 1,
-                reason="The idempotency key already succeeded.")
+                reason="The idempotency key already succeeded.", duplicate_of=succeeded_job)
 
 
 def _record_attempt(job: JobSpec, number: int, result: CallResult, action: str, rt: Runtime,

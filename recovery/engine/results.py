@@ -57,9 +57,10 @@ def outcome_of(job: JobSpec, step: Step) -> Outcome:
         attempts=step.attempts, replay_count=job.replay_count).finished_now()
 
 
-def _duplicate(rt: Runtime, job: JobSpec, outcome: Outcome) -> tuple[Outcome, bool]:
-    """A duplicate's outcome and whether to store it: the original's answer when kept."""
-    original = rt.idempotency.succeeded_job(job.integration, job.idempotency_key)
+def _duplicate(rt: Runtime, job: JobSpec, outcome: Outcome, original: str | None
+               ) -> tuple[Outcome, bool]:
+    """A duplicate's outcome and whether to store it: the original's answer when kept.
+    `original` is the job the idempotency claim found the key's success recorded for."""
     if original is None:
         return outcome, True
     earlier = rt.results.get(original)
@@ -77,7 +78,7 @@ def keep(rt: Runtime, job: JobSpec, step: Step) -> Outcome:
     outcome = outcome_of(job, step)
     store = True
     if step.status == "duplicate":
-        outcome, store = _duplicate(rt, job, outcome)
+        outcome, store = _duplicate(rt, job, outcome, step.duplicate_of)
     return rt.results.put(outcome) if store else outcome
 
 

@@ -174,15 +174,6 @@ class IdempotencyStore:
         if not accepted:
             raise KeyReusedError(integration, key)
 
-    def succeeded_job(self, integration: str, key: str) -> str | None:
-        """The id of the job whose success the key records, or None (expired, unknown)."""
-        if self._redis is None:
-            with self._lock:
-                found = self._local_success.get(f"{integration}:{key}")
-            return found if isinstance(found, str) else None
-        raw = self._redis.get(self.key_name(integration, key, "ok"))
-        return raw.decode() if isinstance(raw, bytes) else raw
-
     def claim_call(self, integration: str, key: str, holder: str, ttl_ms: int,
                    delivery: str) -> ScriptCall:
         """The Redis script run of `claim`; its reply goes to `claim_result`."""
