@@ -18,6 +18,7 @@ from celery.exceptions import Retry
 from structlog.contextvars import bound_contextvars
 
 from recovery.celery_app import app
+from recovery.config.broker import delivery_countdown, max_countdown_s
 from recovery.config.settings import get_settings
 from recovery.config.workflows import WorkflowError
 from recovery.core.message import Progress
@@ -56,7 +57,7 @@ def step(self: Task, run_id: str, step_id: str, progress: dict[str, Any] | None 
 
 def _capped(seconds: float) -> float:
     """Below the broker's visibility timeout, like every countdown (else Redis redelivers)."""
-    return min(seconds, get_settings().visibility_timeout_s * 0.9)
+    return min(seconds, max_countdown_s(get_settings()))
 
 
 def _run(task: Task, run_id: str, step_id: str, progress: dict[str, Any] | None) -> str:
@@ -75,7 +76,8 @@ def _run(task: Task, run_id: str, step_id: str, progress: dict[str, Any] | None)
     if isinstance(result, Again):
         raise task.retry(kwargs={"run_id": run_id, "step_id": step_id,
                                  "progress": result.progress.to_message()},
-                         countdown=result.countdown_s, **step_reprs(workflow, run_id, step_id))
+                         countdown=delivery_countdown(get_settings(), result.countdown_s),
+                         **step_reprs(workflow, run_id, step_id))
     finish_step(runtime, workflow, run_id, step_id, result)
     return f"{result.status}" + (f": {result.error}" if result.error else "")
 

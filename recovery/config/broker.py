@@ -98,6 +98,11 @@ def celery_broker_config(settings: Settings, queues: Sequence[str]) -> dict[str,
     return config
 
 
+def max_countdown_s(settings: Settings) -> float:
+    """Every countdown stays below the broker's visibility timeout, or Redis redelivers early."""
+    return settings.visibility_timeout_s * 0.9
+
+
 def delivery_countdown(settings: Settings, countdown_s: float | None) -> float | None:
     """The countdown to publish a retry with. Native delayed delivery on RabbitMQ counts whole
     seconds and refuses a countdown under one second (kombu's `calculate_routing_key` gets

@@ -33,6 +33,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from recovery.audit.ops import DatabaseUnavailable
 from recovery.audit.stream import SpoolUnavailable
+from recovery.config.broker import max_countdown_s
 from recovery.core.errors import Classification, ErrorCategory
 from recovery.core.message import JobSpec, Progress
 from recovery.core.policy import end_status
@@ -121,7 +122,7 @@ def after_exception(job: JobSpec, progress: Progress, rt: Runtime,
     infrastructure = is_infrastructure(exc)
     if infrastructure and progress.requeues < limit:
         delay_s = min(REQUEUE_BASE_DELAY_S * 2 ** progress.requeues,
-                      rt.settings.visibility_timeout_s * 0.9)
+                      max_countdown_s(rt.settings))
         _log_exception(job, exc, reason, "requeue")
         _guarded("audit", lambda: rt.events.publish(StatusChanged(
             job.job_id, "queued",

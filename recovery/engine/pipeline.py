@@ -20,6 +20,7 @@ import requests
 import structlog
 
 from recovery.audit.writer import AttemptRecord
+from recovery.config.broker import max_countdown_s
 from recovery.config.registry import Integration
 from recovery.core import policy
 from recovery.core.errors import Classification, ErrorCategory, classify
@@ -67,11 +68,6 @@ class CallResult:
     response: requests.Response | None
     failure: Classification | None
     token: str | None = None
-
-
-def max_countdown_s(rt: Runtime) -> float:
-    """Every countdown stays below the broker's visibility timeout, or Redis redelivers early."""
-    return rt.settings.visibility_timeout_s * 0.9
 
 
 def delivery_id(job: JobSpec, progress: Progress) -> str:
@@ -227,7 +223,7 @@ def _failed(job: JobSpec, progress: Progress, rt: Runtime, integration: Integrat
         rt.limiter.pause(integration.id, failure.retry_after_s, failure.message)
     failure = replace(failure, strategy=strategy.name)
     decision = decide_after_failure(
-        failure, progress.attempt, integration, max_countdown_s=max_countdown_s(rt),
+        failure, progress.attempt, integration, max_countdown_s=max_countdown_s(rt.settings),
         has_fallback=has_fallback(rt, integration, strategy.chain(integration)),
         dlq_enabled=rt.settings.dlq_enabled, strategy=strategy)
     _record_attempt(job, progress.attempt, result, decision.action, rt, decision=decision)
@@ -265,7 +261,7 @@ def _blocked(job: JobSpec, progress: Progress, rt: Runtime, integration: Integra
         strategy=decision.strategy, error_message=why, worker=WORKER)))
     if decision.action == "defer":
         delay = min(decision.delay_s if decision.delay_s is not None else max(wait_s, 0.0),
-                    max_countdown_s(rt))
+                    max_countdown_s(rt.settings))
         rt.events.publish(StatusChanged(job.job_id, "deferred",
                                         {"deferrals": progress.deferrals + 1}))
         return Step("defer", progress.deferred(delay), progress.attempt - 1, countdown_s=delay,
