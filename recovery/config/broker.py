@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from kombu import Connection, Exchange, Queue
 
+from recovery.config.queues import DLQ_SIDE_QUEUES, WORK_QUEUES
 from recovery.config.setting_urls import AMQP_SCHEMES, REDIS_SCHEMES, url_scheme
 from recovery.config.settings import Settings
 
@@ -152,6 +153,11 @@ def queue_depths(settings: Settings, state: Any, work_queues: Sequence[str],
     depths.update({name: int(state.llen(f"{settings.redis_key_prefix}{name}"))
                    for name in dlq_queues})
     return depths
+
+
+def all_queue_depths(settings: Settings, state: Any) -> dict[str, int]:
+    """`queue_depths` of every queue of the system (`config.queues.ALL_QUEUES`)."""
+    return queue_depths(settings, state, WORK_QUEUES, DLQ_SIDE_QUEUES)
 
 
 def _depths(connection: Connection, names: Sequence[str], *, passive: bool) -> dict[str, int]:

@@ -11,7 +11,11 @@ MAINTENANCE_QUEUE = "maintenance"
 DLQ_QUEUE = "dlq"
 #: Dead letters that cannot be replayed (malformed, tampered, over their replay cap).
 QUARANTINE_QUEUE = "dlq.quarantine"
+#: The queues on the broker that workers consume.
+WORK_QUEUES = (WORK_QUEUE, MAINTENANCE_QUEUE)
+#: The DLQ-side lists, kept in the state store's Redis on any broker (`config.broker`).
+DLQ_SIDE_QUEUES = (DLQ_QUEUE, QUARANTINE_QUEUE)
 #: Every queue, in the order the monitor shows them.
-ALL_QUEUES = (WORK_QUEUE, MAINTENANCE_QUEUE, DLQ_QUEUE, QUARANTINE_QUEUE)
+ALL_QUEUES = WORK_QUEUES + DLQ_SIDE_QUEUES
 #: The modules of this system's Celery tasks (a producer's callback may not name one).
 TASK_MODULES = ("tasks.integration", "tasks.health", "tasks.dlq", "tasks.workflow")

@@ -17,7 +17,7 @@ import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from recovery.config.broker import queue_depths
+from recovery.config.broker import all_queue_depths
 from recovery.config.queues import ALL_QUEUES
 from recovery.engine.runtime import Runtime
 from recovery.ops.report import Window, attempts_by_integration, recent_failures
@@ -73,7 +73,7 @@ def _read_queues(rt: Runtime, frame: Frame) -> None:
         frame.queues_error = "no Redis client in this process (embedded mode)"
         return
     try:
-        depths = queue_depths(rt.settings, rt.redis, QUEUES[:2], QUEUES[2:])
+        depths = all_queue_depths(rt.settings, rt.redis)
     except (redis.RedisError, KombuOperationalError, OSError) as exc:
         frame.queues_error = _short(exc)
         return

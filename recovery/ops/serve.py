@@ -34,9 +34,8 @@ from sqlalchemy import Engine, text
 
 from recovery.audit.db import make_engine, normalise_url
 from recovery.config import redis_urls
-from recovery.config.broker import queue_depths
+from recovery.config.broker import all_queue_depths
 from recovery.config.loader import load_registry
-from recovery.config.queues import DLQ_QUEUE, MAINTENANCE_QUEUE, QUARANTINE_QUEUE, WORK_QUEUE
 from recovery.config.settings import Settings
 from recovery.core.redact import redact_text
 from recovery.engine.runtime import Runtime, build_runtime
@@ -212,8 +211,7 @@ def metrics_source(settings: Settings, rt: Runtime) -> Callable[[], bytes] | Non
 def broker_queue_depths(rt: Runtime) -> dict[str, int]:
     """Messages waiting in each of our queues (work queues on the broker, DLQ-side lists in
     the state store: `recovery.config.broker`)."""
-    return queue_depths(rt.settings, rt.redis, (WORK_QUEUE, MAINTENANCE_QUEUE),
-                        (DLQ_QUEUE, QUARANTINE_QUEUE))
+    return all_queue_depths(rt.settings, rt.redis)
 
 
 def build_server(settings: Settings, host: str, port: int) -> tuple[ServeServer, list[Engine]]:
